@@ -1,0 +1,111 @@
+//! Engine configuration. Names follow Kafka's broker configs (`offsets.topic.num.partitions`
+//! becomes `offsets_topic_num_partitions`); settings Kafka has no name for say so.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Kafka strings carry an int16 length, so no string may exceed this many bytes.
+pub const KAFKA_STRING_BYTES_MAX: usize = i16::MAX as usize;
+
+/// Upper bound on `offsets_topic_num_partitions` (Kafka's own practical ceiling is far lower).
+pub const PARTITIONS_MAX: u32 = 1024;
+
+/// Upper bound on the partitions one commit request may carry.
+pub const COMMIT_PARTITIONS_MAX: usize = 16 * 1024;
+
+/// Smallest segment size accepted: big enough for any single batch the engine writes.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+
+/// Engine configuration.
+///
+/// ```
+/// let mut config = coffer::Config::new("/var/lib/coffer");
+/// config.offsets_topic_num_partitions = 50;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding one sub-directory per offsets partition (Kafka's `log.dirs`).
+    pub data_dir: PathBuf,
+    /// `offsets.topic.num.partitions` (50).
+    pub offsets_topic_num_partitions: u32,
+    /// `offsets.topic.segment.bytes` (100 MiB): a segment rolls before it would exceed this.
+    pub offsets_topic_segment_bytes: u64,
+    /// `offset.metadata.max.bytes` (4096).
+    pub offset_metadata_max_bytes: usize,
+    /// `offsets.commit.timeout.ms` (5000): a commit not durable by then fails, retriable.
+    pub offsets_commit_timeout_ms: u64,
+    /// `log.preallocate`: reserve a segment's full size when it is created (Kafka's default is
+    /// false; ours is true so appends never extend the file and a sync flushes data only).
+    pub log_preallocate: bool,
+    /// No Kafka name. Cap on the encoded bytes one group commit writes across all partitions;
+    /// what arrives beyond it waits for the next flush.
+    pub group_commit_bytes_max: usize,
+    /// No Kafka name (the closest is KAFKA-19826's adaptive linger). Extra time to wait for
+    /// more commits after the first one arrives; 0 (default) means adaptive batching only:
+    /// whatever arrives while a flush is in flight forms the next batch.
+    pub group_commit_linger_us: u64,
+    /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
+    /// memory does not grow when the disk is slower than the load.
+    pub request_queue_depth_max: usize,
+}
+
+impl Config {
+    /// A configuration with Kafka's defaults, storing under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            offsets_topic_num_partitions: 50,
+            offsets_topic_segment_bytes: 100 * 1024 * 1024,
+            offset_metadata_max_bytes: 4096,
+            offsets_commit_timeout_ms: 5000,
+            log_preallocate: true,
+            group_commit_bytes_max: 4 * 1024 * 1024,
+            group_commit_linger_us: 0,
+            request_queue_depth_max: 4096,
+        }
+    }
+
+    /// Checks every value against its limit.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |what: String| Err(Error::InvalidConfig(what));
+        if self.offsets_topic_num_partitions == 0
+            || self.offsets_topic_num_partitions > PARTITIONS_MAX
+        {
+            return fail(format!(
+                "offsets.topic.num.partitions must be in 1..={PARTITIONS_MAX}"
+            ));
+        }
+        if self.offsets_topic_segment_bytes < SEGMENT_BYTES_MIN
+            || self.offsets_topic_segment_bytes > i32::MAX as u64
+        {
+            return fail(format!(
+                "offsets.topic.segment.bytes must be in {SEGMENT_BYTES_MIN}..={}",
+                i32::MAX
+            ));
+        }
+        if self.offset_metadata_max_bytes > KAFKA_STRING_BYTES_MAX {
+            return fail(format!(
+                "offset.metadata.max.bytes must be at most {KAFKA_STRING_BYTES_MAX}"
+            ));
+        }
+        if self.offsets_commit_timeout_ms == 0 {
+            return fail("offsets.commit.timeout.ms must be positive".into());
+        }
+        // A group commit must fit in a segment with room to spare, and hold the largest
+        // single request (every partition at its metadata limit is bounded by
+        // COMMIT_PARTITIONS_MAX; larger requests are refused at validation).
+        if self.group_commit_bytes_max < 64 * 1024
+            || self.group_commit_bytes_max as u64 > self.offsets_topic_segment_bytes / 2
+        {
+            return fail(
+                "group_commit_bytes_max must be at least 64 KiB and at most half a segment".into(),
+            );
+        }
+        if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
+            return fail("request_queue_depth_max must be in 1..=1048576".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! # Coffer
+//!
+//! A thread-per-core storage engine for Kafka consumer-group state: the compacted
+//! `__consumer_offsets` topic. A broker embeds it as the storage core of its group
+//! coordinator.
+//!
+//! * [`format`] — Kafka's `__consumer_offsets` record schemas inside RecordBatch v2 framing.
+//! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
+//!   seeded, fault-injecting in-memory twin for tests.
+//! * [`log`] — per-partition segmented logs, the group-commit writer and crash recovery.
+//! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
+//!
+//! See `docs/architecture.md` for how the pieces fit.
+
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod routing;
+
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Group id → offsets partition mapping.

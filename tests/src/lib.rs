@@ -1,0 +1,1 @@
+//! Shared helpers for coffer integration tests.
