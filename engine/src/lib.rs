@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod routing;
+pub mod storage;
 
 pub use config::Config;
 pub use error::{Error, Result};

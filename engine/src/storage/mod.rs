@@ -1,0 +1,80 @@
+//! The narrow interface between the engine and the disk.
+//!
+//! Everything the engine does to files goes through [`Storage`], so the engine's own tests can
+//! run it over [`SimStorage`], a seeded in-memory twin that injects write and sync errors and
+//! simulates crashes (unsynced data lost or torn), the way TigerBeetle's `testing/storage.zig`
+//! does. The production implementation is [`UringStorage`]: control-path calls (open, list,
+//! truncate) are plain syscalls; the hot path, [`Storage::write_durable`], puts every
+//! partition's write and its `fdatasync` into one io_uring submission.
+//!
+//! All paths given to a storage are absolute or relative to the process's working directory;
+//! the engine always passes paths under its data directory.
+
+use std::io;
+use std::path::Path;
+
+mod sim;
+mod uring;
+
+pub use sim::{SimDisk, SimFaults, SimStorage};
+pub use uring::UringStorage;
+
+/// Most writes one [`Storage::write_durable`] call may carry: one per offsets partition.
+pub const WRITES_PER_FLUSH_MAX: usize = crate::config::PARTITIONS_MAX as usize;
+
+/// Handle of an open file, valid until [`Storage::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId(pub u32);
+
+/// How [`Storage::open`] treats an existing or missing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Open a file that must exist.
+    Existing,
+    /// Create a file that must not exist.
+    CreateNew,
+}
+
+/// One write of a group commit: `bytes` at `position` of `file`.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOp<'a> {
+    /// The file to write.
+    pub file: FileId,
+    /// Byte position in the file.
+    pub position: u64,
+    /// What to write.
+    pub bytes: &'a [u8],
+}
+
+/// The engine's view of a disk. One instance belongs to one shard thread.
+pub trait Storage: Send + 'static {
+    /// Takes the exclusive lock of a data directory, held until the storage is dropped.
+    /// Fails with `ErrorKind::WouldBlock` when another engine holds it.
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<()>;
+    /// Creates a directory and its parents if missing.
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries in a directory (files and sub-directories), in no order.
+    fn list_dir(&mut self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens a file for reading and writing.
+    fn open(&mut self, path: &Path, mode: OpenMode) -> io::Result<FileId>;
+    /// Current length of a file in bytes.
+    fn file_len(&mut self, file: FileId) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `position`; returns how many were read (0 at the end).
+    fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Sets a file's length, cutting or zero-extending it.
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()>;
+    /// Reserves space so the file is at least `len` bytes, reading as zeros past the old end.
+    fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()>;
+    /// Makes a file's data and length durable.
+    fn sync(&mut self, file: FileId) -> io::Result<()>;
+    /// Makes a directory's entries (created, removed files) durable.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+    /// Closes a file; its id is invalid afterwards.
+    fn close(&mut self, file: FileId);
+    /// Removes a file.
+    fn remove_file(&mut self, path: &Path) -> io::Result<()>;
+    /// Writes every op and makes each op's file durable (data only), as one submission.
+    /// `results` is cleared and receives one result per op, in order. A file appears at most
+    /// once in `ops`. An op is durable only if its result is `Ok`.
+    fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>);
+}

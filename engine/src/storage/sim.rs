@@ -1,0 +1,563 @@
+//! [`SimStorage`]: a seeded, fault-injecting in-memory twin of the disk.
+//!
+//! A [`SimDisk`] holds files as two images: what reads see now (the page cache) and what
+//! would survive a power cut (the durable image, updated by syncs). Faults come from a seeded
+//! generator, so a failing test replays exactly from its seed:
+//!
+//! * write errors (`EIO`), which may leave a random prefix of the write in the page cache;
+//! * sync errors (`EIO`), after which the unsynced bytes may or may not survive a crash —
+//!   Linux may already have dropped the dirty pages, so the engine must never retry and carry
+//!   on;
+//! * [`SimDisk::crash`]: every file reverts to its durable image plus a random subset of its
+//!   unsynced 4 KiB pages (torn writes), files created since their directory's last sync
+//!   vanish and files removed since then come back. Storages opened before the crash fail
+//!   every later call, as a dead process would.
+//!
+//! Directories themselves are assumed durable once created.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{FileId, OpenMode, Storage, WriteOp};
+
+/// The page size used to tear unsynced writes at a crash.
+const PAGE_BYTES: usize = 4096;
+
+/// Probabilistic faults; `0` disables one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimFaults {
+    /// One write in this many fails with `EIO`.
+    pub write_error_one_in: u32,
+    /// One sync in this many fails with `EIO`.
+    pub sync_error_one_in: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SimFile {
+    data: Vec<u8>,
+    durable: Vec<u8>,
+    /// Whether the file's directory entry survives a crash.
+    entry_durable: bool,
+}
+
+#[derive(Debug)]
+struct DiskState {
+    rng: u64,
+    faults: SimFaults,
+    fail_next_writes: u32,
+    fail_next_syncs: u32,
+    read_only: bool,
+    /// Bumped by every crash; storages from an older generation are dead.
+    generation: u64,
+    files: BTreeMap<PathBuf, SimFile>,
+    /// Files removed since their directory's last sync: a crash brings them back.
+    removed: BTreeMap<PathBuf, SimFile>,
+    dirs: BTreeSet<PathBuf>,
+    locks: BTreeMap<PathBuf, u64>,
+    next_lock_token: u64,
+    syncs: u64,
+    writes: u64,
+}
+
+impl DiskState {
+    /// splitmix64: small, seedable, good enough for fault decisions.
+    fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn one_in(&mut self, n: u32) -> bool {
+        n != 0 && self.next_random() % u64::from(n) == 0
+    }
+
+    fn write_fails(&mut self) -> bool {
+        if self.fail_next_writes > 0 {
+            self.fail_next_writes -= 1;
+            return true;
+        }
+        let n = self.faults.write_error_one_in;
+        self.one_in(n)
+    }
+
+    fn sync_fails(&mut self) -> bool {
+        if self.fail_next_syncs > 0 {
+            self.fail_next_syncs -= 1;
+            return true;
+        }
+        let n = self.faults.sync_error_one_in;
+        self.one_in(n)
+    }
+
+    /// What a file looks like after a power cut: its durable image plus a random subset of
+    /// the pages that differ.
+    fn crash_image(&mut self, file: &SimFile) -> Vec<u8> {
+        let len = file.data.len().max(file.durable.len());
+        let mut image = file.durable.clone();
+        image.resize(len, 0);
+        let mut kept_end = file.durable.len();
+        for start in (0..file.data.len()).step_by(PAGE_BYTES) {
+            let end = (start + PAGE_BYTES).min(file.data.len());
+            let durable_page = file.durable.get(start..end.min(file.durable.len()));
+            if durable_page == Some(&file.data[start..end]) {
+                continue;
+            }
+            if self.next_random() & 1 == 1 {
+                image[start..end].copy_from_slice(&file.data[start..end]);
+                kept_end = kept_end.max(end);
+            }
+        }
+        image.truncate(kept_end);
+        image
+    }
+}
+
+/// A simulated disk shared by the storages opened on it (one per engine incarnation).
+#[derive(Debug, Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+impl SimDisk {
+    /// An empty disk whose faults derive from `seed`.
+    pub fn new(seed: u64) -> SimDisk {
+        SimDisk {
+            state: Arc::new(Mutex::new(DiskState {
+                rng: seed,
+                faults: SimFaults::default(),
+                fail_next_writes: 0,
+                fail_next_syncs: 0,
+                read_only: false,
+                generation: 0,
+                files: BTreeMap::new(),
+                removed: BTreeMap::new(),
+                dirs: BTreeSet::new(),
+                locks: BTreeMap::new(),
+                next_lock_token: 1,
+                syncs: 0,
+                writes: 0,
+            })),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, DiskState> {
+        // A panic while holding the lock (a failed test assertion elsewhere) must not hide
+        // the disk from the rest of the test.
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// A storage over this disk, for one engine.
+    pub fn storage(&self) -> SimStorage {
+        SimStorage {
+            generation: self.state().generation,
+            disk: self.clone(),
+            files: Vec::new(),
+            lock: None,
+        }
+    }
+
+    /// Sets the probabilistic faults.
+    pub fn set_faults(&self, faults: SimFaults) {
+        self.state().faults = faults;
+    }
+
+    /// Fails the next `n` writes.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.state().fail_next_writes = n;
+    }
+
+    /// Fails the next `n` syncs.
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.state().fail_next_syncs = n;
+    }
+
+    /// Makes every mutating call fail with `EROFS` (or stop doing so).
+    pub fn set_read_only(&self, read_only: bool) {
+        self.state().read_only = read_only;
+    }
+
+    /// Simulates a power cut: see the module docs.
+    pub fn crash(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.locks.clear();
+        let removed = std::mem::take(&mut state.removed);
+        let files = std::mem::take(&mut state.files);
+        for (path, file) in removed.into_iter().chain(files) {
+            if !file.entry_durable {
+                continue;
+            }
+            let image = state.crash_image(&file);
+            state.files.insert(
+                path,
+                SimFile {
+                    data: image.clone(),
+                    durable: image,
+                    entry_durable: true,
+                },
+            );
+        }
+    }
+
+    /// Current (page cache) bytes of a file.
+    pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        self.state().files.get(path).map(|file| file.data.clone())
+    }
+
+    /// Replaces a file's bytes, durably: for tests that corrupt stored data on purpose.
+    pub fn put_file_bytes(&self, path: &Path, bytes: &[u8]) {
+        let mut state = self.state();
+        let file = state.files.entry(path.to_path_buf()).or_default();
+        file.data = bytes.to_vec();
+        file.durable = bytes.to_vec();
+        file.entry_durable = true;
+    }
+
+    /// Paths of every file on the disk.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        self.state().files.keys().cloned().collect()
+    }
+
+    /// Syncs (file and directory) performed so far.
+    pub fn syncs(&self) -> u64 {
+        self.state().syncs
+    }
+
+    /// Writes performed so far.
+    pub fn writes(&self) -> u64 {
+        self.state().writes
+    }
+}
+
+/// A [`Storage`] over a [`SimDisk`].
+#[derive(Debug)]
+pub struct SimStorage {
+    disk: SimDisk,
+    generation: u64,
+    files: Vec<Option<PathBuf>>,
+    lock: Option<(PathBuf, u64)>,
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Other, format!("simulated EIO on {what}"))
+}
+
+fn erofs() -> io::Error {
+    io::Error::new(io::ErrorKind::ReadOnlyFilesystem, "simulated read-only disk")
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+}
+
+impl SimStorage {
+    /// Locks the disk, failing if this storage's process "died" in a crash.
+    fn live(&self) -> io::Result<MutexGuard<'_, DiskState>> {
+        let state = self.disk.state();
+        if state.generation != self.generation {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "storage belongs to a process that crashed",
+            ));
+        }
+        Ok(state)
+    }
+
+    fn writable(&self) -> io::Result<MutexGuard<'_, DiskState>> {
+        let state = self.live()?;
+        if state.read_only {
+            return Err(erofs());
+        }
+        Ok(state)
+    }
+
+    fn path(&self, file: FileId) -> io::Result<PathBuf> {
+        self.files
+            .get(file.0 as usize)
+            .and_then(Clone::clone)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file id is not open"))
+    }
+
+    fn write_one(&self, op: &WriteOp<'_>) -> io::Result<()> {
+        let path = self.path(op.file)?;
+        let mut state = self.writable()?;
+        state.writes += 1;
+        let fails = state.write_fails();
+        let keep = if fails {
+            (state.next_random() % (op.bytes.len() as u64 + 1)) as usize
+        } else {
+            op.bytes.len()
+        };
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        let start = op.position as usize;
+        let end = start + keep;
+        if file.data.len() < end {
+            file.data.resize(end, 0);
+        }
+        file.data[start..end].copy_from_slice(&op.bytes[..keep]);
+        if fails {
+            return Err(eio("write"));
+        }
+        if state.sync_fails() {
+            return Err(eio("fdatasync"));
+        }
+        state.syncs += 1;
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        file.durable.clone_from(&file.data);
+        Ok(())
+    }
+}
+
+impl Drop for SimStorage {
+    fn drop(&mut self) {
+        if let Some((path, token)) = self.lock.take() {
+            let mut state = self.disk.state();
+            if state.locks.get(&path) == Some(&token) {
+                state.locks.remove(&path);
+            }
+        }
+    }
+}
+
+impl Storage for SimStorage {
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let mut state = self.writable()?;
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        if state.locks.contains_key(dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "directory is locked by another engine",
+            ));
+        }
+        let token = state.next_lock_token;
+        state.next_lock_token += 1;
+        state.locks.insert(dir.to_path_buf(), token);
+        drop(state);
+        self.lock = Some((dir.to_path_buf(), token));
+        Ok(())
+    }
+
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        let mut state = self.live()?;
+        if dir.ancestors().any(|a| state.files.contains_key(a)) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is a file", dir.display()),
+            ));
+        }
+        if state.dirs.contains(dir) {
+            return Ok(());
+        }
+        if state.read_only {
+            return Err(erofs());
+        }
+        for ancestor in dir.ancestors() {
+            state.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.live()?;
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let children = state.files.keys().chain(state.dirs.iter());
+        Ok(children
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn open(&mut self, path: &Path, mode: OpenMode) -> io::Result<FileId> {
+        {
+            let mut state = self.live()?;
+            let exists = state.files.contains_key(path);
+            match mode {
+                OpenMode::Existing if !exists => return Err(not_found(path)),
+                OpenMode::CreateNew if exists => {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
+                }
+                OpenMode::CreateNew => {
+                    if state.read_only {
+                        return Err(erofs());
+                    }
+                    let parent_exists = path.parent().is_some_and(|p| state.dirs.contains(p));
+                    if !parent_exists {
+                        return Err(not_found(path));
+                    }
+                    state.removed.remove(path);
+                    state.files.insert(path.to_path_buf(), SimFile::default());
+                }
+                OpenMode::Existing => {}
+            }
+        }
+        self.files.push(Some(path.to_path_buf()));
+        Ok(FileId((self.files.len() - 1) as u32))
+    }
+
+    fn file_len(&mut self, file: FileId) -> io::Result<u64> {
+        let path = self.path(file)?;
+        let state = self.live()?;
+        let file = state.files.get(&path).ok_or_else(|| not_found(&path))?;
+        Ok(file.data.len() as u64)
+    }
+
+    fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let path = self.path(file)?;
+        let state = self.live()?;
+        let file = state.files.get(&path).ok_or_else(|| not_found(&path))?;
+        let start = (position as usize).min(file.data.len());
+        let end = (start + buf.len()).min(file.data.len());
+        buf[..end - start].copy_from_slice(&file.data[start..end]);
+        Ok(end - start)
+    }
+
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        let path = self.path(file)?;
+        let mut state = self.writable()?;
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        file.data.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        let path = self.path(file)?;
+        let mut state = self.writable()?;
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        if (file.data.len() as u64) < len {
+            file.data.resize(len as usize, 0);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, file: FileId) -> io::Result<()> {
+        let path = self.path(file)?;
+        let mut state = self.writable()?;
+        if state.sync_fails() {
+            return Err(eio("fsync"));
+        }
+        state.syncs += 1;
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        file.durable.clone_from(&file.data);
+        Ok(())
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let mut state = self.writable()?;
+        if state.sync_fails() {
+            return Err(eio("directory fsync"));
+        }
+        state.syncs += 1;
+        for (path, file) in state.files.iter_mut() {
+            if path.parent() == Some(dir) {
+                file.entry_durable = true;
+            }
+        }
+        state.removed.retain(|path, _| path.parent() != Some(dir));
+        Ok(())
+    }
+
+    fn close(&mut self, file: FileId) {
+        if let Some(slot) = self.files.get_mut(file.0 as usize) {
+            *slot = None;
+        }
+    }
+
+    fn remove_file(&mut self, path: &Path) -> io::Result<()> {
+        let mut state = self.writable()?;
+        let file = state.files.remove(path).ok_or_else(|| not_found(path))?;
+        if file.entry_durable {
+            state.removed.insert(path.to_path_buf(), file);
+        }
+        Ok(())
+    }
+
+    fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {
+        results.clear();
+        for op in ops {
+            results.push(self.write_one(op));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (SimDisk, SimStorage, FileId, PathBuf) {
+        let disk = SimDisk::new(7);
+        let mut storage = disk.storage();
+        storage.create_dir_all(Path::new("/d")).unwrap();
+        let path = PathBuf::from("/d/f");
+        let file = storage.open(&path, OpenMode::CreateNew).unwrap();
+        storage.sync_dir(Path::new("/d")).unwrap();
+        (disk, storage, file, path)
+    }
+
+    #[test]
+    fn synced_writes_survive_a_crash_and_unsynced_files_vanish() {
+        let (disk, mut storage, file, path) = setup();
+        let mut results = Vec::new();
+        storage.write_durable(
+            &[WriteOp {
+                file,
+                position: 0,
+                bytes: b"hello",
+            }],
+            &mut results,
+        );
+        assert!(results[0].is_ok());
+        storage
+            .open(Path::new("/d/unsynced"), OpenMode::CreateNew)
+            .unwrap();
+        disk.crash();
+        assert_eq!(disk.file_bytes(&path).unwrap(), b"hello");
+        assert!(disk.file_bytes(Path::new("/d/unsynced")).is_none());
+        // The storage of the crashed process is dead.
+        assert!(storage.file_len(file).is_err());
+    }
+
+    #[test]
+    fn failed_sync_is_not_durable_and_is_reported() {
+        let (disk, mut storage, file, path) = setup();
+        disk.fail_next_syncs(1);
+        let mut results = Vec::new();
+        let bytes = vec![9u8; 3 * PAGE_BYTES];
+        storage.write_durable(
+            &[WriteOp {
+                file,
+                position: 0,
+                bytes: &bytes,
+            }],
+            &mut results,
+        );
+        assert!(results[0].is_err());
+        // Reads still see the data, as the page cache would.
+        assert_eq!(storage.file_len(file).unwrap(), bytes.len() as u64);
+        disk.crash();
+        let after = disk.file_bytes(&path).unwrap();
+        // Whatever survived is a page-aligned subset of the write, never anything else.
+        assert!(after.iter().all(|&b| b == 9 || b == 0));
+        assert_eq!(after.len() % PAGE_BYTES, 0);
+    }
+
+    #[test]
+    fn locks_are_exclusive_and_released_on_drop() {
+        let disk = SimDisk::new(1);
+        let mut a = disk.storage();
+        a.create_dir_all(Path::new("/d")).unwrap();
+        a.lock_dir(Path::new("/d")).unwrap();
+        let mut b = disk.storage();
+        let error = b.lock_dir(Path::new("/d")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        drop(a);
+        b.lock_dir(Path::new("/d")).unwrap();
+    }
+}

@@ -1,0 +1,266 @@
+//! [`UringStorage`]: the production [`Storage`], on the `io-uring` crate.
+//!
+//! Control-path calls are plain syscalls through `std::fs`. The group-commit path,
+//! [`Storage::write_durable`], pushes for each partition a buffered write linked
+//! (`IOSQE_IO_LINK`) to an `fdatasync` of the same file, submits them all with one
+//! `io_uring_enter`, and waits for every completion. The kernel runs the partitions' syncs in
+//! parallel; the link keeps each sync after its write. See docs/architecture.md for why this
+//! and not glommio's DMA files.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+use super::{FileId, OpenMode, Storage, WriteOp};
+
+/// Submission queue entries. Two per write (write + sync), so this many / 2 writes go in one
+/// `io_uring_enter`; larger flushes are submitted in chunks of that size.
+const RING_ENTRIES: u32 = 256;
+const WRITES_PER_SUBMIT_MAX: usize = (RING_ENTRIES / 2) as usize;
+/// Most bytes one write SQE carries (the SQE length field is 32 bits).
+const WRITE_BYTES_MAX: usize = u32::MAX as usize;
+
+/// The production storage: std files plus one io_uring per instance (per shard).
+pub struct UringStorage {
+    ring: IoUring,
+    files: Vec<Option<File>>,
+    free_ids: Vec<u32>,
+    dir_lock: Option<File>,
+}
+
+impl UringStorage {
+    /// Creates the storage and its io_uring.
+    pub fn new() -> io::Result<UringStorage> {
+        Ok(UringStorage {
+            ring: IoUring::new(RING_ENTRIES)?,
+            files: Vec::new(),
+            free_ids: Vec::new(),
+            dir_lock: None,
+        })
+    }
+
+    fn file(&self, id: FileId) -> io::Result<&File> {
+        self.files
+            .get(id.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file id is not open"))
+    }
+
+    /// Submits one chunk of ops and waits for all of its completions.
+    fn write_chunk(&mut self, ops: &[WriteOp<'_>], results: &mut [io::Result<()>]) {
+        debug_assert!(ops.len() <= WRITES_PER_SUBMIT_MAX && ops.len() == results.len());
+        let mut pushed = 0usize;
+        for (index, op) in ops.iter().enumerate() {
+            let fd = match self.file(op.file) {
+                Ok(file) => file.as_raw_fd(),
+                Err(error) => {
+                    results[index] = Err(error);
+                    continue;
+                }
+            };
+            if op.bytes.len() > WRITE_BYTES_MAX {
+                results[index] = Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "write larger than 4 GiB",
+                ));
+                continue;
+            }
+            let user_data = (index as u64) << 1;
+            let write = opcode::Write::new(types::Fd(fd), op.bytes.as_ptr(), op.bytes.len() as u32)
+                .offset(op.position)
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(user_data);
+            let sync = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(user_data | 1);
+            let mut queue = self.ring.submission();
+            // SAFETY: the buffers `op.bytes` point into outlive this call, and this call does
+            // not return before every pushed entry has completed (the loop below).
+            let push = unsafe { queue.push_multiple(&[write, sync]) };
+            drop(queue);
+            match push {
+                Ok(()) => pushed += 2,
+                Err(_) => {
+                    results[index] = Err(io::Error::other("io_uring submission queue full"))
+                }
+            }
+        }
+        let mut reaped = 0usize;
+        while reaped < pushed {
+            if let Err(error) = self.ring.submit_and_wait(1) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The kernel did not take the entries (or we cannot wait for them): nothing
+                // of this chunk may be called durable. Entries already in flight still
+                // complete; a ring error like this leaves the shard unable to continue, and
+                // the caller fails every partition of the chunk closed.
+                for result in results.iter_mut() {
+                    if result.is_ok() {
+                        *result = Err(io::Error::new(error.kind(), error.to_string()));
+                    }
+                }
+                return;
+            }
+            for cqe in self.ring.completion() {
+                reaped += 1;
+                let index = (cqe.user_data() >> 1) as usize;
+                let is_sync = cqe.user_data() & 1 == 1;
+                let Some(result) = results.get_mut(index) else {
+                    continue;
+                };
+                if result.is_err() {
+                    continue; // keep the first error of the pair
+                }
+                let code = cqe.result();
+                if code < 0 {
+                    let error = io::Error::from_raw_os_error(-code);
+                    let what = if is_sync { "fdatasync" } else { "write" };
+                    *result = Err(io::Error::new(error.kind(), format!("{what}: {error}")));
+                } else if !is_sync && code as usize != ops[index].bytes.len() {
+                    *result = Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("short write: {code} of {} bytes", ops[index].bytes.len()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Storage for UringStorage {
+    fn lock_dir(&mut self, dir: &Path) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(".lock"))?;
+        match file.try_lock() {
+            Ok(()) => {
+                self.dir_lock = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "directory is locked by another engine",
+            )),
+            Err(std::fs::TryLockError::Error(error)) => Err(error),
+        }
+    }
+
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            // Non-UTF-8 names are never ours; skip them.
+            if let Some(name) = name.to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&mut self, path: &Path, mode: OpenMode) -> io::Result<FileId> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if mode == OpenMode::CreateNew {
+            options.create_new(true);
+        }
+        let file = options.open(path)?;
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.files[id as usize] = Some(file);
+                id
+            }
+            None => {
+                self.files.push(Some(file));
+                (self.files.len() - 1) as u32
+            }
+        };
+        Ok(FileId(id))
+    }
+
+    fn file_len(&mut self, file: FileId) -> io::Result<u64> {
+        Ok(self.file(file)?.metadata()?.len())
+    }
+
+    fn read_at(&mut self, file: FileId, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let file = self.file(file)?;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], position + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(filled)
+    }
+
+    fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.file(file)?.set_len(len)
+    }
+
+    fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        let file = self.file(file)?;
+        let len_signed = libc::off_t::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length over off_t"))?;
+        // SAFETY: plain syscall on an fd we own.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_signed) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            // Filesystems without fallocate: a sparse extension reads as zeros too.
+            if file.metadata()?.len() < len {
+                file.set_len(len)?;
+            }
+            return Ok(());
+        }
+        Err(error)
+    }
+
+    fn sync(&mut self, file: FileId) -> io::Result<()> {
+        self.file(file)?.sync_all()
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+
+    fn close(&mut self, file: FileId) {
+        if let Some(slot) = self.files.get_mut(file.0 as usize)
+            && slot.take().is_some()
+        {
+            self.free_ids.push(file.0);
+        }
+    }
+
+    fn remove_file(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {
+        results.clear();
+        results.extend(ops.iter().map(|_| Ok(())));
+        for (chunk, chunk_results) in ops
+            .chunks(WRITES_PER_SUBMIT_MAX)
+            .zip(results.chunks_mut(WRITES_PER_SUBMIT_MAX))
+        {
+            self.write_chunk(chunk, chunk_results);
+        }
+    }
+}
