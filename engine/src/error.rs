@@ -50,6 +50,14 @@ pub enum Error {
     /// A request is malformed (too many partitions, encoded size over a limit, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// One commit encodes to more bytes than one partition's batch may hold.
+    #[error("commit encodes to up to {bytes} bytes, over the {max}-byte batch limit")]
+    CommitTooLarge {
+        /// Upper bound of the commit's encoded size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The commit was not durable within `offsets.commit.timeout.ms`.
     #[error("commit not durable within offsets.commit.timeout.ms = {timeout_ms} ms")]
     CommitTimeout {
@@ -71,6 +79,15 @@ pub enum Error {
     /// The data directory exists and is not a directory.
     #[error("data directory {0} is not a directory")]
     DataDirNotDirectory(PathBuf),
+    /// The data directory cannot be written (permissions, read-only filesystem).
+    #[error("data directory {path} is not writable: {source}")]
+    DataDirUnwritable {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Another open engine holds the data directory's lock.
     #[error("data directory {0} is locked by another open engine")]
     DataDirLocked(PathBuf),
@@ -112,11 +129,13 @@ impl Error {
             Error::InvalidPartition(_) => Some(UNKNOWN_TOPIC_OR_PARTITION),
             Error::InvalidOffset(_) | Error::InvalidRequest(_) => Some(INVALID_REQUEST),
             Error::OffsetMetadataTooLarge { .. } => Some(OFFSET_METADATA_TOO_LARGE),
+            Error::CommitTooLarge { .. } => Some(INVALID_COMMIT_OFFSET_SIZE),
             Error::CommitTimeout { .. } => Some(COORDINATOR_NOT_AVAILABLE),
             Error::PartitionFailed { .. } | Error::Closed => Some(NOT_COORDINATOR),
             Error::Corrupt { .. } => Some(CORRUPT_MESSAGE),
             Error::DataDirNotDirectory(_)
             | Error::DataDirLocked(_)
+            | Error::DataDirUnwritable { .. }
             | Error::InvalidConfig(_)
             | Error::Io { .. } => None,
         }

@@ -7,16 +7,25 @@
 //! * [`format`] — Kafka's `__consumer_offsets` record schemas inside RecordBatch v2 framing.
 //! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
 //!   seeded, fault-injecting in-memory twin for tests.
-//! * [`log`] — per-partition segmented logs, the group-commit writer and crash recovery.
+//! * [`log`] — per-partition segmented logs and their crash recovery.
 //! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
 //!
 //! See `docs/architecture.md` for how the pieces fit.
 
 pub mod config;
+mod completion;
+mod engine;
 pub mod error;
 pub mod format;
+pub mod log;
+mod offsets;
 pub mod routing;
+mod shard;
 pub mod storage;
 
+pub use completion::CommitFuture;
 pub use config::Config;
+pub use engine::Engine;
 pub use error::{Error, Result};
+pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
+pub use shard::RecoveryReport;

@@ -1,0 +1,12 @@
+//! Per-partition segmented logs in Kafka's on-disk layout, and their crash recovery.
+//!
+//! * [`segment`] — segment file names and the active/sealed segment records.
+//! * [`reader`] — batch-by-batch reading with framing, CRC and offset checks, and the
+//!   torn-tail inspection recovery relies on.
+//! * [`partition`] — one partition's log: recovery on open, appends, rolls, close.
+
+pub mod partition;
+pub mod reader;
+pub mod segment;
+
+pub use partition::{LogSettings, PartitionLog, PartitionRecovery, Truncation};

@@ -1,0 +1,346 @@
+//! One offsets partition's log: recovery on open, append positions, segment rolls, close.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{BatchView, FormatError};
+use crate::log::reader::SegmentReader;
+use crate::log::segment::{
+    ActiveSegment, SealedSegment, parse_segment_file_name, partition_dir, segment_file_name,
+};
+use crate::storage::{FileId, OpenMode, Storage};
+
+/// Settings a partition log needs from the engine config.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSettings {
+    /// `offsets.topic.segment.bytes`.
+    pub segment_bytes: u64,
+    /// `log.preallocate`.
+    pub preallocate: bool,
+}
+
+/// A torn or corrupt tail that recovery cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Where the valid data ended and the cut was made.
+    pub position: u64,
+    /// Non-zero bytes found after the cut (within the window a crash can tear).
+    pub torn_bytes: u64,
+    /// Why the first batch past the cut was rejected.
+    pub reason: String,
+}
+
+/// What recovering one partition found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionRecovery {
+    /// The offsets partition.
+    pub partition: u32,
+    /// Segment files replayed.
+    pub segments: u32,
+    /// Valid batches replayed.
+    pub batches: u64,
+    /// The tail cut off, if any.
+    pub truncation: Option<Truncation>,
+}
+
+/// The segmented log of one offsets partition.
+#[derive(Debug)]
+pub struct PartitionLog {
+    partition: u32,
+    dir: PathBuf,
+    settings: LogSettings,
+    sealed: Vec<SealedSegment>,
+    active: ActiveSegment,
+    next_offset: i64,
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing) and recovers the log of `partition` under `data_dir`,
+    /// calling `visit` with every valid batch in offset order. Cuts a torn tail of the active
+    /// segment and syncs; fails on corruption anywhere else.
+    pub fn open(
+        storage: &mut dyn Storage,
+        data_dir: &Path,
+        partition: u32,
+        settings: LogSettings,
+        read_buf: &mut Vec<u8>,
+        visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
+    ) -> Result<(PartitionLog, PartitionRecovery)> {
+        let dir = partition_dir(data_dir, partition);
+        let io = |what: &str, e| Error::io(format!("{what} {}", dir.display()), e);
+        storage
+            .create_dir_all(&dir)
+            .map_err(|e| io("creating", e))?;
+        let names = storage.list_dir(&dir).map_err(|e| io("listing", e))?;
+        let mut base_offsets: Vec<i64> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
+        base_offsets.sort_unstable();
+
+        let mut report = PartitionRecovery {
+            partition,
+            ..PartitionRecovery::default()
+        };
+        let Some((&active_base, sealed_bases)) = base_offsets.split_last() else {
+            let log = Self::create(storage, dir, partition, settings)?;
+            return Ok((log, report));
+        };
+        let mut last_offset: Option<i64> = None;
+        let mut sealed = Vec::with_capacity(sealed_bases.len());
+        for &base_offset in sealed_bases {
+            let path = dir.join(segment_file_name(base_offset));
+            let file = storage
+                .open(&path, OpenMode::Existing)
+                .map_err(|e| io("opening segment in", e))?;
+            let floor = Some(last_offset.unwrap_or(i64::MIN).max(base_offset - 1));
+            let scanned = scan_file(storage, file, read_buf, floor, visit);
+            storage.close(file);
+            let (outcome, buf) = scanned?;
+            *read_buf = buf;
+            check_records(&outcome, &path)?;
+            if let Some(stop) = outcome.stop {
+                return Err(Error::Corrupt {
+                    file: path,
+                    position: stop.position,
+                    reason: format!("in a sealed segment: {}", stop.reason),
+                });
+            }
+            report.segments += 1;
+            report.batches += outcome.batches;
+            last_offset = outcome.last_offset.or(last_offset);
+            sealed.push(SealedSegment {
+                base_offset,
+                path,
+                len: outcome.valid_len,
+            });
+        }
+
+        let path = dir.join(segment_file_name(active_base));
+        let file = storage
+            .open(&path, OpenMode::Existing)
+            .map_err(|e| io("opening segment in", e))?;
+        let floor = Some(last_offset.unwrap_or(i64::MIN).max(active_base - 1));
+        let (outcome, mut reader_buf) = scan_file(storage, file, read_buf, floor, visit)?;
+        check_records(&outcome, &path)?;
+        report.segments += 1;
+        report.batches += outcome.batches;
+        last_offset = outcome.last_offset.or(last_offset);
+        let valid_len = outcome.valid_len;
+        if let Some(stop) = outcome.stop {
+            let mut reader = SegmentReader::new(storage, file, std::mem::take(&mut reader_buf))
+                .map_err(|e| io("reading segment in", e))?;
+            let inspected = reader.inspect_tail(stop.position, last_offset);
+            *read_buf = reader.into_buffer();
+            let (torn_bytes, later_batch) = inspected.map_err(|e| io("reading segment in", e))?;
+            if let Some(position) = later_batch {
+                return Err(Error::Corrupt {
+                    file: path,
+                    position: stop.position,
+                    reason: format!(
+                        "{}; a valid batch follows at byte {position}, so this is not a torn tail",
+                        stop.reason
+                    ),
+                });
+            }
+            if torn_bytes > 0 {
+                truncate_tail(storage, file, valid_len, settings).map_err(|e| io("truncating", e))?;
+                report.truncation = Some(Truncation {
+                    file: path.clone(),
+                    position: valid_len,
+                    torn_bytes,
+                    reason: stop.reason,
+                });
+            }
+        } else {
+            *read_buf = reader_buf;
+        }
+        if settings.preallocate && report.truncation.is_none() {
+            preallocate(storage, file, settings.segment_bytes).map_err(|e| io("allocating", e))?;
+        }
+        let next_offset = last_offset.map_or(active_base, |last| last + 1);
+        let log = PartitionLog {
+            partition,
+            dir,
+            settings,
+            sealed,
+            active: ActiveSegment {
+                base_offset: active_base,
+                path,
+                file,
+                len: valid_len,
+            },
+            next_offset,
+        };
+        Ok((log, report))
+    }
+
+    /// A new, empty log with one segment at offset 0.
+    fn create(
+        storage: &mut dyn Storage,
+        dir: PathBuf,
+        partition: u32,
+        settings: LogSettings,
+    ) -> Result<PartitionLog> {
+        let active = create_segment(storage, &dir, 0, settings)
+            .map_err(|e| Error::io(format!("creating a segment in {}", dir.display()), e))?;
+        Ok(PartitionLog {
+            partition,
+            dir,
+            settings,
+            sealed: Vec::new(),
+            active,
+            next_offset: 0,
+        })
+    }
+
+    /// The offsets partition.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Offset the next appended record gets.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Segments in the log, sealed and active.
+    pub fn segment_count(&self) -> usize {
+        self.sealed.len() + 1
+    }
+
+    /// Bytes of batches in the log.
+    pub fn size_bytes(&self) -> u64 {
+        self.sealed.iter().map(|s| s.len).sum::<u64>() + self.active.len
+    }
+
+    /// Where a batch of `batch_bytes` goes, rolling to a new segment first if it would not fit.
+    pub fn prepare_append(
+        &mut self,
+        storage: &mut dyn Storage,
+        batch_bytes: usize,
+    ) -> std::io::Result<(FileId, u64)> {
+        let end = self.active.len + batch_bytes as u64;
+        if self.active.len > 0 && end > self.settings.segment_bytes {
+            self.roll(storage)?;
+        }
+        Ok((self.active.file, self.active.len))
+    }
+
+    /// Records that a batch prepared with [`prepare_append`](Self::prepare_append) is
+    /// durable.
+    pub fn commit_append(&mut self, batch_bytes: usize, last_offset: i64) {
+        debug_assert!(last_offset >= self.next_offset);
+        self.active.len += batch_bytes as u64;
+        self.next_offset = last_offset + 1;
+    }
+
+    /// Seals the active segment (trimmed to its data, synced) and starts a new one.
+    fn roll(&mut self, storage: &mut dyn Storage) -> std::io::Result<()> {
+        storage.set_len(self.active.file, self.active.len)?;
+        storage.sync(self.active.file)?;
+        let next = create_segment(storage, &self.dir, self.next_offset, self.settings)?;
+        let old = std::mem::replace(&mut self.active, next);
+        storage.close(old.file);
+        self.sealed.push(SealedSegment {
+            base_offset: old.base_offset,
+            path: old.path,
+            len: old.len,
+        });
+        Ok(())
+    }
+
+    /// Trims the active segment's preallocated space, syncs and closes it.
+    pub fn close(self, storage: &mut dyn Storage) -> std::io::Result<()> {
+        let result = storage
+            .set_len(self.active.file, self.active.len)
+            .and_then(|()| storage.sync(self.active.file));
+        storage.close(self.active.file);
+        result
+    }
+
+    /// Closes the active segment's file without touching it (after a failure).
+    pub fn abandon(self, storage: &mut dyn Storage) {
+        storage.close(self.active.file);
+    }
+}
+
+/// Scans a whole file; returns the outcome and the read buffer for reuse.
+fn scan_file(
+    storage: &mut dyn Storage,
+    file: FileId,
+    read_buf: &mut Vec<u8>,
+    floor: Option<i64>,
+    visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
+) -> Result<(crate::log::reader::ScanOutcome, Vec<u8>)> {
+    let mut reader = SegmentReader::new(storage, file, std::mem::take(read_buf))
+        .map_err(|e| Error::io("reading a segment", e))?;
+    let outcome = reader.scan(floor, visit);
+    let buf = reader.into_buffer();
+    match outcome {
+        Ok(outcome) => Ok((outcome, buf)),
+        Err(error) => {
+            *read_buf = buf;
+            Err(Error::io("reading a segment", error))
+        }
+    }
+}
+
+/// Fails if the visitor rejected a batch's records.
+fn check_records(outcome: &crate::log::reader::ScanOutcome, path: &Path) -> Result<()> {
+    match &outcome.bad_records {
+        Some((position, error)) => Err(Error::Corrupt {
+            file: path.to_path_buf(),
+            position: *position,
+            reason: format!("malformed record in a batch with a valid CRC: {error}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Cuts a torn tail: everything from `valid_len` on becomes zeros again, durably, so a later
+/// shorter write can never be followed by stale bytes.
+fn truncate_tail(
+    storage: &mut dyn Storage,
+    file: FileId,
+    valid_len: u64,
+    settings: LogSettings,
+) -> std::io::Result<()> {
+    storage.set_len(file, valid_len)?;
+    if settings.preallocate {
+        storage.allocate(file, settings.segment_bytes)?;
+    }
+    storage.sync(file)
+}
+
+fn preallocate(storage: &mut dyn Storage, file: FileId, len: u64) -> std::io::Result<()> {
+    if storage.file_len(file)? >= len {
+        return Ok(());
+    }
+    storage.allocate(file, len)?;
+    // Sync once now so that appends' fdatasyncs flush data only, not the new length.
+    storage.sync(file)
+}
+
+fn create_segment(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    base_offset: i64,
+    settings: LogSettings,
+) -> std::io::Result<ActiveSegment> {
+    let path = dir.join(segment_file_name(base_offset));
+    let file = storage.open(&path, OpenMode::CreateNew)?;
+    if settings.preallocate {
+        storage.allocate(file, settings.segment_bytes)?;
+    }
+    storage.sync(file)?;
+    storage.sync_dir(dir)?;
+    Ok(ActiveSegment {
+        base_offset,
+        path,
+        file,
+        len: 0,
+    })
+}

@@ -1,0 +1,462 @@
+//! A shard: one thread owning a set of offsets partitions, their logs and offset tables,
+//! and one storage through which every flush goes.
+//!
+//! The loop is adaptive group commit (Kafka's KAFKA-19826): it blocks for the first request,
+//! takes whatever else is already queued (bounded by the byte caps), optionally lingers, and
+//! flushes the lot — one batch per dirty partition, all written and synced in one storage
+//! submission. While a flush is in flight new requests queue up and form the next batch.
+//! Every request is acknowledged only after its partition's write is durable.
+
+pub(crate) mod group_commit;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
+use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
+use crate::offsets::{CommittedOffset, CommittedOffsetRef, OffsetTable, TopicPartitionOffset};
+use crate::storage::{Storage, WriteOp};
+use group_commit::{GroupCommitBatch, PendingCommit, encode_partition_batch};
+
+/// What recovery found when the engine opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Per offsets partition.
+    pub partitions: Vec<PartitionRecovery>,
+    /// Records replayed.
+    pub records: u64,
+    /// Offset commit tombstones replayed.
+    pub tombstones: u64,
+    /// Records of types this version does not know, skipped as Kafka skips them.
+    pub unknown_records: u64,
+    /// Group metadata records seen (restored by the groups work, issue 6).
+    pub group_metadata_records: u64,
+    /// Records in transactional or control batches, not yet interpreted.
+    pub transactional_records: u64,
+}
+
+impl RecoveryReport {
+    /// The tails recovery cut off.
+    pub fn truncations(&self) -> impl Iterator<Item = &crate::log::Truncation> {
+        self.partitions.iter().filter_map(|p| p.truncation.as_ref())
+    }
+}
+
+/// A fetch's answer.
+pub(crate) enum FetchReply {
+    Some(Vec<Option<CommittedOffset>>),
+    All(Vec<TopicPartitionOffset>),
+}
+
+/// Messages into a shard.
+pub(crate) enum Request {
+    Commit(PendingCommit),
+    Fetch {
+        group: String,
+        offsets_partition: u32,
+        /// `None` for every partition of the group.
+        partitions: Option<Vec<(String, i32)>>,
+        reply: Sender<Result<FetchReply>>,
+    },
+    Close {
+        reply: Sender<Result<()>>,
+    },
+}
+
+/// One offsets partition hosted by a shard.
+struct HostedPartition {
+    /// `None` once failed closed.
+    log: Option<PartitionLog>,
+    failure: Option<String>,
+    table: OffsetTable,
+    /// This partition's encoded batch of the current flush.
+    encoded: Vec<u8>,
+    /// Last offset of `encoded`, when the partition is in the current flush.
+    encoded_last_offset: Option<i64>,
+}
+
+pub(crate) struct Shard {
+    storage: Box<dyn Storage>,
+    data_dir: PathBuf,
+    partitions: Vec<HostedPartition>,
+    batch: GroupCommitBatch,
+    linger: Duration,
+    commit_timeout_ms: u64,
+    flush_results: Vec<std::io::Result<()>>,
+    flush_partitions: Vec<u32>,
+}
+
+enum Step {
+    Continue,
+    Stop(Option<Sender<Result<()>>>),
+}
+
+impl Shard {
+    /// Locks the data directory and recovers every partition.
+    pub(crate) fn open(
+        config: &Config,
+        mut storage: Box<dyn Storage>,
+    ) -> Result<(Shard, RecoveryReport)> {
+        let data_dir = config.data_dir.clone();
+        storage.create_dir_all(&data_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                Error::DataDirNotDirectory(data_dir.clone())
+            }
+            _ => data_dir_error(&data_dir, e),
+        })?;
+        storage.lock_dir(&data_dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => Error::DataDirLocked(data_dir.clone()),
+            _ => data_dir_error(&data_dir, e),
+        })?;
+        let settings = LogSettings {
+            segment_bytes: config.offsets_topic_segment_bytes,
+            preallocate: config.log_preallocate,
+        };
+        let mut report = RecoveryReport::default();
+        let mut read_buf = Vec::new();
+        let mut partitions = Vec::with_capacity(config.offsets_topic_num_partitions as usize);
+        for partition in 0..config.offsets_topic_num_partitions {
+            let mut table = OffsetTable::default();
+            let mut visit = |view: &BatchView<'_>, _position: u64| {
+                replay_batch(&mut table, &mut report, view)
+            };
+            let (log, recovery) = PartitionLog::open(
+                storage.as_mut(),
+                &data_dir,
+                partition,
+                settings,
+                &mut read_buf,
+                &mut visit,
+            )?;
+            report.partitions.push(recovery);
+            partitions.push(HostedPartition {
+                log: Some(log),
+                failure: None,
+                table,
+                encoded: Vec::new(),
+                encoded_last_offset: None,
+            });
+        }
+        let shard = Shard {
+            storage,
+            data_dir,
+            batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
+            partitions,
+            linger: Duration::from_micros(config.group_commit_linger_us),
+            commit_timeout_ms: config.offsets_commit_timeout_ms,
+            flush_results: Vec::new(),
+            flush_partitions: Vec::new(),
+        };
+        Ok((shard, report))
+    }
+
+    /// Serves requests until closed or every sender is gone, then closes the logs.
+    pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        let mut carry: Option<PendingCommit> = None;
+        let stop = loop {
+            let mut step = Step::Continue;
+            match carry.take() {
+                Some(commit) => self.add(commit, &mut carry),
+                None => match requests.recv() {
+                    Ok(request) => step = self.handle(request, &mut carry),
+                    Err(_) => break None,
+                },
+            }
+            // Adaptive batching: take what queued up during the last flush, without waiting.
+            while matches!(step, Step::Continue) && carry.is_none() {
+                match requests.try_recv() {
+                    Ok(request) => step = self.handle(request, &mut carry),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => step = Step::Stop(None),
+                }
+            }
+            if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty()
+            {
+                let deadline = Instant::now() + self.linger;
+                while matches!(step, Step::Continue) && carry.is_none() {
+                    match requests.recv_deadline(deadline) {
+                        Ok(request) => step = self.handle(request, &mut carry),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
+                    }
+                }
+            }
+            if !self.batch.is_empty() {
+                self.flush();
+            }
+            if let Step::Stop(reply) = step {
+                if let Some(commit) = carry.take() {
+                    self.add(commit, &mut carry);
+                    self.flush();
+                }
+                break reply;
+            }
+        };
+        let result = self.close();
+        if let Some(reply) = stop {
+            // The closer may have given up waiting; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
+        match request {
+            Request::Commit(commit) => self.add(commit, carry),
+            Request::Fetch {
+                group,
+                offsets_partition,
+                partitions,
+                reply,
+            } => {
+                let _ = reply.send(self.fetch(&group, offsets_partition, partitions));
+            }
+            Request::Close { reply } => return Step::Stop(Some(reply)),
+        }
+        Step::Continue
+    }
+
+    fn add(&mut self, commit: PendingCommit, carry: &mut Option<PendingCommit>) {
+        if let Err(commit) = self.batch.try_add(commit) {
+            *carry = Some(commit);
+        }
+    }
+
+    fn fetch(
+        &self,
+        group: &str,
+        offsets_partition: u32,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<FetchReply> {
+        let hosted = self.hosted(offsets_partition)?;
+        Ok(match partitions {
+            Some(wanted) => FetchReply::Some(
+                wanted
+                    .iter()
+                    .map(|(topic, partition)| hosted.table.get(group, topic, *partition).cloned())
+                    .collect(),
+            ),
+            None => FetchReply::All(hosted.table.group(group)),
+        })
+    }
+
+    fn hosted(&self, offsets_partition: u32) -> Result<&HostedPartition> {
+        let hosted = self
+            .partitions
+            .get(offsets_partition as usize)
+            .ok_or(Error::InvalidRequest("offsets partition not hosted"))?;
+        match &hosted.failure {
+            Some(reason) => Err(Error::PartitionFailed {
+                partition: offsets_partition,
+                reason: reason.clone(),
+            }),
+            None => Ok(hosted),
+        }
+    }
+
+    /// Writes the batch: encode per partition, one durable submission, then apply and ack.
+    fn flush(&mut self) {
+        let now = Instant::now();
+        let timestamp_ms = wall_clock_ms();
+        // Commits past their deadline fail without being written.
+        let mut index = 0;
+        while index < self.batch.requests.len() {
+            let expired = self.batch.requests[index].deadline <= now;
+            let failed = self.hosted(self.batch.requests[index].offsets_partition).err();
+            if expired || failed.is_some() {
+                let commit = self.batch.requests.swap_remove(index);
+                let error = failed.unwrap_or(Error::CommitTimeout {
+                    timeout_ms: self.commit_timeout_ms,
+                });
+                commit.completer.complete(Err(error));
+            } else {
+                index += 1;
+            }
+        }
+        self.batch.sort_entries();
+        self.flush_partitions.clear();
+        let partitions = &mut self.partitions;
+        let flush_partitions = &mut self.flush_partitions;
+        self.batch.for_each_partition(|partition, latest| {
+            let hosted = &mut partitions[partition as usize];
+            let Some(log) = hosted.log.as_ref() else {
+                return;
+            };
+            hosted.encoded_last_offset =
+                encode_partition_batch(&mut hosted.encoded, log.next_offset(), timestamp_ms, latest);
+            flush_partitions.push(partition);
+        });
+        self.write_partitions();
+        self.apply_and_ack(timestamp_ms);
+    }
+
+    /// Places each partition's batch (rolling segments as needed) and writes them all.
+    fn write_partitions(&mut self) {
+        // One small allocation per flush, not per commit: the ops borrow this flush's buffers.
+        let mut ops: Vec<WriteOp<'_>> = Vec::with_capacity(self.flush_partitions.len());
+        let mut placed: Vec<u32> = Vec::with_capacity(self.flush_partitions.len());
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            let Some(log) = hosted.log.as_mut() else {
+                continue;
+            };
+            match log.prepare_append(self.storage.as_mut(), hosted.encoded.len()) {
+                Ok((file, position)) => {
+                    placed.push(partition);
+                    ops.push(WriteOp {
+                        file,
+                        position,
+                        bytes: &[],
+                    });
+                }
+                Err(error) => {
+                    hosted.failure = Some(format!("rolling a segment: {error}"));
+                }
+            }
+        }
+        for (op, &partition) in ops.iter_mut().zip(&placed) {
+            op.bytes = &self.partitions[partition as usize].encoded;
+        }
+        self.storage.write_durable(&ops, &mut self.flush_results);
+        debug_assert_eq!(self.flush_results.len(), placed.len());
+        for (result, &partition) in self.flush_results.iter().zip(&placed) {
+            let hosted = &mut self.partitions[partition as usize];
+            match result {
+                Ok(()) => {
+                    if let (Some(log), Some(last)) =
+                        (hosted.log.as_mut(), hosted.encoded_last_offset)
+                    {
+                        log.commit_append(hosted.encoded.len(), last);
+                    }
+                }
+                // Never retry a failed write or fdatasync: the page cache may already have
+                // dropped the data. Fail the partition closed; recovery reads the disk.
+                Err(error) => hosted.failure = Some(format!("{error}")),
+            }
+        }
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            if hosted.failure.is_some()
+                && let Some(log) = hosted.log.take()
+            {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+    }
+
+    /// Applies durable partitions' commits to their tables, then acks every request.
+    fn apply_and_ack(&mut self, timestamp_ms: i64) {
+        let partitions = &mut self.partitions;
+        self.batch.for_each_partition(|partition, latest| {
+            let hosted = &mut partitions[partition as usize];
+            if hosted.failure.is_some() {
+                return;
+            }
+            for (group, pending) in latest {
+                let value = CommittedOffsetRef {
+                    offset: pending.offset,
+                    leader_epoch: pending.leader_epoch,
+                    metadata: &pending.metadata,
+                    commit_timestamp_ms: timestamp_ms,
+                    expire_timestamp_ms: None,
+                };
+                hosted
+                    .table
+                    .upsert(group, &pending.topic, pending.partition, value);
+            }
+        });
+        for commit in self.batch.requests.drain(..) {
+            let hosted = &self.partitions[commit.offsets_partition as usize];
+            let result = match &hosted.failure {
+                None => Ok(()),
+                Some(reason) => Err(Error::PartitionFailed {
+                    partition: commit.offsets_partition,
+                    reason: reason.clone(),
+                }),
+            };
+            commit.completer.complete(result);
+        }
+        self.batch.clear();
+    }
+
+    /// Trims and syncs every healthy partition's active segment; releases the directory.
+    fn close(mut self) -> Result<()> {
+        let mut first_error = None;
+        for hosted in &mut self.partitions {
+            if let Some(log) = hosted.log.take() {
+                let partition = log.partition();
+                if let Err(error) = log.close(self.storage.as_mut()) {
+                    first_error.get_or_insert(Error::io(
+                        format!(
+                            "closing offsets partition {partition} in {}",
+                            self.data_dir.display()
+                        ),
+                        error,
+                    ));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn data_dir_error(data_dir: &std::path::Path, error: std::io::Error) -> Error {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            Error::DataDirUnwritable {
+                path: data_dir.to_path_buf(),
+                source: error,
+            }
+        }
+        _ => Error::io(format!("opening data directory {}", data_dir.display()), error),
+    }
+}
+
+/// Rebuilds the table from one replayed batch.
+fn replay_batch(
+    table: &mut OffsetTable,
+    report: &mut RecoveryReport,
+    view: &BatchView<'_>,
+) -> Result<(), FormatError> {
+    if view.header.is_control() || view.header.is_transactional() {
+        report.transactional_records += view.header.records_count.max(0) as u64;
+        return Ok(());
+    }
+    for record in view.records() {
+        let record = record?;
+        report.records += 1;
+        let key = record.key.ok_or(FormatError::Malformed("record without a key"))?;
+        match decode_key(key)? {
+            RecordKey::OffsetCommit(key) => match record.value {
+                None => {
+                    report.tombstones += 1;
+                    table.remove(key.group, key.topic, key.partition);
+                }
+                Some(value) => {
+                    let (_, value) = OffsetCommitValue::decode(value)?;
+                    let committed = CommittedOffsetRef {
+                        offset: value.offset,
+                        leader_epoch: (value.leader_epoch >= 0).then_some(value.leader_epoch),
+                        metadata: value.metadata,
+                        commit_timestamp_ms: value.commit_timestamp,
+                        expire_timestamp_ms: (value.expire_timestamp >= 0)
+                            .then_some(value.expire_timestamp),
+                    };
+                    table.upsert(key.group, key.topic, key.partition, committed);
+                }
+            },
+            RecordKey::GroupMetadata(_) => report.group_metadata_records += 1,
+            RecordKey::Unknown { .. } => report.unknown_records += 1,
+        }
+    }
+    Ok(())
+}
+
+fn wall_clock_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
