@@ -1,0 +1,706 @@
+//! Kafka RecordBatch v2 framing (`DefaultRecordBatch.java`, `DefaultRecord.java`).
+//!
+//! ```text
+//! offset size field                   note
+//!  0      8   base offset     i64     offset of the first record
+//!  8      4   batch length    i32     bytes after this field
+//! 12      4   partition leader epoch i32
+//! 16      1   magic           i8      = 2
+//! 17      4   crc             u32     CRC-32C of bytes 21..end
+//! 21      2   attributes      i16     bits 0-2 compression, 3 timestamp type,
+//!                                     4 transactional, 5 control, 6 delete horizon
+//! 23      4   last offset delta i32
+//! 27      8   base timestamp  i64
+//! 35      8   max timestamp   i64
+//! 43      8   producer id     i64
+//! 51      2   producer epoch  i16
+//! 53      4   base sequence   i32
+//! 57      4   records count   i32
+//! 61      ... records
+//! ```
+//!
+//! Each record:
+//!
+//! ```text
+//! length varint | attributes i8 | timestamp delta varlong | offset delta varint |
+//! key length varint (-1 = null) | key | value length varint (-1 = null) | value |
+//! header count varint | headers (key length varint, key, value length varint, value)*
+//! ```
+//!
+//! Coffer writes uncompressed, create-time batches and refuses to read compressed ones.
+
+use super::control::EndTransactionMarker;
+use super::schema::{OffsetCommitKey, OffsetCommitValue};
+use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
+use super::{FormatError, Reader};
+
+/// Bytes from the base offset through the records count.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// Bytes before the part that `batch length` counts: base offset + batch length.
+pub const BATCH_LOG_OVERHEAD_BYTES: usize = 12;
+/// RecordBatch v2's magic.
+pub const MAGIC_V2: i8 = 2;
+
+/// Field offsets inside the header.
+pub mod offsets {
+    /// Base offset, i64.
+    pub const BASE_OFFSET: usize = 0;
+    /// Batch length, i32.
+    pub const BATCH_LENGTH: usize = 8;
+    /// Partition leader epoch, i32.
+    pub const PARTITION_LEADER_EPOCH: usize = 12;
+    /// Magic, i8.
+    pub const MAGIC: usize = 16;
+    /// CRC-32C, u32.
+    pub const CRC: usize = 17;
+    /// Attributes, i16; the CRC covers from here to the end of the batch.
+    pub const ATTRIBUTES: usize = 21;
+    /// Last offset delta, i32.
+    pub const LAST_OFFSET_DELTA: usize = 23;
+    /// Base timestamp, i64.
+    pub const BASE_TIMESTAMP: usize = 27;
+    /// Max timestamp, i64.
+    pub const MAX_TIMESTAMP: usize = 35;
+    /// Producer id, i64.
+    pub const PRODUCER_ID: usize = 43;
+    /// Producer epoch, i16.
+    pub const PRODUCER_EPOCH: usize = 51;
+    /// Base sequence, i32.
+    pub const BASE_SEQUENCE: usize = 53;
+    /// Records count, i32.
+    pub const RECORDS_COUNT: usize = 57;
+}
+
+/// Smallest legal `batch length`: a header with no records.
+pub const MIN_BATCH_LENGTH: i32 = (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES) as i32;
+
+/// Attribute bits 0-2: compression codec (0 = none).
+pub const ATTR_COMPRESSION_MASK: i16 = 0x07;
+/// Attribute bit 3: timestamps are log-append time (else create time).
+pub const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+/// Attribute bit 4: the batch belongs to a transaction.
+pub const ATTR_TRANSACTIONAL: i16 = 0x10;
+/// Attribute bit 5: the batch holds a control record.
+pub const ATTR_CONTROL: i16 = 0x20;
+/// Attribute bit 6: the base timestamp is the delete horizon set by the log cleaner.
+pub const ATTR_DELETE_HORIZON: i16 = 0x40;
+
+/// "No producer" (non-idempotent writes).
+pub const NO_PRODUCER_ID: i64 = -1;
+/// "No producer epoch".
+pub const NO_PRODUCER_EPOCH: i16 = -1;
+/// "No sequence".
+pub const NO_SEQUENCE: i32 = -1;
+/// "No partition leader epoch"; the broker stamps the real one on append.
+pub const NO_PARTITION_LEADER_EPOCH: i32 = -1;
+/// "No timestamp". As [`BatchParams::base_timestamp`] it means "the first record's".
+pub const NO_TIMESTAMP: i64 = -1;
+
+/// Headers per record we write: none.
+const NO_HEADERS: i32 = 0;
+/// Record attributes (unused by Kafka, always 0).
+const RECORD_ATTRIBUTES: i8 = 0;
+const RECORD_ATTRIBUTES_BYTES: usize = 1;
+/// Varint length of a null key/value.
+const NULL_LENGTH: i32 = -1;
+
+/// A decoded batch header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Bytes after the length field.
+    pub batch_length: i32,
+    /// Leader epoch stamped by the broker.
+    pub partition_leader_epoch: i32,
+    /// Always 2 for a parsed batch.
+    pub magic: i8,
+    /// Stored CRC-32C.
+    pub crc: u32,
+    /// Attribute bits.
+    pub attributes: i16,
+    /// Offset of the last record minus the base offset.
+    pub last_offset_delta: i32,
+    /// Timestamp the record deltas are relative to (or the delete horizon, see
+    /// [`has_delete_horizon`](Self::has_delete_horizon)).
+    pub base_timestamp: i64,
+    /// Largest record timestamp.
+    pub max_timestamp: i64,
+    /// Producer id, -1 for none.
+    pub producer_id: i64,
+    /// Producer epoch, -1 for none.
+    pub producer_epoch: i16,
+    /// Sequence of the first record, -1 for none.
+    pub base_sequence: i32,
+    /// Number of records.
+    pub records_count: i32,
+}
+
+#[inline]
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+#[inline]
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+#[inline]
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+
+impl BatchHeader {
+    /// Reads the 61 header bytes at the start of `buf` without checking anything else (no
+    /// magic, length or CRC check: use [`parse_batch`] for that).
+    pub fn read(buf: &[u8]) -> Result<Self, FormatError> {
+        let Some(h) = buf.get(..BATCH_HEADER_BYTES) else {
+            return Err(FormatError::Truncated {
+                needed: BATCH_HEADER_BYTES,
+                available: buf.len(),
+            });
+        };
+        use offsets as o;
+        Ok(Self {
+            base_offset: be_i64(h, o::BASE_OFFSET),
+            batch_length: be_i32(h, o::BATCH_LENGTH),
+            partition_leader_epoch: be_i32(h, o::PARTITION_LEADER_EPOCH),
+            magic: h[o::MAGIC] as i8,
+            crc: be_i32(h, o::CRC) as u32,
+            attributes: be_i16(h, o::ATTRIBUTES),
+            last_offset_delta: be_i32(h, o::LAST_OFFSET_DELTA),
+            base_timestamp: be_i64(h, o::BASE_TIMESTAMP),
+            max_timestamp: be_i64(h, o::MAX_TIMESTAMP),
+            producer_id: be_i64(h, o::PRODUCER_ID),
+            producer_epoch: be_i16(h, o::PRODUCER_EPOCH),
+            base_sequence: be_i32(h, o::BASE_SEQUENCE),
+            records_count: be_i32(h, o::RECORDS_COUNT),
+        })
+    }
+
+    /// Offset of the batch's last record (`base_offset + last_offset_delta`).
+    #[inline]
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// Bytes the batch occupies in the log: 12 + batch length.
+    #[inline]
+    pub fn total_bytes(&self) -> usize {
+        BATCH_LOG_OVERHEAD_BYTES + self.batch_length.max(0) as usize
+    }
+
+    /// Attribute bit 4.
+    #[inline]
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    /// Attribute bit 5.
+    #[inline]
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// Attribute bit 3.
+    #[inline]
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTR_LOG_APPEND_TIME != 0
+    }
+
+    /// Attribute bit 6: the log cleaner stored the tombstone delete horizon in
+    /// `base_timestamp`.
+    #[inline]
+    pub fn has_delete_horizon(&self) -> bool {
+        self.attributes & ATTR_DELETE_HORIZON != 0
+    }
+
+    /// Attribute bits 0-2.
+    #[inline]
+    pub fn compression(&self) -> u8 {
+        (self.attributes & ATTR_COMPRESSION_MASK) as u8
+    }
+}
+
+/// Batch-level fields a writer chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchParams {
+    /// Offset of the first record.
+    pub base_offset: i64,
+    /// Timestamp deltas are relative to this; [`NO_TIMESTAMP`] (the default) means "the first
+    /// record's timestamp", which is what Kafka does.
+    pub base_timestamp: i64,
+    /// Leader epoch; [`NO_PARTITION_LEADER_EPOCH`] by default.
+    pub partition_leader_epoch: i32,
+    /// Producer id; -1 for non-idempotent writes.
+    pub producer_id: i64,
+    /// Producer epoch; -1 for non-idempotent writes.
+    pub producer_epoch: i16,
+    /// Base sequence; -1 for non-idempotent writes.
+    pub base_sequence: i32,
+    /// Set attribute bit 4.
+    pub transactional: bool,
+    /// Set attribute bit 5 (transaction markers).
+    pub control: bool,
+}
+
+impl Default for BatchParams {
+    /// A non-transactional, non-idempotent batch at offset 0, as Kafka's group coordinator
+    /// writes plain offset commits.
+    fn default() -> Self {
+        Self {
+            base_offset: 0,
+            base_timestamp: NO_TIMESTAMP,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+            transactional: false,
+            control: false,
+        }
+    }
+}
+
+impl BatchParams {
+    fn attributes(&self) -> i16 {
+        let mut a = 0;
+        if self.transactional {
+            a |= ATTR_TRANSACTIONAL;
+        }
+        if self.control {
+            a |= ATTR_CONTROL;
+        }
+        a
+    }
+}
+
+/// Appends one batch to a caller-owned, reused buffer.
+///
+/// [`begin`](Self::begin) reserves the header, each `append*` encodes one record straight into
+/// the buffer, [`finish`](Self::finish) fills the header and the CRC. Nothing allocates when
+/// the buffer has capacity.
+#[derive(Debug)]
+pub struct BatchWriter<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+    params: BatchParams,
+    base_timestamp: i64,
+    max_timestamp: i64,
+    count: i32,
+    last_offset_delta: i32,
+}
+
+impl<'a> BatchWriter<'a> {
+    /// Starts a batch at `out.len()`, reserving its header.
+    pub fn begin(out: &'a mut Vec<u8>, params: BatchParams) -> Self {
+        let start = out.len();
+        out.resize(start + BATCH_HEADER_BYTES, 0);
+        Self {
+            out,
+            start,
+            params,
+            base_timestamp: params.base_timestamp,
+            max_timestamp: NO_TIMESTAMP,
+            count: 0,
+            last_offset_delta: -1,
+        }
+    }
+
+    /// Records appended so far.
+    #[inline]
+    pub fn records_count(&self) -> i32 {
+        self.count
+    }
+
+    /// Bytes written so far (header included).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.out.len() - self.start
+    }
+
+    /// Whether no record was appended yet.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Writes a record's framing up to and including the key length; returns nothing, the
+    /// caller writes the key next and then calls [`Self::frame_value`].
+    #[inline]
+    fn frame_head(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key_len: usize,
+        value_len: Option<usize>,
+    ) {
+        assert!(
+            offset_delta > self.last_offset_delta,
+            "record offset deltas must increase: {offset_delta} after {}",
+            self.last_offset_delta
+        );
+        assert!(self.count < i32::MAX, "too many records in one batch");
+        if self.base_timestamp == NO_TIMESTAMP && self.count == 0 {
+            self.base_timestamp = timestamp;
+        }
+        let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
+        let key_len = i32::try_from(key_len).expect("record key longer than i32::MAX bytes");
+        let value_len = match value_len {
+            Some(v) => i32::try_from(v).expect("record value longer than i32::MAX bytes"),
+            None => NULL_LENGTH,
+        };
+        let body = RECORD_ATTRIBUTES_BYTES
+            + varlong_len(ts_delta)
+            + varint_len(offset_delta)
+            + varint_len(key_len)
+            + key_len as usize
+            + varint_len(value_len)
+            + value_len.max(0) as usize
+            + varint_len(NO_HEADERS);
+        let body = i32::try_from(body).expect("record longer than i32::MAX bytes");
+        put_varint(self.out, body);
+        self.out.push(RECORD_ATTRIBUTES as u8);
+        put_varlong(self.out, ts_delta);
+        put_varint(self.out, offset_delta);
+        put_varint(self.out, key_len);
+        self.count += 1;
+        self.last_offset_delta = offset_delta;
+        self.max_timestamp = if self.count == 1 {
+            timestamp
+        } else {
+            self.max_timestamp.max(timestamp)
+        };
+    }
+
+    #[inline]
+    fn frame_value_len(&mut self, value_len: Option<usize>) {
+        put_varint(self.out, value_len.map_or(NULL_LENGTH, |v| v as i32));
+    }
+
+    #[inline]
+    fn frame_tail(&mut self) {
+        put_varint(self.out, NO_HEADERS);
+    }
+
+    /// Appends a record with opaque key and value bytes (`None` value = tombstone) at offset
+    /// delta = last offset delta + 1 (= records so far when no delta was skipped).
+    pub fn append(&mut self, timestamp: i64, key: &[u8], value: Option<&[u8]>) {
+        self.append_with_offset_delta(self.last_offset_delta + 1, timestamp, key, value);
+    }
+
+    /// Like [`append`](Self::append) at an explicit offset delta, for rewriting retained
+    /// records with their original offsets (compaction). Deltas must strictly increase.
+    pub fn append_with_offset_delta(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) {
+        let start = self.out.len();
+        self.frame_head(offset_delta, timestamp, key.len(), value.map(<[u8]>::len));
+        self.out.extend_from_slice(key);
+        self.frame_value_len(value.map(<[u8]>::len));
+        if let Some(v) = value {
+            self.out.extend_from_slice(v);
+        }
+        self.frame_tail();
+        debug_assert!(self.out.len() > start);
+    }
+
+    /// Appends an offset commit (or, with `value = None`, its tombstone), encoding key and
+    /// value straight into the buffer. The value is encoded at the given version.
+    ///
+    /// # Panics
+    /// If the key or value fails `validate` (see [`OffsetCommitKey::validate`],
+    /// [`OffsetCommitValue::validate`]).
+    pub fn append_offset_commit(
+        &mut self,
+        timestamp: i64,
+        key: &OffsetCommitKey<'_>,
+        value: Option<(&OffsetCommitValue<'_>, i16)>,
+    ) {
+        let key_len = key.encoded_len();
+        let value_len = value.map(|(v, version)| v.encoded_len(version));
+        self.frame_head(self.last_offset_delta + 1, timestamp, key_len, value_len);
+        let key_start = self.out.len();
+        key.encode_into(self.out);
+        assert_eq!(
+            self.out.len() - key_start,
+            key_len,
+            "key encoded_len mismatch"
+        );
+        self.frame_value_len(value_len);
+        if let (Some((v, version)), Some(value_len)) = (value, value_len) {
+            let value_start = self.out.len();
+            v.encode_into(version, self.out);
+            assert_eq!(
+                self.out.len() - value_start,
+                value_len,
+                "value encoded_len mismatch"
+            );
+        }
+        self.frame_tail();
+    }
+
+    /// Appends a transaction marker. The batch must have been begun with `control` and
+    /// `transactional` set and the transaction's producer id and epoch, and hold only this
+    /// record.
+    pub fn append_control(&mut self, timestamp: i64, marker: &EndTransactionMarker) {
+        debug_assert!(self.params.control && self.params.transactional);
+        let key = marker.key_bytes();
+        let value = marker.value_bytes();
+        self.append(timestamp, &key, Some(&value));
+    }
+
+    /// Fills the header (length, last offset delta, max timestamp, count, CRC) and returns the
+    /// batch's total bytes. A batch with no records is a caller bug.
+    pub fn finish(self) -> usize {
+        debug_assert!(self.count > 0, "finishing a record batch with no records");
+        let end = self.out.len();
+        let total = end - self.start;
+        let batch_length = i32::try_from(total - BATCH_LOG_OVERHEAD_BYTES)
+            .expect("record batch longer than i32::MAX bytes");
+        let p = &self.params;
+        let h = &mut self.out[self.start..self.start + BATCH_HEADER_BYTES];
+        use offsets as o;
+        h[o::BASE_OFFSET..o::BATCH_LENGTH].copy_from_slice(&p.base_offset.to_be_bytes());
+        h[o::BATCH_LENGTH..o::PARTITION_LEADER_EPOCH].copy_from_slice(&batch_length.to_be_bytes());
+        h[o::PARTITION_LEADER_EPOCH..o::MAGIC]
+            .copy_from_slice(&p.partition_leader_epoch.to_be_bytes());
+        h[o::MAGIC] = MAGIC_V2 as u8;
+        h[o::ATTRIBUTES..o::LAST_OFFSET_DELTA].copy_from_slice(&p.attributes().to_be_bytes());
+        h[o::LAST_OFFSET_DELTA..o::BASE_TIMESTAMP]
+            .copy_from_slice(&self.last_offset_delta.max(0).to_be_bytes());
+        h[o::BASE_TIMESTAMP..o::MAX_TIMESTAMP].copy_from_slice(&self.base_timestamp.to_be_bytes());
+        h[o::MAX_TIMESTAMP..o::PRODUCER_ID].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        h[o::PRODUCER_ID..o::PRODUCER_EPOCH].copy_from_slice(&p.producer_id.to_be_bytes());
+        h[o::PRODUCER_EPOCH..o::BASE_SEQUENCE].copy_from_slice(&p.producer_epoch.to_be_bytes());
+        h[o::BASE_SEQUENCE..o::RECORDS_COUNT].copy_from_slice(&p.base_sequence.to_be_bytes());
+        h[o::RECORDS_COUNT..BATCH_HEADER_BYTES].copy_from_slice(&self.count.to_be_bytes());
+        let crc = crc32c::crc32c(&self.out[self.start + o::ATTRIBUTES..end]);
+        self.out[self.start + o::CRC..self.start + o::ATTRIBUTES]
+            .copy_from_slice(&crc.to_be_bytes());
+        total
+    }
+}
+
+/// Checks a batch's framing — length sane and within `buf`, magic 2, CRC-32C, no
+/// compression — and returns a view of it. `buf` starts at the batch and may extend past it.
+///
+/// A `buf` shorter than the batch it announces yields [`FormatError::Truncated`] (a torn tail);
+/// a length below the 49-byte minimum yields [`FormatError::BadLength`].
+pub fn parse_batch(buf: &[u8]) -> Result<BatchView<'_>, FormatError> {
+    use offsets as o;
+    if buf.len() < BATCH_LOG_OVERHEAD_BYTES {
+        return Err(FormatError::Truncated {
+            needed: BATCH_LOG_OVERHEAD_BYTES,
+            available: buf.len(),
+        });
+    }
+    let batch_length = be_i32(buf, o::BATCH_LENGTH);
+    if batch_length < MIN_BATCH_LENGTH {
+        return Err(FormatError::BadLength {
+            what: "record batch",
+            len: i64::from(batch_length),
+        });
+    }
+    let total = BATCH_LOG_OVERHEAD_BYTES + batch_length as usize;
+    let Some(bytes) = buf.get(..total) else {
+        return Err(FormatError::Truncated {
+            needed: total,
+            available: buf.len(),
+        });
+    };
+    let magic = bytes[o::MAGIC] as i8;
+    if magic != MAGIC_V2 {
+        return Err(FormatError::BadMagic(magic));
+    }
+    let header = BatchHeader::read(bytes)?;
+    let computed = crc32c::crc32c(&bytes[o::ATTRIBUTES..]);
+    if computed != header.crc {
+        return Err(FormatError::BadCrc {
+            stored: header.crc,
+            computed,
+        });
+    }
+    if header.compression() != 0 {
+        return Err(FormatError::UnsupportedCompression(header.compression()));
+    }
+    if header.records_count < 0 {
+        return Err(FormatError::BadLength {
+            what: "records count",
+            len: i64::from(header.records_count),
+        });
+    }
+    Ok(BatchView { header, bytes })
+}
+
+/// A batch whose framing and CRC were checked by [`parse_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchView<'a> {
+    /// The decoded header.
+    pub header: BatchHeader,
+    bytes: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// Bytes the batch occupies in the log.
+    #[inline]
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The whole batch, header included (for copying it verbatim).
+    #[inline]
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The records section.
+    #[inline]
+    pub fn records_bytes(&self) -> &'a [u8] {
+        &self.bytes[BATCH_HEADER_BYTES..]
+    }
+
+    /// Iterates the records. Errors (and then stops) on a malformed record, on fewer records
+    /// than the header counts, and on bytes left after the last counted record.
+    pub fn records(&self) -> RecordIter<'a> {
+        RecordIter {
+            r: Reader::new(self.records_bytes()),
+            remaining: self.header.records_count,
+            done: false,
+        }
+    }
+}
+
+/// One record inside a batch, borrowing its key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// Record attributes (unused by Kafka).
+    pub attributes: i8,
+    /// Timestamp minus the batch's base timestamp.
+    pub timestamp_delta: i64,
+    /// Offset minus the batch's base offset.
+    pub offset_delta: i32,
+    /// Key, `None` if null.
+    pub key: Option<&'a [u8]>,
+    /// Value, `None` for a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// Number of headers (checked, then skipped).
+    pub headers_count: i32,
+}
+
+impl RecordView<'_> {
+    /// The record's absolute offset in a batch with this header.
+    #[inline]
+    pub fn offset(&self, header: &BatchHeader) -> i64 {
+        header.base_offset + i64::from(self.offset_delta)
+    }
+
+    /// The record's absolute timestamp in a batch with this header.
+    #[inline]
+    pub fn timestamp(&self, header: &BatchHeader) -> i64 {
+        header.base_timestamp.wrapping_add(self.timestamp_delta)
+    }
+}
+
+/// Iterator over a batch's records; see [`BatchView::records`].
+#[derive(Debug, Clone)]
+pub struct RecordIter<'a> {
+    r: Reader<'a>,
+    remaining: i32,
+    done: bool,
+}
+
+fn read_var_bytes<'a>(
+    r: &mut Reader<'a>,
+    what: &'static str,
+) -> Result<Option<&'a [u8]>, FormatError> {
+    match r.varint()? {
+        NULL_LENGTH => Ok(None),
+        len if len < 0 => Err(FormatError::BadLength {
+            what,
+            len: i64::from(len),
+        }),
+        len => r.take(len as usize).map(Some),
+    }
+}
+
+fn decode_record<'a>(r: &mut Reader<'a>) -> Result<RecordView<'a>, FormatError> {
+    let len = r.varint()?;
+    if len < 0 {
+        return Err(FormatError::BadLength {
+            what: "record",
+            len: i64::from(len),
+        });
+    }
+    let mut b = Reader::new(r.take(len as usize)?);
+    let attributes = b.i8()?;
+    let timestamp_delta = b.varlong()?;
+    let offset_delta = b.varint()?;
+    let key = read_var_bytes(&mut b, "record key")?;
+    let value = read_var_bytes(&mut b, "record value")?;
+    let headers_count = b.varint()?;
+    if headers_count < 0 {
+        return Err(FormatError::BadLength {
+            what: "record headers count",
+            len: i64::from(headers_count),
+        });
+    }
+    for _ in 0..headers_count {
+        let key_len = b.varint()?;
+        if key_len < 0 {
+            return Err(FormatError::BadLength {
+                what: "record header key",
+                len: i64::from(key_len),
+            });
+        }
+        let header_key = b.take(key_len as usize)?;
+        if std::str::from_utf8(header_key).is_err() {
+            return Err(FormatError::InvalidUtf8("record header key"));
+        }
+        read_var_bytes(&mut b, "record header value")?;
+    }
+    b.finish("record")?;
+    Ok(RecordView {
+        attributes,
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers_count,
+    })
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.remaining == 0 {
+            self.done = true;
+            return match self.r.finish("the last record of the batch") {
+                Ok(()) => None,
+                Err(e) => Some(Err(e)),
+            };
+        }
+        self.remaining -= 1;
+        let item = decode_record(&mut self.r);
+        if item.is_err() {
+            self.done = true;
+        }
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.done {
+            (0, Some(0))
+        } else {
+            (0, Some(self.remaining as usize + 1))
+        }
+    }
+}
