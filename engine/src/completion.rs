@@ -23,7 +23,9 @@ struct Slot {
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotState> {
         // The state is a plain value: a panic elsewhere cannot leave it half-written.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 

@@ -17,6 +17,12 @@ pub const COMMIT_PARTITIONS_MAX: usize = 16 * 1024;
 /// Smallest segment size accepted: big enough for any single batch the engine writes.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
+/// Smallest accepted `group_commit_bytes_max`.
+pub const GROUP_COMMIT_BYTES_MIN: usize = 64 * 1024;
+
+/// Largest accepted `group_commit_bytes_max`.
+pub const GROUP_COMMIT_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
 /// Engine configuration.
 ///
 /// ```
@@ -93,15 +99,14 @@ impl Config {
         if self.offsets_commit_timeout_ms == 0 {
             return fail("offsets.commit.timeout.ms must be positive".into());
         }
-        // A group commit must fit in a segment with room to spare, and hold the largest
-        // single request (every partition at its metadata limit is bounded by
-        // COMMIT_PARTITIONS_MAX; larger requests are refused at validation).
-        if self.group_commit_bytes_max < 64 * 1024
-            || self.group_commit_bytes_max as u64 > self.offsets_topic_segment_bytes / 2
+        // Each partition's share of a flush is capped separately (one batch of at most
+        // PARTITION_FLUSH_BYTES_MAX), so this only bounds the memory one flush encodes into.
+        if self.group_commit_bytes_max < GROUP_COMMIT_BYTES_MIN
+            || self.group_commit_bytes_max > GROUP_COMMIT_BYTES_LIMIT
         {
-            return fail(
-                "group_commit_bytes_max must be at least 64 KiB and at most half a segment".into(),
-            );
+            return fail(format!(
+                "group_commit_bytes_max must be in {GROUP_COMMIT_BYTES_MIN}..={GROUP_COMMIT_BYTES_LIMIT}"
+            ));
         }
         if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
             return fail("request_queue_depth_max must be in 1..=1048576".into());

@@ -12,8 +12,8 @@
 //!
 //! See `docs/architecture.md` for how the pieces fit.
 
-pub mod config;
 mod completion;
+pub mod config;
 mod engine;
 pub mod error;
 pub mod format;

@@ -111,24 +111,17 @@ impl OffsetTable {
         let mut all: Vec<TopicPartitionOffset> = topics
             .iter()
             .flat_map(|(topic, partitions)| {
-                partitions.iter().map(|(&partition, committed)| TopicPartitionOffset {
-                    topic: topic.clone(),
-                    partition,
-                    committed: committed.clone(),
-                })
+                partitions
+                    .iter()
+                    .map(|(&partition, committed)| TopicPartitionOffset {
+                        topic: topic.clone(),
+                        partition,
+                        committed: committed.clone(),
+                    })
             })
             .collect();
         all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         all
-    }
-
-    /// Number of live keys.
-    pub(crate) fn len(&self) -> usize {
-        self.groups
-            .values()
-            .flat_map(|topics| topics.values())
-            .map(HashMap::len)
-            .sum()
     }
 }
 

@@ -146,7 +146,8 @@ impl PartitionLog {
                 });
             }
             if torn_bytes > 0 {
-                truncate_tail(storage, file, valid_len, settings).map_err(|e| io("truncating", e))?;
+                truncate_tail(storage, file, valid_len, settings)
+                    .map_err(|e| io("truncating", e))?;
                 report.truncation = Some(Truncation {
                     file: path.clone(),
                     position: valid_len,

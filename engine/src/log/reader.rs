@@ -185,8 +185,9 @@ impl<'s> SegmentReader<'s> {
         let candidates: Vec<u64> = (1..scan_len)
             .filter(|&start| {
                 window.get(start + MAGIC_POSITION) == Some(&2)
-                    && batch_total_len(&window[start..])
-                        .is_some_and(|len| (format::BATCH_HEADER_BYTES..=BATCH_READ_BYTES_MAX).contains(&len))
+                    && batch_total_len(&window[start..]).is_some_and(|len| {
+                        (format::BATCH_HEADER_BYTES..=BATCH_READ_BYTES_MAX).contains(&len)
+                    })
             })
             .map(|start| from + start as u64)
             .collect();

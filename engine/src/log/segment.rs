@@ -12,7 +12,10 @@ const SEGMENT_NAME_DIGITS: usize = 20;
 
 /// Kafka's name for the segment starting at `base_offset`: `00000000000000000042.log`.
 pub fn segment_file_name(base_offset: i64) -> String {
-    format!("{base_offset:0width$}{SEGMENT_SUFFIX}", width = SEGMENT_NAME_DIGITS)
+    format!(
+        "{base_offset:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
 }
 
 /// The base offset a segment file name encodes, or `None` if it is not a segment name.
@@ -61,8 +64,14 @@ mod tests {
     fn names_round_trip_and_match_kafka() {
         assert_eq!(segment_file_name(0), "00000000000000000000.log");
         assert_eq!(segment_file_name(1234), "00000000000000001234.log");
-        assert_eq!(parse_segment_file_name("00000000000000001234.log"), Some(1234));
-        assert_eq!(parse_segment_file_name(&segment_file_name(i64::MAX)), Some(i64::MAX));
+        assert_eq!(
+            parse_segment_file_name("00000000000000001234.log"),
+            Some(1234)
+        );
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(i64::MAX)),
+            Some(i64::MAX)
+        );
         for bad in [
             "1234.log",
             "00000000000000001234.index",

@@ -115,9 +115,22 @@ impl GroupCommitBatch {
         let requests = &self.requests;
         self.entries.sort_unstable_by(|a, b| {
             let (ra, rb) = (&requests[a.request as usize], &requests[b.request as usize]);
-            let (oa, ob) = (&ra.offsets[a.offset as usize], &rb.offsets[b.offset as usize]);
-            (ra.offsets_partition, ra.group.as_str(), oa.topic.as_str(), oa.partition)
-                .cmp(&(rb.offsets_partition, rb.group.as_str(), ob.topic.as_str(), ob.partition))
+            let (oa, ob) = (
+                &ra.offsets[a.offset as usize],
+                &rb.offsets[b.offset as usize],
+            );
+            (
+                ra.offsets_partition,
+                ra.group.as_str(),
+                oa.topic.as_str(),
+                oa.partition,
+            )
+                .cmp(&(
+                    rb.offsets_partition,
+                    rb.group.as_str(),
+                    ob.topic.as_str(),
+                    ob.partition,
+                ))
                 .then((a.request, a.offset).cmp(&(b.request, b.offset)))
         });
     }
@@ -138,7 +151,9 @@ impl GroupCommitBatch {
                     .count();
             let run = &self.entries[start..end];
             let mut latest = run.iter().enumerate().filter_map(|(i, entry)| {
-                let superseded = run.get(i + 1).is_some_and(|next| self.same_key(*entry, *next));
+                let superseded = run
+                    .get(i + 1)
+                    .is_some_and(|next| self.same_key(*entry, *next));
                 (!superseded).then(|| (self.request(*entry).group.as_str(), self.offset(*entry)))
             });
             f(partition, &mut latest);

@@ -102,12 +102,14 @@ impl Shard {
         mut storage: Box<dyn Storage>,
     ) -> Result<(Shard, RecoveryReport)> {
         let data_dir = config.data_dir.clone();
-        storage.create_dir_all(&data_dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-                Error::DataDirNotDirectory(data_dir.clone())
-            }
-            _ => data_dir_error(&data_dir, e),
-        })?;
+        storage
+            .create_dir_all(&data_dir)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                    Error::DataDirNotDirectory(data_dir.clone())
+                }
+                _ => data_dir_error(&data_dir, e),
+            })?;
         storage.lock_dir(&data_dir).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => Error::DataDirLocked(data_dir.clone()),
             _ => data_dir_error(&data_dir, e),
@@ -121,9 +123,8 @@ impl Shard {
         let mut partitions = Vec::with_capacity(config.offsets_topic_num_partitions as usize);
         for partition in 0..config.offsets_topic_num_partitions {
             let mut table = OffsetTable::default();
-            let mut visit = |view: &BatchView<'_>, _position: u64| {
-                replay_batch(&mut table, &mut report, view)
-            };
+            let mut visit =
+                |view: &BatchView<'_>, _position: u64| replay_batch(&mut table, &mut report, view);
             let (log, recovery) = PartitionLog::open(
                 storage.as_mut(),
                 &data_dir,
@@ -174,8 +175,7 @@ impl Shard {
                     Err(TryRecvError::Disconnected) => step = Step::Stop(None),
                 }
             }
-            if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty()
-            {
+            if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty() {
                 let deadline = Instant::now() + self.linger;
                 while matches!(step, Step::Continue) && carry.is_none() {
                     match requests.recv_deadline(deadline) {
@@ -265,7 +265,9 @@ impl Shard {
         let mut index = 0;
         while index < self.batch.requests.len() {
             let expired = self.batch.requests[index].deadline <= now;
-            let failed = self.hosted(self.batch.requests[index].offsets_partition).err();
+            let failed = self
+                .hosted(self.batch.requests[index].offsets_partition)
+                .err();
             if expired || failed.is_some() {
                 let commit = self.batch.requests.swap_remove(index);
                 let error = failed.unwrap_or(Error::CommitTimeout {
@@ -285,8 +287,12 @@ impl Shard {
             let Some(log) = hosted.log.as_ref() else {
                 return;
             };
-            hosted.encoded_last_offset =
-                encode_partition_batch(&mut hosted.encoded, log.next_offset(), timestamp_ms, latest);
+            hosted.encoded_last_offset = encode_partition_batch(
+                &mut hosted.encoded,
+                log.next_offset(),
+                timestamp_ms,
+                latest,
+            );
             flush_partitions.push(partition);
         });
         self.write_partitions();
@@ -411,7 +417,10 @@ fn data_dir_error(data_dir: &std::path::Path, error: std::io::Error) -> Error {
                 source: error,
             }
         }
-        _ => Error::io(format!("opening data directory {}", data_dir.display()), error),
+        _ => Error::io(
+            format!("opening data directory {}", data_dir.display()),
+            error,
+        ),
     }
 }
 
@@ -428,7 +437,9 @@ fn replay_batch(
     for record in view.records() {
         let record = record?;
         report.records += 1;
-        let key = record.key.ok_or(FormatError::Malformed("record without a key"))?;
+        let key = record
+            .key
+            .ok_or(FormatError::Malformed("record without a key"))?;
         match decode_key(key)? {
             RecordKey::OffsetCommit(key) => match record.value {
                 None => {

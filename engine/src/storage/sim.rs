@@ -147,7 +147,9 @@ impl SimDisk {
     fn state(&self) -> MutexGuard<'_, DiskState> {
         // A panic while holding the lock (a failed test assertion elsewhere) must not hide
         // the disk from the rest of the test.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// A storage over this disk, for one engine.
@@ -247,11 +249,17 @@ fn eio(what: &str) -> io::Error {
 }
 
 fn erofs() -> io::Error {
-    io::Error::new(io::ErrorKind::ReadOnlyFilesystem, "simulated read-only disk")
+    io::Error::new(
+        io::ErrorKind::ReadOnlyFilesystem,
+        "simulated read-only disk",
+    )
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 impl SimStorage {

@@ -86,9 +86,7 @@ impl UringStorage {
             drop(queue);
             match push {
                 Ok(()) => pushed += 2,
-                Err(_) => {
-                    results[index] = Err(io::Error::other("io_uring submission queue full"))
-                }
+                Err(_) => results[index] = Err(io::Error::other("io_uring submission queue full")),
             }
         }
         let mut reaped = 0usize;
