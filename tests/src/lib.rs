@@ -1,1 +1,84 @@
 //! Shared helpers for coffer integration tests.
+
+use std::path::{Path, PathBuf};
+
+use coffer::storage::SimDisk;
+use coffer::{Config, Engine, OffsetCommit, Result};
+
+/// The data directory used on simulated disks.
+pub const SIM_DATA_DIR: &str = "/coffer-data";
+
+/// A small config for tests: few partitions, minimum segment size, no preallocation unless
+/// asked (so file lengths equal data lengths).
+pub fn test_config(data_dir: impl Into<PathBuf>, partitions: u32) -> Config {
+    let mut config = Config::new(data_dir);
+    config.offsets_topic_num_partitions = partitions;
+    config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
+    config.log_preallocate = false;
+    config
+}
+
+/// Opens an engine on a simulated disk.
+pub fn open_sim(disk: &SimDisk, config: &Config) -> Result<Engine> {
+    Engine::open_with_storage(config.clone(), Box::new(disk.storage()))
+}
+
+/// Commits one offset and waits for it to be durable.
+pub fn commit_one(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<()> {
+    commit_with_metadata(engine, group, topic, partition, offset, "")
+}
+
+/// Commits one offset with metadata and waits for it to be durable.
+pub fn commit_with_metadata(
+    engine: &Engine,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    metadata: &str,
+) -> Result<()> {
+    let commit = OffsetCommit {
+        topic,
+        partition,
+        offset,
+        leader_epoch: Some(1),
+        metadata,
+    };
+    engine.commit_offsets(group, &[commit]).wait()
+}
+
+/// The committed offset of one topic partition, if any.
+pub fn fetch_one(engine: &Engine, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
+    let fetched = engine.fetch_offsets(group, &[(topic, partition)])?;
+    Ok(fetched.into_iter().next().flatten().map(|c| c.offset))
+}
+
+/// Segment files of one offsets partition on a simulated disk, in offset order.
+pub fn sim_segments(disk: &SimDisk, partition: u32) -> Vec<PathBuf> {
+    let dir = Path::new(SIM_DATA_DIR).join(format!("__consumer_offsets-{partition}"));
+    let mut segments: Vec<PathBuf> = disk
+        .file_paths()
+        .into_iter()
+        .filter(|p| p.parent() == Some(dir.as_path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// Byte ranges of the batches in a segment's bytes.
+pub fn batch_ranges(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut position = 0;
+    while let Ok(view) = coffer::format::parse_batch(&bytes[position..]) {
+        ranges.push(position..position + view.total_bytes());
+        position += view.total_bytes();
+    }
+    ranges
+}

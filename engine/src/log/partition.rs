@@ -96,7 +96,7 @@ impl PartitionLog {
                 .open(&path, OpenMode::Existing)
                 .map_err(|e| io("opening segment in", e))?;
             let floor = Some(last_offset.unwrap_or(i64::MIN).max(base_offset - 1));
-            let scanned = scan_file(storage, file, read_buf, floor, visit);
+            let scanned = scan_file(storage, file, read_buf, floor, false, visit);
             storage.close(file);
             let (outcome, buf) = scanned?;
             *read_buf = buf;
@@ -122,8 +122,20 @@ impl PartitionLog {
         let file = storage
             .open(&path, OpenMode::Existing)
             .map_err(|e| io("opening segment in", e))?;
-        let floor = Some(last_offset.unwrap_or(i64::MIN).max(active_base - 1));
-        let (outcome, mut reader_buf) = scan_file(storage, file, read_buf, floor, visit)?;
+        if last_offset.is_some_and(|last| last >= active_base) {
+            return Err(Error::Corrupt {
+                file: path,
+                position: 0,
+                reason: format!(
+                    "segment starts at offset {active_base}, not after offset {}",
+                    last_offset.unwrap_or_default()
+                ),
+            });
+        }
+        // The active segment has never been compacted: its batches run contiguously from
+        // the offset in its name.
+        let floor = Some(active_base - 1);
+        let (outcome, mut reader_buf) = scan_file(storage, file, read_buf, floor, true, visit)?;
         check_records(&outcome, &path)?;
         report.segments += 1;
         report.batches += outcome.batches;
@@ -145,6 +157,14 @@ impl PartitionLog {
                     ),
                 });
             }
+            // Without preallocation the file should end where the data does: anything past
+            // it is a partial write even if it starts with zero bytes.
+            let file_len = storage.file_len(file).map_err(|e| io("reading", e))?;
+            let torn_bytes = if settings.preallocate {
+                torn_bytes
+            } else {
+                file_len - valid_len
+            };
             if torn_bytes > 0 {
                 truncate_tail(storage, file, valid_len, settings)
                     .map_err(|e| io("truncating", e))?;
@@ -274,11 +294,12 @@ fn scan_file(
     file: FileId,
     read_buf: &mut Vec<u8>,
     floor: Option<i64>,
+    contiguous: bool,
     visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
 ) -> Result<(crate::log::reader::ScanOutcome, Vec<u8>)> {
     let mut reader = SegmentReader::new(storage, file, std::mem::take(read_buf))
         .map_err(|e| Error::io("reading a segment", e))?;
-    let outcome = reader.scan(floor, visit);
+    let outcome = reader.scan(floor, contiguous, visit);
     let buf = reader.into_buffer();
     match outcome {
         Ok(outcome) => Ok((outcome, buf)),

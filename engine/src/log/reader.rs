@@ -3,7 +3,9 @@
 
 use std::io;
 
-use crate::format::{self, BATCH_LOG_OVERHEAD_BYTES, BatchView, FormatError};
+use crate::format::{
+    self, BATCH_LOG_OVERHEAD_BYTES, BatchView, FormatError, batch::NO_PARTITION_LEADER_EPOCH,
+};
 use crate::storage::{FileId, Storage};
 
 /// Hard cap on the bytes one partition's flush writes. A crash can tear only the last write,
@@ -110,14 +112,20 @@ impl<'s> SegmentReader<'s> {
 
     /// Reads batches from the start of the file, calling `visit` with each valid one and its
     /// byte position, until the end of the file or the first batch that fails its checks.
-    /// Batches must carry offsets above `previous_last_offset` and increasing.
+    /// Batches must carry offsets above `previous_last_offset` and increasing; with
+    /// `contiguous`, each batch, the first included, must start right after the previous
+    /// offset (true of any segment not yet compacted). Kafka's CRC does not cover the base offset or the
+    /// partition leader epoch, so these offset checks, and a leader epoch that is at least -1
+    /// and never decreases, are what catch damage there.
     pub fn scan(
         &mut self,
         previous_last_offset: Option<i64>,
+        contiguous: bool,
         visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
     ) -> io::Result<ScanOutcome> {
         let mut outcome = ScanOutcome::default();
         let mut last_offset = previous_last_offset;
+        let mut leader_epoch = NO_PARTITION_LEADER_EPOCH;
         let mut position = 0u64;
         // Bounded: every iteration advances by at least one batch header.
         while position < self.file_len {
@@ -142,14 +150,27 @@ impl<'s> SegmentReader<'s> {
                     break;
                 }
             };
-            if last_offset.is_some_and(|last| view.header.base_offset <= last) {
+            let base = view.header.base_offset;
+            let follows = match last_offset {
+                None => true,
+                Some(last) if contiguous => Some(base) == last.checked_add(1),
+                Some(last) => base > last,
+            };
+            if !follows {
                 outcome.stop = Some(stop(format!(
-                    "batch base offset {} does not follow offset {}",
-                    view.header.base_offset,
+                    "batch base offset {base} does not follow offset {}",
                     last_offset.unwrap_or_default()
                 )));
                 break;
             }
+            let epoch = view.header.partition_leader_epoch;
+            if epoch < NO_PARTITION_LEADER_EPOCH || epoch < leader_epoch {
+                outcome.stop = Some(stop(format!(
+                    "partition leader epoch {epoch} is invalid or below {leader_epoch}"
+                )));
+                break;
+            }
+            leader_epoch = epoch;
             if let Err(error) = visit(&view, position) {
                 outcome.bad_records = Some((position, error));
                 break;

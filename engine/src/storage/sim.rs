@@ -72,7 +72,7 @@ impl DiskState {
     }
 
     fn one_in(&mut self, n: u32) -> bool {
-        n != 0 && self.next_random() % u64::from(n) == 0
+        n != 0 && self.next_random().is_multiple_of(u64::from(n))
     }
 
     fn write_fails(&mut self) -> bool {
@@ -210,9 +210,15 @@ impl SimDisk {
         self.state().files.get(path).map(|file| file.data.clone())
     }
 
-    /// Replaces a file's bytes, durably: for tests that corrupt stored data on purpose.
+    /// Replaces a file's bytes (creating it and its directories), durably: for tests that
+    /// corrupt stored data on purpose.
     pub fn put_file_bytes(&self, path: &Path, bytes: &[u8]) {
         let mut state = self.state();
+        if let Some(parent) = path.parent() {
+            for ancestor in parent.ancestors() {
+                state.dirs.insert(ancestor.to_path_buf());
+            }
+        }
         let file = state.files.entry(path.to_path_buf()).or_default();
         file.data = bytes.to_vec();
         file.durable = bytes.to_vec();
@@ -245,7 +251,7 @@ pub struct SimStorage {
 }
 
 fn eio(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::Other, format!("simulated EIO on {what}"))
+    io::Error::other(format!("simulated EIO on {what}"))
 }
 
 fn erofs() -> io::Error {
