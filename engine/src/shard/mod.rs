@@ -261,22 +261,30 @@ impl Shard {
     fn flush(&mut self) {
         let now = Instant::now();
         let timestamp_ms = wall_clock_ms();
-        // Commits past their deadline fail without being written.
-        let mut index = 0;
-        while index < self.batch.requests.len() {
-            let expired = self.batch.requests[index].deadline <= now;
-            let failed = self
-                .hosted(self.batch.requests[index].offsets_partition)
-                .err();
-            if expired || failed.is_some() {
-                let commit = self.batch.requests.swap_remove(index);
-                let error = failed.unwrap_or(Error::CommitTimeout {
-                    timeout_ms: self.commit_timeout_ms,
-                });
-                commit.completer.complete(Err(error));
-            } else {
-                index += 1;
-            }
+        // Commits past their deadline, or for a failed partition, fail without being
+        // written. Removal must keep arrival order: coalescing takes the last entry per key.
+        let partitions = &self.partitions;
+        let commit_timeout_ms = self.commit_timeout_ms;
+        let refused = self.batch.requests.extract_if(.., |commit| {
+            let failed = partitions
+                .get(commit.offsets_partition as usize)
+                .is_none_or(|hosted| hosted.failure.is_some());
+            failed || commit.deadline <= now
+        });
+        for commit in refused {
+            let error = match self.partitions.get(commit.offsets_partition as usize) {
+                Some(HostedPartition {
+                    failure: Some(reason),
+                    ..
+                }) => Error::PartitionFailed {
+                    partition: commit.offsets_partition,
+                    reason: reason.clone(),
+                },
+                _ => Error::CommitTimeout {
+                    timeout_ms: commit_timeout_ms,
+                },
+            };
+            commit.completer.complete(Err(error));
         }
         self.batch.sort_entries();
         self.flush_partitions.clear();
