@@ -704,3 +704,526 @@ impl<'a> Iterator for RecordIter<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::control::ControlRecordType;
+    use crate::format::schema::{RecordKey, decode_key};
+    use proptest::prelude::*;
+
+    /// The worked example of `docs/format.md`: two offset commits of group "my-group" for
+    /// topic "orders", partitions 0 and 1.
+    pub(crate) fn worked_example() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = BatchWriter::begin(&mut out, BatchParams::default());
+        for (partition, offset, ts) in [(0, 42, 1_700_000_000_000i64), (1, 17, 1_700_000_000_005)] {
+            let key = OffsetCommitKey {
+                group: "my-group",
+                topic: "orders",
+                partition,
+            };
+            let value = OffsetCommitValue {
+                offset,
+                leader_epoch: 5,
+                metadata: "",
+                commit_timestamp: ts,
+                expire_timestamp: NO_TIMESTAMP,
+                topic_id: None,
+            };
+            w.append_offset_commit(ts, &key, Some((&value, value.version_for_write())));
+        }
+        let n = w.finish();
+        assert_eq!(n, out.len());
+        out
+    }
+
+    const WORKED_EXAMPLE_HEX: &str = concat!(
+        "0000000000000000", // base offset 0
+        "0000009f",         // batch length 159
+        "ffffffff",         // partition leader epoch -1
+        "02",               // magic 2
+        "a2ab92a5",         // crc
+        "0000",             // attributes
+        "00000001",         // last offset delta 1
+        "0000018bcfe56800", // base timestamp 1700000000000
+        "0000018bcfe56805", // max timestamp 1700000000005
+        "ffffffffffffffff", // producer id -1
+        "ffff",             // producer epoch -1
+        "ffffffff",         // base sequence -1
+        "00000002",         // records count 2
+        // record 0: length 54, attributes, timestamp delta 0, offset delta 0, key length 24
+        "6c",
+        "00",
+        "00",
+        "00",
+        "30",
+        "0001",             // key type 1: OffsetCommitKey
+        "0008",             // group length
+        "6d792d67726f7570", // "my-group"
+        "0006",             // topic length
+        "6f7264657273",     // "orders"
+        "00000000",         // partition 0
+        "30",               // value length 24
+        "0003",             // value version 3
+        "000000000000002a", // offset 42
+        "00000005",         // leader epoch 5
+        "0000",             // metadata ""
+        "0000018bcfe56800", // commit timestamp
+        "00",               // headers count 0
+        // record 1: length 54, attributes, timestamp delta 5, offset delta 1, key length 24
+        "6c",
+        "00",
+        "0a",
+        "02",
+        "30",
+        "0001",
+        "0008",
+        "6d792d67726f7570",
+        "0006",
+        "6f7264657273",
+        "00000001",
+        "30",
+        "0003",
+        "0000000000000011", // offset 17
+        "00000005",
+        "0000",
+        "0000018bcfe56805",
+        "00",
+    );
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn sample_batch(params: BatchParams, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = BatchWriter::begin(&mut out, params);
+        for i in 0..n {
+            let key = format!("key-{i}");
+            if i % 3 == 2 {
+                w.append(1_000 + i as i64, key.as_bytes(), None);
+            } else {
+                w.append(1_000 + i as i64, key.as_bytes(), Some(b"value"));
+            }
+        }
+        w.finish();
+        out
+    }
+
+    #[test]
+    fn worked_example_has_the_documented_bytes() {
+        let bytes = worked_example();
+        assert_eq!(hex(&bytes), WORKED_EXAMPLE_HEX);
+        let view = parse_batch(&bytes).expect("parses");
+        assert_eq!(view.header.records_count, 2);
+        assert_eq!(view.header.last_offset(), 1);
+        let records: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+        assert_eq!(records.len(), 2);
+        let Some(key) = records[1].key else {
+            panic!("key is null")
+        };
+        assert_eq!(
+            decode_key(key),
+            Ok(RecordKey::OffsetCommit(OffsetCommitKey {
+                group: "my-group",
+                topic: "orders",
+                partition: 1
+            }))
+        );
+        let value = records[1].value.expect("value");
+        assert_eq!(
+            OffsetCommitValue::decode(value).map(|(_, v)| v.offset),
+            Ok(17)
+        );
+        assert_eq!(records[1].timestamp(&view.header), 1_700_000_000_005);
+    }
+
+    #[test]
+    fn header_fields_round_trip() {
+        let params = BatchParams {
+            base_offset: 1_234_567,
+            base_timestamp: 500,
+            partition_leader_epoch: 9,
+            producer_id: 77,
+            producer_epoch: 3,
+            base_sequence: 11,
+            transactional: true,
+            control: false,
+        };
+        let bytes = sample_batch(params, 5);
+        let view = parse_batch(&bytes).expect("parses");
+        let h = view.header;
+        assert_eq!(h.base_offset, 1_234_567);
+        assert_eq!(
+            h.batch_length as usize + BATCH_LOG_OVERHEAD_BYTES,
+            bytes.len()
+        );
+        assert_eq!(h.total_bytes(), bytes.len());
+        assert_eq!(view.total_bytes(), bytes.len());
+        assert_eq!(h.partition_leader_epoch, 9);
+        assert_eq!(h.magic, MAGIC_V2);
+        assert_eq!(h.attributes, ATTR_TRANSACTIONAL);
+        assert!(h.is_transactional() && !h.is_control() && !h.is_log_append_time());
+        assert_eq!(h.last_offset_delta, 4);
+        assert_eq!(h.last_offset(), 1_234_571);
+        assert_eq!(h.base_timestamp, 500);
+        assert_eq!(h.max_timestamp, 1_004);
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (77, 3, 11)
+        );
+        assert_eq!(h.records_count, 5);
+        for (i, r) in view.records().enumerate() {
+            let r = r.expect("record");
+            assert_eq!(r.offset_delta, i as i32);
+            assert_eq!(r.timestamp_delta, 500 + i as i64);
+            assert_eq!(r.key, Some(format!("key-{i}").as_bytes()));
+            assert_eq!(r.value.is_none(), i % 3 == 2, "tombstone at {i}");
+            assert_eq!(r.headers_count, 0);
+        }
+    }
+
+    #[test]
+    fn default_params_use_first_record_timestamp_and_kafka_sentinels() {
+        let bytes = sample_batch(BatchParams::default(), 2);
+        let h = parse_batch(&bytes).expect("parses").header;
+        assert_eq!(h.base_timestamp, 1_000);
+        assert_eq!(h.max_timestamp, 1_001);
+        assert_eq!(h.partition_leader_epoch, -1);
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (-1, -1, -1)
+        );
+        assert_eq!(h.attributes, 0);
+    }
+
+    #[test]
+    fn tombstones_and_out_of_order_timestamps() {
+        let mut out = Vec::new();
+        let mut w = BatchWriter::begin(&mut out, BatchParams::default());
+        let key = OffsetCommitKey {
+            group: "g",
+            topic: "t",
+            partition: 0,
+        };
+        w.append_offset_commit(100, &key, None);
+        w.append(50, b"k", Some(b""));
+        w.append(75, b"", None);
+        w.finish();
+        let view = parse_batch(&out).expect("parses");
+        assert_eq!(view.header.max_timestamp, 100);
+        let r: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+        assert_eq!(r[0].value, None);
+        assert_eq!(r[1].timestamp_delta, -50);
+        assert_eq!(r[1].value, Some(&b""[..]));
+        assert_eq!((r[2].key, r[2].value), (Some(&b""[..]), None));
+    }
+
+    #[test]
+    fn explicit_offset_deltas_keep_gaps() {
+        let mut out = Vec::new();
+        let mut w = BatchWriter::begin(&mut out, BatchParams::default());
+        w.append_with_offset_delta(0, 1, b"a", Some(b"1"));
+        w.append_with_offset_delta(5, 1, b"b", Some(b"2"));
+        w.append(1, b"c", None);
+        assert_eq!(w.records_count(), 3);
+        w.finish();
+        let view = parse_batch(&out).expect("parses");
+        assert_eq!(view.header.last_offset_delta, 6);
+        let deltas: Vec<i32> = view
+            .records()
+            .map(|r| r.expect("ok").offset_delta)
+            .collect();
+        assert_eq!(deltas, [0, 5, 6]);
+    }
+
+    #[test]
+    fn control_batches_round_trip() {
+        for control_type in [ControlRecordType::Commit, ControlRecordType::Abort] {
+            let params = BatchParams {
+                base_offset: 99,
+                producer_id: 4_000,
+                producer_epoch: 2,
+                transactional: true,
+                control: true,
+                ..BatchParams::default()
+            };
+            let marker = EndTransactionMarker {
+                control_type,
+                coordinator_epoch: 12,
+            };
+            let mut out = Vec::new();
+            let mut w = BatchWriter::begin(&mut out, params);
+            w.append_control(5, &marker);
+            w.finish();
+            let view = parse_batch(&out).expect("parses");
+            assert!(view.header.is_control() && view.header.is_transactional());
+            assert_eq!(view.header.attributes, ATTR_TRANSACTIONAL | ATTR_CONTROL);
+            assert_eq!(view.header.producer_id, 4_000);
+            let recs: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+            assert_eq!(recs.len(), 1);
+            let key = recs[0].key.expect("control key");
+            assert_eq!(EndTransactionMarker::decode(key, recs[0].value), Ok(marker));
+        }
+    }
+
+    #[test]
+    fn batches_concatenate() {
+        let mut out = Vec::new();
+        for base in [0i64, 3] {
+            let mut w = BatchWriter::begin(
+                &mut out,
+                BatchParams {
+                    base_offset: base,
+                    ..BatchParams::default()
+                },
+            );
+            for i in 0..3 {
+                w.append(i, b"k", Some(b"v"));
+            }
+            w.finish();
+        }
+        let first = parse_batch(&out).expect("first");
+        let second = parse_batch(&out[first.total_bytes()..]).expect("second");
+        assert_eq!(second.header.base_offset, 3);
+        assert_eq!(first.total_bytes() + second.total_bytes(), out.len());
+    }
+
+    #[test]
+    fn writer_does_not_allocate_with_capacity() {
+        let mut out = Vec::with_capacity(4096);
+        let ptr = out.as_ptr();
+        let key = OffsetCommitKey {
+            group: "my-group",
+            topic: "orders",
+            partition: 0,
+        };
+        let value = OffsetCommitValue {
+            offset: 1,
+            leader_epoch: 0,
+            metadata: "",
+            commit_timestamp: 0,
+            expire_timestamp: NO_TIMESTAMP,
+            topic_id: None,
+        };
+        let mut w = BatchWriter::begin(&mut out, BatchParams::default());
+        for _ in 0..16 {
+            w.append_offset_commit(0, &key, Some((&value, 3)));
+        }
+        w.finish();
+        assert_eq!(out.as_ptr(), ptr, "the buffer was reallocated");
+    }
+
+    /// Kafka's CRC covers attributes..end; base offset and partition leader epoch are left out
+    /// on purpose (a broker rewrites them without recomputing the CRC), so a flip there cannot
+    /// be detected by the batch alone (the log checks offset continuity). Every other bit is.
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let bytes = worked_example();
+        let uncovered = |byte: usize| {
+            (offsets::BASE_OFFSET..offsets::BATCH_LENGTH).contains(&byte)
+                || (offsets::PARTITION_LEADER_EPOCH..offsets::MAGIC).contains(&byte)
+        };
+        for i in 0..bytes.len() * 8 {
+            let mut corrupt = bytes.clone();
+            corrupt[i / 8] ^= 1 << (i % 8);
+            let parsed = parse_batch(&corrupt);
+            if uncovered(i / 8) {
+                let h = parsed.expect("uncovered fields do not fail the CRC").header;
+                assert_ne!(
+                    (h.base_offset, h.partition_leader_epoch),
+                    (0, -1),
+                    "flip at byte {} was lost",
+                    i / 8
+                );
+            } else {
+                assert!(
+                    parsed.is_err(),
+                    "flipped bit {} of byte {} went unnoticed",
+                    i % 8,
+                    i / 8
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let bytes = worked_example();
+        for cut in 0..bytes.len() {
+            assert!(
+                matches!(
+                    parse_batch(&bytes[..cut]),
+                    Err(FormatError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// Rewrites a batch's CRC after tampering, so that the structural checks are exercised.
+    fn reseal(bytes: &mut [u8]) {
+        let crc = crc32c::crc32c(&bytes[offsets::ATTRIBUTES..]);
+        bytes[offsets::CRC..offsets::ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn framing_errors_are_specific() {
+        let good = worked_example();
+        let mut bad = good.clone();
+        bad[offsets::MAGIC] = 1;
+        assert_eq!(parse_batch(&bad).err(), Some(FormatError::BadMagic(1)));
+        let mut bad = good.clone();
+        bad[offsets::BATCH_LENGTH..offsets::PARTITION_LEADER_EPOCH]
+            .copy_from_slice(&48i32.to_be_bytes());
+        assert!(matches!(
+            parse_batch(&bad),
+            Err(FormatError::BadLength { len: 48, .. })
+        ));
+        assert!(matches!(
+            parse_batch(&[0u8; 100]),
+            Err(FormatError::BadLength { len: 0, .. })
+        ));
+        let mut bad = good.clone();
+        bad[offsets::ATTRIBUTES + 1] |= 0x04; // zstd
+        reseal(&mut bad);
+        assert_eq!(
+            parse_batch(&bad).err(),
+            Some(FormatError::UnsupportedCompression(4))
+        );
+        let mut bad = good.clone();
+        bad[offsets::RECORDS_COUNT..BATCH_HEADER_BYTES].copy_from_slice(&(-1i32).to_be_bytes());
+        reseal(&mut bad);
+        assert!(matches!(
+            parse_batch(&bad),
+            Err(FormatError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn record_count_must_match_the_records() {
+        let good = worked_example();
+        for count in [0i32, 1, 3, 1_000] {
+            let mut bad = good.clone();
+            bad[offsets::RECORDS_COUNT..BATCH_HEADER_BYTES].copy_from_slice(&count.to_be_bytes());
+            reseal(&mut bad);
+            let view = parse_batch(&bad).expect("framing is fine");
+            let results: Vec<_> = view.records().collect();
+            assert!(
+                results.last().is_some_and(|r| r.is_err()),
+                "count {count} not flagged"
+            );
+        }
+        // Trailing bytes inside the batch after the last record.
+        let mut bad = good.clone();
+        bad.push(0);
+        let len = (bad.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
+        bad[offsets::BATCH_LENGTH..offsets::PARTITION_LEADER_EPOCH]
+            .copy_from_slice(&len.to_be_bytes());
+        reseal(&mut bad);
+        let view = parse_batch(&bad).expect("framing is fine");
+        assert!(matches!(
+            view.records().last(),
+            Some(Err(FormatError::TrailingBytes { .. }))
+        ));
+    }
+
+    #[test]
+    fn records_with_headers_are_parsed() {
+        // Hand-built record: attrs 0, ts delta 0, offset delta 0, key "k", value null,
+        // 1 header "h" -> "v".
+        let body = [0u8, 0, 0, 2, b'k', 1, 2, 2, b'h', 2, b'v'];
+        let mut bytes = sample_batch(BatchParams::default(), 1);
+        bytes.truncate(BATCH_HEADER_BYTES);
+        bytes.push((body.len() as u8) << 1);
+        bytes.extend_from_slice(&body);
+        let len = (bytes.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
+        bytes[offsets::BATCH_LENGTH..offsets::PARTITION_LEADER_EPOCH]
+            .copy_from_slice(&len.to_be_bytes());
+        reseal(&mut bytes);
+        let r = parse_batch(&bytes)
+            .expect("parses")
+            .records()
+            .next()
+            .expect("one")
+            .expect("ok");
+        assert_eq!(
+            (r.key, r.value, r.headers_count),
+            (Some(&b"k"[..]), None, 1)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_batches_round_trip(
+            base_offset in 0i64..i64::MAX / 2,
+            base_timestamp in -1i64..2_000_000_000_000,
+            leader_epoch: i32,
+            producer_id: i64,
+            producer_epoch: i16,
+            base_sequence: i32,
+            transactional: bool,
+            records in proptest::collection::vec(
+                (any::<i64>(), proptest::collection::vec(any::<u8>(), 0..40),
+                 proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200))),
+                1..20),
+        ) {
+            let params = BatchParams {
+                base_offset, base_timestamp, partition_leader_epoch: leader_epoch,
+                producer_id, producer_epoch, base_sequence, transactional, control: false,
+            };
+            let mut out = vec![0xAA; 3]; // the batch need not start at 0
+            let mut w = BatchWriter::begin(&mut out, params);
+            for (ts, k, v) in &records {
+                w.append(*ts, k, v.as_deref());
+            }
+            let n = w.finish();
+            prop_assert_eq!(n, out.len() - 3);
+            let view = parse_batch(&out[3..]).expect("parses");
+            let h = view.header;
+            prop_assert_eq!(h.records_count as usize, records.len());
+            prop_assert_eq!(h.last_offset_delta as usize, records.len() - 1);
+            prop_assert_eq!(h.producer_id, producer_id);
+            prop_assert_eq!(h.is_transactional(), transactional);
+            prop_assert_eq!(h.max_timestamp, records.iter().map(|r| r.0).max().unwrap_or(-1));
+            let expected_base = if base_timestamp == NO_TIMESTAMP { records[0].0 } else { base_timestamp };
+            prop_assert_eq!(h.base_timestamp, expected_base);
+            let decoded: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+            prop_assert_eq!(decoded.len(), records.len());
+            for (i, (r, (ts, k, v))) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(r.offset_delta as usize, i);
+                prop_assert_eq!(r.timestamp(&h), *ts);
+                prop_assert_eq!(r.key, Some(&k[..]));
+                prop_assert_eq!(r.value, v.as_deref());
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(view) = parse_batch(&bytes) {
+                for r in view.records() { let _ = r; }
+            }
+        }
+
+        #[test]
+        fn records_section_garbage_never_panics(garbage in proptest::collection::vec(any::<u8>(), 0..120), count in 0i32..8) {
+            let mut bytes = sample_batch(BatchParams::default(), 1);
+            bytes.truncate(BATCH_HEADER_BYTES);
+            bytes.extend_from_slice(&garbage);
+            let len = (bytes.len() - BATCH_LOG_OVERHEAD_BYTES) as i32;
+            bytes[offsets::BATCH_LENGTH..offsets::PARTITION_LEADER_EPOCH].copy_from_slice(&len.to_be_bytes());
+            bytes[offsets::RECORDS_COUNT..BATCH_HEADER_BYTES].copy_from_slice(&count.to_be_bytes());
+            reseal(&mut bytes);
+            let view = parse_batch(&bytes).expect("framing is fine");
+            let mut n = 0;
+            for r in view.records() {
+                n += 1;
+                if let Ok(r) = r {
+                    let _ = r.key.map(decode_key);
+                }
+            }
+            prop_assert!(n <= count as usize + 1);
+        }
+    }
+}
