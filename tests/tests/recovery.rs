@@ -228,3 +228,57 @@ fn reopening_returns_exactly_the_latest_values_across_segments() {
     assert_eq!(all, expected.len());
     assert_eq!(reopened.recovery_report().truncations().count(), 0);
 }
+
+/// A batch at `base_offset` with one record of the given raw key and value.
+fn raw_batch(base_offset: i64, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let params = coffer::format::BatchParams {
+        base_offset,
+        ..Default::default()
+    };
+    let mut writer = coffer::format::BatchWriter::begin(&mut out, params);
+    writer.append(1_700_000_000_000, key, value);
+    writer.finish();
+    out
+}
+
+#[test]
+fn unknown_record_types_are_skipped_and_counted_and_malformed_ones_are_errors() {
+    let disk = disk_with_batches(2);
+    let segment = sim_segments(&disk, 0).remove(0);
+    let mut bytes = disk.file_bytes(&segment).unwrap();
+    // Record type 99, as a newer Kafka might write: skipped, counted.
+    let unknown_key = [0u8, 99, 1, 2, 3];
+    bytes.extend(raw_batch(2, &unknown_key, Some(b"future")));
+    disk.put_file_bytes(&segment, &bytes);
+    let config = test_config(SIM_DATA_DIR, 1);
+    let engine = open_sim(&disk, &config).unwrap();
+    assert_eq!(engine.recovery_report().unknown_records, 1);
+    assert_eq!(fetch_one(&engine, GROUP, TOPIC, 0).unwrap(), Some(1));
+    // Appends continue after it at the right offset, and survive a reopen.
+    commit_one(&engine, GROUP, TOPIC, 0, 7).unwrap();
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    assert_eq!(fetch_one(&engine, GROUP, TOPIC, 0).unwrap(), Some(7));
+    engine.close().unwrap();
+
+    // An offset-commit key cut short, under a valid CRC: corruption, named.
+    let mut bytes = disk.file_bytes(&segment).unwrap();
+    let position = bytes.len() as u64;
+    let last_offset = batch_ranges(&bytes).len() as i64; // one record per batch here
+    bytes.extend(raw_batch(last_offset, &[0, 1, 0, 5, b'g'], None));
+    disk.put_file_bytes(&segment, &bytes);
+    match open_sim(&disk, &config) {
+        Err(Error::Corrupt {
+            file,
+            position: at,
+            reason,
+        }) => {
+            assert_eq!(file, segment);
+            assert_eq!(at, position);
+            assert!(reason.contains("malformed"), "{reason}");
+        }
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("malformed record accepted"),
+    }
+}
