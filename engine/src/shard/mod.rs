@@ -314,6 +314,8 @@ impl Shard {
         let mut placed: Vec<u32> = Vec::with_capacity(self.flush_partitions.len());
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
+            // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
+            assert!(hosted.encoded.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
             let Some(log) = hosted.log.as_mut() else {
                 continue;
             };
