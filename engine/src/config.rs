@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::routing::GroupPartitioner;
 
 /// Kafka strings carry an int16 length, so no string may exceed this many bytes.
 pub const KAFKA_STRING_BYTES_MAX: usize = i16::MAX as usize;
@@ -22,6 +23,9 @@ pub const GROUP_COMMIT_BYTES_MIN: usize = 64 * 1024;
 
 /// Largest accepted `group_commit_bytes_max`.
 pub const GROUP_COMMIT_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+
+/// Most shards an engine runs.
+pub const SHARDS_MAX: usize = 256;
 
 /// Engine configuration.
 ///
@@ -52,6 +56,13 @@ pub struct Config {
     /// more commits after the first one arrives; 0 (default) means adaptive batching only:
     /// whatever arrives while a flush is in flight forms the next batch.
     pub group_commit_linger_us: u64,
+    /// Group id → offsets partition mapping: Kafka's (default) or Redpanda's.
+    pub group_partitioner: GroupPartitioner,
+    /// No Kafka name. Shard threads, each owning the offsets partitions `p` with
+    /// `p % shards == index`; default one per available core.
+    pub shards: usize,
+    /// No Kafka name. Pin shard `i` to core `i % cores` (default true).
+    pub pin_shards: bool,
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
     pub request_queue_depth_max: usize,
@@ -70,6 +81,9 @@ impl Config {
             group_commit_bytes_max: 4 * 1024 * 1024,
             group_commit_linger_us: 0,
             request_queue_depth_max: 4096,
+            group_partitioner: GroupPartitioner::Kafka,
+            shards: std::thread::available_parallelism().map_or(1, usize::from),
+            pin_shards: true,
         }
     }
 
@@ -107,6 +121,9 @@ impl Config {
             return fail(format!(
                 "group_commit_bytes_max must be in {GROUP_COMMIT_BYTES_MIN}..={GROUP_COMMIT_BYTES_LIMIT}"
             ));
+        }
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return fail(format!("shards must be in 1..={SHARDS_MAX}"));
         }
         if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
             return fail("request_queue_depth_max must be in 1..=1048576".into());

@@ -4,13 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, bounded};
+use std::path::Path;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::completion::CommitFuture;
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-use crate::routing::kafka_partition_for_group;
 use crate::shard::group_commit::{
     PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
 };
@@ -53,53 +54,107 @@ pub struct Engine {
 
 struct EngineInner {
     config: Config,
-    requests: Sender<Request>,
-    shard: Mutex<Option<JoinHandle<()>>>,
+    shards: Vec<ShardHandle>,
     recovery: RecoveryReport,
+    /// The storage holding the data directory's lock, released after every shard stopped.
+    dir_lock: Mutex<Option<Box<dyn Storage>>>,
+}
+
+/// The engine's end of one shard thread.
+struct ShardHandle {
+    requests: Sender<Request>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ShardHandle {
+    /// Asks the shard to stop after what is queued; returns its close result.
+    fn close(&self) -> Result<()> {
+        let (reply, answer) = bounded(1);
+        let sent = self.requests.send(Request::Close { reply }).is_ok();
+        // Join first, then read the answer: a shard that failed to open exits without
+        // reading its inbox, and waiting on the answer would then block forever.
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        if !sent {
+            return Err(Error::Closed);
+        }
+        answer.try_recv().unwrap_or(Err(Error::Closed))
+    }
 }
 
 impl Engine {
     /// Opens (creating if needed) the data directory in `config`, takes its lock and
-    /// recovers every offsets partition before returning.
+    /// recovers every offsets partition (each shard its own, in parallel) before returning.
     pub fn open(config: Config) -> Result<Engine> {
-        let storage =
-            UringStorage::new().map_err(|e| Error::io("creating the io_uring instance", e))?;
-        Engine::open_with_storage(config, Box::new(storage))
+        let make = || -> std::io::Result<Box<dyn Storage>> { Ok(Box::new(UringStorage::new()?)) };
+        Engine::open_with_storage(config, &make)
     }
 
-    /// Opens the engine over a given storage (the simulated disk, in tests).
-    pub fn open_with_storage(config: Config, storage: Box<dyn Storage>) -> Result<Engine> {
+    /// Opens the engine over storages made by `make_storage`: one holds the directory lock,
+    /// and each shard gets its own (the simulated disk's, in tests).
+    pub fn open_with_storage(
+        config: Config,
+        make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
+    ) -> Result<Engine> {
         config.validate()?;
-        let (requests, inbox) = bounded(config.request_queue_depth_max);
-        let (opened_tx, opened_rx) = bounded(1);
-        let shard_config = config.clone();
-        let shard = std::thread::Builder::new()
-            .name("coffer-shard-0".into())
-            .spawn(move || match Shard::open(&shard_config, storage) {
-                Ok((shard, report)) => {
-                    if opened_tx.send(Ok(report)).is_ok() {
-                        shard.run(inbox);
-                    }
+        let storage_error = |e| Error::io("creating a storage", e);
+        let mut dir_lock = make_storage().map_err(storage_error)?;
+        lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
+        let cores = if config.pin_shards {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut shards = Vec::with_capacity(config.shards);
+        let mut opening = Vec::with_capacity(config.shards);
+        let mut first_error = None;
+        for index in 0..config.shards {
+            let hosted: Vec<u32> = (0..config.offsets_topic_num_partitions)
+                .filter(|p| *p as usize % config.shards == index)
+                .collect();
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let spawned = make_storage()
+                .map_err(storage_error)
+                .and_then(|storage| spawn_shard(index, &config, storage, hosted, core));
+            match spawned {
+                Ok((handle, opened)) => {
+                    shards.push(handle);
+                    opening.push(opened);
                 }
                 Err(error) => {
-                    let _ = opened_tx.send(Err(error));
+                    first_error = Some(error);
+                    break;
                 }
-            })
-            .map_err(|e| Error::io("spawning the shard thread", e))?;
-        let opened = opened_rx.recv().unwrap_or(Err(Error::Closed));
-        let recovery = match opened {
-            Ok(report) => report,
-            Err(error) => {
-                let _ = shard.join();
-                return Err(error);
             }
-        };
+        }
+        let mut recovery = RecoveryReport::default();
+        for opened in opening {
+            match opened.recv().unwrap_or(Err(Error::Closed)) {
+                Ok(report) => recovery.merge(report),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            for shard in &shards {
+                let _ = shard.close();
+            }
+            return Err(error);
+        }
+        recovery.partitions.sort_by_key(|p| p.partition);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 config,
-                requests,
-                shard: Mutex::new(Some(shard)),
+                shards,
                 recovery,
+                dir_lock: Mutex::new(Some(dir_lock)),
             }),
         })
     }
@@ -116,7 +171,19 @@ impl Engine {
 
     /// The offsets partition that stores `group_id`'s state (Kafka's mapping).
     pub fn partition_for(&self, group_id: &str) -> u32 {
-        kafka_partition_for_group(group_id, self.inner.config.offsets_topic_num_partitions)
+        let config = &self.inner.config;
+        config
+            .group_partitioner
+            .partition_for(group_id, config.offsets_topic_num_partitions)
+    }
+
+    /// Shard threads the engine runs.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    fn shard_for(&self, offsets_partition: u32) -> &ShardHandle {
+        &self.inner.shards[offsets_partition as usize % self.inner.shards.len()]
     }
 
     /// Commits offsets for a group. The future resolves `Ok` once every offset is durable,
@@ -134,9 +201,10 @@ impl Engine {
             return CommitFuture::resolved(Ok(()));
         }
         let (future, completer) = CommitFuture::pending();
+        let offsets_partition = self.partition_for(group_id);
         let commit = PendingCommit {
             group: group_id.to_owned(),
-            offsets_partition: self.partition_for(group_id),
+            offsets_partition,
             offsets: offsets
                 .iter()
                 .map(|o| PendingOffset {
@@ -153,7 +221,10 @@ impl Engine {
         };
         // A failed send drops the commit, and with it the completer, which fails the
         // future with `Closed`.
-        let _ = self.inner.requests.send(Request::Commit(commit));
+        let _ = self
+            .shard_for(offsets_partition)
+            .requests
+            .send(Request::Commit(commit));
         future
     }
 
@@ -186,55 +257,116 @@ impl Engine {
 
     fn fetch(&self, group_id: &str, partitions: Option<Vec<(String, i32)>>) -> Result<FetchReply> {
         let (reply, answer) = bounded(1);
+        let offsets_partition = self.partition_for(group_id);
         let request = Request::Fetch {
             group: group_id.to_owned(),
-            offsets_partition: self.partition_for(group_id),
+            offsets_partition,
             partitions,
             reply,
         };
-        self.inner
+        self.shard_for(offsets_partition)
             .requests
             .send(request)
             .map_err(|_| Error::Closed)?;
         answer.recv().unwrap_or(Err(Error::Closed))
     }
 
-    /// Flushes what is queued, trims and syncs the logs, releases the data directory and
-    /// stops the shard. Later calls on any clone fail with [`Error::Closed`].
+    /// Flushes what is queued, trims and syncs the logs, stops the shards and releases the
+    /// data directory. Later calls on any clone fail with [`Error::Closed`].
     pub fn close(&self) -> Result<()> {
-        let (reply, answer) = bounded(1);
-        let sent = self.inner.requests.send(Request::Close { reply }).is_ok();
-        let result = if sent {
-            answer.recv().unwrap_or(Err(Error::Closed))
-        } else {
-            Err(Error::Closed)
-        };
-        self.inner.join_shard();
-        result
+        self.inner.close()
     }
 }
 
 impl EngineInner {
-    fn join_shard(&self) {
-        let handle = self
-            .shard
+    fn close(&self) -> Result<()> {
+        let mut result = Ok(());
+        for shard in &self.shards {
+            let closed = shard.close();
+            if result.is_ok() {
+                result = closed;
+            }
+        }
+        // Every shard has stopped writing: now another engine may open the directory.
+        self.dir_lock
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .take();
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        result
     }
 }
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        // Dropping the last handle closes the engine cleanly: the shard sees its inbox
-        // disconnect once `requests` is gone, flushes, closes and exits.
-        let (reply, _answer) = bounded(1);
-        let _ = self.requests.send(Request::Close { reply });
-        self.join_shard();
+        // Dropping the last handle closes the engine cleanly.
+        let _ = self.close();
     }
+}
+
+/// Builds one shard's thread: named for debugging, pinned to its core so its partitions'
+/// tables, buffers and io_uring stay in that core's caches (thread-per-core), and running
+/// recovery of its own partitions before serving. Returns the handle and a channel that
+/// delivers the recovery result.
+fn spawn_shard(
+    index: usize,
+    config: &Config,
+    storage: Box<dyn Storage>,
+    hosted: Vec<u32>,
+    core: Option<core_affinity::CoreId>,
+) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
+    // Bounded so callers block instead of memory growing when the disk falls behind.
+    let (requests, inbox) = bounded(config.request_queue_depth_max);
+    let (opened_tx, opened_rx) = bounded(1);
+    let shard_config = config.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("coffer-shard-{index}"))
+        .spawn(move || {
+            if let Some(core) = core {
+                // Best effort: an unpinned shard is slower, not wrong.
+                core_affinity::set_for_current(core);
+            }
+            match Shard::open(&shard_config, storage, &hosted) {
+                Ok((shard, report)) => {
+                    if opened_tx.send(Ok(report)).is_ok() {
+                        shard.run(inbox);
+                    }
+                }
+                Err(error) => {
+                    let _ = opened_tx.send(Err(error));
+                }
+            }
+        })
+        .map_err(|e| Error::io("spawning a shard thread", e))?;
+    let handle = ShardHandle {
+        requests,
+        thread: Mutex::new(Some(thread)),
+    };
+    Ok((handle, opened_rx))
+}
+
+/// Creates and locks the data directory, mapping failures to typed errors.
+fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
+    let unusable = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            Error::DataDirUnwritable {
+                path: data_dir.to_path_buf(),
+                source: e,
+            }
+        }
+        _ => Error::io(format!("opening data directory {}", data_dir.display()), e),
+    };
+    storage
+        .create_dir_all(data_dir)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
+                Error::DataDirNotDirectory(data_dir.to_path_buf())
+            }
+            _ => unusable(e),
+        })?;
+    storage.lock_dir(data_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::DataDirLocked(data_dir.to_path_buf()),
+        _ => unusable(e),
+    })
 }
 
 fn validate_group(group_id: &str) -> Result<()> {

@@ -73,6 +73,12 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// This engine (or this shard of it) does not host the offsets partition.
+    #[error("offsets partition {partition} is not hosted here")]
+    NotCoordinator {
+        /// The offsets partition.
+        partition: u32,
+    },
     /// The engine has been closed.
     #[error("engine is closed")]
     Closed,
@@ -131,7 +137,9 @@ impl Error {
             Error::OffsetMetadataTooLarge { .. } => Some(OFFSET_METADATA_TOO_LARGE),
             Error::CommitTooLarge { .. } => Some(INVALID_COMMIT_OFFSET_SIZE),
             Error::CommitTimeout { .. } => Some(COORDINATOR_NOT_AVAILABLE),
-            Error::PartitionFailed { .. } | Error::Closed => Some(NOT_COORDINATOR),
+            Error::PartitionFailed { .. } | Error::NotCoordinator { .. } | Error::Closed => {
+                Some(NOT_COORDINATOR)
+            }
             Error::Corrupt { .. } => Some(CORRUPT_MESSAGE),
             Error::DataDirNotDirectory(_)
             | Error::DataDirLocked(_)
@@ -145,7 +153,10 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            Error::CommitTimeout { .. } | Error::PartitionFailed { .. } | Error::Closed
+            Error::CommitTimeout { .. }
+                | Error::PartitionFailed { .. }
+                | Error::NotCoordinator { .. }
+                | Error::Closed
         )
     }
 

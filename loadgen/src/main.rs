@@ -56,6 +56,9 @@ struct Args {
     /// `offsets.topic.num.partitions` of the engine.
     #[arg(long, value_name = "N", default_value_t = 50)]
     offsets_partitions: u32,
+    /// Engine shard threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
     /// Seed of the order in which each committer visits its groups.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -207,6 +210,9 @@ fn run(args: &Args) -> Result<bool, String> {
     let mut dir = prepare_data_dir(args)?;
     let mut config = Config::new(&dir.path);
     config.offsets_topic_num_partitions = args.offsets_partitions;
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
     config
         .validate()
         .map_err(|e| format!("engine configuration: {e}"))?;

@@ -101,6 +101,7 @@ pub struct RunConfig {
 
 #[derive(Serialize)]
 pub struct EngineConfig {
+    pub shards: usize,
     pub offsets_topic_num_partitions: u32,
     pub offsets_topic_segment_bytes: u64,
     pub offset_metadata_max_bytes: usize,
@@ -228,6 +229,7 @@ impl Report {
                 metadata_bytes: args.metadata_bytes,
                 seed: args.seed,
                 engine: EngineConfig {
+                    shards: config.shards,
                     offsets_topic_num_partitions: config.offsets_topic_num_partitions,
                     offsets_topic_segment_bytes: config.offsets_topic_segment_bytes,
                     offset_metadata_max_bytes: config.offset_metadata_max_bytes,
@@ -327,7 +329,8 @@ impl Report {
         row(
             "engine",
             format!(
-                "offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms, metadata max {} B",
+                "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms, metadata max {} B",
+                g.shards,
                 g.offsets_topic_num_partitions,
                 g.offsets_topic_segment_bytes,
                 g.log_preallocate,

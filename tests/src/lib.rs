@@ -20,7 +20,8 @@ pub fn test_config(data_dir: impl Into<PathBuf>, partitions: u32) -> Config {
 
 /// Opens an engine on a simulated disk.
 pub fn open_sim(disk: &SimDisk, config: &Config) -> Result<Engine> {
-    Engine::open_with_storage(config.clone(), Box::new(disk.storage()))
+    let disk = disk.clone();
+    Engine::open_with_storage(config.clone(), &move || Ok(Box::new(disk.storage())))
 }
 
 /// Commits one offset and waits for it to be durable.

@@ -40,6 +40,16 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
+    /// Adds another shard's report to this one.
+    pub(crate) fn merge(&mut self, other: RecoveryReport) {
+        self.partitions.extend(other.partitions);
+        self.records += other.records;
+        self.tombstones += other.tombstones;
+        self.unknown_records += other.unknown_records;
+        self.group_metadata_records += other.group_metadata_records;
+        self.transactional_records += other.transactional_records;
+    }
+
     /// The tails recovery cut off.
     pub fn truncations(&self) -> impl Iterator<Item = &crate::log::Truncation> {
         self.partitions.iter().filter_map(|p| p.truncation.as_ref())
@@ -69,7 +79,9 @@ pub(crate) enum Request {
 
 /// One offsets partition hosted by a shard.
 struct HostedPartition {
-    /// `None` once failed closed.
+    /// Whether this shard owns the partition at all.
+    hosted: bool,
+    /// `None` once failed closed (or when not hosted).
     log: Option<PartitionLog>,
     failure: Option<String>,
     table: OffsetTable,
@@ -77,6 +89,30 @@ struct HostedPartition {
     encoded: Vec<u8>,
     /// Last offset of `encoded`, when the partition is in the current flush.
     encoded_last_offset: Option<i64>,
+}
+
+impl HostedPartition {
+    fn not_hosted() -> HostedPartition {
+        HostedPartition {
+            hosted: false,
+            log: None,
+            failure: None,
+            table: OffsetTable::default(),
+            encoded: Vec::new(),
+            encoded_last_offset: None,
+        }
+    }
+
+    /// Why requests to this partition are refused, if they are.
+    fn refusal(&self, partition: u32) -> Option<Error> {
+        if !self.hosted {
+            return Some(Error::NotCoordinator { partition });
+        }
+        self.failure.as_ref().map(|reason| Error::PartitionFailed {
+            partition,
+            reason: reason.clone(),
+        })
+    }
 }
 
 pub(crate) struct Shard {
@@ -96,32 +132,24 @@ enum Step {
 }
 
 impl Shard {
-    /// Locks the data directory and recovers every partition.
+    /// Recovers the offsets partitions in `hosted` (the engine has already created and
+    /// locked the data directory).
     pub(crate) fn open(
         config: &Config,
         mut storage: Box<dyn Storage>,
+        hosted: &[u32],
     ) -> Result<(Shard, RecoveryReport)> {
         let data_dir = config.data_dir.clone();
-        storage
-            .create_dir_all(&data_dir)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory => {
-                    Error::DataDirNotDirectory(data_dir.clone())
-                }
-                _ => data_dir_error(&data_dir, e),
-            })?;
-        storage.lock_dir(&data_dir).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock => Error::DataDirLocked(data_dir.clone()),
-            _ => data_dir_error(&data_dir, e),
-        })?;
         let settings = LogSettings {
             segment_bytes: config.offsets_topic_segment_bytes,
             preallocate: config.log_preallocate,
         };
         let mut report = RecoveryReport::default();
         let mut read_buf = Vec::new();
-        let mut partitions = Vec::with_capacity(config.offsets_topic_num_partitions as usize);
-        for partition in 0..config.offsets_topic_num_partitions {
+        let mut partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
+            .map(|_| HostedPartition::not_hosted())
+            .collect();
+        for &partition in hosted {
             let mut table = OffsetTable::default();
             let mut visit =
                 |view: &BatchView<'_>, _position: u64| replay_batch(&mut table, &mut report, view);
@@ -134,13 +162,14 @@ impl Shard {
                 &mut visit,
             )?;
             report.partitions.push(recovery);
-            partitions.push(HostedPartition {
+            partitions[partition as usize] = HostedPartition {
+                hosted: true,
                 log: Some(log),
                 failure: None,
                 table,
                 encoded: Vec::new(),
                 encoded_last_offset: None,
-            });
+            };
         }
         let shard = Shard {
             storage,
@@ -244,15 +273,14 @@ impl Shard {
     }
 
     fn hosted(&self, offsets_partition: u32) -> Result<&HostedPartition> {
-        let hosted = self
-            .partitions
-            .get(offsets_partition as usize)
-            .ok_or(Error::InvalidRequest("offsets partition not hosted"))?;
-        match &hosted.failure {
-            Some(reason) => Err(Error::PartitionFailed {
-                partition: offsets_partition,
-                reason: reason.clone(),
-            }),
+        let hosted =
+            self.partitions
+                .get(offsets_partition as usize)
+                .ok_or(Error::NotCoordinator {
+                    partition: offsets_partition,
+                })?;
+        match hosted.refusal(offsets_partition) {
+            Some(error) => Err(error),
             None => Ok(hosted),
         }
     }
@@ -266,24 +294,22 @@ impl Shard {
         let partitions = &self.partitions;
         let commit_timeout_ms = self.commit_timeout_ms;
         let refused = self.batch.requests.extract_if(.., |commit| {
-            let failed = partitions
+            let refused = partitions
                 .get(commit.offsets_partition as usize)
-                .is_none_or(|hosted| hosted.failure.is_some());
-            failed || commit.deadline <= now
+                .is_none_or(|hosted| hosted.refusal(commit.offsets_partition).is_some());
+            refused || commit.deadline <= now
         });
         for commit in refused {
-            let error = match self.partitions.get(commit.offsets_partition as usize) {
-                Some(HostedPartition {
-                    failure: Some(reason),
-                    ..
-                }) => Error::PartitionFailed {
-                    partition: commit.offsets_partition,
-                    reason: reason.clone(),
-                },
-                _ => Error::CommitTimeout {
+            let partition = commit.offsets_partition;
+            let error = self
+                .partitions
+                .get(partition as usize)
+                .map_or(Some(Error::NotCoordinator { partition }), |hosted| {
+                    hosted.refusal(partition)
+                })
+                .unwrap_or(Error::CommitTimeout {
                     timeout_ms: commit_timeout_ms,
-                },
-            };
+                });
             commit.completer.complete(Err(error));
         }
         self.batch.sort_entries();
@@ -416,21 +442,6 @@ impl Shard {
             }
         }
         first_error.map_or(Ok(()), Err)
-    }
-}
-
-fn data_dir_error(data_dir: &std::path::Path, error: std::io::Error) -> Error {
-    match error.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            Error::DataDirUnwritable {
-                path: data_dir.to_path_buf(),
-                source: error,
-            }
-        }
-        _ => Error::io(
-            format!("opening data directory {}", data_dir.display()),
-            error,
-        ),
     }
 }
 
