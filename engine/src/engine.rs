@@ -15,7 +15,7 @@ use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
 };
-use crate::shard::{FetchReply, RecoveryReport, Request, Shard};
+use crate::shard::{FetchReply, RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
 
 /// An open engine. Cheap to clone; every clone talks to the same shard.
@@ -202,6 +202,7 @@ impl Engine {
         }
         let (future, completer) = CommitFuture::pending();
         let offsets_partition = self.partition_for(group_id);
+        let now = Instant::now();
         let commit = PendingCommit {
             group: group_id.to_owned(),
             offsets_partition,
@@ -216,7 +217,8 @@ impl Engine {
                 })
                 .collect(),
             bytes_max,
-            deadline: Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms),
+            accepted: now,
+            deadline: now + Duration::from_millis(config.offsets_commit_timeout_ms),
             completer,
         };
         // A failed send drops the commit, and with it the completer, which fails the
@@ -269,6 +271,22 @@ impl Engine {
             .send(request)
             .map_err(|_| Error::Closed)?;
         answer.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// A snapshot of every shard's metrics, in shard order.
+    pub fn metrics(&self) -> Result<Vec<ShardMetrics>> {
+        let mut all = Vec::with_capacity(self.inner.shards.len());
+        for shard in &self.inner.shards {
+            let (reply, answer) = bounded(1);
+            shard
+                .requests
+                .send(Request::Metrics { reply })
+                .map_err(|_| Error::Closed)?;
+            let mut metrics = answer.recv().map_err(|_| Error::Closed)?;
+            metrics.queue_depth = shard.requests.len();
+            all.push(metrics);
+        }
+        Ok(all)
     }
 
     /// Flushes what is queued, trims and syncs the logs, stops the shards and releases the
@@ -325,7 +343,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, &hosted) {
+            match Shard::open(&shard_config, storage, &hosted, index) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);

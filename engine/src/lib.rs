@@ -28,4 +28,4 @@ pub use config::Config;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-pub use shard::RecoveryReport;
+pub use shard::{RecoveryReport, ShardMetrics};

@@ -235,3 +235,40 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[test]
+fn metrics_count_what_was_committed_per_shard() {
+    let disk = SimDisk::new(8);
+    let mut config = test_config(SIM_DATA_DIR, 6);
+    config.shards = 2;
+    let engine = open_sim(&disk, &config).unwrap();
+    let syncs_before = disk.syncs();
+    for round in 0..20 {
+        let group = format!("g{}", round % 5);
+        let offsets = [offset("t", 0, round, ""), offset("t", 1, round, "")];
+        engine.commit_offsets(&group, &offsets).wait().unwrap();
+    }
+    assert!(
+        commit_one(&engine, "g0", "t", -1, 0).is_err(),
+        "refused before the shard"
+    );
+    let metrics = engine.metrics().unwrap();
+    assert_eq!(metrics.len(), 2);
+    assert_eq!(
+        metrics.iter().map(|m| m.shard).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    let sum = |f: fn(&coffer::ShardMetrics) -> u64| metrics.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|m| m.commits), 20);
+    assert_eq!(sum(|m| m.partition_offsets), 40);
+    assert_eq!(sum(|m| m.commit_errors), 0);
+    // Each request waited for its own flush here, so nothing was coalesced.
+    assert_eq!(sum(|m| m.records), 40);
+    assert_eq!(sum(|m| m.syncs), sum(|m| m.batches));
+    assert_eq!(sum(|m| m.syncs), disk.syncs() - syncs_before);
+    assert!(sum(|m| m.bytes) > 40 * 20);
+    assert_eq!(sum(|m| m.commit_latency_us.len()), 20);
+    assert_eq!(sum(|m| m.flush_latency_us.len()), sum(|m| m.flushes));
+    engine.close().unwrap();
+    assert!(matches!(engine.metrics(), Err(Error::Closed)));
+}

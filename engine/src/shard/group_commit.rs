@@ -46,6 +46,8 @@ pub(crate) struct PendingCommit {
     pub offsets: Vec<PendingOffset>,
     /// Upper bound of the bytes its records encode to.
     pub bytes_max: usize,
+    /// When the engine accepted it.
+    pub accepted: Instant,
     /// `offsets.commit.timeout.ms` after it was accepted.
     pub deadline: Instant,
     pub completer: Completer,

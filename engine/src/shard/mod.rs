@@ -8,6 +8,9 @@
 //! Every request is acknowledged only after its partition's write is durable.
 
 pub(crate) mod group_commit;
+mod metrics;
+
+pub use metrics::ShardMetrics;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -72,6 +75,9 @@ pub(crate) enum Request {
         partitions: Option<Vec<(String, i32)>>,
         reply: Sender<Result<FetchReply>>,
     },
+    Metrics {
+        reply: Sender<ShardMetrics>,
+    },
     Close {
         reply: Sender<Result<()>>,
     },
@@ -124,6 +130,7 @@ pub(crate) struct Shard {
     commit_timeout_ms: u64,
     flush_results: Vec<std::io::Result<()>>,
     flush_partitions: Vec<u32>,
+    metrics: ShardMetrics,
 }
 
 enum Step {
@@ -138,6 +145,7 @@ impl Shard {
         config: &Config,
         mut storage: Box<dyn Storage>,
         hosted: &[u32],
+        index: usize,
     ) -> Result<(Shard, RecoveryReport)> {
         let data_dir = config.data_dir.clone();
         let settings = LogSettings {
@@ -180,6 +188,7 @@ impl Shard {
             commit_timeout_ms: config.offsets_commit_timeout_ms,
             flush_results: Vec::new(),
             flush_partitions: Vec::new(),
+            metrics: ShardMetrics::new(index),
         };
         Ok((shard, report))
     }
@@ -242,6 +251,9 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.fetch(&group, offsets_partition, partitions));
+            }
+            Request::Metrics { reply } => {
+                let _ = reply.send(self.metrics.clone());
             }
             Request::Close { reply } => return Step::Stop(Some(reply)),
         }
@@ -310,6 +322,7 @@ impl Shard {
                 .unwrap_or(Error::CommitTimeout {
                     timeout_ms: commit_timeout_ms,
                 });
+            self.metrics.commit_errors += 1;
             commit.completer.complete(Err(error));
         }
         self.batch.sort_entries();
@@ -329,7 +342,11 @@ impl Shard {
             );
             flush_partitions.push(partition);
         });
+        let flush_started = Instant::now();
         self.write_partitions();
+        let flush_us = flush_started.elapsed().as_micros() as u64;
+        ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
+        self.metrics.flushes += 1;
         self.apply_and_ack(timestamp_ms);
     }
 
@@ -371,7 +388,12 @@ impl Shard {
                     if let (Some(log), Some(last)) =
                         (hosted.log.as_mut(), hosted.encoded_last_offset)
                     {
+                        let records = last + 1 - log.next_offset();
                         log.commit_append(hosted.encoded.len(), last);
+                        self.metrics.batches += 1;
+                        self.metrics.syncs += 1;
+                        self.metrics.records += records as u64;
+                        self.metrics.bytes += hosted.encoded.len() as u64;
                     }
                 }
                 // Never retry a failed write or fdatasync: the page cache may already have
@@ -410,14 +432,24 @@ impl Shard {
                     .upsert(group, &pending.topic, pending.partition, value);
             }
         });
+        let now = Instant::now();
         for commit in self.batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
             let result = match &hosted.failure {
-                None => Ok(()),
-                Some(reason) => Err(Error::PartitionFailed {
-                    partition: commit.offsets_partition,
-                    reason: reason.clone(),
-                }),
+                None => {
+                    self.metrics.commits += 1;
+                    self.metrics.partition_offsets += commit.offsets.len() as u64;
+                    let waited_us = now.duration_since(commit.accepted).as_micros() as u64;
+                    ShardMetrics::record_latency(&mut self.metrics.commit_latency_us, waited_us);
+                    Ok(())
+                }
+                Some(reason) => {
+                    self.metrics.commit_errors += 1;
+                    Err(Error::PartitionFailed {
+                        partition: commit.offsets_partition,
+                        reason: reason.clone(),
+                    })
+                }
             };
             commit.completer.complete(result);
         }
