@@ -1,5 +1,6 @@
 //! The public handle: open a data directory, commit and fetch offsets, close.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +56,11 @@ pub struct Engine {
 struct EngineInner {
     config: Config,
     shards: Vec<ShardHandle>,
+    /// Offsets partition → index of the shard serving it. Read on every request (a relaxed
+    /// load: a stale read only sends a request to a shard that answers `NotCoordinator`).
+    assignment: Vec<AtomicU32>,
+    /// Serialises partition moves.
+    moving: Mutex<()>,
     recovery: RecoveryReport,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
@@ -151,6 +157,10 @@ impl Engine {
         recovery.partitions.sort_by_key(|p| p.partition);
         Ok(Engine {
             inner: Arc::new(EngineInner {
+                assignment: (0..config.offsets_topic_num_partitions)
+                    .map(|p| AtomicU32::new(p % config.shards as u32))
+                    .collect(),
+                moving: Mutex::new(()),
                 config,
                 shards,
                 recovery,
@@ -182,8 +192,64 @@ impl Engine {
         self.inner.shards.len()
     }
 
+    /// The shard now serving an offsets partition.
+    pub fn shard_of(&self, offsets_partition: u32) -> Option<usize> {
+        let assigned = self.inner.assignment.get(offsets_partition as usize)?;
+        Some(assigned.load(Ordering::Relaxed) as usize)
+    }
+
     fn shard_for(&self, offsets_partition: u32) -> &ShardHandle {
-        &self.inner.shards[offsets_partition as usize % self.inner.shards.len()]
+        let index = self.shard_of(offsets_partition).unwrap_or(0);
+        &self.inner.shards[index % self.inner.shards.len()]
+    }
+
+    /// Moves an offsets partition to another shard, the path a broker takes on a leadership
+    /// change: the current shard flushes what it has batched, closes the partition's log and
+    /// stops serving it; the target shard recovers it from disk and starts serving it.
+    /// Requests that reach the partition in between fail with `NotCoordinator`
+    /// (retriable); nothing acknowledged is lost. Returns what the target's recovery found.
+    pub fn move_partition(
+        &self,
+        offsets_partition: u32,
+        to_shard: usize,
+    ) -> Result<RecoveryReport> {
+        let _moving = self
+            .inner
+            .moving
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let from = self
+            .shard_of(offsets_partition)
+            .ok_or(Error::NotCoordinator {
+                partition: offsets_partition,
+            })?;
+        let target = self
+            .inner
+            .shards
+            .get(to_shard)
+            .ok_or(Error::InvalidRequest("no such shard"))?;
+        if from == to_shard {
+            return Ok(RecoveryReport::default());
+        }
+        let (reply, answer) = bounded(1);
+        let unload = Request::Unload {
+            partition: offsets_partition,
+            reply,
+        };
+        self.inner.shards[from]
+            .requests
+            .send(unload)
+            .map_err(|_| Error::Closed)?;
+        answer.recv().unwrap_or(Err(Error::Closed))?;
+        let (reply, answer) = bounded(1);
+        let load = Request::Load {
+            partition: offsets_partition,
+            reply,
+        };
+        target.requests.send(load).map_err(|_| Error::Closed)?;
+        let report = answer.recv().unwrap_or(Err(Error::Closed))?;
+        self.inner.assignment[offsets_partition as usize].store(to_shard as u32, Ordering::Relaxed);
+        Ok(report)
     }
 
     /// Commits offsets for a group. The future resolves `Ok` once every offset is durable,

@@ -66,3 +66,79 @@ fn the_redpanda_mapping_places_groups_where_redpanda_does() {
     let engine = open_sim(&disk, &config).unwrap();
     assert_eq!(fetch_one(&engine, group, "t", 3).unwrap(), Some(77));
 }
+
+#[test]
+fn moving_partitions_between_shards_under_load_keeps_every_commit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let disk = SimDisk::new(33);
+    let mut config = test_config(SIM_DATA_DIR, 6);
+    config.shards = 2;
+    let engine = open_sim(&disk, &config).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Committers: one request in flight each, retrying NotCoordinator as a client would.
+    let committers: Vec<_> = (0..3)
+        .map(|thread| {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let groups: Vec<String> = (0..4).map(|g| format!("c{thread}-g{g}")).collect();
+                let mut acked = std::collections::BTreeMap::new();
+                let mut offset = 0i64;
+                let mut retries = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let group = &groups[(offset % 4) as usize];
+                    loop {
+                        match commit_one(&engine, group, "t", 0, offset) {
+                            Ok(()) => break,
+                            Err(coffer::Error::NotCoordinator { .. }) => retries += 1,
+                            Err(other) => panic!("unexpected error {other}"),
+                        }
+                    }
+                    acked.insert(group.clone(), offset);
+                    offset += 1;
+                }
+                (acked, retries)
+            })
+        })
+        .collect();
+    let mut moves = 0;
+    for round in 0..40u32 {
+        let partition = round % 6;
+        let to = 1 - engine.shard_of(partition).unwrap();
+        engine.move_partition(partition, to).unwrap();
+        assert_eq!(engine.shard_of(partition), Some(to));
+        moves += 1;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = std::collections::BTreeMap::new();
+    for committer in committers {
+        let (theirs, _retries) = committer.join().unwrap();
+        acked.extend(theirs);
+    }
+    assert_eq!(moves, 40);
+    assert_eq!(acked.len(), 12);
+    for (group, offset) in &acked {
+        assert_eq!(
+            fetch_one(&engine, group, "t", 0).unwrap(),
+            Some(*offset),
+            "{group}"
+        );
+    }
+    engine.close().unwrap();
+    let reopened = open_sim(&disk, &config).unwrap();
+    for (group, offset) in &acked {
+        assert_eq!(
+            fetch_one(&reopened, group, "t", 0).unwrap(),
+            Some(*offset),
+            "{group}"
+        );
+    }
+    // Moving to the shard it is on, or to a shard that does not exist.
+    let p = 0;
+    let here = reopened.shard_of(p).unwrap();
+    assert!(reopened.move_partition(p, here).is_ok());
+    assert!(reopened.move_partition(p, 7).is_err());
+}

@@ -78,6 +78,16 @@ pub(crate) enum Request {
     Metrics {
         reply: Sender<ShardMetrics>,
     },
+    /// Recover an offsets partition from disk and serve it.
+    Load {
+        partition: u32,
+        reply: Sender<Result<RecoveryReport>>,
+    },
+    /// Flush, close and stop serving an offsets partition.
+    Unload {
+        partition: u32,
+        reply: Sender<Result<()>>,
+    },
     Close {
         reply: Sender<Result<()>>,
     },
@@ -124,6 +134,9 @@ impl HostedPartition {
 pub(crate) struct Shard {
     storage: Box<dyn Storage>,
     data_dir: PathBuf,
+    settings: LogSettings,
+    /// Recovery's read buffer, kept for partitions loaded later.
+    read_buf: Vec<u8>,
     partitions: Vec<HostedPartition>,
     batch: GroupCommitBatch,
     linger: Duration,
@@ -143,45 +156,21 @@ impl Shard {
     /// locked the data directory).
     pub(crate) fn open(
         config: &Config,
-        mut storage: Box<dyn Storage>,
+        storage: Box<dyn Storage>,
         hosted: &[u32],
         index: usize,
     ) -> Result<(Shard, RecoveryReport)> {
-        let data_dir = config.data_dir.clone();
-        let settings = LogSettings {
-            segment_bytes: config.offsets_topic_segment_bytes,
-            preallocate: config.log_preallocate,
-        };
-        let mut report = RecoveryReport::default();
-        let mut read_buf = Vec::new();
-        let mut partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
+        let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
             .map(|_| HostedPartition::not_hosted())
             .collect();
-        for &partition in hosted {
-            let mut table = OffsetTable::default();
-            let mut visit =
-                |view: &BatchView<'_>, _position: u64| replay_batch(&mut table, &mut report, view);
-            let (log, recovery) = PartitionLog::open(
-                storage.as_mut(),
-                &data_dir,
-                partition,
-                settings,
-                &mut read_buf,
-                &mut visit,
-            )?;
-            report.partitions.push(recovery);
-            partitions[partition as usize] = HostedPartition {
-                hosted: true,
-                log: Some(log),
-                failure: None,
-                table,
-                encoded: Vec::new(),
-                encoded_last_offset: None,
-            };
-        }
-        let shard = Shard {
+        let mut shard = Shard {
             storage,
-            data_dir,
+            data_dir: config.data_dir.clone(),
+            settings: LogSettings {
+                segment_bytes: config.offsets_topic_segment_bytes,
+                preallocate: config.log_preallocate,
+            },
+            read_buf: Vec::new(),
             batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
             partitions,
             linger: Duration::from_micros(config.group_commit_linger_us),
@@ -190,7 +179,66 @@ impl Shard {
             flush_partitions: Vec::new(),
             metrics: ShardMetrics::new(index),
         };
+        let mut report = RecoveryReport::default();
+        for &partition in hosted {
+            shard.load_partition(partition, &mut report)?;
+        }
         Ok((shard, report))
+    }
+
+    /// Recovers one partition from disk and starts serving it: at open, and when a partition
+    /// moves here (a leadership change, in a broker).
+    fn load_partition(&mut self, partition: u32, report: &mut RecoveryReport) -> Result<()> {
+        let slot = self
+            .partitions
+            .get(partition as usize)
+            .ok_or(Error::NotCoordinator { partition })?;
+        if slot.hosted {
+            return Err(Error::InvalidRequest("offsets partition already loaded"));
+        }
+        let mut table = OffsetTable::default();
+        let mut visit =
+            |view: &BatchView<'_>, _position: u64| replay_batch(&mut table, report, view);
+        let (log, recovery) = PartitionLog::open(
+            self.storage.as_mut(),
+            &self.data_dir,
+            partition,
+            self.settings,
+            &mut self.read_buf,
+            &mut visit,
+        )?;
+        report.partitions.push(recovery);
+        self.partitions[partition as usize] = HostedPartition {
+            hosted: true,
+            log: Some(log),
+            failure: None,
+            table,
+            encoded: Vec::new(),
+            encoded_last_offset: None,
+        };
+        Ok(())
+    }
+
+    /// Stops serving a partition: what is batched is flushed first, then its log is trimmed,
+    /// synced and closed. Later requests for it fail with `NotCoordinator`.
+    fn unload_partition(&mut self, partition: u32) -> Result<()> {
+        if !self.batch.is_empty() {
+            self.flush();
+        }
+        let slot = self
+            .partitions
+            .get_mut(partition as usize)
+            .ok_or(Error::NotCoordinator { partition })?;
+        if !slot.hosted {
+            return Err(Error::NotCoordinator { partition });
+        }
+        let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
+        match unloaded.log {
+            Some(log) => log
+                .close(self.storage.as_mut())
+                .map_err(|e| Error::io(format!("closing offsets partition {partition}"), e)),
+            None => Ok(()), // failed closed earlier: nothing more may be written
+        }
     }
 
     /// Serves requests until closed or every sender is gone, then closes the logs.
@@ -254,6 +302,14 @@ impl Shard {
             }
             Request::Metrics { reply } => {
                 let _ = reply.send(self.metrics.clone());
+            }
+            Request::Load { partition, reply } => {
+                let mut report = RecoveryReport::default();
+                let loaded = self.load_partition(partition, &mut report);
+                let _ = reply.send(loaded.map(|()| report));
+            }
+            Request::Unload { partition, reply } => {
+                let _ = reply.send(self.unload_partition(partition));
             }
             Request::Close { reply } => return Step::Stop(Some(reply)),
         }
