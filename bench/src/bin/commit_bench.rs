@@ -1,0 +1,655 @@
+//! Macro benchmark (issue 3, item 6): durable offset commits through the engine, and in the
+//! same run the physical floor of the same records on the same disk.
+//!
+//! 1. **Engine.** `--committers` threads (pinned to the last core) keep `--in-flight`
+//!    requests of `--partitions-per-request` offsets in flight in total, against an engine with
+//!    `--shards` shards (pinned from core 0) on a real data directory. Reported: durable
+//!    partition-offset commits/s, ack latency (issue → observed ack, µs), and from
+//!    `Engine::metrics`: flushes, records per flush, syncs/s.
+//! 2. **Floor.** The same key distribution, `R` records per batch where `R` is the engine's
+//!    mean records per flush, encoded with `BatchWriter` (one RecordBatch per offsets
+//!    partition, as the engine lays them out) into one buffer, appended to one preallocated
+//!    file with one `pwrite` + one `fdatasync` per batch. No index, no cache, one batch at a
+//!    time (the in-flight window collapsed into the batch). Batches are encoded before the
+//!    timed loop, so the floor is the disk only.
+//! 3. The ratios engine ÷ floor.
+//!
+//! `cargo run --release -p coffer-bench --bin commit_bench -- --duration 10 --in-flight 1024`
+
+use std::collections::VecDeque;
+use std::error::Error;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use coffer::format::{BatchParams, BatchWriter, OffsetCommitKey, OffsetCommitValue};
+use coffer::routing::GroupPartitioner;
+use coffer::{CommitFuture, Config, Engine, OffsetCommit, ShardMetrics};
+use hdrhistogram::Histogram;
+
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Highest latency the histograms track (60 s, in µs); longer ones saturate.
+const LATENCY_US_MAX: u64 = 60_000_000;
+/// The topic every commit names.
+const TOPIC: &str = "bench-topic";
+/// Leader epoch every commit carries.
+const LEADER_EPOCH: i32 = 1;
+/// Distinct pre-encoded floor batches cycled through (different keys and offsets).
+const FLOOR_BUFFERS: usize = 16;
+/// Size the floor file is preallocated to; appends wrap to 0 past it (never in 10 s here).
+const FLOOR_FILE_BYTES: u64 = 8 << 30;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Durable offset commits through the engine vs the physical floor")]
+struct Args {
+    /// Measured seconds per phase (engine, then floor).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warmup seconds per phase, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Commit requests in flight, in total across committers.
+    #[arg(long, default_value_t = 1024)]
+    in_flight: usize,
+    /// Committer threads (all pinned to the last core).
+    #[arg(long, default_value_t = 1)]
+    committers: usize,
+    /// Engine shards (shard i pinned to core i).
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// Topic partitions per commit request.
+    #[arg(long, default_value_t = 4)]
+    partitions_per_request: usize,
+    /// Consumer groups committing.
+    #[arg(long, default_value_t = 1000)]
+    groups: u32,
+    /// Partitions of the topic each group consumes (key space = groups × this).
+    #[arg(long, default_value_t = 64)]
+    topic_partitions: i32,
+    /// offsets.topic.num.partitions.
+    #[arg(long, default_value_t = 50)]
+    offsets_partitions: u32,
+    /// Engine group_commit_linger_us (0 = adaptive batching only).
+    #[arg(long, default_value_t = 0)]
+    linger_us: u64,
+    /// Data directory (created, and removed at the end).
+    #[arg(long, default_value = "./tmp/commit_bench")]
+    dir: PathBuf,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
+/// [`TOPIC`] starting at its cursor, which then advances; offsets increase per key.
+struct KeyStream {
+    names: Vec<String>,
+    /// Positions in `names` this stream visits, round robin.
+    owned: Vec<usize>,
+    cursors: Vec<i32>,
+    next: usize,
+    seq: i64,
+    partitions_per_request: usize,
+    topic_partitions: i32,
+}
+
+impl KeyStream {
+    fn new(names: Vec<String>, owned: Vec<usize>, args: &Args) -> KeyStream {
+        let cursors = vec![0; names.len()];
+        KeyStream {
+            names,
+            owned,
+            cursors,
+            next: 0,
+            seq: 0,
+            partitions_per_request: args.partitions_per_request,
+            topic_partitions: args.topic_partitions,
+        }
+    }
+
+    /// The next request: its group position, and `(partition, offset)` pairs into `out`.
+    fn next_request(&mut self, out: &mut Vec<(i32, i64)>) -> usize {
+        let group = self.owned[self.next];
+        self.next = (self.next + 1) % self.owned.len();
+        self.seq += 1;
+        out.clear();
+        let cursor = &mut self.cursors[group];
+        for _ in 0..self.partitions_per_request {
+            out.push((*cursor, self.seq));
+            *cursor = (*cursor + 1) % self.topic_partitions;
+        }
+        group
+    }
+}
+
+fn group_names(count: u32) -> Vec<String> {
+    (0..count).map(|g| format!("bench-group-{g:06}")).collect()
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
+}
+
+fn record_us(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let micros = (elapsed.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+    let _ = histogram.record(micros);
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Percentiles {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"p50\": {}, \"p99\": {}, \"p999\": {}, \"max\": {}}}",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}
+
+/// What one committer saw inside the measurement window.
+struct CommitterOut {
+    latency_us: Histogram<u64>,
+    acks: u64,
+}
+
+/// One committer: keeps `in_flight` requests outstanding; acks observed in
+/// `[measure_from, stop_at)` are counted and their latency recorded.
+fn run_committer(
+    engine: &Engine,
+    mut keys: KeyStream,
+    in_flight: usize,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> BoxResult<CommitterOut> {
+    let mut out = CommitterOut {
+        latency_us: histogram(),
+        acks: 0,
+    };
+    let mut queue: VecDeque<(Instant, CommitFuture)> = VecDeque::with_capacity(in_flight);
+    let mut pairs = Vec::with_capacity(keys.partitions_per_request);
+    let mut commits: Vec<OffsetCommit<'_>> = Vec::with_capacity(keys.partitions_per_request);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut complete = |issued: Instant, result: coffer::Result<()>| -> BoxResult<()> {
+        result?;
+        let now = Instant::now();
+        if now >= measure_from && now < stop_at {
+            out.acks += 1;
+            record_us(&mut out.latency_us, now - issued);
+        }
+        Ok(())
+    };
+    loop {
+        let stopping = Instant::now() >= stop_at;
+        if !stopping {
+            while queue.len() < in_flight {
+                let group = keys.next_request(&mut pairs);
+                commits.clear();
+                commits.extend(pairs.iter().map(|&(partition, offset)| OffsetCommit {
+                    topic: TOPIC,
+                    partition,
+                    offset,
+                    leader_epoch: Some(LEADER_EPOCH),
+                    metadata: "",
+                }));
+                let name = keys.names[group].as_str();
+                queue.push_back((Instant::now(), engine.commit_offsets(name, &commits)));
+            }
+        }
+        let Some((issued, future)) = queue.pop_front() else {
+            break;
+        };
+        complete(issued, future.wait())?;
+        // A flush acknowledges many requests at once: collect every one already done.
+        while let Some((issued, future)) = queue.front_mut() {
+            let issued = *issued;
+            match Pin::new(future).poll(&mut cx) {
+                Poll::Ready(result) => {
+                    queue.pop_front();
+                    complete(issued, result)?;
+                }
+                Poll::Pending => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sums of the counters of every shard.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    commits: u64,
+    partition_offsets: u64,
+    flushes: u64,
+    batches: u64,
+    records: u64,
+    bytes: u64,
+    syncs: u64,
+}
+
+impl Counters {
+    fn of(metrics: &[ShardMetrics]) -> Counters {
+        let mut c = Counters::default();
+        for m in metrics {
+            c.commits += m.commits;
+            c.partition_offsets += m.partition_offsets;
+            c.flushes += m.flushes;
+            c.batches += m.batches;
+            c.records += m.records;
+            c.bytes += m.bytes;
+            c.syncs += m.syncs;
+        }
+        c
+    }
+
+    fn minus(&self, before: &Counters) -> Counters {
+        Counters {
+            commits: self.commits - before.commits,
+            partition_offsets: self.partition_offsets - before.partition_offsets,
+            flushes: self.flushes - before.flushes,
+            batches: self.batches - before.batches,
+            records: self.records - before.records,
+            bytes: self.bytes - before.bytes,
+            syncs: self.syncs - before.syncs,
+        }
+    }
+}
+
+/// A histogram of the window: every shard's `pick` at the end minus at the start.
+fn window_histogram(
+    before: &[ShardMetrics],
+    after: &[ShardMetrics],
+    pick: fn(&ShardMetrics) -> &Histogram<u64>,
+) -> Histogram<u64> {
+    let mut total = histogram();
+    for (b, a) in before.iter().zip(after) {
+        let mut h = pick(a).clone();
+        if h.subtract(pick(b)).is_ok() {
+            let _ = total.add(&h);
+        }
+    }
+    total
+}
+
+struct EngineOut {
+    seconds: f64,
+    acks: u64,
+    partition_offsets_per_s: f64,
+    ack_us: Percentiles,
+    counters: Counters,
+    flush_us: Percentiles,
+    engine_commit_us: Percentiles,
+}
+
+fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<EngineOut> {
+    let mut config = Config::new(dir);
+    config.shards = args.shards;
+    config.pin_shards = true;
+    config.offsets_topic_num_partitions = args.offsets_partitions;
+    config.group_commit_linger_us = args.linger_us;
+    let engine = Engine::open(config)?;
+
+    let names = group_names(args.groups);
+    let committers = args.committers.max(1);
+    let committer_core = cores.last().copied();
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let stop_at = measure_from + Duration::from_secs_f64(args.duration);
+
+    let (before, after, outs) = std::thread::scope(|scope| -> BoxResult<_> {
+        let mut handles = Vec::with_capacity(committers);
+        for thread in 0..committers {
+            // Each group belongs to one committer, so per-key order is that thread's order.
+            let owned: Vec<usize> = (0..names.len())
+                .filter(|g| g % committers == thread)
+                .collect();
+            let keys = KeyStream::new(names.clone(), owned, args);
+            let in_flight =
+                args.in_flight / committers + usize::from(thread < args.in_flight % committers);
+            let engine = &engine;
+            handles.push(scope.spawn(move || {
+                if let Some(core) = committer_core {
+                    core_affinity::set_for_current(core);
+                }
+                run_committer(engine, keys, in_flight.max(1), measure_from, stop_at)
+            }));
+        }
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+        let before = engine.metrics()?;
+        std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
+        let after = engine.metrics()?;
+        let mut outs = Vec::with_capacity(committers);
+        for handle in handles {
+            match handle.join() {
+                Ok(out) => outs.push(out?),
+                Err(_) => return Err("a committer thread panicked".into()),
+            }
+        }
+        Ok((before, after, outs))
+    })?;
+    engine.close()?;
+
+    let mut latency = histogram();
+    let mut acks = 0;
+    for out in &outs {
+        latency.add(&out.latency_us)?;
+        acks += out.acks;
+    }
+    let seconds = args.duration;
+    Ok(EngineOut {
+        seconds,
+        acks,
+        partition_offsets_per_s: (acks * args.partitions_per_request as u64) as f64 / seconds,
+        ack_us: Percentiles::of(&latency),
+        counters: Counters::of(&after).minus(&Counters::of(&before)),
+        flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
+        engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
+            &m.commit_latency_us
+        })),
+    })
+}
+
+/// Encodes `records` records of the key stream the way a flush lays them out: one
+/// RecordBatch per offsets partition, back to back in `out`.
+fn encode_floor_batch(
+    keys: &mut KeyStream,
+    partition_of: &[u32],
+    records: usize,
+    out: &mut Vec<u8>,
+) {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut items: Vec<(u32, usize, i32, i64)> = Vec::with_capacity(records);
+    let mut pairs = Vec::new();
+    while items.len() < records {
+        let group = keys.next_request(&mut pairs);
+        for &(partition, offset) in &pairs {
+            if items.len() < records {
+                items.push((partition_of[group], group, partition, offset));
+            }
+        }
+    }
+    items.sort_by_key(|&(offsets_partition, ..)| offsets_partition);
+    out.clear();
+    let mut i = 0;
+    while i < items.len() {
+        let offsets_partition = items[i].0;
+        let mut writer = BatchWriter::begin(out, BatchParams::default());
+        while i < items.len() && items[i].0 == offsets_partition {
+            let (_, group, partition, offset) = items[i];
+            let key = OffsetCommitKey {
+                group: &keys.names[group],
+                topic: TOPIC,
+                partition,
+            };
+            let value = OffsetCommitValue {
+                offset,
+                leader_epoch: LEADER_EPOCH,
+                metadata: "",
+                commit_timestamp: timestamp,
+                expire_timestamp: coffer::format::schema::NO_TIMESTAMP,
+                topic_id: None,
+            };
+            let version = value.version_for_write();
+            writer.append_offset_commit(timestamp, &key, Some((&value, version)));
+            i += 1;
+        }
+        writer.finish();
+    }
+}
+
+struct FloorOut {
+    records_per_batch: usize,
+    bytes_per_batch: usize,
+    batches: u64,
+    records_per_s: f64,
+    batch_us: Percentiles,
+}
+
+fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<FloorOut> {
+    let names = group_names(args.groups);
+    let partitioner = GroupPartitioner::Kafka;
+    let partition_of: Vec<u32> = names
+        .iter()
+        .map(|n| partitioner.partition_for(n, args.offsets_partitions))
+        .collect();
+    let owned = (0..names.len()).collect();
+    let mut keys = KeyStream::new(names, owned, args);
+    let mut buffers = Vec::with_capacity(FLOOR_BUFFERS);
+    for _ in 0..FLOOR_BUFFERS {
+        let mut buffer = Vec::new();
+        encode_floor_batch(&mut keys, &partition_of, records_per_batch, &mut buffer);
+        buffers.push(buffer);
+    }
+    let bytes_per_batch = buffers[0].len();
+
+    let path = dir.join("floor.log");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    preallocate(&file, FLOOR_FILE_BYTES)?;
+    file.sync_all()?;
+
+    let mut latency = histogram();
+    let mut batches = 0u64;
+    let mut position = 0u64;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let stop_at = measure_from + Duration::from_secs_f64(args.duration);
+    let mut measured_start = None;
+    let mut measured_end = measure_from;
+    for n in 0.. {
+        let began = Instant::now();
+        if began >= stop_at {
+            break;
+        }
+        let buffer = &buffers[n % FLOOR_BUFFERS];
+        if position + buffer.len() as u64 > FLOOR_FILE_BYTES {
+            position = 0;
+        }
+        file.write_all_at(buffer, position)?;
+        file.sync_data()?;
+        position += buffer.len() as u64;
+        let done = Instant::now();
+        if began >= measure_from {
+            measured_start.get_or_insert(began);
+            measured_end = done;
+            batches += 1;
+            record_us(&mut latency, done - began);
+        }
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    let seconds = measured_start.map_or(0.0, |s| (measured_end - s).as_secs_f64());
+    Ok(FloorOut {
+        records_per_batch,
+        bytes_per_batch,
+        batches,
+        records_per_s: if seconds > 0.0 {
+            (batches * records_per_batch as u64) as f64 / seconds
+        } else {
+            0.0
+        },
+        batch_us: Percentiles::of(&latency),
+    })
+}
+
+fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
+    let args = Args::parse();
+    if args.partitions_per_request == 0 || args.groups == 0 || args.topic_partitions <= 0 {
+        return Err(
+            "--partitions-per-request, --groups and --topic-partitions must be positive".into(),
+        );
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let dir = args.dir.join(format!("run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(&args, &dir, &cores);
+    let removed = std::fs::remove_dir_all(&dir);
+    // Best effort: the parent goes too when no other run is using it.
+    let _ = std::fs::remove_dir(&args.dir);
+    result?;
+    removed?;
+    Ok(())
+}
+
+fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()> {
+    println!(
+        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight, {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} s + {} s warmup, dir {}",
+        args.committers,
+        cores.last().map(|c| c.id),
+        args.shards,
+        args.in_flight,
+        args.partitions_per_request,
+        args.groups,
+        args.topic_partitions,
+        args.offsets_partitions,
+        args.linger_us,
+        args.duration,
+        args.warmup,
+        dir.display()
+    );
+    let engine = run_engine(args, &dir.join("engine"), cores)?;
+    let c = engine.counters;
+    let records_per_flush = if c.flushes > 0 {
+        c.records as f64 / c.flushes as f64
+    } else {
+        0.0
+    };
+    let floor_records = (records_per_flush.round() as usize).max(1);
+
+    // The floor runs on the shard's core, with the engine closed.
+    let floor_core = cores.first().copied();
+    let floor = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| {
+            if let Some(core) = floor_core {
+                core_affinity::set_for_current(core);
+            }
+            run_floor(args, dir, floor_records)
+        });
+        handle
+            .join()
+            .unwrap_or_else(|_| Err("the floor thread panicked".into()))
+    })?;
+
+    let secs = engine.seconds;
+    let throughput_ratio = if floor.records_per_s > 0.0 {
+        engine.partition_offsets_per_s / floor.records_per_s
+    } else {
+        0.0
+    };
+    let p99_ratio = engine.ack_us.p99 as f64 / floor.batch_us.p99.max(1) as f64;
+
+    println!();
+    println!("engine: {} requests acked in {secs} s", engine.acks);
+    println!(
+        "  durable partition-offset commits/s  {:>12.0}",
+        engine.partition_offsets_per_s
+    );
+    let a = engine.ack_us;
+    println!(
+        "  ack latency µs p50/p99/p99.9/max     {} / {} / {} / {}",
+        a.p50, a.p99, a.p999, a.max
+    );
+    let e = engine.engine_commit_us;
+    println!(
+        "  engine-side commit latency µs p50/p99/p99.9  {} / {} / {}",
+        e.p50, e.p99, e.p999
+    );
+    println!(
+        "  flushes {} ({:.0}/s), records/flush {:.1}, batches/flush {:.1}, syncs {} ({:.0}/s), bytes/record {:.1}",
+        c.flushes,
+        c.flushes as f64 / secs,
+        records_per_flush,
+        c.batches as f64 / c.flushes.max(1) as f64,
+        c.syncs,
+        c.syncs as f64 / secs,
+        c.bytes as f64 / c.records.max(1) as f64
+    );
+    let f = engine.flush_us;
+    println!(
+        "  flush latency µs p50/p99/p99.9/max   {} / {} / {} / {}",
+        f.p50, f.p99, f.p999, f.max
+    );
+    println!(
+        "floor: {} records ({} bytes) per pwrite + fdatasync, {} batches",
+        floor.records_per_batch, floor.bytes_per_batch, floor.batches
+    );
+    println!(
+        "  records/s                           {:>12.0}",
+        floor.records_per_s
+    );
+    let b = floor.batch_us;
+    println!(
+        "  batch latency µs p50/p99/p99.9/max   {} / {} / {} / {}",
+        b.p50, b.p99, b.p999, b.max
+    );
+    println!("ratio engine ÷ floor: throughput {throughput_ratio:.3}, p99 {p99_ratio:.2}");
+
+    if let Some(path) = &args.json {
+        let json = format!(
+            "{{\n  \"in_flight\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+            args.in_flight,
+            args.committers,
+            args.shards,
+            args.partitions_per_request,
+            args.groups,
+            secs,
+            engine.acks,
+            engine.partition_offsets_per_s,
+            engine.ack_us.json(),
+            engine.engine_commit_us.json(),
+            engine.flush_us.json(),
+            c.flushes,
+            c.records,
+            c.batches,
+            c.syncs,
+            c.bytes,
+            records_per_flush,
+            c.syncs as f64 / secs,
+            floor.records_per_batch,
+            floor.bytes_per_batch,
+            floor.batches,
+            floor.records_per_s,
+            floor.batch_us.json(),
+            throughput_ratio,
+            p99_ratio,
+        );
+        std::fs::write(path, json)?;
+    }
+    Ok(())
+}
