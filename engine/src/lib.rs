@@ -12,10 +12,12 @@
 //!
 //! See `docs/architecture.md` for how the pieces fit.
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod format;
 pub mod routing;
+pub(crate) mod sync;
 
 pub use config::Config;
 pub use error::{Error, Result};
