@@ -86,6 +86,7 @@ pub(crate) struct Canary {
 impl Canary {
     /// A fresh canary; under loom its creation counts as the object's initializing write.
     #[inline(always)]
+    #[track_caller]
     pub(crate) fn new() -> Self {
         Self {
             #[cfg(loom)]
@@ -97,6 +98,7 @@ impl Canary {
 
     /// Records a read of the object this canary lives in.
     #[inline(always)]
+    #[track_caller]
     pub(crate) fn touch(&self) {
         #[cfg(loom)]
         self.cell.with(|_| ());

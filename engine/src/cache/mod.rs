@@ -420,6 +420,37 @@ impl OffsetCache {
         }
     }
 
+    /// Trims every partition array to its highest live partition, undoing the slack that
+    /// geometric growth leaves (up to a half). Meant for after a bulk load such as recovery;
+    /// O(groups + partitions), allocates the trimmed copies, retires the old arrays.
+    pub fn shrink_to_fit(&mut self) {
+        let mut topics: Vec<*const TopicNode> = Vec::new();
+        for slot in self.table().slots.iter() {
+            let g = slot.load(Ordering::Relaxed);
+            if is_node(g) {
+                // SAFETY: writer access.
+                topics.extend(
+                    unsafe { (*g).topics() }
+                        .iter()
+                        .map(|t| t as *const TopicNode),
+                );
+            }
+        }
+        for t in topics {
+            // SAFETY: writer access; live topic.
+            let t = unsafe { &*t };
+            let parts = unsafe { t.parts() };
+            let used = parts
+                .slots
+                .iter()
+                .rposition(|s| s.load_own().present)
+                .map_or(0, |i| i + 1);
+            if used < parts.slots.len() {
+                self.resize_parts(t, used);
+            }
+        }
+    }
+
     /// Memory accounting (walks the structure: O(groups + partitions)).
     pub fn stats(&self) -> CacheStats {
         use std::mem::size_of;
@@ -620,6 +651,14 @@ impl OffsetCache {
             return;
         }
         let new_len = (p + 1).max(len + len / 2).min(self.max_partitions as usize);
+        self.resize_parts(topic, new_len);
+    }
+
+    /// Replaces `topic`'s partition array with a copy of length `new_len` (which must keep
+    /// every live partition), published with Release; the old array is retired.
+    fn resize_parts(&mut self, topic: &TopicNode, new_len: usize) {
+        // SAFETY: writer access.
+        let parts = unsafe { topic.parts() };
         let slots: Box<[Slot]> = (0..new_len)
             .map(|i| match parts.slots.get(i) {
                 Some(s) => Slot::new(&s.load_own()),

@@ -175,7 +175,9 @@ impl Slot {
             } else if let Some(f) = stash.get(self as *const Slot as usize) {
                 return f;
             }
-            // The writer made progress since our first load; look again.
+            // The writer made progress since our first load; look again. (Under loom this
+            // yields, which is how loom lets a spinning thread's stale loads catch up.)
+            crate::sync::spin_loop();
         }
     }
 }
