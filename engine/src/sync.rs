@@ -30,7 +30,7 @@ pub(crate) mod thread {
 }
 
 #[cfg(loom)]
-pub(crate) use loom::thread_local;
+pub(crate) use loom::{lazy_static, thread_local};
 #[cfg(not(loom))]
 pub(crate) use std::thread_local;
 

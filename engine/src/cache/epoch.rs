@@ -34,7 +34,6 @@
 //! keeps its garbage and tries again later.
 
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
-#[cfg(not(loom))]
 use crate::sync::thread_local;
 
 /// Number of reader stripes. More stripes spread reader threads over more cache lines at
@@ -94,11 +93,11 @@ fn thread_stripe() -> usize {
 // that loom resets per execution. It starts at 1 so a lone reader exercises the writer's
 // scan past stripe 0.
 #[cfg(loom)]
-loom::lazy_static! {
+crate::sync::lazy_static! {
     static ref NEXT_STRIPE: AtomicUsize = AtomicUsize::new(1);
 }
 #[cfg(loom)]
-loom::thread_local! {
+thread_local! {
     static STRIPE: usize = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
 }
 

@@ -8,7 +8,7 @@
 //!   a free (a write) not ordered after a reader's access (a read) is a causality violation;
 //! * a leak: every object holds a `loom::alloc::Track`, checked when the model ends.
 
-use loom::thread;
+use crate::sync::thread;
 
 use super::epoch::{Collector, Reclaimer};
 use super::*;

@@ -183,6 +183,10 @@ impl Slot {
 }
 
 /// The value of the slot the writer is writing (or wrote last), tagged with its address.
+///
+/// Written on every update, so it gets cache lines of its own: sharing one with the
+/// read-mostly root pointers every lookup loads would cost each reader a miss per update.
+#[repr(align(128))]
 pub(crate) struct Stash {
     seq: AtomicU64,
     slot: AtomicUsize,
