@@ -12,6 +12,7 @@
 //!
 //! See `docs/architecture.md` for how the pieces fit.
 
+pub mod cache;
 mod completion;
 pub mod config;
 mod engine;
@@ -22,6 +23,7 @@ mod offsets;
 pub mod routing;
 mod shard;
 pub mod storage;
+pub(crate) mod sync;
 
 pub use completion::CommitFuture;
 pub use config::Config;

@@ -1,0 +1,302 @@
+//! Unit tests, a model-based proptest and a multi-threaded stress test (std threads; the
+//! exhaustive interleaving checks are the loom models in `loom_tests.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn key<'a>(group: &'a str, topic: &'a str, partition: i32) -> OffsetKey<'a> {
+    OffsetKey {
+        group,
+        topic,
+        partition,
+    }
+}
+
+fn val(offset: i64, metadata: &str) -> OffsetValueRef<'_> {
+    OffsetValueRef {
+        offset,
+        leader_epoch: (offset % 1000) as i32,
+        commit_timestamp_ms: offset.wrapping_mul(10),
+        expire_timestamp_ms: -1,
+        metadata,
+    }
+}
+
+#[test]
+fn insert_get_update_remove() {
+    let mut c = OffsetCache::new();
+    let r = c.reader();
+    assert_eq!(r.get("g", "t", 0), None);
+    c.upsert(key("g", "t", 0), val(5, "m"), 100).unwrap();
+    assert_eq!(r.get("g", "t", 0), Some(val(5, "m").to_owned_value()));
+    assert_eq!(c.log_position(key("g", "t", 0)), Some(100));
+    c.upsert(key("g", "t", 0), val(6, "m"), 101).unwrap();
+    assert_eq!(r.get("g", "t", 0).unwrap().offset, 6);
+    c.upsert(key("g", "t", 0), val(7, ""), 102).unwrap();
+    assert_eq!(r.get("g", "t", 0).unwrap().metadata, "");
+    assert_eq!(r.get("g", "t", 1), None);
+    assert_eq!(r.get("g", "u", 0), None);
+    assert_eq!(r.get("h", "t", 0), None);
+    assert_eq!(r.get("g", "t", -1), None);
+    assert!(c.remove(key("g", "t", 0)).unwrap());
+    assert!(!c.remove(key("g", "t", 0)).unwrap());
+    assert_eq!(r.get("g", "t", 0), None);
+    assert!(r.groups().is_empty());
+    assert!(c.is_empty());
+    assert_eq!(c.log_position(key("g", "t", 0)), None);
+}
+
+#[test]
+fn invalid_partitions_are_errors_not_panics() {
+    let mut c = OffsetCache::with_max_partitions(16);
+    assert!(matches!(
+        c.upsert(key("g", "t", -1), val(1, ""), 0),
+        Err(Error::InvalidPartition(-1))
+    ));
+    assert!(matches!(
+        c.upsert(key("g", "t", 16), val(1, ""), 0),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(c.remove(key("g", "t", -5)).is_err());
+    c.upsert(key("g", "t", 15), val(1, ""), 0).unwrap();
+    assert_eq!(c.reader().get("g", "t", 15).unwrap().offset, 1);
+}
+
+#[test]
+fn groups_and_group_offsets() {
+    let mut c = OffsetCache::new();
+    let r = c.reader();
+    for g in 0..100 {
+        for t in 0..3 {
+            for p in 0..4 {
+                let (g, t) = (format!("group-{g}"), format!("topic-{t}"));
+                c.upsert(key(&g, &t, p), val(p as i64, ""), 0).unwrap();
+            }
+        }
+    }
+    assert_eq!(c.len(), 1200);
+    let mut groups = r.groups();
+    groups.sort();
+    assert_eq!(groups.len(), 100);
+    let mut offs = r.group_offsets("group-7");
+    offs.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    assert_eq!(offs.len(), 12);
+    assert_eq!(offs[5].topic, "topic-1");
+    assert_eq!(offs[5].partition, 1);
+    // Topic names are interned: three, whatever the number of groups.
+    let s = c.stats();
+    assert_eq!(s.topic_names, 3);
+    assert_eq!(s.groups, 100);
+    assert_eq!(s.group_topics, 300);
+    // Removing everything of one group removes the group.
+    for t in 0..3 {
+        for p in 0..4 {
+            let t = format!("topic-{t}");
+            assert!(c.remove(key("group-7", &t, p)).unwrap());
+        }
+    }
+    assert_eq!(r.groups().len(), 99);
+    assert!(r.group_offsets("group-7").is_empty());
+    c.collect();
+}
+
+#[test]
+fn stats_bytes_per_key() {
+    let mut c = OffsetCache::new();
+    for g in 0..1000 {
+        let g = format!("consumer-group-{g:05}");
+        for t in 0..2 {
+            let t = format!("orders-events-{t}");
+            for p in (0..12).rev() {
+                c.upsert(key(&g, &t, p), val(1, ""), 0).unwrap();
+            }
+        }
+    }
+    c.collect();
+    let s = c.stats();
+    assert_eq!(s.live_keys, 24_000);
+    assert!(s.bytes_per_key() < 80.0, "{s:?}");
+}
+
+/// One operation of the model test.
+#[derive(Clone, Debug)]
+enum Op {
+    Upsert(u8, u8, u8, i64, u8),
+    Remove(u8, u8, u8),
+    Get(u8, u8, u8),
+    Collect,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Few groups/topics so keys collide; partitions up to 40 so arrays grow; many groups
+    // over the run so the group table grows and fills with tombstones.
+    prop_oneof![
+        5 => (0..24u8, 0..3u8, 0..40u8, any::<i64>(), 0..3u8)
+            .prop_map(|(g, t, p, o, m)| Op::Upsert(g, t, p, o, m)),
+        3 => (0..24u8, 0..3u8, 0..40u8).prop_map(|(g, t, p)| Op::Remove(g, t, p)),
+        2 => (0..24u8, 0..3u8, 0..40u8).prop_map(|(g, t, p)| Op::Get(g, t, p)),
+        1 => Just(Op::Collect),
+    ]
+}
+
+const METAS: [&str; 3] = ["", "meta-a", "a longer metadata string, not inline"];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn agrees_with_a_model_map(ops in proptest::collection::vec(op(), 1..400)) {
+        let mut c = OffsetCache::new();
+        let r = c.reader();
+        let mut model: BTreeMap<(String, String, i32), (OffsetValue, u64)> = BTreeMap::new();
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Upsert(g, t, p, o, m) => {
+                    let (g, t, p) = (format!("g{g}"), format!("t{t}"), p as i32);
+                    let v = val(o, METAS[m as usize]);
+                    c.upsert(key(&g, &t, p), v, i as u64).unwrap();
+                    model.insert((g, t, p), (v.to_owned_value(), i as u64));
+                }
+                Op::Remove(g, t, p) => {
+                    let (g, t, p) = (format!("g{g}"), format!("t{t}"), p as i32);
+                    let was = c.remove(key(&g, &t, p)).unwrap();
+                    prop_assert_eq!(was, model.remove(&(g, t, p)).is_some());
+                }
+                Op::Get(g, t, p) => {
+                    let (g, t, p) = (format!("g{g}"), format!("t{t}"), p as i32);
+                    let want = model.get(&(g.clone(), t.clone(), p));
+                    prop_assert_eq!(r.get(&g, &t, p), want.map(|w| w.0.clone()));
+                    prop_assert_eq!(c.log_position(key(&g, &t, p)), want.map(|w| w.1));
+                }
+                Op::Collect => c.collect(),
+            }
+            prop_assert_eq!(c.len(), model.len());
+        }
+        // Full agreement at the end: every key, every group, every group's offsets.
+        for ((g, t, p), (v, pos)) in &model {
+            prop_assert_eq!(r.get(g, t, *p), Some(v.clone()));
+            prop_assert_eq!(c.log_position(key(g, t, *p)), Some(*pos));
+        }
+        let mut groups = r.groups();
+        groups.sort();
+        let mut want: Vec<String> = model.keys().map(|k| k.0.clone()).collect();
+        want.dedup();
+        prop_assert_eq!(groups, want);
+        for g in model.keys().map(|k| &k.0) {
+            let mut got: Vec<_> = r
+                .group_offsets(g)
+                .into_iter()
+                .map(|o| ((g.clone(), o.topic, o.partition), o.value))
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            let want: Vec<_> = model
+                .iter()
+                .filter(|(k, _)| &k.0 == g)
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+        let s = c.stats();
+        prop_assert_eq!(s.live_keys, model.len());
+    }
+}
+
+/// A value whose every field is a function of `n`, so a reader can tell a torn read (fields
+/// of two different commits) from a whole one.
+fn coherent(n: i64, meta: &'static [&'static str]) -> OffsetValueRef<'static> {
+    OffsetValueRef {
+        offset: n,
+        leader_epoch: (n as i32).wrapping_mul(7),
+        commit_timestamp_ms: n.wrapping_mul(31),
+        expire_timestamp_ms: !n,
+        metadata: meta[(n as usize) % meta.len()],
+    }
+}
+
+fn check_coherent(v: &OffsetValueRef<'_>, meta: &[&str]) {
+    let n = v.offset;
+    assert_eq!(v.leader_epoch, (n as i32).wrapping_mul(7), "torn: {v:?}");
+    assert_eq!(v.commit_timestamp_ms, n.wrapping_mul(31), "torn: {v:?}");
+    assert_eq!(v.expire_timestamp_ms, !n, "torn: {v:?}");
+    assert_eq!(v.metadata, meta[(n as usize) % meta.len()], "torn: {v:?}");
+}
+
+/// One writer updating, inserting (growing arrays and the group table), removing and
+/// re-inserting; several readers checking every value they see is whole and that no key
+/// goes back in time.
+#[test]
+fn stress_one_writer_many_readers() {
+    const META: &[&str] = &["", "x", "metadata that changes", "", "y"];
+    const HOT_GROUPS: usize = 4;
+    const PARTS: i32 = 8;
+    let mut c = OffsetCache::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for id in 0..3 {
+        let r = c.reader();
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut last = vec![i64::MIN; HOT_GROUPS * PARTS as usize];
+            let names: Vec<String> = (0..HOT_GROUPS).map(|g| format!("hot-{g}")).collect();
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let guard = r.pin();
+                for (g, name) in names.iter().enumerate() {
+                    for p in 0..PARTS {
+                        if let Some(v) = guard.get(name, "t", p) {
+                            check_coherent(&v, META);
+                            let i = g * PARTS as usize + p as usize;
+                            assert!(v.offset >= last[i], "went back: {} < {}", v.offset, last[i]);
+                            last[i] = v.offset;
+                            seen += 1;
+                        }
+                    }
+                }
+                // Walk the churned groups too: exercises reclamation of removed nodes.
+                if id == 0 {
+                    guard.for_each_group(|g| assert!(!g.is_empty()));
+                }
+                guard.for_each_in_group("hot-0", |_, _, v| check_coherent(&v, META));
+            }
+            seen
+        }));
+    }
+    let mut n = 0i64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        for _ in 0..1000 {
+            n += 1;
+            let g = format!("hot-{}", n as usize % HOT_GROUPS);
+            let p = (n % PARTS as i64) as i32;
+            c.upsert(key(&g, "t", p), coherent(n, META), n as u64)
+                .unwrap();
+            // Churn: cold groups come and go, so the table grows, tombstones pile up and
+            // get rebuilt away, and nodes are retired while readers walk them.
+            let cold = format!("cold-{}", n % 300);
+            if n % 3 == 0 {
+                c.upsert(key(&cold, "c", (n % 20) as i32), coherent(n, META), 0)
+                    .unwrap();
+            } else {
+                c.remove(key(&cold, "c", ((n - 1) % 20) as i32)).unwrap();
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(seen > 0);
+    c.collect();
+}
+
+#[test]
+fn reader_outlives_writer() {
+    let mut c = OffsetCache::new();
+    c.upsert(key("g", "t", 0), val(1, "meta"), 0).unwrap();
+    c.upsert(key("g", "t", 0), val(2, "other"), 0).unwrap();
+    let r = c.reader();
+    drop(c);
+    assert_eq!(r.get("g", "t", 0).unwrap().metadata, "other");
+}
