@@ -9,6 +9,7 @@ use std::path::Path;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::CommitFuture;
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
 };
-use crate::shard::{FetchReply, RecoveryReport, Request, Shard, ShardMetrics};
+use crate::shard::{RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
 
 /// An open engine. Cheap to clone; every clone talks to the same shard.
@@ -61,6 +62,8 @@ struct EngineInner {
     assignment: Vec<AtomicU32>,
     /// Serialises partition moves.
     moving: Mutex<()>,
+    /// Per offsets partition: lock-free readers of its offsets, for fetches from any thread.
+    readers: Vec<OffsetCacheReader>,
     recovery: RecoveryReport,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
@@ -120,9 +123,20 @@ impl Engine {
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
         let mut first_error = None;
+        // One cache per offsets partition for the engine's life: the writer lives with the
+        // shard serving the partition (and moves with it), the readers stay here.
+        let mut caches: Vec<Option<Box<OffsetCache>>> = (0..config.offsets_topic_num_partitions)
+            .map(|_| Some(Box::new(OffsetCache::new())))
+            .collect();
+        let readers: Vec<OffsetCacheReader> = caches
+            .iter()
+            .flatten()
+            .map(|cache| cache.reader())
+            .collect();
         for index in 0..config.shards {
-            let hosted: Vec<u32> = (0..config.offsets_topic_num_partitions)
+            let hosted: Vec<(u32, Box<OffsetCache>)> = (0..config.offsets_topic_num_partitions)
                 .filter(|p| *p as usize % config.shards == index)
+                .filter_map(|p| Some((p, caches[p as usize].take()?)))
                 .collect();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spawned = make_storage()
@@ -161,6 +175,7 @@ impl Engine {
                     .map(|p| AtomicU32::new(p % config.shards as u32))
                     .collect(),
                 moving: Mutex::new(()),
+                readers,
                 config,
                 shards,
                 recovery,
@@ -240,10 +255,11 @@ impl Engine {
             .requests
             .send(unload)
             .map_err(|_| Error::Closed)?;
-        answer.recv().unwrap_or(Err(Error::Closed))?;
+        let cache = answer.recv().unwrap_or(Err(Error::Closed))?;
         let (reply, answer) = bounded(1);
         let load = Request::Load {
             partition: offsets_partition,
+            cache,
             reply,
         };
         target.requests.send(load).map_err(|_| Error::Closed)?;
@@ -297,46 +313,67 @@ impl Engine {
     }
 
     /// The committed offsets of the given topic partitions of a group, in the order asked;
-    /// `None` where nothing is committed.
+    /// `None` where nothing is committed. Read from the lock-free offset cache on the
+    /// calling thread: no hop to the shard, never blocked by a flush.
     pub fn fetch_offsets(
         &self,
         group_id: &str,
         partitions: &[(&str, i32)],
     ) -> Result<Vec<Option<CommittedOffset>>> {
         validate_group(group_id)?;
-        let wanted = partitions
+        self.ensure_open()?;
+        let reader = self.reader_for(group_id);
+        let guard = reader.pin();
+        Ok(partitions
             .iter()
-            .map(|(topic, partition)| ((*topic).to_owned(), *partition))
-            .collect();
-        match self.fetch(group_id, Some(wanted))? {
-            FetchReply::Some(found) => Ok(found),
-            FetchReply::All(_) => Err(Error::Closed),
-        }
+            .map(|(topic, partition)| guard.get(group_id, topic, *partition).map(committed))
+            .collect())
     }
 
     /// Every committed offset of a group, sorted by topic and partition.
     pub fn fetch_all_offsets(&self, group_id: &str) -> Result<Vec<TopicPartitionOffset>> {
         validate_group(group_id)?;
-        match self.fetch(group_id, None)? {
-            FetchReply::All(found) => Ok(found),
-            FetchReply::Some(_) => Err(Error::Closed),
-        }
+        self.ensure_open()?;
+        let reader = self.reader_for(group_id);
+        let guard = reader.pin();
+        let mut all = Vec::new();
+        guard.for_each_in_group(group_id, |topic, partition, value| {
+            all.push(TopicPartitionOffset {
+                topic: topic.to_owned(),
+                partition,
+                committed: committed(value),
+            });
+        });
+        all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(all)
     }
 
-    fn fetch(&self, group_id: &str, partitions: Option<Vec<(String, i32)>>) -> Result<FetchReply> {
-        let (reply, answer) = bounded(1);
-        let offsets_partition = self.partition_for(group_id);
-        let request = Request::Fetch {
-            group: group_id.to_owned(),
-            offsets_partition,
-            partitions,
-            reply,
-        };
-        self.shard_for(offsets_partition)
-            .requests
-            .send(request)
-            .map_err(|_| Error::Closed)?;
-        answer.recv().unwrap_or(Err(Error::Closed))
+    /// The groups with committed offsets in an offsets partition.
+    pub fn groups_of_partition(&self, offsets_partition: u32) -> Result<Vec<String>> {
+        self.ensure_open()?;
+        let reader =
+            self.inner
+                .readers
+                .get(offsets_partition as usize)
+                .ok_or(Error::NotCoordinator {
+                    partition: offsets_partition,
+                })?;
+        Ok(reader.groups())
+    }
+
+    fn reader_for(&self, group_id: &str) -> &OffsetCacheReader {
+        // partition_for is always below offsets_topic_num_partitions = readers.len().
+        &self.inner.readers[self.partition_for(group_id) as usize]
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        let closed = self
+            .inner
+            .dir_lock
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_none();
+        if closed { Err(Error::Closed) } else { Ok(()) }
     }
 
     /// A snapshot of every shard's metrics, in shard order.
@@ -395,7 +432,7 @@ fn spawn_shard(
     index: usize,
     config: &Config,
     storage: Box<dyn Storage>,
-    hosted: Vec<u32>,
+    hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
@@ -409,7 +446,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, &hosted, index) {
+            match Shard::open(&shard_config, storage, hosted, index) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);
@@ -453,6 +490,16 @@ fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
     })
 }
 
+fn committed(value: crate::cache::OffsetValueRef<'_>) -> CommittedOffset {
+    CommittedOffset {
+        offset: value.offset,
+        leader_epoch: (value.leader_epoch >= 0).then_some(value.leader_epoch),
+        metadata: value.metadata.to_owned(),
+        commit_timestamp_ms: value.commit_timestamp_ms,
+        expire_timestamp_ms: (value.expire_timestamp_ms >= 0).then_some(value.expire_timestamp_ms),
+    }
+}
+
 fn validate_group(group_id: &str) -> Result<()> {
     if group_id.is_empty() {
         return Err(Error::InvalidGroupId("empty"));
@@ -477,7 +524,7 @@ fn validate_commit(config: &Config, group_id: &str, offsets: &[OffsetCommit<'_>]
         if commit.topic.len() > KAFKA_STRING_BYTES_MAX {
             return Err(Error::InvalidTopic("longer than 32767 bytes"));
         }
-        if commit.partition < 0 {
+        if commit.partition < 0 || commit.partition >= crate::cache::DEFAULT_MAX_PARTITIONS {
             return Err(Error::InvalidPartition(commit.partition));
         }
         if commit.offset < 0 {

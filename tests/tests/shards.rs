@@ -142,3 +142,44 @@ fn moving_partitions_between_shards_under_load_keeps_every_commit() {
     assert!(reopened.move_partition(p, here).is_ok());
     assert!(reopened.move_partition(p, 7).is_err());
 }
+
+#[test]
+fn fetches_from_other_threads_see_acked_commits_and_never_go_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    let disk = SimDisk::new(34);
+    let mut config = test_config(SIM_DATA_DIR, 4);
+    config.shards = 2;
+    let engine = open_sim(&disk, &config).unwrap();
+    let acked = Arc::new(AtomicI64::new(-1));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let engine = engine.clone();
+            let acked = Arc::clone(&acked);
+            std::thread::spawn(move || {
+                let mut seen = -1;
+                while seen < 299 {
+                    // Read the ack watermark first: the fetch that follows must see it.
+                    let floor = acked.load(Ordering::Acquire);
+                    let found = fetch_one(&engine, "readers", "t", 0).unwrap().unwrap_or(-1);
+                    assert!(found >= floor, "fetch {found} behind ack {floor}");
+                    assert!(found >= seen, "went back from {seen} to {found}");
+                    seen = found;
+                }
+            })
+        })
+        .collect();
+    for offset in 0..300 {
+        commit_one(&engine, "readers", "t", 0, offset).unwrap();
+        acked.store(offset, Ordering::Release);
+    }
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let partition = engine.partition_for("readers");
+    assert_eq!(
+        engine.groups_of_partition(partition).unwrap(),
+        vec!["readers".to_owned()]
+    );
+}

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+use crate::cache::{OffsetCache, OffsetKey, OffsetValueRef};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
-use crate::offsets::{CommittedOffset, CommittedOffsetRef, OffsetTable, TopicPartitionOffset};
 use crate::storage::{Storage, WriteOp};
 use group_commit::{GroupCommitBatch, PendingCommit, encode_partition_batch};
 
@@ -59,34 +59,23 @@ impl RecoveryReport {
     }
 }
 
-/// A fetch's answer.
-pub(crate) enum FetchReply {
-    Some(Vec<Option<CommittedOffset>>),
-    All(Vec<TopicPartitionOffset>),
-}
-
 /// Messages into a shard.
 pub(crate) enum Request {
     Commit(PendingCommit),
-    Fetch {
-        group: String,
-        offsets_partition: u32,
-        /// `None` for every partition of the group.
-        partitions: Option<Vec<(String, i32)>>,
-        reply: Sender<Result<FetchReply>>,
-    },
     Metrics {
         reply: Sender<ShardMetrics>,
     },
-    /// Recover an offsets partition from disk and serve it.
+    /// Open an offsets partition's log and serve it. Its cache arrives with it, already
+    /// holding the partition's durable state: the log is replayed only to be checked.
     Load {
         partition: u32,
+        cache: Box<OffsetCache>,
         reply: Sender<Result<RecoveryReport>>,
     },
-    /// Flush, close and stop serving an offsets partition.
+    /// Flush, close and stop serving an offsets partition; the reply hands its cache back.
     Unload {
         partition: u32,
-        reply: Sender<Result<()>>,
+        reply: Sender<Result<Box<OffsetCache>>>,
     },
     Close {
         reply: Sender<Result<()>>,
@@ -100,9 +89,12 @@ struct HostedPartition {
     /// `None` once failed closed (or when not hosted).
     log: Option<PartitionLog>,
     failure: Option<String>,
-    table: OffsetTable,
+    /// The partition's offsets, readable from any thread (the engine holds the readers).
+    cache: Option<Box<OffsetCache>>,
     /// This partition's encoded batch of the current flush.
     encoded: Vec<u8>,
+    /// First offset of `encoded`.
+    encoded_base_offset: i64,
     /// Last offset of `encoded`, when the partition is in the current flush.
     encoded_last_offset: Option<i64>,
 }
@@ -113,8 +105,9 @@ impl HostedPartition {
             hosted: false,
             log: None,
             failure: None,
-            table: OffsetTable::default(),
+            cache: None,
             encoded: Vec::new(),
+            encoded_base_offset: 0,
             encoded_last_offset: None,
         }
     }
@@ -157,7 +150,7 @@ impl Shard {
     pub(crate) fn open(
         config: &Config,
         storage: Box<dyn Storage>,
-        hosted: &[u32],
+        hosted: Vec<(u32, Box<OffsetCache>)>,
         index: usize,
     ) -> Result<(Shard, RecoveryReport)> {
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
@@ -180,15 +173,23 @@ impl Shard {
             metrics: ShardMetrics::new(index),
         };
         let mut report = RecoveryReport::default();
-        for &partition in hosted {
-            shard.load_partition(partition, &mut report)?;
+        for (partition, cache) in hosted {
+            shard.load_partition(partition, cache, true, &mut report)?;
         }
         Ok((shard, report))
     }
 
-    /// Recovers one partition from disk and starts serving it: at open, and when a partition
-    /// moves here (a leadership change, in a broker).
-    fn load_partition(&mut self, partition: u32, report: &mut RecoveryReport) -> Result<()> {
+    /// Recovers one partition from disk and starts serving it: at open (`fill`: replay into
+    /// the empty cache), and when a partition moves here (its cache arrives already holding
+    /// the durable state, so the replay only checks the log and readers never see an older
+    /// value).
+    fn load_partition(
+        &mut self,
+        partition: u32,
+        mut cache: Box<OffsetCache>,
+        fill: bool,
+        report: &mut RecoveryReport,
+    ) -> Result<()> {
         let slot = self
             .partitions
             .get(partition as usize)
@@ -196,9 +197,9 @@ impl Shard {
         if slot.hosted {
             return Err(Error::InvalidRequest("offsets partition already loaded"));
         }
-        let mut table = OffsetTable::default();
-        let mut visit =
-            |view: &BatchView<'_>, _position: u64| replay_batch(&mut table, report, view);
+        let mut visit = |view: &BatchView<'_>, _position: u64| {
+            replay_batch(fill.then_some(cache.as_mut()), report, view)
+        };
         let (log, recovery) = PartitionLog::open(
             self.storage.as_mut(),
             &self.data_dir,
@@ -208,12 +209,17 @@ impl Shard {
             &mut visit,
         )?;
         report.partitions.push(recovery);
+        if fill {
+            // Replay grew the arrays by 1.5x steps; give back the slack once.
+            cache.shrink_to_fit();
+        }
         self.partitions[partition as usize] = HostedPartition {
             hosted: true,
             log: Some(log),
             failure: None,
-            table,
+            cache: Some(cache),
             encoded: Vec::new(),
+            encoded_base_offset: 0,
             encoded_last_offset: None,
         };
         Ok(())
@@ -221,7 +227,7 @@ impl Shard {
 
     /// Stops serving a partition: what is batched is flushed first, then its log is trimmed,
     /// synced and closed. Later requests for it fail with `NotCoordinator`.
-    fn unload_partition(&mut self, partition: u32) -> Result<()> {
+    fn unload_partition(&mut self, partition: u32) -> Result<Box<OffsetCache>> {
         if !self.batch.is_empty() {
             self.flush();
         }
@@ -233,12 +239,11 @@ impl Shard {
             return Err(Error::NotCoordinator { partition });
         }
         let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
-        match unloaded.log {
-            Some(log) => log
-                .close(self.storage.as_mut())
-                .map_err(|e| Error::io(format!("closing offsets partition {partition}"), e)),
-            None => Ok(()), // failed closed earlier: nothing more may be written
+        if let Some(log) = unloaded.log {
+            log.close(self.storage.as_mut())
+                .map_err(|e| Error::io(format!("closing offsets partition {partition}"), e))?;
         }
+        unloaded.cache.ok_or(Error::NotCoordinator { partition })
     }
 
     /// Serves requests until closed or every sender is gone, then closes the logs.
@@ -292,20 +297,16 @@ impl Shard {
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
         match request {
             Request::Commit(commit) => self.add(commit, carry),
-            Request::Fetch {
-                group,
-                offsets_partition,
-                partitions,
-                reply,
-            } => {
-                let _ = reply.send(self.fetch(&group, offsets_partition, partitions));
-            }
             Request::Metrics { reply } => {
                 let _ = reply.send(self.metrics.clone());
             }
-            Request::Load { partition, reply } => {
+            Request::Load {
+                partition,
+                cache,
+                reply,
+            } => {
                 let mut report = RecoveryReport::default();
-                let loaded = self.load_partition(partition, &mut report);
+                let loaded = self.load_partition(partition, cache, false, &mut report);
                 let _ = reply.send(loaded.map(|()| report));
             }
             Request::Unload { partition, reply } => {
@@ -319,37 +320,6 @@ impl Shard {
     fn add(&mut self, commit: PendingCommit, carry: &mut Option<PendingCommit>) {
         if let Err(commit) = self.batch.try_add(commit) {
             *carry = Some(commit);
-        }
-    }
-
-    fn fetch(
-        &self,
-        group: &str,
-        offsets_partition: u32,
-        partitions: Option<Vec<(String, i32)>>,
-    ) -> Result<FetchReply> {
-        let hosted = self.hosted(offsets_partition)?;
-        Ok(match partitions {
-            Some(wanted) => FetchReply::Some(
-                wanted
-                    .iter()
-                    .map(|(topic, partition)| hosted.table.get(group, topic, *partition).cloned())
-                    .collect(),
-            ),
-            None => FetchReply::All(hosted.table.group(group)),
-        })
-    }
-
-    fn hosted(&self, offsets_partition: u32) -> Result<&HostedPartition> {
-        let hosted =
-            self.partitions
-                .get(offsets_partition as usize)
-                .ok_or(Error::NotCoordinator {
-                    partition: offsets_partition,
-                })?;
-        match hosted.refusal(offsets_partition) {
-            Some(error) => Err(error),
-            None => Ok(hosted),
         }
     }
 
@@ -475,17 +445,26 @@ impl Shard {
             if hosted.failure.is_some() {
                 return;
             }
-            for (group, pending) in latest {
-                let value = CommittedOffsetRef {
-                    offset: pending.offset,
-                    leader_epoch: pending.leader_epoch,
-                    metadata: &pending.metadata,
-                    commit_timestamp_ms: timestamp_ms,
-                    expire_timestamp_ms: None,
+            let Some(cache) = hosted.cache.as_mut() else {
+                return;
+            };
+            for (record_offset, (group, pending)) in (hosted.encoded_base_offset..).zip(latest) {
+                let key = OffsetKey {
+                    group,
+                    topic: &pending.topic,
+                    partition: pending.partition,
                 };
-                hosted
-                    .table
-                    .upsert(group, &pending.topic, pending.partition, value);
+                let value = OffsetValueRef {
+                    offset: pending.offset,
+                    leader_epoch: pending.leader_epoch.unwrap_or(-1),
+                    commit_timestamp_ms: timestamp_ms,
+                    expire_timestamp_ms: -1,
+                    metadata: &pending.metadata,
+                };
+                // Validation bounds the partition below the cache's limit, so this cannot
+                // fail for a commit that got this far.
+                let stored = cache.upsert(key, value, record_offset as u64);
+                debug_assert!(stored.is_ok());
             }
         });
         let now = Instant::now();
@@ -533,9 +512,9 @@ impl Shard {
     }
 }
 
-/// Rebuilds the table from one replayed batch.
+/// Checks one replayed batch's records and, given a cache, applies them to it.
 fn replay_batch(
-    table: &mut OffsetTable,
+    mut cache: Option<&mut OffsetCache>,
     report: &mut RecoveryReport,
     view: &BatchView<'_>,
 ) -> Result<(), FormatError> {
@@ -546,28 +525,42 @@ fn replay_batch(
     for record in view.records() {
         let record = record?;
         report.records += 1;
+        let record_offset = record.offset(&view.header);
         let key = record
             .key
             .ok_or(FormatError::Malformed("record without a key"))?;
         match decode_key(key)? {
-            RecordKey::OffsetCommit(key) => match record.value {
-                None => {
-                    report.tombstones += 1;
-                    table.remove(key.group, key.topic, key.partition);
+            RecordKey::OffsetCommit(key) => {
+                let cache_key = OffsetKey {
+                    group: key.group,
+                    topic: key.topic,
+                    partition: key.partition,
+                };
+                let applied = match record.value {
+                    None => {
+                        report.tombstones += 1;
+                        cache
+                            .as_deref_mut()
+                            .map(|c| c.remove(cache_key).map(|_| ()))
+                    }
+                    Some(value) => {
+                        let (_, value) = OffsetCommitValue::decode(value)?;
+                        let value = OffsetValueRef {
+                            offset: value.offset,
+                            leader_epoch: value.leader_epoch,
+                            commit_timestamp_ms: value.commit_timestamp,
+                            expire_timestamp_ms: value.expire_timestamp,
+                            metadata: value.metadata,
+                        };
+                        cache
+                            .as_deref_mut()
+                            .map(|c| c.upsert(cache_key, value, record_offset as u64))
+                    }
+                };
+                if let Some(Err(_)) = applied {
+                    return Err(FormatError::Malformed("offset commit key out of range"));
                 }
-                Some(value) => {
-                    let (_, value) = OffsetCommitValue::decode(value)?;
-                    let committed = CommittedOffsetRef {
-                        offset: value.offset,
-                        leader_epoch: (value.leader_epoch >= 0).then_some(value.leader_epoch),
-                        metadata: value.metadata,
-                        commit_timestamp_ms: value.commit_timestamp,
-                        expire_timestamp_ms: (value.expire_timestamp >= 0)
-                            .then_some(value.expire_timestamp),
-                    };
-                    table.upsert(key.group, key.topic, key.partition, committed);
-                }
-            },
+            }
             RecordKey::GroupMetadata(_) => report.group_metadata_records += 1,
             RecordKey::Unknown { .. } => report.unknown_records += 1,
         }
