@@ -1,6 +1,5 @@
 //! The public handle: open a data directory, commit and fetch offsets, close.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use crate::shard::group_commit::{
 };
 use crate::shard::{RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
+use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// An open engine. Cheap to clone; every clone talks to the same shard.
 ///
@@ -64,6 +64,8 @@ struct EngineInner {
     moving: Mutex<()>,
     /// Per offsets partition: lock-free readers of its offsets, for fetches from any thread.
     readers: Vec<OffsetCacheReader>,
+    /// Set once `close` starts: fetches check it without taking a lock.
+    closed: AtomicBool,
     recovery: RecoveryReport,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
@@ -176,6 +178,7 @@ impl Engine {
                     .collect(),
                 moving: Mutex::new(()),
                 readers,
+                closed: AtomicBool::new(false),
                 config,
                 shards,
                 recovery,
@@ -367,13 +370,11 @@ impl Engine {
     }
 
     fn ensure_open(&self) -> Result<()> {
-        let closed = self
-            .inner
-            .dir_lock
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .is_none();
-        if closed { Err(Error::Closed) } else { Ok(()) }
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
     }
 
     /// A snapshot of every shard's metrics, in shard order.
@@ -401,6 +402,7 @@ impl Engine {
 
 impl EngineInner {
     fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
         let mut result = Ok(());
         for shard in &self.shards {
             let closed = shard.close();
