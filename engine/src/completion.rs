@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -35,6 +36,8 @@ impl Slot {
 pub struct CommitFuture {
     ready: Option<Result<()>>,
     slot: Option<Arc<Slot>>,
+    /// `offsets.commit.timeout.ms` after acceptance, and the timeout itself, for `wait`.
+    deadline: Option<(Instant, u64)>,
 }
 
 impl CommitFuture {
@@ -43,22 +46,29 @@ impl CommitFuture {
         CommitFuture {
             ready: Some(result),
             slot: None,
+            deadline: None,
         }
     }
 
     /// A pending future and the completer that resolves it.
-    pub(crate) fn pending() -> (CommitFuture, Completer) {
+    pub(crate) fn pending(deadline: Instant, timeout_ms: u64) -> (CommitFuture, Completer) {
         // One allocation per commit, for the slot shared with the shard thread. A pool of
         // slots recycled by the shard would remove it; see issue 3.
         let slot = Arc::new(Slot::default());
         let future = CommitFuture {
             ready: None,
             slot: Some(Arc::clone(&slot)),
+            deadline: Some((deadline, timeout_ms)),
         };
         (future, Completer { slot: Some(slot) })
     }
 
-    /// Blocks the calling thread until the commit is durable or has failed.
+    /// Blocks the calling thread until the commit is durable or has failed, or until
+    /// `offsets.commit.timeout.ms` has passed since it was accepted: then it fails with
+    /// [`Error::CommitTimeout`] (retriable; the commit may still become durable, as in Kafka).
+    ///
+    /// Awaiting the future has no timer of its own: async callers wrap it in their runtime's
+    /// timeout.
     pub fn wait(mut self) -> Result<()> {
         if let Some(result) = self.ready.take() {
             return result;
@@ -71,10 +81,22 @@ impl CommitFuture {
             if let Some(result) = state.result.take() {
                 return result;
             }
-            state = slot
-                .ready
-                .wait(state)
-                .unwrap_or_else(|poison| poison.into_inner());
+            state = match self.deadline {
+                Some((deadline, timeout_ms)) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::CommitTimeout { timeout_ms });
+                    }
+                    slot.ready
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .0
+                }
+                None => slot
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(|poison| poison.into_inner()),
+            };
         }
     }
 }
@@ -140,10 +162,15 @@ impl Drop for Completer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn far_deadline() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
 
     #[test]
     fn wait_returns_the_completed_result_across_threads() {
-        let (future, completer) = CommitFuture::pending();
+        let (future, completer) = CommitFuture::pending(far_deadline(), 60_000);
         let thread = std::thread::spawn(move || completer.complete(Ok(())));
         assert!(future.wait().is_ok());
         thread.join().unwrap();
@@ -151,8 +178,22 @@ mod tests {
 
     #[test]
     fn dropped_completer_fails_the_commit() {
-        let (future, completer) = CommitFuture::pending();
+        let (future, completer) = CommitFuture::pending(far_deadline(), 60_000);
         drop(completer);
         assert!(matches!(future.wait(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn wait_gives_up_at_the_commit_deadline() {
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let (future, completer) = CommitFuture::pending(deadline, 20);
+        let started = Instant::now();
+        assert!(matches!(
+            future.wait(),
+            Err(Error::CommitTimeout { timeout_ms: 20 })
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(15));
+        // The shard's late completion goes nowhere and does not panic.
+        completer.complete(Ok(()));
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use std::path::Path;
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
 
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::CommitFuture;
@@ -285,9 +285,10 @@ impl Engine {
         if offsets.is_empty() {
             return CommitFuture::resolved(Ok(()));
         }
-        let (future, completer) = CommitFuture::pending();
         let offsets_partition = self.partition_for(group_id);
         let now = Instant::now();
+        let deadline = now + Duration::from_millis(config.offsets_commit_timeout_ms);
+        let (future, completer) = CommitFuture::pending(deadline, config.offsets_commit_timeout_ms);
         let commit = PendingCommit {
             group: group_id.to_owned(),
             offsets_partition,
@@ -303,15 +304,21 @@ impl Engine {
                 .collect(),
             bytes_max,
             accepted: now,
-            deadline: now + Duration::from_millis(config.offsets_commit_timeout_ms),
+            deadline,
             completer,
         };
-        // A failed send drops the commit, and with it the completer, which fails the
-        // future with `Closed`.
-        let _ = self
+        // A full inbox blocks the caller (backpressure), but never past the commit's
+        // deadline. A failed send drops the commit, and with it the completer, which fails
+        // the future: `CommitTimeout` for a queue that stayed full, `Closed` otherwise.
+        let sent = self
             .shard_for(offsets_partition)
             .requests
-            .send(Request::Commit(commit));
+            .send_deadline(Request::Commit(commit), deadline);
+        if let Err(SendTimeoutError::Timeout(_)) = sent {
+            return CommitFuture::resolved(Err(Error::CommitTimeout {
+                timeout_ms: config.offsets_commit_timeout_ms,
+            }));
+        }
         future
     }
 

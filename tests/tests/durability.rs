@@ -276,3 +276,51 @@ fn refusing_requests_of_a_failed_partition_keeps_arrival_order_for_the_rest() {
     let reopened = open_sim(&disk, &config).unwrap();
     assert_eq!(fetch_one(&reopened, healthy, TOPIC, 0).unwrap(), Some(12));
 }
+
+#[test]
+fn a_stalled_disk_fails_commits_at_the_commit_timeout_with_a_retriable_error() {
+    let disk = SimDisk::new(24);
+    let mut config = test_config(SIM_DATA_DIR, 1);
+    config.offsets_commit_timeout_ms = 150;
+    config.request_queue_depth_max = 1;
+    let engine = open_sim(&disk, &config).unwrap();
+    commit_one(&engine, "g", TOPIC, 0, 1).unwrap();
+    disk.set_write_stall(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    // The first commit waits inside the stalled flush; the next ones queue behind it until
+    // the inbox (depth 1) is full, so the last can't even be queued: all time out.
+    let futures: Vec<CommitFuture> = (2..5)
+        .map(|offset| {
+            let offsets = [OffsetCommit {
+                topic: TOPIC,
+                partition: 0,
+                offset,
+                leader_epoch: None,
+                metadata: "",
+            }];
+            engine.commit_offsets("g", &offsets)
+        })
+        .collect();
+    for future in futures {
+        let error = future.wait().unwrap_err();
+        assert!(
+            matches!(error, Error::CommitTimeout { timeout_ms: 150 }),
+            "{error}"
+        );
+        assert_eq!(
+            error.kafka_error_code(),
+            Some(kafka_code::COORDINATOR_NOT_AVAILABLE)
+        );
+        assert!(error.is_retriable());
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1200),
+        "gave up at the deadline"
+    );
+    disk.set_write_stall(std::time::Duration::ZERO);
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // the stalled flush ends
+    // Once the disk answers again the engine carries on; a timed-out commit may or may not
+    // have become durable (as in Kafka), but never anything else.
+    commit_one(&engine, "g", TOPIC, 0, 9).unwrap();
+    assert_eq!(fetch_one(&engine, "g", TOPIC, 0).unwrap(), Some(9));
+}

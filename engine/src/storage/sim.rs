@@ -49,6 +49,8 @@ struct DiskState {
     fail_next_writes: u32,
     fail_next_syncs: u32,
     read_only: bool,
+    /// How long each write stalls before it runs, like a disk that stopped answering.
+    write_stall: std::time::Duration,
     /// Bumped by every crash; storages from an older generation are dead.
     generation: u64,
     files: BTreeMap<PathBuf, SimFile>,
@@ -132,6 +134,7 @@ impl SimDisk {
                 fail_next_writes: 0,
                 fail_next_syncs: 0,
                 read_only: false,
+                write_stall: std::time::Duration::ZERO,
                 generation: 0,
                 files: BTreeMap::new(),
                 removed: BTreeMap::new(),
@@ -180,6 +183,11 @@ impl SimDisk {
     /// Makes every mutating call fail with `EROFS` (or stop doing so).
     pub fn set_read_only(&self, read_only: bool) {
         self.state().read_only = read_only;
+    }
+
+    /// Makes every later write stall this long first (zero: no stall).
+    pub fn set_write_stall(&self, stall: std::time::Duration) {
+        self.state().write_stall = stall;
     }
 
     /// Simulates a power cut: see the module docs.
@@ -298,6 +306,11 @@ impl SimStorage {
 
     fn write_one(&self, op: &WriteOp<'_>) -> io::Result<()> {
         let path = self.path(op.file)?;
+        let stall = self.live()?.write_stall;
+        if !stall.is_zero() {
+            // Outside the disk's lock: other storages (and the test) carry on meanwhile.
+            std::thread::sleep(stall);
+        }
         let mut state = self.writable()?;
         state.writes += 1;
         let fails = state.write_fails();
