@@ -145,6 +145,7 @@ impl PartitionLog {
             let mut reader = SegmentReader::new(storage, file, std::mem::take(&mut reader_buf))
                 .map_err(|e| io("reading segment in", e))?;
             let inspected = reader.inspect_tail(stop.position, last_offset);
+            let file_len = reader.file_len();
             *read_buf = reader.into_buffer();
             let (torn_bytes, later_batch) = inspected.map_err(|e| io("reading segment in", e))?;
             if let Some(position) = later_batch {
@@ -159,7 +160,6 @@ impl PartitionLog {
             }
             // Without preallocation the file should end where the data does: anything past
             // it is a partial write even if it starts with zero bytes.
-            let file_len = storage.file_len(file).map_err(|e| io("reading", e))?;
             let torn_bytes = if settings.preallocate {
                 torn_bytes
             } else {

@@ -1,4 +1,4 @@
-//! A shard: one thread owning a set of offsets partitions, their logs and offset tables,
+//! A shard: one thread owning a set of offsets partitions, their logs and offset caches,
 //! and one storage through which every flush goes.
 //!
 //! The loop is adaptive group commit (Kafka's KAFKA-19826): it blocks for the first request,
