@@ -9,12 +9,12 @@ use std::path::Path;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded};
 
 use crate::cache::{OffsetCache, OffsetCacheReader};
-use crate::completion::CommitFuture;
+use crate::completion::{CommitFuture, CompletionPool};
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
-    PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
+    COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, commit_record_bytes_max,
 };
 use crate::shard::{RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
@@ -69,6 +69,10 @@ struct EngineInner {
     recovery: RecoveryReport,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
+    /// Recycled commit requests and completion slots: the commit path allocates nothing
+    /// once they are warm.
+    commits: CommitPool,
+    completions: CompletionPool,
 }
 
 /// The engine's end of one shard thread.
@@ -122,6 +126,11 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // Enough pooled requests and completions for every queue to be full, plus a batch
+        // being flushed behind each.
+        let pooled = (2 * config.shards * config.request_queue_depth_max).min(COMMITS_POOLED_MAX);
+        let commits = CommitPool::new(pooled);
+        let completions = CompletionPool::new(pooled);
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
         let mut first_error = None;
@@ -141,9 +150,9 @@ impl Engine {
                 .filter_map(|p| Some((p, caches[p as usize].take()?)))
                 .collect();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let spawned = make_storage()
-                .map_err(storage_error)
-                .and_then(|storage| spawn_shard(index, &config, storage, hosted, core));
+            let spawned = make_storage().map_err(storage_error).and_then(|storage| {
+                spawn_shard(index, &config, storage, hosted, core, commits.clone())
+            });
             match spawned {
                 Ok((handle, opened)) => {
                     shards.push(handle);
@@ -183,6 +192,8 @@ impl Engine {
                 shards,
                 recovery,
                 dir_lock: Mutex::new(Some(dir_lock)),
+                commits,
+                completions,
             }),
         })
     }
@@ -288,25 +299,15 @@ impl Engine {
         let offsets_partition = self.partition_for(group_id);
         let now = Instant::now();
         let deadline = now + Duration::from_millis(config.offsets_commit_timeout_ms);
-        let (future, completer) = CommitFuture::pending(deadline, config.offsets_commit_timeout_ms);
-        let commit = PendingCommit {
-            group: group_id.to_owned(),
-            offsets_partition,
-            offsets: offsets
-                .iter()
-                .map(|o| PendingOffset {
-                    topic: o.topic.to_owned(),
-                    partition: o.partition,
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata: o.metadata.to_owned(),
-                })
-                .collect(),
-            bytes_max,
-            accepted: now,
+        let (future, completer) = CommitFuture::pending(
             deadline,
-            completer,
-        };
+            config.offsets_commit_timeout_ms,
+            &self.inner.completions,
+        );
+        // Pooled: refilled in place, no allocation once the pool is warm.
+        let mut commit = self.inner.commits.take();
+        commit.fill(group_id, offsets_partition, offsets, bytes_max);
+        commit.arm(now, deadline, completer);
         // A full inbox blocks the caller (backpressure), but never past the commit's
         // deadline. A failed send drops the commit, and with it the completer, which fails
         // the future: `CommitTimeout` for a queue that stayed full, `Closed` otherwise.
@@ -443,6 +444,7 @@ fn spawn_shard(
     storage: Box<dyn Storage>,
     hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
+    commit_pool: CommitPool,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
     let (requests, inbox) = bounded(config.request_queue_depth_max);
@@ -455,7 +457,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, hosted, index) {
+            match Shard::open(&shard_config, storage, hosted, index, commit_pool) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);

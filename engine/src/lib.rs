@@ -20,6 +20,7 @@ pub mod error;
 pub mod format;
 pub mod log;
 mod offsets;
+mod pool;
 pub mod routing;
 mod shard;
 pub mod storage;

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::completion::Completer;
 use crate::format::{BatchParams, BatchWriter, OffsetCommitKey, OffsetCommitValue};
 use crate::log::reader::PARTITION_FLUSH_BYTES_MAX;
+use crate::pool::FreeList;
 
 /// Upper bound of a record's framing: length, attributes, timestamp and offset deltas, key
 /// and value lengths, header count, all as worst-case varints.
@@ -40,17 +41,143 @@ pub(crate) struct PendingOffset {
 }
 
 /// A validated commit waiting for its flush.
+///
+/// Commits are pooled ([`CommitPool`]): the shard hands a completed one back, and the next
+/// request refills its strings and offsets in place, so a steady stream of commits allocates
+/// nothing once their strings' capacities have grown to fit.
 pub(crate) struct PendingCommit {
     pub group: String,
     pub offsets_partition: u32,
-    pub offsets: Vec<PendingOffset>,
+    /// The request's offsets are `offsets[..offsets_len]`; entries past that are kept only
+    /// for their string capacity.
+    offsets: Vec<PendingOffset>,
+    offsets_len: usize,
     /// Upper bound of the bytes its records encode to.
     pub bytes_max: usize,
     /// When the engine accepted it.
     pub accepted: Instant,
     /// `offsets.commit.timeout.ms` after it was accepted.
     pub deadline: Instant,
-    pub completer: Completer,
+    /// Taken when the commit is answered.
+    completer: Option<Completer>,
+}
+
+/// Largest number of offsets a pooled commit keeps room for; bigger ones are freed after use.
+const POOLED_COMMIT_OFFSETS_MAX: usize = 64;
+/// Largest string capacity (group, topics, metadata) a pooled commit keeps.
+const POOLED_COMMIT_STRING_BYTES_MAX: usize = 16 * 1024;
+/// Most commits a [`CommitPool`] keeps for reuse.
+pub(crate) const COMMITS_POOLED_MAX: usize = 64 * 1024;
+
+impl PendingCommit {
+    /// An empty commit, for a pool that has none to reuse.
+    fn empty() -> PendingCommit {
+        let now = Instant::now();
+        PendingCommit {
+            group: String::new(),
+            offsets_partition: 0,
+            offsets: Vec::new(),
+            offsets_len: 0,
+            bytes_max: 0,
+            accepted: now,
+            deadline: now,
+            completer: None,
+        }
+    }
+
+    /// Copies a validated request in, reusing this commit's buffers.
+    pub(crate) fn fill(
+        &mut self,
+        group: &str,
+        offsets_partition: u32,
+        offsets: &[crate::offsets::OffsetCommit<'_>],
+        bytes_max: usize,
+    ) {
+        self.group.clear();
+        self.group.push_str(group);
+        self.offsets_partition = offsets_partition;
+        for (index, commit) in offsets.iter().enumerate() {
+            if index == self.offsets.len() {
+                // Grows only until the pooled commits have seen the largest requests.
+                self.offsets.push(PendingOffset {
+                    topic: String::new(),
+                    partition: 0,
+                    offset: 0,
+                    leader_epoch: None,
+                    metadata: String::new(),
+                });
+            }
+            let slot = &mut self.offsets[index];
+            slot.topic.clear();
+            slot.topic.push_str(commit.topic);
+            slot.partition = commit.partition;
+            slot.offset = commit.offset;
+            slot.leader_epoch = commit.leader_epoch;
+            slot.metadata.clear();
+            slot.metadata.push_str(commit.metadata);
+        }
+        self.offsets_len = offsets.len();
+        self.bytes_max = bytes_max;
+    }
+
+    /// Arms the commit: its acceptance time, deadline and completer.
+    pub(crate) fn arm(&mut self, accepted: Instant, deadline: Instant, completer: Completer) {
+        self.accepted = accepted;
+        self.deadline = deadline;
+        self.completer = Some(completer);
+    }
+
+    /// The request's offsets.
+    pub(crate) fn offsets(&self) -> &[PendingOffset] {
+        &self.offsets[..self.offsets_len]
+    }
+
+    /// Answers the request (once; later calls do nothing).
+    pub(crate) fn complete(&mut self, result: crate::error::Result<()>) {
+        if let Some(completer) = self.completer.take() {
+            completer.complete(result);
+        }
+    }
+
+    /// Whether keeping this commit's buffers is worth their memory.
+    fn is_worth_pooling(&self) -> bool {
+        let strings: usize = self
+            .offsets
+            .iter()
+            .map(|o| o.topic.capacity() + o.metadata.capacity())
+            .sum();
+        self.offsets.capacity() <= POOLED_COMMIT_OFFSETS_MAX
+            && strings + self.group.capacity() <= POOLED_COMMIT_STRING_BYTES_MAX
+    }
+}
+
+/// A bounded free list of [`PendingCommit`]s shared by the engine handle (which takes) and
+/// the shards (which give back answered commits).
+#[derive(Clone)]
+pub(crate) struct CommitPool {
+    free: FreeList<PendingCommit>,
+}
+
+impl CommitPool {
+    pub(crate) fn new(capacity: usize) -> CommitPool {
+        CommitPool {
+            free: FreeList::new(capacity.min(COMMITS_POOLED_MAX)),
+        }
+    }
+
+    /// A commit to fill: a pooled one if any (allocates only while the pool warms up).
+    pub(crate) fn take(&self) -> PendingCommit {
+        self.free.take().unwrap_or_else(PendingCommit::empty)
+    }
+
+    /// Gives an answered commit back; a full pool, or an oversized commit, frees it instead.
+    pub(crate) fn recycle(&self, mut commit: PendingCommit) {
+        debug_assert!(commit.completer.is_none(), "recycling an unanswered commit");
+        commit.complete(Err(crate::error::Error::Closed));
+        if commit.is_worth_pooling() {
+            self.free.give_back(commit);
+        }
+    }
 }
 
 /// One offset of one request, by index.
@@ -88,6 +215,8 @@ impl GroupCommitBatch {
     /// Adds a commit unless it would push the batch or its partition's share over a cap;
     /// then it is handed back to go first into the next batch. An empty batch takes any
     /// validated commit (validation bounds a commit's size by the partition cap).
+    // The commit moves by value both ways: boxing it would allocate per commit.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn try_add(&mut self, commit: PendingCommit) -> Result<(), PendingCommit> {
         let partition = commit.offsets_partition as usize;
         let partition_bytes = self.partition_bytes_max[partition] + commit.bytes_max;
@@ -107,7 +236,7 @@ impl GroupCommitBatch {
     pub(crate) fn sort_entries(&mut self) {
         self.entries.clear();
         for (request_index, request) in self.requests.iter().enumerate() {
-            for offset_index in 0..request.offsets.len() {
+            for offset_index in 0..request.offsets().len() {
                 self.entries.push(EntryRef {
                     request: request_index as u32,
                     offset: offset_index as u32,
@@ -118,8 +247,8 @@ impl GroupCommitBatch {
         self.entries.sort_unstable_by(|a, b| {
             let (ra, rb) = (&requests[a.request as usize], &requests[b.request as usize]);
             let (oa, ob) = (
-                &ra.offsets[a.offset as usize],
-                &rb.offsets[b.offset as usize],
+                &ra.offsets()[a.offset as usize],
+                &rb.offsets()[b.offset as usize],
             );
             (
                 ra.offsets_partition,
@@ -168,7 +297,7 @@ impl GroupCommitBatch {
     }
 
     fn offset(&self, entry: EntryRef) -> &PendingOffset {
-        &self.requests[entry.request as usize].offsets[entry.offset as usize]
+        &self.requests[entry.request as usize].offsets()[entry.offset as usize]
     }
 
     fn same_key(&self, a: EntryRef, b: EntryRef) -> bool {

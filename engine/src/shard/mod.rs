@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
-use group_commit::{GroupCommitBatch, PendingCommit, encode_partition_batch};
+use group_commit::{CommitPool, GroupCommitBatch, PendingCommit, encode_partition_batch};
 
 /// What recovery found when the engine opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,6 +136,12 @@ pub(crate) struct Shard {
     commit_timeout_ms: u64,
     flush_results: Vec<std::io::Result<()>>,
     flush_partitions: Vec<u32>,
+    /// The partitions of `flush_partitions` whose write was placed, and the writes' buffer
+    /// (kept empty between flushes, see `write_partitions`), reused so a flush allocates nothing.
+    placed_partitions: Vec<u32>,
+    write_ops: Vec<WriteOp<'static>>,
+    /// Where answered commits go back for reuse.
+    commit_pool: CommitPool,
     metrics: ShardMetrics,
 }
 
@@ -152,6 +158,7 @@ impl Shard {
         storage: Box<dyn Storage>,
         hosted: Vec<(u32, Box<OffsetCache>)>,
         index: usize,
+        commit_pool: CommitPool,
     ) -> Result<(Shard, RecoveryReport)> {
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
             .map(|_| HostedPartition::not_hosted())
@@ -170,6 +177,9 @@ impl Shard {
             commit_timeout_ms: config.offsets_commit_timeout_ms,
             flush_results: Vec::new(),
             flush_partitions: Vec::new(),
+            placed_partitions: Vec::new(),
+            write_ops: Vec::new(),
+            commit_pool,
             metrics: ShardMetrics::new(index),
         };
         let mut report = RecoveryReport::default();
@@ -337,7 +347,7 @@ impl Shard {
                 .is_none_or(|hosted| hosted.refusal(commit.offsets_partition).is_some());
             refused || commit.deadline <= now
         });
-        for commit in refused {
+        for mut commit in refused {
             let partition = commit.offsets_partition;
             let error = self
                 .partitions
@@ -349,7 +359,8 @@ impl Shard {
                     timeout_ms: commit_timeout_ms,
                 });
             self.metrics.commit_errors += 1;
-            commit.completer.complete(Err(error));
+            commit.complete(Err(error));
+            self.commit_pool.recycle(commit);
         }
         self.batch.sort_entries();
         self.flush_partitions.clear();
@@ -378,9 +389,10 @@ impl Shard {
 
     /// Places each partition's batch (rolling segments as needed) and writes them all.
     fn write_partitions(&mut self) {
-        // One small allocation per flush, not per commit: the ops borrow this flush's buffers.
-        let mut ops: Vec<WriteOp<'_>> = Vec::with_capacity(self.flush_partitions.len());
-        let mut placed: Vec<u32> = Vec::with_capacity(self.flush_partitions.len());
+        // The ops borrow this flush's buffers; the vector itself is the shard's, reused.
+        let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
+        let mut placed = std::mem::take(&mut self.placed_partitions);
+        debug_assert!(ops.is_empty() && placed.is_empty());
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
@@ -406,6 +418,7 @@ impl Shard {
             op.bytes = &self.partitions[partition as usize].encoded;
         }
         self.storage.write_durable(&ops, &mut self.flush_results);
+        self.write_ops = recycle_ops(ops);
         debug_assert_eq!(self.flush_results.len(), placed.len());
         for (result, &partition) in self.flush_results.iter().zip(&placed) {
             let hosted = &mut self.partitions[partition as usize];
@@ -427,6 +440,8 @@ impl Shard {
                 Err(error) => hosted.failure = Some(format!("{error}")),
             }
         }
+        placed.clear();
+        self.placed_partitions = placed;
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             if hosted.failure.is_some()
@@ -468,12 +483,12 @@ impl Shard {
             }
         });
         let now = Instant::now();
-        for commit in self.batch.requests.drain(..) {
+        for mut commit in self.batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
             let result = match &hosted.failure {
                 None => {
                     self.metrics.commits += 1;
-                    self.metrics.partition_offsets += commit.offsets.len() as u64;
+                    self.metrics.partition_offsets += commit.offsets().len() as u64;
                     let waited_us = now.duration_since(commit.accepted).as_micros() as u64;
                     ShardMetrics::record_latency(&mut self.metrics.commit_latency_us, waited_us);
                     Ok(())
@@ -486,7 +501,8 @@ impl Shard {
                     })
                 }
             };
-            commit.completer.complete(result);
+            commit.complete(result);
+            self.commit_pool.recycle(commit);
         }
         self.batch.clear();
     }
@@ -510,6 +526,16 @@ impl Shard {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Empties a flush's write ops and keeps their buffer for the next flush. The ops borrowed
+/// the flush's encoded batches; once cleared no borrow is left, and collecting the empty
+/// iterator into the `'static` element type reuses the allocation in place (same layout).
+fn recycle_ops(mut ops: Vec<WriteOp<'_>>) -> Vec<WriteOp<'static>> {
+    ops.clear();
+    ops.into_iter()
+        .map(|_| unreachable!("the vector was just cleared"))
+        .collect()
 }
 
 /// Checks one replayed batch's records and, given a cache, applies them to it.
