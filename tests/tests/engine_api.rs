@@ -272,3 +272,29 @@ fn metrics_count_what_was_committed_per_shard() {
     engine.close().unwrap();
     assert!(matches!(engine.metrics(), Err(Error::Closed)));
 }
+
+#[test]
+fn an_idle_shard_frees_the_cache_memory_its_updates_retired() {
+    let disk = SimDisk::new(9);
+    let mut config = test_config(SIM_DATA_DIR, 2);
+    config.shards = 1;
+    let engine = open_sim(&disk, &config).unwrap();
+    // Each new metadata string replaces (retires) the previous one: fewer retirements than
+    // the writer's own collection batch, so only idle collection can free them.
+    for round in 0..10 {
+        let metadata = format!("consumer-{round}");
+        let offsets = [offset("t", 0, round, &metadata)];
+        engine.commit_offsets("g", &offsets).wait().unwrap();
+        assert_eq!(fetch_one(&engine, "g", "t", 0).unwrap(), Some(round));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pending = loop {
+        let pending = engine.metrics().unwrap()[0].cache_garbage_pending;
+        if pending == 0 || std::time::Instant::now() > deadline {
+            break pending;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(pending, 0, "retired metadata strings still held");
+    engine.close().unwrap();
+}

@@ -410,14 +410,24 @@ impl OffsetCache {
     }
 
     /// Frees whatever retired memory readers have moved past. The writer also does this on
-    /// every retirement; call it when idle to finish the job. Never waits.
-    pub fn collect(&mut self) {
+    /// every retirement; call it when idle to finish the job. Never waits; returns whether
+    /// retired memory is still waiting for a pinned reader.
+    pub fn collect(&mut self) -> bool {
+        if self.reclaim.pending() == 0 {
+            return false;
+        }
         // Two advances free everything retired before the first one, if readers allow.
         for _ in 0..2 {
             if !self.reclaim.try_advance(&self.shared.collector) {
                 break;
             }
         }
+        self.reclaim.pending() > 0
+    }
+
+    /// Retired objects not yet freed (readers may still hold them).
+    pub fn garbage_pending(&self) -> usize {
+        self.reclaim.pending()
     }
 
     /// Trims every partition array to its highest live partition, undoing the slack that

@@ -172,7 +172,9 @@ proptest! {
                     prop_assert_eq!(r.get(&g, &t, p), want.map(|w| w.0.clone()));
                     prop_assert_eq!(c.log_position(key(&g, &t, p)), want.map(|w| w.1));
                 }
-                Op::Collect => c.collect(),
+                Op::Collect => {
+                    c.collect();
+                }
             }
             prop_assert_eq!(c.len(), model.len());
         }

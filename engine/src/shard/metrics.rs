@@ -32,6 +32,10 @@ pub struct ShardMetrics {
     pub syncs: u64,
     /// Requests waiting in the shard's inbox when the snapshot was taken.
     pub queue_depth: usize,
+    /// Retired offset-cache memory (old metadata strings, replaced arrays and tables) not yet
+    /// freed because a reader may still hold it, when the snapshot was taken. An idle shard
+    /// frees it; a value that stays high means a reader keeps a `ReadGuard` too long.
+    pub cache_garbage_pending: usize,
     /// Time from the start of a flush's writes to the last completion, in µs.
     pub flush_latency_us: Histogram<u64>,
     /// Time from a request's acceptance to its acknowledgement, in µs.
@@ -56,6 +60,7 @@ impl ShardMetrics {
             bytes: 0,
             syncs: 0,
             queue_depth: 0,
+            cache_garbage_pending: 0,
             flush_latency_us: histogram(),
             commit_latency_us: histogram(),
         }

@@ -124,6 +124,9 @@ impl HostedPartition {
     }
 }
 
+/// How often an idle shard retries freeing cache memory a pinned reader held back.
+const IDLE_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
+
 pub(crate) struct Shard {
     storage: Box<dyn Storage>,
     data_dir: PathBuf,
@@ -263,7 +266,7 @@ impl Shard {
             let mut step = Step::Continue;
             match carry.take() {
                 Some(commit) => self.add(commit, &mut carry),
-                None => match requests.recv() {
+                None => match self.wait_for_request(&requests) {
                     Ok(request) => step = self.handle(request, &mut carry),
                     Err(_) => break None,
                 },
@@ -304,11 +307,47 @@ impl Shard {
         }
     }
 
+    /// Blocks for the next request. An idle shard first frees the offset caches' retired
+    /// memory; what a pinned reader still holds is retried every `IDLE_COLLECT_INTERVAL`
+    /// until freed, so a shard that goes quiet does not keep garbage indefinitely.
+    fn wait_for_request(&mut self, requests: &Receiver<Request>) -> Result<Request, ()> {
+        loop {
+            if let Ok(request) = requests.try_recv() {
+                return Ok(request);
+            }
+            if !self.collect_caches() {
+                return requests.recv().map_err(|_| ());
+            }
+            match requests.recv_timeout(IDLE_COLLECT_INTERVAL) {
+                Ok(request) => return Ok(request),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Err(()),
+            }
+        }
+    }
+
+    /// Frees the hosted caches' retired memory that no reader holds; returns whether some is
+    /// still held.
+    fn collect_caches(&mut self) -> bool {
+        let mut held = false;
+        for cache in self.partitions.iter_mut().filter_map(|p| p.cache.as_mut()) {
+            held |= cache.collect();
+        }
+        held
+    }
+
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
         match request {
             Request::Commit(commit) => self.add(commit, carry),
             Request::Metrics { reply } => {
-                let _ = reply.send(self.metrics.clone());
+                let mut metrics = self.metrics.clone();
+                metrics.cache_garbage_pending = self
+                    .partitions
+                    .iter()
+                    .filter_map(|p| p.cache.as_ref())
+                    .map(|cache| cache.garbage_pending())
+                    .sum();
+                let _ = reply.send(metrics);
             }
             Request::Load {
                 partition,
