@@ -333,30 +333,14 @@ impl Engine {
     ) -> Result<Vec<Option<CommittedOffset>>> {
         validate_group(group_id)?;
         self.ensure_open()?;
-        let reader = self.reader_for(group_id);
-        let guard = reader.pin();
-        Ok(partitions
-            .iter()
-            .map(|(topic, partition)| guard.get(group_id, topic, *partition).map(committed))
-            .collect())
+        Ok(fetch_from(self.reader_for(group_id), group_id, partitions))
     }
 
     /// Every committed offset of a group, sorted by topic and partition.
     pub fn fetch_all_offsets(&self, group_id: &str) -> Result<Vec<TopicPartitionOffset>> {
         validate_group(group_id)?;
         self.ensure_open()?;
-        let reader = self.reader_for(group_id);
-        let guard = reader.pin();
-        let mut all = Vec::new();
-        guard.for_each_in_group(group_id, |topic, partition, value| {
-            all.push(TopicPartitionOffset {
-                topic: topic.to_owned(),
-                partition,
-                committed: committed(value),
-            });
-        });
-        all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-        Ok(all)
+        Ok(fetch_all_from(self.reader_for(group_id), group_id))
     }
 
     /// The groups with committed offsets in an offsets partition.
@@ -477,7 +461,7 @@ fn spawn_shard(
 }
 
 /// Creates and locks the data directory, mapping failures to typed errors.
-fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
+pub(crate) fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
     let unusable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
             Error::DataDirUnwritable {
@@ -501,6 +485,37 @@ fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
     })
 }
 
+/// The committed offsets of the given topic partitions of a group, read lock-free.
+pub(crate) fn fetch_from(
+    reader: &OffsetCacheReader,
+    group_id: &str,
+    partitions: &[(&str, i32)],
+) -> Vec<Option<CommittedOffset>> {
+    let guard = reader.pin();
+    partitions
+        .iter()
+        .map(|(topic, partition)| guard.get(group_id, topic, *partition).map(committed))
+        .collect()
+}
+
+/// Every committed offset of a group, sorted by topic and partition, read lock-free.
+pub(crate) fn fetch_all_from(
+    reader: &OffsetCacheReader,
+    group_id: &str,
+) -> Vec<TopicPartitionOffset> {
+    let guard = reader.pin();
+    let mut all = Vec::new();
+    guard.for_each_in_group(group_id, |topic, partition, value| {
+        all.push(TopicPartitionOffset {
+            topic: topic.to_owned(),
+            partition,
+            committed: committed(value),
+        });
+    });
+    all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    all
+}
+
 fn committed(value: crate::cache::OffsetValueRef<'_>) -> CommittedOffset {
     CommittedOffset {
         offset: value.offset,
@@ -511,7 +526,7 @@ fn committed(value: crate::cache::OffsetValueRef<'_>) -> CommittedOffset {
     }
 }
 
-fn validate_group(group_id: &str) -> Result<()> {
+pub(crate) fn validate_group(group_id: &str) -> Result<()> {
     if group_id.is_empty() {
         return Err(Error::InvalidGroupId("empty"));
     }
@@ -522,7 +537,11 @@ fn validate_group(group_id: &str) -> Result<()> {
 }
 
 /// Checks a commit before anything is queued; returns the upper bound of its encoded bytes.
-fn validate_commit(config: &Config, group_id: &str, offsets: &[OffsetCommit<'_>]) -> Result<usize> {
+pub(crate) fn validate_commit(
+    config: &Config,
+    group_id: &str,
+    offsets: &[OffsetCommit<'_>],
+) -> Result<usize> {
     validate_group(group_id)?;
     if offsets.len() > COMMIT_PARTITIONS_MAX {
         return Err(Error::InvalidRequest("too many partitions in one commit"));

@@ -9,6 +9,8 @@
 //!   seeded, fault-injecting in-memory twin for tests.
 //! * [`log`] — per-partition segmented logs and their crash recovery.
 //! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
+//! * [`LocalShard`] — the same engine for thread-per-core brokers: one shard per executor,
+//!   called directly on the executor's thread.
 //!
 //! See `docs/architecture.md` for how the pieces fit.
 
@@ -31,4 +33,4 @@ pub use config::Config;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-pub use shard::{RecoveryReport, ShardMetrics};
+pub use shard::{LocalShard, PartitionHandoff, RecoveryReport, ShardMetrics};

@@ -8,8 +8,10 @@
 //! Every request is acknowledged only after its partition's write is durable.
 
 pub(crate) mod group_commit;
+mod local;
 mod metrics;
 
+pub use local::{LocalShard, PartitionHandoff};
 pub use metrics::ShardMetrics;
 
 use std::path::PathBuf;
@@ -336,18 +338,23 @@ impl Shard {
         held
     }
 
+    /// The shard's metrics now (the inbox depth is the caller's to fill in).
+    fn metrics_snapshot(&self) -> ShardMetrics {
+        let mut metrics = self.metrics.clone();
+        metrics.cache_garbage_pending = self
+            .partitions
+            .iter()
+            .filter_map(|p| p.cache.as_ref())
+            .map(|cache| cache.garbage_pending())
+            .sum();
+        metrics
+    }
+
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
         match request {
             Request::Commit(commit) => self.add(commit, carry),
             Request::Metrics { reply } => {
-                let mut metrics = self.metrics.clone();
-                metrics.cache_garbage_pending = self
-                    .partitions
-                    .iter()
-                    .filter_map(|p| p.cache.as_ref())
-                    .map(|cache| cache.garbage_pending())
-                    .sum();
-                let _ = reply.send(metrics);
+                let _ = reply.send(self.metrics_snapshot());
             }
             Request::Load {
                 partition,

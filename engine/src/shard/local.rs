@@ -1,0 +1,354 @@
+//! The shard-local API, for thread-per-core brokers: each of the broker's executors owns one
+//! [`LocalShard`] and calls it directly for the offsets partitions that core owns — no
+//! channel, no cross-thread hop, no thread of the engine's own.
+//!
+//! The broker drives group commit itself: [`LocalShard::commit_offsets`] only validates and
+//! batches (it returns at once with a [`CommitFuture`]), and [`LocalShard::flush`] writes and
+//! syncs everything batched in one storage submission, then resolves the futures. Calling
+//! `flush` whenever the executor has run out of other work gives the same adaptive batching
+//! as the engine's own shard threads: what arrived while the last flush ran forms the next.
+//!
+//! `flush` blocks the calling thread for one write + `fdatasync` round (tens of µs to a few
+//! ms). A broker that must not block its executor that long calls it from a task that yields
+//! first, or uses the [`Engine`](crate::Engine) handle, whose shards are threads of their own.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::group_commit::CommitPool;
+use super::{RecoveryReport, Shard, ShardMetrics};
+use crate::cache::{OffsetCache, OffsetCacheReader};
+use crate::completion::{CommitFuture, CompletionPool};
+use crate::config::Config;
+use crate::engine::{fetch_all_from, fetch_from, lock_data_dir, validate_commit, validate_group};
+use crate::error::{Error, Result};
+use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
+use crate::storage::{Storage, UringStorage};
+
+/// One shard of the engine, owned and driven by the calling thread.
+///
+/// ```
+/// # fn main() -> coffer::Result<()> {
+/// use coffer::{Config, LocalShard, OffsetCommit};
+///
+/// let dir = std::env::temp_dir().join(format!("coffer-local-doc-{}", std::process::id()));
+/// let mut config = Config::new(&dir);
+/// config.offsets_topic_num_partitions = 4;
+/// config.offsets_topic_segment_bytes = 1 << 20;
+/// config.shards = 2;
+/// // One shard per executor: move each into its own thread.
+/// let mut shards = LocalShard::open_all(config)?;
+/// let shard = shards
+///     .iter_mut()
+///     .find(|s| s.owns_group("billing"))
+///     .expect("some shard owns every group");
+///
+/// let commit = OffsetCommit { topic: "orders", partition: 0, offset: 42, leader_epoch: None, metadata: "" };
+/// let durable = shard.commit_offsets("billing", &[commit]);
+/// shard.flush(); // one write + fdatasync for everything batched
+/// durable.wait()?;
+/// let fetched = shard.fetch_offsets("billing", &[("orders", 0)])?;
+/// assert_eq!(fetched[0].as_ref().map(|c| c.offset), Some(42));
+/// for shard in shards {
+///     shard.close()?;
+/// }
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
+pub struct LocalShard {
+    /// `None` once closed.
+    shard: Option<Shard>,
+    index: usize,
+    config: Config,
+    /// Per offsets partition: a reader of its cache while this shard serves it.
+    readers: Vec<Option<OffsetCacheReader>>,
+    commits: CommitPool,
+    completions: CompletionPool,
+    recovery: RecoveryReport,
+    /// The data directory's lock, shared by the shards opened together; released when the
+    /// last of them is gone.
+    _dir_lock: Arc<Mutex<Box<dyn Storage>>>,
+}
+
+/// An offsets partition on its way from one [`LocalShard`] to another (a leadership change
+/// between cores): its offsets travel with it, so readers never see them go back.
+pub struct PartitionHandoff {
+    partition: u32,
+    cache: Box<OffsetCache>,
+}
+
+impl PartitionHandoff {
+    /// The offsets partition handed off.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl LocalShard {
+    /// Opens (creating if needed) the data directory in `config`, takes its lock and
+    /// recovers every offsets partition into `config.shards` shards (in parallel), shard `i`
+    /// owning the partitions `p` with `p % shards == i` — the layout [`Engine`] uses, so
+    /// either can reopen what the other wrote. Shards are not pinned: the caller's
+    /// executors already are.
+    ///
+    /// [`Engine`]: crate::Engine
+    pub fn open_all(config: Config) -> Result<Vec<LocalShard>> {
+        let make = || -> std::io::Result<Box<dyn Storage>> { Ok(Box::new(UringStorage::new()?)) };
+        LocalShard::open_all_with_storage(config, &make)
+    }
+
+    /// [`open_all`](Self::open_all) over storages made by `make_storage` (one holds the
+    /// directory lock, each shard gets its own).
+    pub fn open_all_with_storage(
+        config: Config,
+        make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
+    ) -> Result<Vec<LocalShard>> {
+        config.validate()?;
+        let storage_error = |e| Error::io("creating a storage", e);
+        let mut dir_lock = make_storage().map_err(storage_error)?;
+        lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
+        let dir_lock = Arc::new(Mutex::new(dir_lock));
+        let partitions = config.offsets_topic_num_partitions;
+        let mut plans = Vec::with_capacity(config.shards);
+        for index in 0..config.shards {
+            let storage = make_storage().map_err(storage_error)?;
+            let hosted: Vec<(u32, Box<OffsetCache>)> = (0..partitions)
+                .filter(|p| *p as usize % config.shards == index)
+                .map(|p| (p, Box::new(OffsetCache::new())))
+                .collect();
+            plans.push((index, storage, hosted));
+        }
+        let opened: Vec<Result<LocalShard>> = std::thread::scope(|scope| {
+            let config = &config;
+            let dir_lock = &dir_lock;
+            let opening: Vec<_> = plans
+                .into_iter()
+                .map(|(index, storage, hosted)| {
+                    scope.spawn(move || {
+                        LocalShard::open_one(config, index, storage, hosted, dir_lock)
+                    })
+                })
+                .collect();
+            opening
+                .into_iter()
+                .map(|thread| thread.join().unwrap_or(Err(Error::Closed)))
+                .collect()
+        });
+        opened.into_iter().collect()
+    }
+
+    fn open_one(
+        config: &Config,
+        index: usize,
+        storage: Box<dyn Storage>,
+        hosted: Vec<(u32, Box<OffsetCache>)>,
+        dir_lock: &Arc<Mutex<Box<dyn Storage>>>,
+    ) -> Result<LocalShard> {
+        let mut readers: Vec<Option<OffsetCacheReader>> = (0..config.offsets_topic_num_partitions)
+            .map(|_| None)
+            .collect();
+        for (partition, cache) in &hosted {
+            readers[*partition as usize] = Some(cache.reader());
+        }
+        // The batch caps flushes; a request beyond them flushes first (see commit_offsets),
+        // so this many pooled requests covers a full batch.
+        let pooled = config.request_queue_depth_max;
+        let commits = CommitPool::new(pooled);
+        let (shard, recovery) = Shard::open(config, storage, hosted, index, commits.clone())?;
+        Ok(LocalShard {
+            shard: Some(shard),
+            index,
+            config: config.clone(),
+            readers,
+            commits,
+            completions: CompletionPool::new(pooled),
+            recovery,
+            _dir_lock: Arc::clone(dir_lock),
+        })
+    }
+
+    /// This shard's index among those opened together.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// What recovery found in this shard's partitions.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The offsets partition that stores `group_id`'s state.
+    pub fn partition_for(&self, group_id: &str) -> u32 {
+        self.config
+            .group_partitioner
+            .partition_for(group_id, self.config.offsets_topic_num_partitions)
+    }
+
+    /// Whether this shard serves an offsets partition now.
+    pub fn owns(&self, offsets_partition: u32) -> bool {
+        self.readers
+            .get(offsets_partition as usize)
+            .is_some_and(Option::is_some)
+    }
+
+    /// Whether this shard serves `group_id`'s offsets partition now.
+    pub fn owns_group(&self, group_id: &str) -> bool {
+        self.owns(self.partition_for(group_id))
+    }
+
+    /// Validates and batches a commit; the future resolves after the next [`flush`]
+    /// makes it durable (or fails it). Nothing is written for a request that fails
+    /// validation. A group whose partition this shard does not serve gets `NotCoordinator`.
+    /// When the batch is full (`group_commit_bytes_max`, or a partition's share), this call
+    /// flushes it first.
+    ///
+    /// [`flush`]: Self::flush
+    pub fn commit_offsets(&mut self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
+        let bytes_max = match validate_commit(&self.config, group_id, offsets) {
+            Ok(bytes) => bytes,
+            Err(error) => return CommitFuture::resolved(Err(error)),
+        };
+        if offsets.is_empty() {
+            return CommitFuture::resolved(Ok(()));
+        }
+        let partition = self.partition_for(group_id);
+        if !self.owns(partition) {
+            return CommitFuture::resolved(Err(Error::NotCoordinator { partition }));
+        }
+        let Some(shard) = self.shard.as_mut() else {
+            return CommitFuture::resolved(Err(Error::Closed));
+        };
+        let timeout_ms = self.config.offsets_commit_timeout_ms;
+        let accepted = Instant::now();
+        let deadline = accepted + Duration::from_millis(timeout_ms);
+        let (future, completer) = CommitFuture::pending(deadline, timeout_ms, &self.completions);
+        let mut commit = self.commits.take();
+        commit.fill(group_id, partition, offsets, bytes_max);
+        commit.arm(accepted, deadline, completer);
+        if let Err(commit) = shard.batch.try_add(commit) {
+            shard.flush();
+            // An empty batch takes any validated commit; were it refused, dropping it
+            // fails its future with `Closed` rather than losing it silently.
+            let added = shard.batch.try_add(commit);
+            debug_assert!(added.is_ok(), "an empty batch refused a validated commit");
+        }
+        future
+    }
+
+    /// Requests batched and not yet flushed.
+    pub fn pending_requests(&self) -> usize {
+        self.shard
+            .as_ref()
+            .map_or(0, |shard| shard.batch.requests.len())
+    }
+
+    /// Group-commits everything batched: one batch per dirty partition, all written and
+    /// synced in one storage submission, then every batched future resolves. Blocks the
+    /// calling thread for that round. With nothing batched it frees the offset caches'
+    /// retired memory instead (call it when idle). Returns the requests it answered.
+    pub fn flush(&mut self) -> usize {
+        let Some(shard) = self.shard.as_mut() else {
+            return 0;
+        };
+        if shard.batch.is_empty() {
+            shard.collect_caches();
+            return 0;
+        }
+        let answered = shard.batch.requests.len();
+        shard.flush();
+        answered
+    }
+
+    /// The committed offsets of the given topic partitions of a group, in the order asked;
+    /// `None` where nothing is committed. Read from memory.
+    pub fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: &[(&str, i32)],
+    ) -> Result<Vec<Option<CommittedOffset>>> {
+        let reader = self.reader_for(group_id)?;
+        Ok(fetch_from(reader, group_id, partitions))
+    }
+
+    /// Every committed offset of a group, sorted by topic and partition.
+    pub fn fetch_all_offsets(&self, group_id: &str) -> Result<Vec<TopicPartitionOffset>> {
+        let reader = self.reader_for(group_id)?;
+        Ok(fetch_all_from(reader, group_id))
+    }
+
+    /// A lock-free reader of an offsets partition's cache, to serve fetches from other
+    /// threads; `None` if this shard does not serve the partition. A reader keeps working
+    /// (with the values it last saw published) after the partition moves away.
+    pub fn reader(&self, offsets_partition: u32) -> Option<OffsetCacheReader> {
+        self.readers.get(offsets_partition as usize)?.clone()
+    }
+
+    fn reader_for(&self, group_id: &str) -> Result<&OffsetCacheReader> {
+        validate_group(group_id)?;
+        if self.shard.is_none() {
+            return Err(Error::Closed);
+        }
+        let partition = self.partition_for(group_id);
+        self.readers
+            .get(partition as usize)
+            .and_then(Option::as_ref)
+            .ok_or(Error::NotCoordinator { partition })
+    }
+
+    /// A snapshot of this shard's metrics.
+    pub fn metrics(&self) -> Result<ShardMetrics> {
+        let shard = self.shard.as_ref().ok_or(Error::Closed)?;
+        let mut metrics = shard.metrics_snapshot();
+        metrics.queue_depth = shard.batch.requests.len();
+        Ok(metrics)
+    }
+
+    /// Stops serving an offsets partition (what is batched is flushed first, its log is
+    /// trimmed, synced and closed) and hands it off for another shard to
+    /// [`adopt`](Self::adopt_partition). Later commits for it here get `NotCoordinator`.
+    pub fn release_partition(&mut self, offsets_partition: u32) -> Result<PartitionHandoff> {
+        let shard = self.shard.as_mut().ok_or(Error::Closed)?;
+        let cache = shard.unload_partition(offsets_partition)?;
+        self.readers[offsets_partition as usize] = None;
+        Ok(PartitionHandoff {
+            partition: offsets_partition,
+            cache,
+        })
+    }
+
+    /// Starts serving a partition another shard released: recovers its log from disk (only
+    /// to check it: its offsets arrive with it) and serves it.
+    pub fn adopt_partition(&mut self, handoff: PartitionHandoff) -> Result<RecoveryReport> {
+        let shard = self.shard.as_mut().ok_or(Error::Closed)?;
+        let PartitionHandoff { partition, cache } = handoff;
+        let reader = cache.reader();
+        let mut report = RecoveryReport::default();
+        shard.load_partition(partition, cache, false, &mut report)?;
+        self.readers[partition as usize] = Some(reader);
+        Ok(report)
+    }
+
+    /// Flushes what is batched, trims and syncs the logs and closes them. The data
+    /// directory is unlocked once every shard opened with this one is closed or dropped.
+    pub fn close(mut self) -> Result<()> {
+        self.close_shard()
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        let Some(mut shard) = self.shard.take() else {
+            return Ok(());
+        };
+        if !shard.batch.is_empty() {
+            shard.flush();
+        }
+        shard.close()
+    }
+}
+
+impl Drop for LocalShard {
+    fn drop(&mut self) {
+        // Dropping a shard closes it cleanly; errors are for `close` to report.
+        let _ = self.close_shard();
+    }
+}

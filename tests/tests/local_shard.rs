@@ -1,0 +1,180 @@
+//! The shard-local API: shards driven by the caller's own threads commit durably, serve
+//! fetches, refuse groups they do not own, hand partitions over, and leave a data directory
+//! the `Engine` reopens.
+
+use std::collections::BTreeMap;
+
+use coffer::storage::SimDisk;
+use coffer::{CommitFuture, Engine, Error, LocalShard, OffsetCommit};
+use coffer_tests::{SIM_DATA_DIR, fetch_one, open_sim, test_config};
+
+const PARTITIONS: u32 = 6;
+const SHARDS: usize = 2;
+
+fn open_local(disk: &SimDisk) -> Vec<LocalShard> {
+    let mut config = test_config(SIM_DATA_DIR, PARTITIONS);
+    config.shards = SHARDS;
+    let disk = disk.clone();
+    LocalShard::open_all_with_storage(config, &move || Ok(Box::new(disk.storage())))
+        .expect("shards open")
+}
+
+fn commit(topic: &str, partition: i32, offset: i64) -> OffsetCommit<'_> {
+    OffsetCommit {
+        topic,
+        partition,
+        offset,
+        leader_epoch: Some(2),
+        metadata: "",
+    }
+}
+
+#[test]
+fn executor_threads_commit_through_their_own_shards_and_the_engine_reopens_it() {
+    let disk = SimDisk::new(21);
+    let shards = open_local(&disk);
+    assert_eq!(shards.len(), SHARDS);
+    let groups: Vec<String> = (0..40).map(|g| format!("app-{g}")).collect();
+    // Each shard is moved to its own thread, as a broker's executors would own them.
+    let acked: Vec<BTreeMap<String, i64>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = shards
+            .into_iter()
+            .map(|mut shard| {
+                let groups = &groups;
+                scope.spawn(move || {
+                    let mine: Vec<&String> =
+                        groups.iter().filter(|g| shard.owns_group(g)).collect();
+                    let mut acked = BTreeMap::new();
+                    for round in 0..25_i64 {
+                        let futures: Vec<(&String, CommitFuture)> = mine
+                            .iter()
+                            .map(|g| {
+                                let offsets = [commit("t", 0, round), commit("t", 1, round * 2)];
+                                (*g, shard.commit_offsets(g, &offsets))
+                            })
+                            .collect();
+                        assert_eq!(shard.pending_requests(), mine.len());
+                        assert_eq!(shard.flush(), mine.len());
+                        for (group, future) in futures {
+                            future.wait().expect("durable after flush");
+                            acked.insert(group.clone(), round);
+                        }
+                    }
+                    // A fetch right after the flush sees the last commit.
+                    for (group, round) in &acked {
+                        let fetched = shard.fetch_offsets(group, &[("t", 1)]).unwrap();
+                        assert_eq!(fetched[0].as_ref().map(|c| c.offset), Some(round * 2));
+                    }
+                    shard.close().expect("clean close");
+                    acked
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let all: BTreeMap<String, i64> = acked.into_iter().flatten().collect();
+    assert_eq!(all.len(), groups.len(), "every group is owned by one shard");
+
+    // Same layout as the Engine's: it reopens the directory and finds every commit.
+    let engine = open_sim(&disk, &test_config(SIM_DATA_DIR, PARTITIONS)).unwrap();
+    for (group, round) in &all {
+        assert_eq!(fetch_one(&engine, group, "t", 0).unwrap(), Some(*round));
+        assert_eq!(fetch_one(&engine, group, "t", 1).unwrap(), Some(round * 2));
+    }
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_group_of_another_shard_is_refused_and_bad_input_writes_nothing() {
+    let disk = SimDisk::new(22);
+    let mut shards = open_local(&disk);
+    let group = (0..)
+        .map(|g| format!("g{g}"))
+        .find(|g| !shards[0].owns_group(g))
+        .unwrap();
+    let refused = shards[0]
+        .commit_offsets(&group, &[commit("t", 0, 1)])
+        .wait();
+    assert!(matches!(refused, Err(Error::NotCoordinator { .. })));
+    assert!(matches!(
+        shards[0].fetch_offsets(&group, &[("t", 0)]),
+        Err(Error::NotCoordinator { .. })
+    ));
+    let owner = shards.iter_mut().find(|s| s.owns_group(&group)).unwrap();
+    let bad = owner.commit_offsets(&group, &[commit("t", -1, 1)]).wait();
+    assert!(matches!(bad, Err(Error::InvalidPartition(-1))));
+    assert_eq!(owner.pending_requests(), 0, "nothing batched for bad input");
+    assert_eq!(owner.flush(), 0);
+}
+
+#[test]
+fn only_flushed_commits_survive_a_power_cut() {
+    let disk = SimDisk::new(23);
+    let mut shards = open_local(&disk);
+    let group = "payments";
+    let shard = shards.iter_mut().find(|s| s.owns_group(group)).unwrap();
+    let durable = shard.commit_offsets(group, &[commit("t", 0, 10)]);
+    shard.flush();
+    durable.wait().unwrap();
+    // Batched, never flushed: not acknowledged, and the power cut takes it.
+    let lost = shard.commit_offsets(group, &[commit("t", 0, 11)]);
+    disk.crash();
+    drop(shards);
+    assert!(
+        lost.wait().is_err(),
+        "an unflushed commit is never acknowledged"
+    );
+
+    let mut reopened = open_local(&disk);
+    let shard = reopened.iter_mut().find(|s| s.owns_group(group)).unwrap();
+    let fetched = shard.fetch_offsets(group, &[("t", 0)]).unwrap();
+    assert_eq!(fetched[0].as_ref().map(|c| c.offset), Some(10));
+}
+
+#[test]
+fn a_partition_handed_between_shards_keeps_its_offsets() {
+    let disk = SimDisk::new(24);
+    let mut shards = open_local(&disk);
+    let group = "orders-app";
+    let from = shards.iter().position(|s| s.owns_group(group)).unwrap();
+    let to = 1 - from;
+    let partition = shards[from].partition_for(group);
+    let reader = shards[from].reader(partition).unwrap();
+    let durable = shards[from].commit_offsets(group, &[commit("t", 3, 77)]);
+    // Released with the commit still batched: the release flushes it first.
+    let handoff = shards[from].release_partition(partition).unwrap();
+    durable.wait().unwrap();
+    assert_eq!(handoff.partition(), partition);
+    assert!(!shards[from].owns(partition));
+    assert!(matches!(
+        shards[from]
+            .commit_offsets(group, &[commit("t", 3, 78)])
+            .wait(),
+        Err(Error::NotCoordinator { .. })
+    ));
+    shards[to].adopt_partition(handoff).unwrap();
+    let got = shards[to].fetch_offsets(group, &[("t", 3)]).unwrap();
+    assert_eq!(got[0].as_ref().map(|c| c.offset), Some(77));
+    let next = shards[to].commit_offsets(group, &[commit("t", 3, 79)]);
+    shards[to].flush();
+    next.wait().unwrap();
+    assert_eq!(reader.get(group, "t", 3).map(|v| v.offset), Some(79));
+    for shard in shards {
+        shard.close().unwrap();
+    }
+    let engine: Engine = open_sim(&disk, &test_config(SIM_DATA_DIR, PARTITIONS)).unwrap();
+    assert_eq!(fetch_one(&engine, group, "t", 3).unwrap(), Some(79));
+}
+
+#[test]
+fn two_sets_of_shards_never_share_a_directory() {
+    let disk = SimDisk::new(25);
+    let shards = open_local(&disk);
+    let mut config = test_config(SIM_DATA_DIR, PARTITIONS);
+    config.shards = SHARDS;
+    let second = disk.clone();
+    let refused =
+        LocalShard::open_all_with_storage(config, &move || Ok(Box::new(second.storage())));
+    assert!(matches!(refused, Err(Error::DataDirLocked(_))));
+    drop(shards);
+}
