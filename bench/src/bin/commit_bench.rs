@@ -85,6 +85,12 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Open loop: issue this many requests per second in total (split over the committers)
+    /// on a fixed schedule, and measure each ack from its scheduled send time (corrected
+    /// for coordinated omission, as wrk2 does). `--in-flight` then only caps the requests
+    /// outstanding. Without it, a closed loop keeps `--in-flight` outstanding.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 /// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
@@ -174,14 +180,19 @@ struct CommitterOut {
     acks: u64,
 }
 
-/// One committer: keeps `in_flight` requests outstanding; acks observed in
+/// Longest an open-loop committer sleeps between checks for acks and sends.
+const OPEN_LOOP_NAP: Duration = Duration::from_micros(50);
+
+/// One committer. Closed loop (`rate_per_s` = None): keeps `in_flight` requests
+/// outstanding. Open loop: sends on a fixed schedule of `rate_per_s`, at most `in_flight`
+/// outstanding, each ack's latency measured from its scheduled send time. Acks observed in
 /// `[measure_from, stop_at)` are counted and their latency recorded.
 fn run_committer(
     engine: &Engine,
     mut keys: KeyStream,
     in_flight: usize,
-    measure_from: Instant,
-    stop_at: Instant,
+    rate_per_s: Option<f64>,
+    (measure_from, stop_at): (Instant, Instant),
 ) -> BoxResult<CommitterOut> {
     let mut out = CommitterOut {
         latency_us: histogram(),
@@ -200,10 +211,23 @@ fn run_committer(
         }
         Ok(())
     };
+    let interval = rate_per_s.map(|rate| Duration::from_secs_f64(1.0 / rate.max(1e-3)));
+    let mut next_send = Instant::now();
     loop {
-        let stopping = Instant::now() >= stop_at;
+        let now = Instant::now();
+        let stopping = now >= stop_at;
         if !stopping {
             while queue.len() < in_flight {
+                // Open loop: the send time is the schedule's, not the moment we got to it.
+                let issued = match interval {
+                    Some(_) if next_send > now => break,
+                    Some(interval) => {
+                        let scheduled = next_send;
+                        next_send += interval;
+                        scheduled
+                    }
+                    None => Instant::now(),
+                };
                 let group = keys.next_request(&mut pairs);
                 commits.clear();
                 commits.extend(pairs.iter().map(|&(partition, offset)| OffsetCommit {
@@ -214,8 +238,23 @@ fn run_committer(
                     metadata: "",
                 }));
                 let name = keys.names[group].as_str();
-                queue.push_back((Instant::now(), engine.commit_offsets(name, &commits)));
+                queue.push_back((issued, engine.commit_offsets(name, &commits)));
             }
+        }
+        if interval.is_some() && !stopping {
+            // Open loop: never block on an ack past the next scheduled send.
+            let front = queue.front_mut();
+            match front.map(|(issued, future)| (*issued, Pin::new(future).poll(&mut cx))) {
+                Some((issued, Poll::Ready(result))) => {
+                    queue.pop_front();
+                    complete(issued, result)?;
+                }
+                _ => {
+                    let nap = next_send.saturating_duration_since(Instant::now());
+                    std::thread::sleep(nap.min(OPEN_LOOP_NAP));
+                }
+            }
+            continue;
         }
         let Some((issued, future)) = queue.pop_front() else {
             break;
@@ -332,7 +371,14 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                 if let Some(core) = committer_core {
                     core_affinity::set_for_current(core);
                 }
-                run_committer(engine, keys, in_flight.max(1), measure_from, stop_at)
+                let rate = args.rate.map(|rate| rate / committers as f64);
+                run_committer(
+                    engine,
+                    keys,
+                    in_flight.max(1),
+                    rate,
+                    (measure_from, stop_at),
+                )
             }));
         }
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
@@ -529,11 +575,14 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
 fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()> {
     println!(
-        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight, {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} s + {} s warmup, dir {}",
+        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} s + {} s warmup, dir {}",
         args.committers,
         cores.last().map(|c| c.id),
         args.shards,
         args.in_flight,
+        args.rate.map_or("closed loop".to_string(), |rate| format!(
+            "open loop at {rate} requests/s"
+        )),
         args.partitions_per_request,
         args.groups,
         args.topic_partitions,
@@ -622,8 +671,10 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
 
     if let Some(path) = &args.json {
         let json = format!(
-            "{{\n  \"in_flight\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+            "{{\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
             args.in_flight,
+            args.rate
+                .map_or("null".to_string(), |rate| format!("{rate:.1}")),
             args.committers,
             args.shards,
             args.partitions_per_request,
