@@ -286,7 +286,8 @@ pub fn run_parent(
     }
 
     let timeline = Timeline::from_now(args);
-    let mut progress = Progress::new(timeline, run::pacing(plan, fleet), plan.rate_per_sec);
+    let mut progress =
+        Progress::new(timeline, run::pacing(plan, fleet), plan.rate_per_sec).without_in_flight();
     progress.run_until(timeline.stop_at, &live);
     progress.finish(&live);
     let ended_early = child

@@ -515,3 +515,144 @@ impl<'a> Driver<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{FleetSpec, GroupSpec};
+    use coffer::Config;
+    use coffer::storage::SimDisk;
+
+    const STALL: Duration = Duration::from_millis(50);
+
+    fn fleet(policy: CommitPolicy) -> Fleet {
+        Fleet::build(FleetSpec {
+            kinds: vec![GroupSpec {
+                prefix: "g".into(),
+                count: 20,
+                members: 1,
+                topics: 1,
+                partitions_per_topic: 2,
+                hot: false,
+            }],
+            policy,
+            auto_commit_interval_ms: 5000,
+            records_per_poll: 500,
+            records_per_sec: 5000.0,
+            metadata_bytes: 0,
+        })
+        .expect("valid fleet")
+    }
+
+    fn sim_engine(disk: &SimDisk) -> Engine {
+        let mut config = Config::new("/coffer-data");
+        // One offsets partition: one write per flush, so a flush takes one stall.
+        config.offsets_topic_num_partitions = 1;
+        config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
+        config.log_preallocate = false;
+        config.shards = 1;
+        config.pin_shards = false;
+        let disk = disk.clone();
+        Engine::open_with_storage(config, &move || Ok(Box::new(disk.storage()))).expect("open")
+    }
+
+    fn plan(fleet: &Fleet, pacing: Pacing, in_flight: usize, secs: f64) -> DriverPlan {
+        let start = Instant::now();
+        DriverPlan {
+            thread: 0,
+            members: (0..fleet.members.len() as u32).collect(),
+            pacing,
+            in_flight,
+            seed: 7,
+            start,
+            measure_from: start,
+            stop_at: start + Duration::from_secs_f64(secs),
+            commit_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// An open loop that cannot send on time (every write stalls, 4 requests in flight at
+    /// most, 400 requests/s asked) must charge the wait to latency: measured from the
+    /// intended send time, the latency grows far past what any single request took.
+    #[test]
+    fn open_loop_latency_counts_from_the_intended_time() {
+        let disk = SimDisk::new(1);
+        disk.set_write_stall(STALL);
+        let engine = sim_engine(&disk);
+        let fleet = fleet(CommitPolicy::Auto);
+        let pacing = Pacing::Open {
+            member_interval: Duration::from_millis(50),
+        };
+        let plan = plan(&fleet, pacing, 4, 0.6);
+        let live = LiveCounters::default();
+        let result = run_driver(&engine, &fleet, &plan, &live, None);
+        engine.close().expect("close");
+        assert!(result.late_sends > 0);
+        assert!(result.commit.errors.is_empty());
+        let max_us = result.commit.latency_us.max();
+        // One request waits at most for the flush in progress and its own: 2 stalls.
+        // Queued behind a full window for most of the 0.6 s run, the corrected latency
+        // reaches several times that.
+        assert!(
+            max_us > 4 * STALL.as_micros() as u64,
+            "max {max_us} us, stall {STALL:?}"
+        );
+        // Every intended commit is answered and accounted.
+        let issued: i64 = result.last_issued_seq.iter().map(|s| s + 1).sum();
+        assert_eq!(issued as u64, result.total_acks);
+    }
+
+    /// The closed loop keeps its window full and measures from the issue: no request waits
+    /// for more than a couple of flushes.
+    #[test]
+    fn closed_loop_keeps_its_window_and_acks_everything() {
+        let disk = SimDisk::new(2);
+        disk.set_write_stall(STALL);
+        let engine = sim_engine(&disk);
+        let fleet = fleet(CommitPolicy::Async);
+        let plan = plan(&fleet, Pacing::Closed, 4, 0.4);
+        let live = LiveCounters::default();
+        let result = run_driver(&engine, &fleet, &plan, &live, None);
+        let stored = engine
+            .fetch_offsets(
+                &fleet.groups[0].name,
+                &[(fleet.groups[0].topics[0].as_str(), 0)],
+            )
+            .expect("fetch");
+        engine.close().expect("close");
+        assert!(result.total_acks >= 4, "acks {}", result.total_acks);
+        let max_us = result.commit.latency_us.max();
+        assert!(max_us < 4 * STALL.as_micros() as u64, "max {max_us} us");
+        assert_eq!(live.in_flight.load(Ordering::Relaxed), 0);
+        // The first member's last acknowledged commit is what the engine holds.
+        let member = fleet.members[0];
+        let seq = result.last_acked_seq[0];
+        assert!(seq >= 0);
+        let want = fleet.offset(&member, member.first_key, seq as u64);
+        assert_eq!(stored[0].as_ref().map(|c| c.offset), Some(want));
+    }
+
+    /// The per-poll policy skips a commit while the member's previous one is unanswered;
+    /// async sends it anyway (a redundant commit in flight).
+    #[test]
+    fn per_poll_coalesces_and_async_does_not() {
+        let pacing = Pacing::Open {
+            member_interval: Duration::from_millis(10),
+        };
+        let mut outcomes = Vec::new();
+        for policy in [CommitPolicy::PerPoll, CommitPolicy::Async] {
+            let disk = SimDisk::new(3);
+            disk.set_write_stall(STALL);
+            let engine = sim_engine(&disk);
+            let fleet = fleet(policy);
+            let plan = plan(&fleet, pacing, 256, 0.3);
+            let live = LiveCounters::default();
+            let result = run_driver(&engine, &fleet, &plan, &live, None);
+            engine.close().expect("close");
+            outcomes.push((result.coalesced, result.redundant));
+        }
+        let (per_poll, async_) = (outcomes[0], outcomes[1]);
+        assert!(per_poll.0 > 0 && per_poll.1 == 0, "per-poll {per_poll:?}");
+        assert!(async_.0 == 0 && async_.1 > 0, "async {async_:?}");
+    }
+}

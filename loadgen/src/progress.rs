@@ -22,6 +22,8 @@ pub struct Progress {
     last_line: Instant,
     last_acks: u64,
     last_at: Instant,
+    /// False when the requests in flight are in another process (crash-resume).
+    in_flight_known: bool,
 }
 
 impl Progress {
@@ -47,7 +49,14 @@ impl Progress {
             last_line: timeline.start,
             last_acks: 0,
             last_at: timeline.start,
+            in_flight_known: true,
         }
+    }
+
+    /// For crash-resume, whose requests in flight live in the engine's process.
+    pub fn without_in_flight(mut self) -> Progress {
+        self.in_flight_known = false;
+        self
     }
 
     /// Refreshes the display until `until`.
@@ -66,7 +75,11 @@ impl Progress {
         let now = Instant::now();
         let acks = live.acks.load(Ordering::Relaxed);
         let errors = live.errors.load(Ordering::Relaxed);
-        let in_flight = live.in_flight.load(Ordering::Relaxed);
+        let in_flight = if self.in_flight_known {
+            format!(", {} in flight", live.in_flight.load(Ordering::Relaxed))
+        } else {
+            String::new()
+        };
         let phase = if now < self.timeline.measure_from {
             "warmup"
         } else {
@@ -81,7 +94,7 @@ impl Progress {
                 self.last_at = now;
                 bar.set_position(now.duration_since(self.timeline.start).as_millis() as u64);
                 bar.set_message(format!(
-                    "{phase}, {}: {rate:.0} commits/s, {acks} acked, {errors} errors, {in_flight} in flight",
+                    "{phase}, {}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}",
                     self.target
                 ));
             }
@@ -92,7 +105,7 @@ impl Progress {
                 self.last_at = now;
                 self.last_line = now;
                 eprintln!(
-                    "[{elapsed:6.1}s] {phase}: {rate:.0} commits/s, {acks} acked, {errors} errors, {in_flight} in flight"
+                    "[{elapsed:6.1}s] {phase}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}"
                 );
             }
             None => {}
