@@ -334,6 +334,7 @@ pub fn run_parent(
         coalesced: 0,
         redundant: 0,
         late_sends: 0,
+        unsent_at_stop: 0,
         per_offsets_partition: Vec::new(),
         engine_window: None,
         engine_total: None,

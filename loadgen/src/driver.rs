@@ -86,6 +86,8 @@ pub struct DriverResult {
     pub redundant: u64,
     /// Open-loop requests sent more than 1 ms after their intended instant.
     pub late_sends: u64,
+    /// Open-loop requests intended before the stop but never sent (the window was full).
+    pub unsent_at_stop: u64,
     /// CPU time of this thread inside the window.
     pub cpu_in_window: Duration,
     /// Commits issued per offsets partition.
@@ -229,6 +231,7 @@ impl<'a> Driver<'a> {
                 coalesced: 0,
                 redundant: 0,
                 late_sends: 0,
+                unsent_at_stop: 0,
                 cpu_in_window: Duration::ZERO,
                 per_offsets_partition: vec![
                     0;
@@ -262,6 +265,14 @@ impl<'a> Driver<'a> {
         }
         let cpu_end = sys::thread_cpu();
         self.result.cpu_in_window = cpu_end.saturating_sub(self.cpu_at_measure.unwrap_or(cpu_end));
+        // What is still scheduled before the stop was due but found no free slot: not sent,
+        // so not in the histogram either; the report shows how many.
+        let stop_ns = self.plan.stop_at.duration_since(self.plan.start).as_nanos() as u64;
+        self.result.unsent_at_stop = self
+            .schedule
+            .iter()
+            .filter(|Reverse((due_ns, _))| *due_ns < stop_ns)
+            .count() as u64;
         self.drain();
         self.flush_frames();
     }
@@ -588,6 +599,7 @@ mod tests {
         let result = run_driver(&engine, &fleet, &plan, &live, None);
         engine.close().expect("close");
         assert!(result.late_sends > 0);
+        assert!(result.unsent_at_stop > 0);
         assert!(result.commit.errors.is_empty());
         let max_us = result.commit.latency_us.max();
         // One request waits at most for the flush in progress and its own: 2 stalls.

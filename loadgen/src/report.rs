@@ -89,6 +89,9 @@ pub struct FleetReport {
     pub redundant_in_flight: u64,
     /// Open-loop requests sent more than 1 ms after their intended time.
     pub late_sends: u64,
+    /// Open-loop requests intended before the stop but never sent: the in-flight cap was
+    /// full (they are in no histogram; many of them mean the run under-reports latency).
+    pub unsent_at_stop: u64,
     /// The offsets partition that received the most commits, and its share of them.
     pub busiest_offsets_partition: Option<usize>,
     pub busiest_offsets_partition_share: Option<f64>,
@@ -311,6 +314,7 @@ impl Report {
                 coalesced: m.coalesced,
                 redundant_in_flight: m.redundant,
                 late_sends: m.late_sends,
+                unsent_at_stop: m.unsent_at_stop,
                 busiest_offsets_partition: busiest.map(|(p, _)| p),
                 busiest_offsets_partition_share: busiest
                     .map(|(_, c)| per(*c as f64, issued as f64)),
@@ -446,7 +450,10 @@ impl Report {
         if let Some(rate) = f.rate_target_per_sec {
             row(
                 "open-loop target",
-                format!("{rate:.0} requests/s, {} sent >1 ms late", f.late_sends),
+                format!(
+                    "{rate:.0} requests/s, {} sent >1 ms late, {} never sent (window full at the stop)",
+                    f.late_sends, f.unsent_at_stop
+                ),
             );
         }
         row(

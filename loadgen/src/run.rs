@@ -96,6 +96,7 @@ pub struct Measures {
     pub coalesced: u64,
     pub redundant: u64,
     pub late_sends: u64,
+    pub unsent_at_stop: u64,
     /// Commits issued per offsets partition (empty when not known).
     pub per_offsets_partition: Vec<u64>,
     /// Engine counters inside the window, and over the whole run (`None`: the engine was
@@ -394,6 +395,7 @@ fn run_in_process(
         coalesced: 0,
         redundant: 0,
         late_sends: 0,
+        unsent_at_stop: 0,
         per_offsets_partition: vec![0; config.offsets_topic_num_partitions as usize],
         engine_window: Some(engine_at_stop.since(engine_at_measure)),
         engine_total: Some(engine_total),
@@ -426,6 +428,7 @@ fn merge_result(measures: &mut Measures, expected: &mut Expected, result: &Drive
     measures.coalesced += result.coalesced;
     measures.redundant += result.redundant;
     measures.late_sends += result.late_sends;
+    measures.unsent_at_stop += result.unsent_at_stop;
     if let Some(cpu) = &mut measures.generator_cpu {
         *cpu += result.cpu_in_window;
     }
