@@ -340,6 +340,7 @@ pub fn run_parent(
         engine_total: None,
         process_cpu: sys::process_cpu(Who::Children),
         generator_cpu: None,
+        shards_cpu: None,
         peak_rss_bytes: sys::peak_rss_bytes(Who::Children),
         log_bytes,
         close_secs: None,

@@ -210,8 +210,11 @@ impl Fleet {
     }
 }
 
+/// Origins are multiples of a prime far above any step, so two keys' offset sequences never
+/// meet unless the step divides the difference of their indices modulo 1009: a value stored
+/// under the wrong key fails [`Fleet::is_offset_at_or_after`].
 fn key_origin(key: usize) -> i64 {
-    (key % 1009) as i64 * 1_000_000_000
+    (key % 1009) as i64 * 1_000_000_007
 }
 
 fn check_kind(kind: &GroupSpec) -> Result<(), String> {
@@ -256,7 +259,8 @@ fn assign(
         let start = keys * m / members;
         let end = keys * (m + 1) / members;
         let owned = u32::try_from(end - start).map_err(|_| "too many keys".to_string())?;
-        let step = i64::from((spec.records_per_poll / owned.max(1)).max(1));
+        // At least 2: with a step of 1 every offset past a key's origin would look valid.
+        let step = i64::from((spec.records_per_poll / owned.max(1)).max(2));
         out.push(Member {
             group: index,
             first_key: group.first_key + start,

@@ -136,6 +136,13 @@ pub struct Cpu {
     pub generator_cpu_secs: Option<f64>,
     pub generator_cpu_us_per_op: Option<f64>,
     pub generator_share: Option<f64>,
+    /// The engine's shard threads' CPU inside the window (null: not known), per commit
+    /// acknowledged, at clock-tick resolution.
+    pub shards_cpu_secs: Option<f64>,
+    pub shards_cpu_us_per_commit: Option<f64>,
+    /// The process's CPU minus the generator's and the shards': mostly the kernel's io_uring
+    /// workers (`iou-wrk-*`, where the syncs run), plus the progress thread.
+    pub other_cpu_secs: Option<f64>,
     /// Peak resident set size (`ru_maxrss`) of the engine's process.
     pub peak_rss_bytes: u64,
 }
@@ -293,6 +300,7 @@ impl Report {
         };
         let window = m.engine_window;
         let generator_cpu = m.generator_cpu.map(|d| d.as_secs_f64());
+        let shards_cpu = m.shards_cpu.map(|d| d.as_secs_f64());
         let process_cpu = m.process_cpu.as_secs_f64();
         let cpu_commits = match window {
             Some(w) => w.commits,
@@ -347,6 +355,11 @@ impl Report {
                 generator_cpu_us_per_op: generator_cpu
                     .map(|g| per(g * 1e6, m.issued_in_window as f64)),
                 generator_share: generator_cpu.map(|g| per(g, process_cpu)),
+                shards_cpu_secs: shards_cpu,
+                shards_cpu_us_per_commit: shards_cpu.map(|s| per(s * 1e6, cpu_commits as f64)),
+                other_cpu_secs: generator_cpu
+                    .zip(shards_cpu)
+                    .map(|(g, s)| (process_cpu - g - s).max(0.0)),
                 peak_rss_bytes: m.peak_rss_bytes,
             },
             env,
@@ -520,6 +533,18 @@ impl Report {
                 format!(
                     "{per_op:.2} us ({g:.2} s, {:.0}% of the process)",
                     share * 100.0
+                ),
+            );
+        }
+        if let (Some(s), Some(per_commit), Some(other)) = (
+            c.shards_cpu_secs,
+            c.shards_cpu_us_per_commit,
+            c.other_cpu_secs,
+        ) {
+            row(
+                "shard threads CPU per commit",
+                format!(
+                    "{per_commit:.2} us ({s:.2} s; io_uring workers and the rest {other:.2} s)"
                 ),
             );
         }

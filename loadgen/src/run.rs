@@ -17,6 +17,9 @@ use crate::stats::OpStats;
 use crate::sys::{self, Who};
 use crate::verify::{self, Expected, Verification};
 
+/// Name prefix of the engine's shard threads (`coffer-shard-N`, set in engine.rs).
+const SHARD_THREAD_PREFIX: &str = "coffer-shard-";
+
 /// When the run starts measuring and stops.
 #[derive(Clone, Copy)]
 pub struct Timeline {
@@ -107,6 +110,8 @@ pub struct Measures {
     pub process_cpu: Duration,
     /// CPU time of the generator threads inside the window, when known.
     pub generator_cpu: Option<Duration>,
+    /// CPU time of the engine's shard threads inside the window, when known.
+    pub shards_cpu: Option<Duration>,
     pub peak_rss_bytes: u64,
     pub log_bytes: u64,
     pub close_secs: Option<f64>,
@@ -359,9 +364,11 @@ fn run_in_process(
     progress.run_until(timeline.measure_from, &live);
     let engine_at_measure = EngineCounters::read(&engine)?;
     let cpu_at_measure = sys::process_cpu(Who::SelfProcess);
+    let shards_cpu_at_measure = sys::threads_cpu(SHARD_THREAD_PREFIX);
     progress.run_until(timeline.stop_at, &live);
     let engine_at_stop = EngineCounters::read(&engine)?;
     let cpu_at_stop = sys::process_cpu(Who::SelfProcess);
+    let shards_cpu_at_stop = sys::threads_cpu(SHARD_THREAD_PREFIX);
     progress.finish(&live);
 
     let mut results = Vec::with_capacity(handles.len());
@@ -401,6 +408,7 @@ fn run_in_process(
         engine_total: Some(engine_total),
         process_cpu: cpu_at_stop.saturating_sub(cpu_at_measure),
         generator_cpu: Some(Duration::ZERO),
+        shards_cpu: Some(shards_cpu_at_stop.saturating_sub(shards_cpu_at_measure)),
         peak_rss_bytes: sys::peak_rss_bytes(Who::SelfProcess),
         log_bytes,
         close_secs: Some(close_secs),

@@ -153,3 +153,59 @@ fn record_bytes(
     writer.append_offset_commit(stored.commit_timestamp_ms, &key, Some((&value, version)));
     writer.finish() - BATCH_HEADER_BYTES
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{CommitPolicy, FleetSpec, GroupSpec};
+
+    fn fleet() -> Fleet {
+        Fleet::build(FleetSpec {
+            kinds: vec![GroupSpec {
+                prefix: "g".into(),
+                count: 2,
+                members: 2,
+                topics: 1,
+                partitions_per_topic: 4,
+                hot: false,
+            }],
+            policy: CommitPolicy::Sync,
+            auto_commit_interval_ms: 5000,
+            records_per_poll: 100,
+            records_per_sec: 1000.0,
+            metadata_bytes: 0,
+        })
+        .expect("valid fleet")
+    }
+
+    #[test]
+    fn the_acknowledged_offset_or_a_later_issued_one_passes() {
+        let fleet = fleet();
+        let key = fleet.members[1].first_key;
+        let at = |seq| Some(fleet.offset(&fleet.members[1], key, seq));
+        assert_eq!(check(&fleet, 1, key, at(3), 3, Some(5)), None);
+        assert_eq!(check(&fleet, 1, key, at(5), 3, Some(5)), None);
+        assert_eq!(check(&fleet, 1, key, at(5), 3, None), None);
+        // Nothing acknowledged, nothing stored; or something issued and stored unacked.
+        assert_eq!(check(&fleet, 1, key, None, -1, Some(-1)), None);
+        assert_eq!(check(&fleet, 1, key, at(0), -1, Some(0)), None);
+    }
+
+    #[test]
+    fn lost_phantom_and_foreign_offsets_are_violations() {
+        let fleet = fleet();
+        let member = &fleet.members[1];
+        let key = member.first_key;
+        let at = |seq| Some(fleet.offset(member, key, seq));
+        let lost = check(&fleet, 1, key, at(2), 3, Some(5)).expect("lost commit");
+        assert!(lost.contains("lost commit"), "{lost}");
+        let missing = check(&fleet, 1, key, None, 0, Some(0)).expect("missing");
+        assert!(missing.contains("none stored"), "{missing}");
+        let phantom = check(&fleet, 1, key, at(6), 3, Some(5)).expect("beyond issued");
+        assert!(phantom.contains("beyond the last one issued"), "{phantom}");
+        // The neighbouring key's offset: a mix-up of partitions.
+        let foreign = Some(fleet.offset(member, key + 1, 4));
+        let mixed = check(&fleet, 1, key, foreign, 3, Some(5)).expect("foreign");
+        assert!(mixed.contains("never committed with"), "{mixed}");
+    }
+}

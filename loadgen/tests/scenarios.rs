@@ -127,6 +127,8 @@ fn commit_storm_runs_closed_loop() {
     assert_eq!(report["ops"]["commit"]["latency_from"], "issued");
     assert!(report["storage"]["syncs_per_sec"].as_f64().unwrap() > 0.0);
     assert!(report["cpu"]["generator_cpu_us_per_op"].as_f64().unwrap() > 0.0);
+    assert!(report["cpu"]["shards_cpu_secs"].as_f64().unwrap() >= 0.0);
+    assert!(report["cpu"]["other_cpu_secs"].as_f64().unwrap() >= 0.0);
 }
 
 #[test]
