@@ -22,7 +22,7 @@ use crate::fleet::Fleet;
 use crate::progress::Progress;
 use crate::run::{self, Measures, Timeline};
 use crate::scenario::Plan;
-use crate::stats::{OpStats, record_error};
+use crate::stats::{Answer, OpStats};
 use crate::sys::{self, Who};
 use crate::verify::Expected;
 
@@ -40,20 +40,7 @@ const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The child stops by itself this long after the parent should have killed it.
 const CHILD_OVERRUN: Duration = Duration::from_secs(30);
 
-/// One answer, as the child reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frame {
-    pub member: u32,
-    pub seq: u64,
-    pub latency_us: u64,
-    pub code: i32,
-    pub in_latency_window: bool,
-    pub in_rate_window: bool,
-    pub hot: bool,
-    pub partition_offsets: u32,
-}
-
-pub fn encode_frame(out: &mut Vec<u8>, frame: Frame) {
+pub fn encode_frame(out: &mut Vec<u8>, frame: &Answer) {
     out.extend_from_slice(&frame.member.to_le_bytes());
     out.extend_from_slice(&frame.partition_offsets.to_le_bytes());
     out.extend_from_slice(&frame.seq.to_le_bytes());
@@ -77,13 +64,13 @@ pub fn encode_frame(out: &mut Vec<u8>, frame: Frame) {
     out.push(0);
 }
 
-pub fn decode_frame(bytes: &[u8; FRAME_BYTES]) -> Frame {
+pub fn decode_frame(bytes: &[u8; FRAME_BYTES]) -> Answer {
     let u32_at =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&bytes[8..16]);
     let flags = bytes[22];
-    Frame {
+    Answer {
         member: u32_at(0),
         partition_offsets: u32_at(4),
         seq: u64::from_le_bytes(seq),
@@ -128,7 +115,7 @@ pub fn run_child(args: &Args) -> Result<(), String> {
     let mut ready = Vec::with_capacity(FRAME_BYTES);
     encode_frame(
         &mut ready,
-        Frame {
+        &Answer {
             member: READY_MEMBER,
             seq: 0,
             latency_us: 0,
@@ -205,34 +192,13 @@ fn listen(
         } else {
             live.errors.fetch_add(1, Ordering::Relaxed);
         }
-        account(&mut heard.commit, &frame);
+        let message = || format!("error code {} reported by the engine process", frame.code);
+        heard.commit.record(&frame, message);
         if frame.hot {
-            account(&mut heard.commit_hot, &frame);
+            heard.commit_hot.record(&frame, message);
         }
     }
     heard
-}
-
-fn account(stats: &mut OpStats, frame: &Frame) {
-    if frame.code == 0 {
-        if frame.in_latency_window {
-            stats.record_latency_us(frame.latency_us);
-        }
-        if frame.in_rate_window {
-            stats.acks_in_window += 1;
-            stats.partition_offsets_in_window += u64::from(frame.partition_offsets);
-        }
-    } else {
-        let errors = if frame.in_latency_window {
-            &mut stats.errors
-        } else {
-            &mut stats.errors_outside_window
-        };
-        let code = i16::try_from(frame.code).ok().filter(|c| *c >= 0);
-        record_error(errors, code, || {
-            format!("error code {} reported by the engine process", frame.code)
-        });
-    }
 }
 
 /// Runs crash-resume: child, kill, reopen, verify.
@@ -374,7 +340,7 @@ mod tests {
 
     #[test]
     fn frames_round_trip() {
-        let frame = Frame {
+        let frame = Answer {
             member: 7,
             seq: 1 << 40,
             latency_us: 123_456,
@@ -385,7 +351,7 @@ mod tests {
             partition_offsets: 4,
         };
         let mut out = Vec::new();
-        encode_frame(&mut out, frame);
+        encode_frame(&mut out, &frame);
         assert_eq!(out.len(), FRAME_BYTES);
         let bytes: [u8; FRAME_BYTES] = out.try_into().unwrap();
         assert_eq!(decode_frame(&bytes), frame);
@@ -397,7 +363,7 @@ mod tests {
         for seq in 0..3 {
             encode_frame(
                 &mut bytes,
-                Frame {
+                &Answer {
                     member: 1,
                     seq,
                     latency_us: 10,

@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::crash::AckPipe;
 use crate::fleet::{CommitPolicy, Fleet};
-use crate::stats::{OpStats, record_error};
+use crate::stats::{Answer, OpStats};
 use crate::sys;
 
 /// Most requests one generator thread keeps in flight.
@@ -431,45 +431,36 @@ impl<'a> Driver<'a> {
         let in_rate_window = answered >= plan.measure_from && answered < plan.stop_at;
         let latency_us =
             u64::try_from(answered.duration_since(intended).as_micros()).unwrap_or(u64::MAX);
-        let code = match &outcome {
-            Ok(()) => 0,
-            Err(error) => error.kafka_error_code().map_or(-1, i32::from),
+        let answer = Answer {
+            member: plan.members[local as usize],
+            seq,
+            latency_us,
+            code: match &outcome {
+                Ok(()) => 0,
+                Err(error) => error.kafka_error_code().map_or(-1, i32::from),
+            },
+            in_latency_window,
+            in_rate_window,
+            hot,
+            partition_offsets: member.keys,
         };
-        let stats = [&mut self.result.commit, &mut self.result.commit_hot];
-        for (which, stats) in stats.into_iter().enumerate() {
-            if which == 1 && !hot {
-                continue;
-            }
-            match &outcome {
-                Ok(()) => {
-                    if in_latency_window {
-                        stats.record_latency_us(latency_us);
-                    }
-                    if in_rate_window {
-                        stats.acks_in_window += 1;
-                        stats.partition_offsets_in_window += u64::from(member.keys);
-                    }
-                }
-                Err(error) => {
-                    let errors = if in_latency_window {
-                        &mut stats.errors
-                    } else {
-                        &mut stats.errors_outside_window
-                    };
-                    record_error(errors, error.kafka_error_code(), || error.to_string());
-                }
-            }
+        let message = || {
+            outcome
+                .as_ref()
+                .err()
+                .map_or_else(String::new, |e| e.to_string())
+        };
+        self.result.commit.record(&answer, message);
+        if hot {
+            self.result.commit_hot.record(&answer, message);
         }
-        match outcome {
-            Ok(()) => {
-                self.result.total_acks += 1;
-                self.live.acks.fetch_add(1, Ordering::Relaxed);
-                let last = &mut self.result.last_acked_seq[local as usize];
-                *last = (*last).max(seq as i64);
-            }
-            Err(_) => {
-                self.live.errors.fetch_add(1, Ordering::Relaxed);
-            }
+        if answer.is_ok() {
+            self.result.total_acks += 1;
+            self.live.acks.fetch_add(1, Ordering::Relaxed);
+            let last = &mut self.result.last_acked_seq[local as usize];
+            *last = (*last).max(seq as i64);
+        } else {
+            self.live.errors.fetch_add(1, Ordering::Relaxed);
         }
         if self.fleet.spec.policy == CommitPolicy::Sync
             && let Pacing::Open { member_interval } = plan.pacing
@@ -481,19 +472,7 @@ impl<'a> Driver<'a> {
             self.schedule.push(Reverse((due_ns, local)));
         }
         if self.pipe.is_some() {
-            crate::crash::encode_frame(
-                &mut self.frames,
-                crate::crash::Frame {
-                    member: plan.members[local as usize],
-                    seq,
-                    latency_us,
-                    code,
-                    in_latency_window,
-                    in_rate_window,
-                    hot,
-                    partition_offsets: member.keys,
-                },
-            );
+            crate::crash::encode_frame(&mut self.frames, &answer);
         }
     }
 

@@ -37,6 +37,36 @@ pub fn merge_errors(into: &mut ErrorCounts, from: &ErrorCounts) {
     }
 }
 
+/// One answer to a request, as accounted (and as crash-resume's child reports it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Global member index.
+    pub member: u32,
+    pub seq: u64,
+    pub latency_us: u64,
+    /// 0: success; a Kafka error code; -1: an error without one.
+    pub code: i32,
+    /// Intended (open loop) or sent (closed loop) inside the measurement window.
+    pub in_latency_window: bool,
+    /// Answered inside the measurement window.
+    pub in_rate_window: bool,
+    /// For a hot group.
+    pub hot: bool,
+    /// Partition offsets the request carried.
+    pub partition_offsets: u32,
+}
+
+impl Answer {
+    pub fn is_ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// The Kafka error code of a failed answer (`None`: success or no code).
+    pub fn kafka_code(&self) -> Option<i16> {
+        i16::try_from(self.code).ok().filter(|c| *c > 0)
+    }
+}
+
 /// The statistics of one operation type.
 #[derive(Clone, Debug)]
 pub struct OpStats {
@@ -75,6 +105,26 @@ impl OpStats {
     pub fn record_latency_us(&mut self, micros: u64) {
         self.latency_us
             .saturating_record(micros.clamp(1, LATENCY_US_MAX));
+    }
+
+    /// Accounts one answer; `message` describes a failure (called once per error code).
+    pub fn record(&mut self, answer: &Answer, message: impl FnOnce() -> String) {
+        if answer.is_ok() {
+            if answer.in_latency_window {
+                self.record_latency_us(answer.latency_us);
+            }
+            if answer.in_rate_window {
+                self.acks_in_window += 1;
+                self.partition_offsets_in_window += u64::from(answer.partition_offsets);
+            }
+        } else {
+            let errors = if answer.in_latency_window {
+                &mut self.errors
+            } else {
+                &mut self.errors_outside_window
+            };
+            record_error(errors, answer.kafka_code(), message);
+        }
     }
 
     pub fn merge(&mut self, other: &OpStats) {
