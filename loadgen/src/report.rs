@@ -1,4 +1,5 @@
-//! The run's report: a plain-text table for stdout and the same figures as JSON.
+//! The run's report: a plain-text summary for stdout and the same figures as JSON, whose
+//! schema (`schema_version`) docs/loadgen.md documents field by field.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,49 +9,52 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::Args;
-use crate::storm::{ErrorCounts, Verification};
+use crate::crash::Crash;
+use crate::fleet::Fleet;
+use crate::run::Measures;
+use crate::scenario::{Mode, Plan};
+use crate::stats::{ErrorCounts, OpStats};
+use crate::sys::Env;
+
+/// Bumped whenever a field changes meaning or disappears (additions keep it).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything the report is built from.
 pub struct Inputs<'a> {
     pub args: &'a Args,
+    pub plan: &'a Plan,
+    pub fleet: &'a Fleet,
     pub config: &'a Config,
-    pub measured_secs: f64,
-    pub measured_acks: u64,
-    pub total_acks: u64,
-    pub latency: &'a Histogram<u64>,
-    pub errors: &'a ErrorCounts,
-    pub errors_outside: &'a ErrorCounts,
-    pub bytes_on_disk: u64,
-    pub close_secs: f64,
-    pub reopen_secs: f64,
-    pub verification: &'a Verification,
+    pub env: Env,
+    pub measures: &'a Measures,
 }
 
 #[derive(Serialize)]
 pub struct Report {
+    pub schema_version: u32,
     pub scenario: String,
-    pub ops: Ops,
+    /// Per operation type: `commit` always; `commit_hot` (the hot group's subset) in hot-group.
+    pub ops: BTreeMap<String, OpReport>,
+    pub fleet: FleetReport,
     pub storage: Storage,
+    pub cpu: Cpu,
     pub env: Env,
     pub config: RunConfig,
     pub verify: Verify,
 }
 
 #[derive(Serialize)]
-pub struct Ops {
-    pub commit: CommitOps,
-}
-
-#[derive(Serialize)]
-pub struct CommitOps {
-    /// Requests acknowledged in the measurement window.
+pub struct OpReport {
+    /// Successful answers inside the measurement window.
     pub requests: u64,
     pub per_sec: f64,
     pub partition_offsets_per_sec: f64,
     pub latency_us: Latency,
+    /// "intended" (open loop: from the intended send time) or "issued" (closed loop).
+    pub latency_from: &'static str,
     /// Failed requests in the window, by Kafka error code ("none": no Kafka code).
     pub errors: BTreeMap<String, u64>,
-    /// Failed requests during warmup or the final drain, by code.
+    /// Failed requests intended during the warmup, by code.
     pub errors_outside_window: BTreeMap<String, u64>,
     /// One message per error code seen.
     pub error_examples: BTreeMap<String, String>,
@@ -64,25 +68,83 @@ pub struct Latency {
     pub p999: u64,
     pub max: u64,
     pub mean: f64,
+    /// Requests in the histogram.
+    pub count: u64,
+}
+
+#[derive(Serialize)]
+pub struct FleetReport {
+    pub groups: usize,
+    pub members: usize,
+    pub keys: usize,
+    pub policy: &'static str,
+    pub mode: &'static str,
+    /// Open loop: the total rate aimed at; null for the closed loop.
+    pub rate_target_per_sec: Option<f64>,
+    pub in_flight: usize,
+    pub generator_threads: usize,
+    /// per-poll commits skipped because the previous one was unanswered.
+    pub coalesced: u64,
+    /// Commits sent while the same member had an earlier one unanswered.
+    pub redundant_in_flight: u64,
+    /// Open-loop requests sent more than 1 ms after their intended time.
+    pub late_sends: u64,
+    /// Open-loop requests intended before the stop but never sent: the in-flight cap was
+    /// full (they are in no histogram; many of them mean the run under-reports latency).
+    pub unsent_at_stop: u64,
+    /// The offsets partition that received the most commits, and its share of them.
+    pub busiest_offsets_partition: Option<usize>,
+    pub busiest_offsets_partition_share: Option<f64>,
 }
 
 #[derive(Serialize)]
 pub struct Storage {
-    /// Sum of `*.log` sizes after close.
+    /// Sum of `*.log` sizes after close (preallocation trimmed).
     pub log_bytes: u64,
     /// Requests acknowledged over the whole run (warmup and drain included).
     pub commits_total: u64,
+    /// "engine metrics" (bytes the shards wrote) or "log files" (crash-resume: the engine's
+    /// metrics died with it).
+    pub bytes_written_source: &'static str,
+    pub bytes_written: u64,
     pub bytes_written_per_commit: f64,
     pub bytes_written_per_partition_offset: f64,
-    pub close_secs: f64,
+    /// Data syncs and group commits per second in the window (null: not known).
+    pub syncs_per_sec: Option<f64>,
+    pub flushes_per_sec: Option<f64>,
+    /// Commit requests per sync in the window.
+    pub commits_per_sync: Option<f64>,
+    /// Keys holding a value after reopen, and their encoded size as records.
+    pub live_keys: u64,
+    pub live_bytes: u64,
+    /// log_bytes ÷ live_bytes.
+    pub space_amplification: f64,
+    pub close_secs: Option<f64>,
+    /// Reopen (recovery) time before the verification.
     pub reopen_secs: f64,
 }
 
 #[derive(Serialize)]
-pub struct Env {
-    pub cores: usize,
-    pub cpu_model: String,
-    pub kernel: String,
+pub struct Cpu {
+    /// "window": this process inside the measured window; "engine process, whole run":
+    /// crash-resume's killed child, warmup included.
+    pub scope: &'static str,
+    pub process_cpu_secs: f64,
+    pub cpu_us_per_commit: f64,
+    /// The generator threads' own CPU inside the window (null: not known), per request sent,
+    /// and as a share of the process's CPU.
+    pub generator_cpu_secs: Option<f64>,
+    pub generator_cpu_us_per_op: Option<f64>,
+    pub generator_share: Option<f64>,
+    /// The engine's shard threads' CPU inside the window (null: not known), per commit
+    /// acknowledged, at clock-tick resolution.
+    pub shards_cpu_secs: Option<f64>,
+    pub shards_cpu_us_per_commit: Option<f64>,
+    /// The process's CPU minus the generator's and the shards': mostly the kernel's io_uring
+    /// workers (`iou-wrk-*`, where the syncs run), plus the progress thread.
+    pub other_cpu_secs: Option<f64>,
+    /// Peak resident set size (`ru_maxrss`) of the engine's process.
+    pub peak_rss_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -90,10 +152,16 @@ pub struct RunConfig {
     pub scenario: String,
     pub duration_secs: f64,
     pub warmup_secs: f64,
-    pub committers: usize,
+    pub mode: &'static str,
+    pub rate_per_sec: Option<f64>,
     pub in_flight: usize,
-    pub groups: u32,
-    pub partitions_per_request: usize,
+    pub threads: usize,
+    pub groups: usize,
+    pub scale: usize,
+    pub policy: &'static str,
+    pub auto_commit_interval_ms: u64,
+    pub records_per_poll: u32,
+    pub records_per_sec: f64,
     pub metadata_bytes: usize,
     pub seed: u64,
     pub engine: EngineConfig,
@@ -110,6 +178,7 @@ pub struct EngineConfig {
     pub group_commit_bytes_max: usize,
     pub group_commit_linger_us: u64,
     pub request_queue_depth_max: usize,
+    pub pin_shards: bool,
 }
 
 #[derive(Serialize)]
@@ -117,6 +186,8 @@ pub struct Verify {
     pub keys: u64,
     pub violations: u64,
     pub examples: Vec<String>,
+    /// crash-resume only.
+    pub crash: Option<Crash>,
 }
 
 fn code_name(code: Option<i16>) -> String {
@@ -130,24 +201,6 @@ fn counts(errors: &ErrorCounts) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|text| text.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
 fn per(numerator: f64, denominator: f64) -> f64 {
     if denominator > 0.0 {
         numerator / denominator
@@ -156,77 +209,175 @@ fn per(numerator: f64, denominator: f64) -> f64 {
     }
 }
 
+fn latency(h: &Histogram<u64>) -> Latency {
+    let q = |quantile: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(quantile)
+        }
+    };
+    Latency {
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: h.max(),
+        mean: if h.is_empty() { 0.0 } else { h.mean() },
+        count: h.len(),
+    }
+}
+
+fn op_report(stats: &OpStats, secs: f64, latency_from: &'static str) -> OpReport {
+    let mut error_examples = BTreeMap::new();
+    for (code, count) in stats.errors.iter().chain(&stats.errors_outside_window) {
+        error_examples
+            .entry(code_name(*code))
+            .or_insert_with(|| count.example.clone());
+    }
+    OpReport {
+        requests: stats.acks_in_window,
+        per_sec: per(stats.acks_in_window as f64, secs),
+        partition_offsets_per_sec: per(stats.partition_offsets_in_window as f64, secs),
+        latency_us: latency(&stats.latency_us),
+        latency_from,
+        errors: counts(&stats.errors),
+        errors_outside_window: counts(&stats.errors_outside_window),
+        error_examples,
+    }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Open => "open",
+        Mode::Closed => "closed",
+    }
+}
+
 impl Report {
     pub fn build(inputs: Inputs<'_>) -> Report {
-        let args = inputs.args;
-        let config = inputs.config;
-        let per_sec = per(inputs.measured_acks as f64, inputs.measured_secs);
-        let partitions = args.partitions_per_request as f64;
-        let latency = inputs.latency;
-        let q = |quantile: f64| {
-            if latency.is_empty() {
-                0
-            } else {
-                latency.value_at_quantile(quantile)
-            }
+        let Inputs {
+            args,
+            plan,
+            fleet,
+            config,
+            env,
+            measures: m,
+        } = inputs;
+        let secs = m.measured_secs;
+        let latency_from = match plan.mode {
+            Mode::Open => "intended",
+            Mode::Closed => "issued",
         };
-        let mut error_examples = BTreeMap::new();
-        for (code, count) in inputs.errors.iter().chain(inputs.errors_outside) {
-            error_examples
-                .entry(code_name(*code))
-                .or_insert_with(|| count.example.clone());
+        let mut ops = BTreeMap::new();
+        ops.insert(
+            "commit".to_string(),
+            op_report(&m.commit, secs, latency_from),
+        );
+        if let Some(hot) = &m.commit_hot {
+            ops.insert("commit_hot".to_string(), op_report(hot, secs, latency_from));
         }
-        let total = inputs.total_acks as f64;
-        let scenario = args.scenario.name().to_string();
+        let issued: u64 = m.per_offsets_partition.iter().sum();
+        let busiest = m
+            .per_offsets_partition
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, count)| **count)
+            .filter(|_| issued > 0);
+        let (bytes_source, bytes_written, commits, offsets) = match m.engine_total {
+            Some(total) => (
+                "engine metrics",
+                total.bytes,
+                total.commits,
+                total.partition_offsets,
+            ),
+            None => (
+                "log files",
+                m.log_bytes,
+                m.total_acks,
+                m.total_partition_offsets,
+            ),
+        };
+        let window = m.engine_window;
+        let generator_cpu = m.generator_cpu.map(|d| d.as_secs_f64());
+        let shards_cpu = m.shards_cpu.map(|d| d.as_secs_f64());
+        let process_cpu = m.process_cpu.as_secs_f64();
+        let cpu_commits = match window {
+            Some(w) => w.commits,
+            None => m.total_acks,
+        };
         Report {
-            scenario: scenario.clone(),
-            ops: Ops {
-                commit: CommitOps {
-                    requests: inputs.measured_acks,
-                    per_sec,
-                    partition_offsets_per_sec: per_sec * partitions,
-                    latency_us: Latency {
-                        p50: q(0.50),
-                        p90: q(0.90),
-                        p99: q(0.99),
-                        p999: q(0.999),
-                        max: latency.max(),
-                        mean: if latency.is_empty() {
-                            0.0
-                        } else {
-                            latency.mean()
-                        },
-                    },
-                    errors: counts(inputs.errors),
-                    errors_outside_window: counts(inputs.errors_outside),
-                    error_examples,
-                },
+            schema_version: SCHEMA_VERSION,
+            scenario: plan.scenario.name().to_string(),
+            ops,
+            fleet: FleetReport {
+                groups: fleet.groups.len(),
+                members: fleet.members.len(),
+                keys: fleet.keys,
+                policy: fleet.spec.policy.name(),
+                mode: mode_name(plan.mode),
+                rate_target_per_sec: m.rate_target_per_sec,
+                in_flight: plan.in_flight,
+                generator_threads: plan.threads,
+                coalesced: m.coalesced,
+                redundant_in_flight: m.redundant,
+                late_sends: m.late_sends,
+                unsent_at_stop: m.unsent_at_stop,
+                busiest_offsets_partition: busiest.map(|(p, _)| p),
+                busiest_offsets_partition_share: busiest
+                    .map(|(_, c)| per(*c as f64, issued as f64)),
             },
             storage: Storage {
-                log_bytes: inputs.bytes_on_disk,
-                commits_total: inputs.total_acks,
-                bytes_written_per_commit: per(inputs.bytes_on_disk as f64, total),
-                bytes_written_per_partition_offset: per(
-                    inputs.bytes_on_disk as f64,
-                    total * partitions,
-                ),
-                close_secs: inputs.close_secs,
-                reopen_secs: inputs.reopen_secs,
+                log_bytes: m.log_bytes,
+                commits_total: m.total_acks,
+                bytes_written_source: bytes_source,
+                bytes_written,
+                bytes_written_per_commit: per(bytes_written as f64, commits as f64),
+                bytes_written_per_partition_offset: per(bytes_written as f64, offsets as f64),
+                syncs_per_sec: window.map(|w| per(w.syncs as f64, secs)),
+                flushes_per_sec: window.map(|w| per(w.flushes as f64, secs)),
+                commits_per_sync: window.map(|w| per(w.commits as f64, w.syncs as f64)),
+                live_keys: m.verification.live_keys,
+                live_bytes: m.verification.live_bytes,
+                space_amplification: per(m.log_bytes as f64, m.verification.live_bytes as f64),
+                close_secs: m.close_secs,
+                reopen_secs: m.reopen_secs,
             },
-            env: Env {
-                cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-                cpu_model: cpu_model(),
-                kernel: kernel(),
+            cpu: Cpu {
+                scope: if m.crash.is_some() {
+                    "engine process, whole run"
+                } else {
+                    "window"
+                },
+                process_cpu_secs: process_cpu,
+                cpu_us_per_commit: per(process_cpu * 1e6, cpu_commits as f64),
+                generator_cpu_secs: generator_cpu,
+                generator_cpu_us_per_op: generator_cpu
+                    .map(|g| per(g * 1e6, m.issued_in_window as f64)),
+                generator_share: generator_cpu.map(|g| per(g, process_cpu)),
+                shards_cpu_secs: shards_cpu,
+                shards_cpu_us_per_commit: shards_cpu.map(|s| per(s * 1e6, cpu_commits as f64)),
+                other_cpu_secs: generator_cpu
+                    .zip(shards_cpu)
+                    .map(|(g, s)| (process_cpu - g - s).max(0.0)),
+                peak_rss_bytes: m.peak_rss_bytes,
             },
+            env,
             config: RunConfig {
-                scenario,
+                scenario: plan.scenario.name().to_string(),
                 duration_secs: args.duration,
                 warmup_secs: args.warmup,
-                committers: args.committers,
-                in_flight: args.in_flight,
-                groups: args.groups,
-                partitions_per_request: args.partitions_per_request,
-                metadata_bytes: args.metadata_bytes,
+                mode: mode_name(plan.mode),
+                rate_per_sec: plan.rate_per_sec,
+                in_flight: plan.in_flight,
+                threads: plan.threads,
+                groups: fleet.groups.len(),
+                scale: args.scale,
+                policy: fleet.spec.policy.name(),
+                auto_commit_interval_ms: fleet.spec.auto_commit_interval_ms,
+                records_per_poll: fleet.spec.records_per_poll,
+                records_per_sec: fleet.spec.records_per_sec,
+                metadata_bytes: fleet.spec.metadata_bytes,
                 seed: args.seed,
                 engine: EngineConfig {
                     shards: config.shards,
@@ -238,98 +389,227 @@ impl Report {
                     group_commit_bytes_max: config.group_commit_bytes_max,
                     group_commit_linger_us: config.group_commit_linger_us,
                     request_queue_depth_max: config.request_queue_depth_max,
+                    pin_shards: config.pin_shards,
                 },
             },
             verify: Verify {
-                keys: inputs.verification.keys,
-                violations: inputs.verification.violations,
-                examples: inputs.verification.examples.clone(),
+                keys: m.verification.keys,
+                violations: m.verification.violations,
+                examples: m.verification.examples.clone(),
+                crash: m.crash.clone(),
             },
         }
     }
 
-    /// The report as an aligned plain-text table.
+    /// The report as plain text: one table of operations, then aligned label/value rows.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let c = &self.ops.commit;
-        let l = &c.latency_us;
-        let s = &self.storage;
-        let e = &self.env;
-        let k = &self.config;
-        let g = &k.engine;
-        let mut row = |label: &str, value: String| {
-            let _ = writeln!(out, "  {label:<36} {value}");
-        };
-        row("scenario", self.scenario.clone());
-        row("requests/s", format!("{:.0}", c.per_sec));
-        row(
-            "partition-offset commits/s",
-            format!("{:.0}", c.partition_offsets_per_sec),
+        let _ = writeln!(
+            out,
+            "loadgen report: {} ({} loop, latency from the {} time)",
+            self.scenario,
+            self.fleet.mode,
+            self.ops.get("commit").map_or("issued", |c| c.latency_from)
         );
-        row("requests acked (measured)", c.requests.to_string());
-        row(
-            "ack latency us p50/p90/p99",
-            format!("{} / {} / {}", l.p50, l.p90, l.p99),
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>10} {:>12} {:>8} {:>8} {:>8} {:>9} {:>8}  errors (Kafka code: count)",
+            "operation",
+            "requests/s",
+            "offsets/s",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "max us"
         );
-        row(
-            "ack latency us p99.9/max",
-            format!("{} / {}", l.p999, l.max),
-        );
-        row("ack latency us mean", format!("{:.0}", l.mean));
-        let errors = |map: &BTreeMap<String, u64>| {
-            if map.is_empty() {
-                "none".to_string()
-            } else {
-                map.iter()
-                    .map(|(code, n)| format!("code {code}: {n}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        };
-        row("errors (measured)", errors(&c.errors));
-        row("errors (warmup/drain)", errors(&c.errors_outside_window));
-        for (code, example) in &c.error_examples {
-            row(&format!("  code {code} e.g."), example.clone());
+        for (name, op) in &self.ops {
+            let l = &op.latency_us;
+            let _ = writeln!(
+                out,
+                "  {name:<12} {:>10.0} {:>12.0} {:>8} {:>8} {:>8} {:>9} {:>8}  {}",
+                op.per_sec,
+                op.partition_offsets_per_sec,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                errors(&op.errors)
+            );
         }
-        row("log bytes after close", s.log_bytes.to_string());
-        row("commits in the run (all)", s.commits_total.to_string());
+        let mut row = |label: &str, value: String| {
+            let _ = writeln!(out, "  {label:<34} {value}");
+        };
+        for (name, op) in &self.ops {
+            if !op.errors_outside_window.is_empty() {
+                row(
+                    &format!("{name} errors (warmup)"),
+                    errors(&op.errors_outside_window),
+                );
+            }
+            for (code, example) in &op.error_examples {
+                row(&format!("{name} code {code} e.g."), example.clone());
+            }
+        }
+        let f = &self.fleet;
         row(
-            "bytes on disk per commit",
-            format!("{:.1}", s.bytes_written_per_commit),
+            "fleet",
+            format!(
+                "{} groups, {} members, {} keys, policy {}, {} in flight max, {} generator threads",
+                f.groups, f.members, f.keys, f.policy, f.in_flight, f.generator_threads
+            ),
+        );
+        if let Some(rate) = f.rate_target_per_sec {
+            row(
+                "open-loop target",
+                format!(
+                    "{rate:.0} requests/s, {} sent >1 ms late, {} never sent (window full at the stop)",
+                    f.late_sends, f.unsent_at_stop
+                ),
+            );
+        }
+        row(
+            "coalesced / redundant in flight",
+            format!("{} / {}", f.coalesced, f.redundant_in_flight),
+        );
+        if let (Some(p), Some(share)) = (
+            f.busiest_offsets_partition,
+            f.busiest_offsets_partition_share,
+        ) {
+            row(
+                "busiest offsets partition",
+                format!("{p} ({:.1}% of commits)", share * 100.0),
+            );
+        }
+        let s = &self.storage;
+        row(
+            "bytes written per commit",
+            format!(
+                "{:.1} ({:.1} per partition offset; {})",
+                s.bytes_written_per_commit,
+                s.bytes_written_per_partition_offset,
+                s.bytes_written_source
+            ),
+        );
+        if let (Some(syncs), Some(flushes), Some(per_sync)) =
+            (s.syncs_per_sec, s.flushes_per_sec, s.commits_per_sync)
+        {
+            row(
+                "syncs/s, flushes/s",
+                format!("{syncs:.0}, {flushes:.0} ({per_sync:.1} commits per sync)"),
+            );
+        }
+        row(
+            "log bytes, live bytes",
+            format!("{}, {} ({} keys)", s.log_bytes, s.live_bytes, s.live_keys),
         );
         row(
-            "bytes on disk per partition offset",
-            format!("{:.1}", s.bytes_written_per_partition_offset),
+            "space amplification",
+            format!("{:.1}", s.space_amplification),
         );
+        let close = s
+            .close_secs
+            .map_or("killed".to_string(), |c| format!("{c:.3}"));
         row(
             "close / reopen s",
-            format!("{:.3} / {:.3}", s.close_secs, s.reopen_secs),
+            format!("{close} / {:.3}", s.reopen_secs),
         );
+        let c = &self.cpu;
+        row(
+            "CPU per commit",
+            format!(
+                "{:.2} us ({:.2} s, {})",
+                c.cpu_us_per_commit, c.process_cpu_secs, c.scope
+            ),
+        );
+        if let (Some(g), Some(per_op), Some(share)) = (
+            c.generator_cpu_secs,
+            c.generator_cpu_us_per_op,
+            c.generator_share,
+        ) {
+            row(
+                "generator CPU per op",
+                format!(
+                    "{per_op:.2} us ({g:.2} s, {:.0}% of the process)",
+                    share * 100.0
+                ),
+            );
+        }
+        if let (Some(s), Some(per_commit), Some(other)) = (
+            c.shards_cpu_secs,
+            c.shards_cpu_us_per_commit,
+            c.other_cpu_secs,
+        ) {
+            row(
+                "shard threads CPU per commit",
+                format!(
+                    "{per_commit:.2} us ({s:.2} s; io_uring workers and the rest {other:.2} s)"
+                ),
+            );
+        }
+        row(
+            "peak RSS",
+            format!("{:.1} MiB", c.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+        );
+        let v = &self.verify;
         row(
             "verify keys / violations",
-            format!("{} / {}", self.verify.keys, self.verify.violations),
+            format!("{} / {}", v.keys, v.violations),
         );
-        row("machine cores", e.cores.to_string());
-        row("machine cpu", e.cpu_model.clone());
-        row("machine kernel", e.kernel.clone());
+        if let Some(crash) = &v.crash {
+            row(
+                "crash",
+                format!(
+                    "{} after {:.1}s, {} acknowledged requests reported, {} keys checked after recovery",
+                    crash.signal,
+                    crash.killed_after_secs,
+                    crash.acked_requests_reported,
+                    crash.keys_checked
+                ),
+            );
+        }
+        let e = &self.env;
+        row(
+            "machine",
+            format!("{} cores, {}, kernel {}", e.cores, e.cpu_model, e.kernel),
+        );
+        row(
+            "data dir",
+            format!(
+                "{} on {} ({}, {}, rotational {}) mounted at {} with {}",
+                e.data_dir,
+                e.data_dir_device,
+                e.data_dir_fs,
+                e.data_dir_device_id,
+                if e.data_dir_rotational.is_empty() {
+                    "?"
+                } else {
+                    &e.data_dir_rotational
+                },
+                e.data_dir_mount_point,
+                e.data_dir_mount_options
+            ),
+        );
+        let k = &self.config;
+        let g = &k.engine;
         row(
             "run",
             format!(
-                "{}s (+{}s warmup), {} committers, {} in flight, {} groups, {} partitions/request, {} B metadata, seed {}",
+                "{}s (+{}s warmup), seed {}, {} B metadata, records/poll {}, records/s {}, auto-commit {} ms",
                 k.duration_secs,
                 k.warmup_secs,
-                k.committers,
-                k.in_flight,
-                k.groups,
-                k.partitions_per_request,
+                k.seed,
                 k.metadata_bytes,
-                k.seed
+                k.records_per_poll,
+                k.records_per_sec,
+                k.auto_commit_interval_ms
             ),
         );
         row(
             "engine",
             format!(
-                "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms, metadata max {} B",
+                "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms",
                 g.shards,
                 g.offsets_topic_num_partitions,
                 g.offsets_topic_segment_bytes,
@@ -337,10 +617,20 @@ impl Report {
                 g.group_commit_bytes_max,
                 g.group_commit_linger_us,
                 g.request_queue_depth_max,
-                g.offsets_commit_timeout_ms,
-                g.offset_metadata_max_bytes
+                g.offsets_commit_timeout_ms
             ),
         );
-        format!("loadgen report\n{out}")
+        out
+    }
+}
+
+fn errors(map: &BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        "none".to_string()
+    } else {
+        map.iter()
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
