@@ -12,6 +12,7 @@ use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::CommitFuture;
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
+use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
@@ -67,6 +68,8 @@ struct EngineInner {
     /// Set once `close` starts: fetches check it without taking a lock.
     closed: AtomicBool,
     recovery: RecoveryReport,
+    /// Subscribers' end of the shards' event queue.
+    events: Receiver<EngineEvent>,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
 }
@@ -124,6 +127,7 @@ impl Engine {
         };
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
+        let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let mut first_error = None;
         // One cache per offsets partition for the engine's life: the writer lives with the
         // shard serving the partition (and moves with it), the readers stay here.
@@ -141,9 +145,10 @@ impl Engine {
                 .filter_map(|p| Some((p, caches[p as usize].take()?)))
                 .collect();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let spawned = make_storage()
-                .map_err(storage_error)
-                .and_then(|storage| spawn_shard(index, &config, storage, hosted, core));
+            let spawned = make_storage().map_err(storage_error).and_then(|storage| {
+                let sink = EventSink::new(event_sender.clone());
+                spawn_shard(index, &config, storage, hosted, core, sink)
+            });
             match spawned {
                 Ok((handle, opened)) => {
                     shards.push(handle);
@@ -182,6 +187,7 @@ impl Engine {
                 config,
                 shards,
                 recovery,
+                events,
                 dir_lock: Mutex::new(Some(dir_lock)),
             }),
         })
@@ -277,11 +283,109 @@ impl Engine {
     ///
     /// Waits for queue space when the shard is saturated (backpressure).
     pub fn commit_offsets(&self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
+        self.commit_expiring(group_id, offsets, NO_EXPIRE_TIMESTAMP_MS)
+    }
+
+    /// Like [`commit_offsets`](Self::commit_offsets), with an explicit expire timestamp (ms
+    /// since the Unix epoch; OffsetCommit v1's retention): the retention check expires the
+    /// offsets once it has passed, if the group has no members.
+    pub fn commit_offsets_with_expiry(
+        &self,
+        group_id: &str,
+        offsets: &[OffsetCommit<'_>],
+        expire_timestamp_ms: i64,
+    ) -> CommitFuture {
+        if expire_timestamp_ms < 0 {
+            return CommitFuture::resolved(Err(Error::InvalidRequest("negative expire timestamp")));
+        }
+        self.commit_expiring(group_id, offsets, expire_timestamp_ms)
+    }
+
+    fn commit_expiring(
+        &self,
+        group_id: &str,
+        offsets: &[OffsetCommit<'_>],
+        expire_timestamp_ms: i64,
+    ) -> CommitFuture {
         let config = &self.inner.config;
         let bytes_max = match validate_commit(config, group_id, offsets) {
             Ok(bytes) => bytes,
             Err(error) => return CommitFuture::resolved(Err(error)),
         };
+        let offsets = offsets
+            .iter()
+            .map(|o| PendingOffset {
+                topic: o.topic.to_owned(),
+                partition: o.partition,
+                offset: o.offset,
+                leader_epoch: o.leader_epoch,
+                metadata: o.metadata.to_owned(),
+                expire_timestamp_ms,
+                tombstone: false,
+            })
+            .collect();
+        self.send_pending(group_id, offsets, bytes_max)
+    }
+
+    /// Deletes the committed offsets of the given topic partitions of a group (Kafka's
+    /// OffsetDelete): writes a tombstone for each, through the group commit. The future
+    /// resolves once the tombstones are durable; fetches then find nothing, and the deleted
+    /// offsets never come back, after compaction or recovery either. Deleting an offset that
+    /// is not committed writes a tombstone all the same (harmless; compaction drops it).
+    pub fn delete_offsets(&self, group_id: &str, partitions: &[(&str, i32)]) -> CommitFuture {
+        let tombstones: Vec<PendingOffset> = partitions
+            .iter()
+            .map(|(topic, partition)| PendingOffset::tombstone(topic, *partition))
+            .collect();
+        self.send_tombstones(group_id, tombstones)
+    }
+
+    /// Deletes a group (Kafka's DeleteGroups): tombstones for every committed offset of the
+    /// group, durable when the future resolves.
+    ///
+    /// Groups with members are refused by Kafka (`NON_EMPTY_GROUP`); group membership comes
+    /// with the groups work (issue 6), which must add that check here
+    /// (`GROUP-MEMBERS-HOOK`), and a tombstone for the group's metadata record.
+    pub fn delete_group(&self, group_id: &str) -> CommitFuture {
+        // GROUP-MEMBERS-HOOK: refuse with Error::NonEmptyGroup while the group has members.
+        let committed = match self.fetch_all_offsets(group_id) {
+            Ok(committed) => committed,
+            Err(error) => return CommitFuture::resolved(Err(error)),
+        };
+        let tombstones = committed
+            .iter()
+            .map(|c| PendingOffset::tombstone(&c.topic, c.partition))
+            .collect();
+        self.send_tombstones(group_id, tombstones)
+    }
+
+    fn send_tombstones(&self, group_id: &str, tombstones: Vec<PendingOffset>) -> CommitFuture {
+        let as_commits: Vec<OffsetCommit<'_>> = tombstones
+            .iter()
+            .map(|t| OffsetCommit {
+                topic: &t.topic,
+                partition: t.partition,
+                offset: 0,
+                leader_epoch: None,
+                metadata: "",
+            })
+            .collect();
+        // The same limits as a commit of those partitions (a tombstone is never bigger).
+        let bytes_max = match validate_commit(&self.inner.config, group_id, &as_commits) {
+            Ok(bytes) => bytes,
+            Err(error) => return CommitFuture::resolved(Err(error)),
+        };
+        self.send_pending(group_id, tombstones, bytes_max)
+    }
+
+    /// Queues validated offsets (values or tombstones) for the group commit.
+    fn send_pending(
+        &self,
+        group_id: &str,
+        offsets: Vec<PendingOffset>,
+        bytes_max: usize,
+    ) -> CommitFuture {
+        let config = &self.inner.config;
         if offsets.is_empty() {
             return CommitFuture::resolved(Ok(()));
         }
@@ -292,16 +396,7 @@ impl Engine {
         let commit = PendingCommit {
             group: group_id.to_owned(),
             offsets_partition,
-            offsets: offsets
-                .iter()
-                .map(|o| PendingOffset {
-                    topic: o.topic.to_owned(),
-                    partition: o.partition,
-                    offset: o.offset,
-                    leader_epoch: o.leader_epoch,
-                    metadata: o.metadata.to_owned(),
-                })
-                .collect(),
+            offsets,
             bytes_max,
             accepted: now,
             deadline,
@@ -384,6 +479,43 @@ impl Engine {
         }
     }
 
+    /// A subscription to the engine's events (offsets expired by retention, compactor
+    /// trouble). Every clone of the receiver takes from the same bounded queue; shards drop
+    /// (and count) events when it is full, so subscribe and drain it.
+    pub fn events(&self) -> Receiver<EngineEvent> {
+        self.inner.events.clone()
+    }
+
+    /// Runs the compactor on every shard until nothing is cleanable at `now_ms` (ms since the
+    /// Unix epoch: tombstones written before `now_ms - delete.retention.ms` may be dropped).
+    /// Returns the compactions run. For tests and operators; the background compactor
+    /// (`log.cleaner.enable`) does the same in bounded steps at low priority.
+    pub fn compact(&self, now_ms: i64) -> Result<u64> {
+        self.ask_every_shard(|reply| Request::Compact { now_ms, reply })
+    }
+
+    /// Runs the offset retention check on every shard as if at `now_ms` (ms since the Unix
+    /// epoch); returns the offsets expired. Each shard runs it by itself every
+    /// `offsets.retention.check.interval.ms` against the wall clock; this lets tests and
+    /// operators run it at a chosen time.
+    pub fn run_retention_check(&self, now_ms: i64) -> Result<u64> {
+        self.ask_every_shard(|reply| Request::RetentionCheck { now_ms, reply })
+    }
+
+    fn ask_every_shard(&self, request: impl Fn(Sender<Result<u64>>) -> Request) -> Result<u64> {
+        self.ensure_open()?;
+        let mut total = 0;
+        for shard in &self.inner.shards {
+            let (reply, answer) = bounded(1);
+            shard
+                .requests
+                .send(request(reply))
+                .map_err(|_| Error::Closed)?;
+            total += answer.recv().map_err(|_| Error::Closed)??;
+        }
+        Ok(total)
+    }
+
     /// A snapshot of every shard's metrics, in shard order.
     pub fn metrics(&self) -> Result<Vec<ShardMetrics>> {
         let mut all = Vec::with_capacity(self.inner.shards.len());
@@ -433,6 +565,9 @@ impl Drop for EngineInner {
     }
 }
 
+/// Expire timestamp of an offset without explicit retention.
+const NO_EXPIRE_TIMESTAMP_MS: i64 = -1;
+
 /// Builds one shard's thread: named for debugging, pinned to its core so its partitions'
 /// tables, buffers and io_uring stay in that core's caches (thread-per-core), and running
 /// recovery of its own partitions before serving. Returns the handle and a channel that
@@ -443,6 +578,7 @@ fn spawn_shard(
     storage: Box<dyn Storage>,
     hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
+    events: EventSink,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
     let (requests, inbox) = bounded(config.request_queue_depth_max);
@@ -455,7 +591,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, hosted, index) {
+            match Shard::open(&shard_config, storage, hosted, index, events) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);

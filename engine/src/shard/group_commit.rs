@@ -1,5 +1,10 @@
 //! The group-commit batch: commits collected while the previous flush was in flight,
 //! coalesced per key (last wins) and encoded as one RecordBatch per offsets partition.
+//!
+//! A pending offset may be a tombstone (offset deletion, group deletion, retention expiry):
+//! it goes through the same batch, so coalescing treats it like any commit of its key — a
+//! tombstone after a commit of the same key in one batch wins, and a commit after a
+//! tombstone wins — and it is acknowledged only once durable.
 
 use std::time::Instant;
 
@@ -37,6 +42,25 @@ pub(crate) struct PendingOffset {
     pub offset: i64,
     pub leader_epoch: Option<i32>,
     pub metadata: String,
+    /// Explicit expiry (v1 value), or -1.
+    pub expire_timestamp_ms: i64,
+    /// Write a tombstone (null value) for the key instead of a value.
+    pub tombstone: bool,
+}
+
+impl PendingOffset {
+    /// A tombstone for (`topic`, `partition`).
+    pub(crate) fn tombstone(topic: &str, partition: i32) -> PendingOffset {
+        PendingOffset {
+            topic: topic.to_owned(),
+            partition,
+            offset: -1,
+            leader_epoch: None,
+            metadata: String::new(),
+            expire_timestamp_ms: -1,
+            tombstone: true,
+        }
+    }
 }
 
 /// A validated commit waiting for its flush.
@@ -207,12 +231,16 @@ pub(crate) fn encode_partition_batch<'b>(
             topic: &pending.topic,
             partition: pending.partition,
         };
+        if pending.tombstone {
+            writer.append_offset_commit(timestamp_ms, &key, None);
+            continue;
+        }
         let value = OffsetCommitValue {
             offset: pending.offset,
             leader_epoch: pending.leader_epoch.unwrap_or(-1),
             metadata: &pending.metadata,
             commit_timestamp: timestamp_ms,
-            expire_timestamp: -1,
+            expire_timestamp: pending.expire_timestamp_ms,
             topic_id: None,
         };
         let version = value.version_for_write();

@@ -73,6 +73,10 @@ pub trait Storage: Send + 'static {
     fn close(&mut self, file: FileId);
     /// Removes a file.
     fn remove_file(&mut self, path: &Path) -> io::Result<()>;
+    /// Renames a closed file inside one directory, replacing `to` if it exists (POSIX
+    /// `rename`). Like a creation or a removal, the new name is durable only after
+    /// [`Storage::sync_dir`]; a crash before that may leave the old name.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     /// Writes every op and makes each op's file durable (data only), as one submission.
     /// `results` is cleared and receives one result per op, in order. A file appears at most
     /// once in `ops`. An op is durable only if its result is `Ok`.

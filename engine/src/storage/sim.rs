@@ -61,6 +61,8 @@ struct DiskState {
     next_lock_token: u64,
     syncs: u64,
     writes: u64,
+    /// Mutating calls left before the disk crashes by itself (see [`SimDisk::crash_after_ops`]).
+    ops_until_crash: Option<u64>,
 }
 
 impl DiskState {
@@ -93,6 +95,48 @@ impl DiskState {
         }
         let n = self.faults.sync_error_one_in;
         self.one_in(n)
+    }
+
+    /// Counts one mutating call; crashes the disk (and fails the call) when the countdown set
+    /// by [`SimDisk::crash_after_ops`] runs out.
+    fn count_op(&mut self) -> io::Result<()> {
+        match self.ops_until_crash {
+            Some(0) => {
+                self.ops_until_crash = None;
+                self.crash();
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "simulated crash before this call",
+                ))
+            }
+            Some(left) => {
+                self.ops_until_crash = Some(left - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A power cut: see the module docs.
+    fn crash(&mut self) {
+        self.generation += 1;
+        self.locks.clear();
+        let removed = std::mem::take(&mut self.removed);
+        let files = std::mem::take(&mut self.files);
+        for (path, file) in removed.into_iter().chain(files) {
+            if !file.entry_durable {
+                continue;
+            }
+            let image = self.crash_image(&file);
+            self.files.insert(
+                path,
+                SimFile {
+                    data: image.clone(),
+                    durable: image,
+                    entry_durable: true,
+                },
+            );
+        }
     }
 
     /// What a file looks like after a power cut: its durable image plus a random subset of
@@ -143,6 +187,7 @@ impl SimDisk {
                 next_lock_token: 1,
                 syncs: 0,
                 writes: 0,
+                ops_until_crash: None,
             })),
         }
     }
@@ -192,25 +237,15 @@ impl SimDisk {
 
     /// Simulates a power cut: see the module docs.
     pub fn crash(&self) {
-        let mut state = self.state();
-        state.generation += 1;
-        state.locks.clear();
-        let removed = std::mem::take(&mut state.removed);
-        let files = std::mem::take(&mut state.files);
-        for (path, file) in removed.into_iter().chain(files) {
-            if !file.entry_durable {
-                continue;
-            }
-            let image = state.crash_image(&file);
-            state.files.insert(
-                path,
-                SimFile {
-                    data: image.clone(),
-                    durable: image,
-                    entry_durable: true,
-                },
-            );
-        }
+        self.state().crash();
+    }
+
+    /// Crashes the disk by itself right before the `n`-th next mutating call (write, sync,
+    /// directory sync, length change, creation, removal, rename), which fails: a process
+    /// killed between any two of its storage operations. Later calls of storages opened
+    /// before fail as after [`SimDisk::crash`].
+    pub fn crash_after_ops(&self, n: u64) {
+        self.state().ops_until_crash = Some(n);
     }
 
     /// Current (page cache) bytes of a file.
@@ -290,10 +325,11 @@ impl SimStorage {
     }
 
     fn writable(&self) -> io::Result<MutexGuard<'_, DiskState>> {
-        let state = self.live()?;
+        let mut state = self.live()?;
         if state.read_only {
             return Err(erofs());
         }
+        state.count_op()?;
         Ok(state)
     }
 
@@ -415,6 +451,7 @@ impl Storage for SimStorage {
                     if state.read_only {
                         return Err(erofs());
                     }
+                    state.count_op()?;
                     let parent_exists = path.parent().is_some_and(|p| state.dirs.contains(p));
                     if !parent_exists {
                         return Err(not_found(path));
@@ -506,6 +543,39 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.writable()?;
+        if !state.files.contains_key(from) {
+            return Err(not_found(from));
+        }
+        if self.files.iter().flatten().any(|open| open == from) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the engine renames only closed files",
+            ));
+        }
+        let file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+        // Until the directory is synced a crash may undo the rename: the old name comes
+        // back (if it was durable) and the new one vanishes, as after a removal plus a
+        // creation; a replaced target comes back too.
+        if file.entry_durable {
+            state.removed.insert(from.to_path_buf(), file.clone());
+        }
+        if let Some(replaced) = state.files.remove(to)
+            && replaced.entry_durable
+        {
+            state.removed.insert(to.to_path_buf(), replaced);
+        }
+        state.files.insert(
+            to.to_path_buf(),
+            SimFile {
+                entry_durable: false,
+                ..file
+            },
+        );
+        Ok(())
+    }
+
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {
         results.clear();
         for op in ops {
@@ -573,6 +643,35 @@ mod tests {
         // Whatever survived is a page-aligned subset of the write, never anything else.
         assert!(after.iter().all(|&b| b == 9 || b == 0));
         assert_eq!(after.len() % PAGE_BYTES, 0);
+    }
+
+    #[test]
+    fn renames_are_durable_only_after_a_directory_sync() {
+        let (disk, mut storage, file, path) = setup();
+        let mut results = Vec::new();
+        storage.write_durable(
+            &[WriteOp {
+                file,
+                position: 0,
+                bytes: b"data",
+            }],
+            &mut results,
+        );
+        storage.close(file);
+        let renamed = PathBuf::from("/d/g");
+        storage.rename(&path, &renamed).unwrap();
+        assert!(disk.file_bytes(&path).is_none());
+        disk.crash();
+        // Undone: the old name is back with its data, the new one is gone.
+        assert_eq!(disk.file_bytes(&path).unwrap(), b"data");
+        assert!(disk.file_bytes(&renamed).is_none());
+
+        let mut storage = disk.storage();
+        storage.rename(&path, &renamed).unwrap();
+        storage.sync_dir(Path::new("/d")).unwrap();
+        disk.crash();
+        assert!(disk.file_bytes(&path).is_none());
+        assert_eq!(disk.file_bytes(&renamed).unwrap(), b"data");
     }
 
     #[test]

@@ -251,6 +251,10 @@ impl Storage for UringStorage {
         std::fs::remove_file(path)
     }
 
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {
         results.clear();
         results.extend(ops.iter().map(|_| Ok(())));

@@ -1,0 +1,404 @@
+//! The shard's background work: compaction steps and the offset retention check, run at low
+//! priority between requests (see [`crate::compact`]).
+
+use std::time::{Duration, Instant};
+
+use crate::compact::FLUSHES_PER_FORCED_STEP;
+use crate::compact::job::{CompactionJob, StepContext, StepOutcome};
+use crate::compact::retention::{self, ExpiredOffset};
+use crate::compact::select::{self, Candidate, SelectSettings};
+use crate::completion::CommitFuture;
+use crate::config::Config;
+use crate::error::Result;
+use crate::events::{EngineEvent, EventSink};
+use crate::shard::group_commit::{PendingCommit, PendingOffset, commit_record_bytes_max};
+
+use super::{Shard, ShardMetrics};
+
+/// Most compactions one explicit [`Shard::compact_until_clean`] runs: each one removes dead
+/// records, so a shard runs out of candidates long before; the bound only stops a bug from
+/// spinning.
+const COMPACTIONS_PER_REQUEST_MAX: u32 = 4096;
+
+/// Steps one compaction may take before it is abandoned as stuck: a step advances by at
+/// least one batch, so this bounds a compaction of `segments × batches` far above any real
+/// one.
+const STEPS_PER_COMPACTION_MAX: u64 = 1 << 24;
+
+/// Background-work state of one shard.
+pub(crate) struct Maintenance {
+    cleaner_enabled: bool,
+    select: SelectSettings,
+    offsets_retention_ms: i64,
+    retention_check_interval: Duration,
+    pub(crate) next_retention_check: Instant,
+    job: Option<CompactionJob>,
+    job_steps: u64,
+    /// Something changed that may have made a segment cleanable.
+    maybe_dirty: bool,
+    pub(crate) flushes_since_step: u64,
+    read_buf: Vec<u8>,
+    out_buf: Vec<u8>,
+    pub(crate) events: EventSink,
+}
+
+impl Maintenance {
+    pub(crate) fn new(config: &Config, events: EventSink) -> Maintenance {
+        let retention_check_interval =
+            Duration::from_millis(config.offsets_retention_check_interval_ms);
+        Maintenance {
+            cleaner_enabled: config.log_cleaner_enable,
+            select: SelectSettings {
+                min_cleanable_ratio: config.log_cleaner_min_cleanable_ratio,
+                delete_retention_ms: config.log_cleaner_delete_retention_ms as i64,
+                segment_bytes: config.offsets_topic_segment_bytes,
+            },
+            offsets_retention_ms: (config.offsets_retention_minutes as i64).saturating_mul(60_000),
+            retention_check_interval,
+            next_retention_check: Instant::now() + retention_check_interval,
+            job: None,
+            job_steps: 0,
+            maybe_dirty: true,
+            flushes_since_step: 0,
+            read_buf: Vec::new(),
+            out_buf: Vec::new(),
+            events,
+        }
+    }
+
+    /// A record in a sealed segment died, a segment rolled, or time passed.
+    pub(crate) fn note_maybe_dirty(&mut self) {
+        self.maybe_dirty = true;
+    }
+
+    /// Whether background compaction has something to try.
+    pub(crate) fn has_compaction_work(&self) -> bool {
+        self.cleaner_enabled && (self.job.is_some() || self.maybe_dirty)
+    }
+}
+
+impl Shard {
+    /// Blocks for the next request; while the inbox is empty runs compaction steps (one per
+    /// look at the inbox, so a request waits behind at most one bounded step) and, when due,
+    /// the retention check. `None` when every sender is gone.
+    pub(super) fn next_request(
+        &mut self,
+        requests: &crossbeam_channel::Receiver<super::Request>,
+    ) -> Option<super::Request> {
+        use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+        loop {
+            if Instant::now() >= self.maintenance.next_retention_check {
+                self.retention_check(super::wall_clock_ms());
+            }
+            if self.maintenance.has_compaction_work() {
+                match requests.try_recv() {
+                    Ok(request) => return Some(request),
+                    Err(TryRecvError::Empty) => self.compaction_step(super::wall_clock_ms()),
+                    Err(TryRecvError::Disconnected) => return None,
+                }
+                continue;
+            }
+            match requests.recv_deadline(self.maintenance.next_retention_check) {
+                Ok(request) => return Some(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// After a flush: under sustained load, one step every `FLUSHES_PER_FORCED_STEP` flushes.
+    pub(super) fn after_flush(&mut self) {
+        self.maintenance.flushes_since_step += 1;
+        if self.maintenance.flushes_since_step >= FLUSHES_PER_FORCED_STEP
+            && self.maintenance.has_compaction_work()
+        {
+            self.compaction_step(super::wall_clock_ms());
+        }
+    }
+
+    /// Runs compactions until no segment group is cleanable at `now_ms` (an explicit request:
+    /// tests, admin). Returns how many finished.
+    pub(super) fn compact_until_clean(&mut self, now_ms: i64) -> Result<u64> {
+        let before = self.metrics.compaction.compactions;
+        let mut started = 0;
+        while started < COMPACTIONS_PER_REQUEST_MAX {
+            if self.maintenance.job.is_none() {
+                self.maintenance.maybe_dirty = true;
+                if !self.start_compaction(now_ms) {
+                    break;
+                }
+                started += 1;
+            }
+            // Bounded: a job ends (finishes, fails, quarantines) within STEPS_PER_COMPACTION_MAX.
+            while self.maintenance.job.is_some() {
+                self.compaction_step(now_ms);
+            }
+        }
+        Ok(self.metrics.compaction.compactions - before)
+    }
+
+    /// One step of background compaction: of the running job, or starts one.
+    pub(super) fn compaction_step(&mut self, now_ms: i64) {
+        self.maintenance.flushes_since_step = 0;
+        if self.maintenance.job.is_none() && !self.start_compaction(now_ms) {
+            return;
+        }
+        let Some(mut job) = self.maintenance.job.take() else {
+            return;
+        };
+        let partition = job.partition;
+        let started = Instant::now();
+        let outcome = {
+            let hosted = &mut self.partitions[partition as usize];
+            let (Some(log), Some(cache), None) = (
+                hosted.log.as_mut(),
+                hosted.cache.as_deref(),
+                &hosted.failure,
+            ) else {
+                job.abandon(self.storage.as_mut());
+                return;
+            };
+            let mut ctx = StepContext {
+                storage: self.storage.as_mut(),
+                log,
+                cache,
+                partition: &mut hosted.compaction,
+                read_buf: &mut self.maintenance.read_buf,
+                out_buf: &mut self.maintenance.out_buf,
+                metrics: &mut self.metrics.compaction,
+                now_ms,
+            };
+            job.step(&mut ctx)
+        };
+        let step_us = started.elapsed().as_micros() as u64;
+        ShardMetrics::record_latency(&mut self.metrics.compaction_step_us, step_us);
+        self.maintenance.job_steps += 1;
+        match outcome {
+            StepOutcome::Continue if self.maintenance.job_steps < STEPS_PER_COMPACTION_MAX => {
+                self.maintenance.job = Some(job);
+            }
+            StepOutcome::Continue => {
+                job.abandon(self.storage.as_mut());
+                self.compaction_failed(partition, "compaction made no progress".into(), false);
+            }
+            StepOutcome::Finished => self.maintenance.maybe_dirty = true,
+            StepOutcome::Quarantined { segment, reason } => {
+                self.maintenance.maybe_dirty = true;
+                let event = EngineEvent::CompactionQuarantined {
+                    offsets_partition: partition,
+                    segment,
+                    reason,
+                };
+                self.emit(event);
+            }
+            StepOutcome::Failed(reason) => self.compaction_failed(partition, reason, false),
+            StepOutcome::FailedAfterCommit(reason) => {
+                self.compaction_failed(partition, reason, true);
+            }
+        }
+    }
+
+    fn compaction_failed(&mut self, partition: u32, reason: String, fail_partition: bool) {
+        self.metrics.compaction.compaction_errors += 1;
+        if fail_partition {
+            let hosted = &mut self.partitions[partition as usize];
+            hosted.failure = Some(format!("compaction: {reason}"));
+            if let Some(log) = hosted.log.take() {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+        let event = EngineEvent::CompactionFailed {
+            offsets_partition: partition,
+            reason,
+        };
+        self.emit(event);
+    }
+
+    /// Picks the dirtiest cleanable group of the shard and starts compacting it.
+    fn start_compaction(&mut self, now_ms: i64) -> bool {
+        if !std::mem::take(&mut self.maintenance.maybe_dirty) {
+            return false;
+        }
+        let mut best: Option<Candidate> = None;
+        for (index, hosted) in self.partitions.iter().enumerate() {
+            let (Some(log), None) = (hosted.log.as_ref(), &hosted.failure) else {
+                continue;
+            };
+            let quarantined = &hosted.compaction.quarantined;
+            let settings = self.maintenance.select;
+            let found = select::best_group(index as u32, log, quarantined, settings, now_ms);
+            if let Some(found) = found
+                && best.is_none_or(|b| found.dirty_ratio > b.dirty_ratio)
+            {
+                best = Some(found);
+            }
+        }
+        let Some(candidate) = best else {
+            return false;
+        };
+        let Some(log) = self.partitions[candidate.partition as usize].log.as_ref() else {
+            return false;
+        };
+        match CompactionJob::start(self.storage.as_mut(), log, candidate) {
+            Ok(job) => {
+                self.maintenance.job = Some(job);
+                self.maintenance.job_steps = 0;
+                true
+            }
+            Err(error) => {
+                let reason = format!("creating the compacted copy: {error}");
+                self.compaction_failed(candidate.partition, reason, false);
+                false
+            }
+        }
+    }
+
+    /// Abandons a compaction of `partition` (before it is unloaded or failed).
+    pub(super) fn abandon_compaction(&mut self, partition: u32) {
+        if self
+            .maintenance
+            .job
+            .as_ref()
+            .is_some_and(|job| job.partition == partition)
+            && let Some(mut job) = self.maintenance.job.take()
+        {
+            job.abandon(self.storage.as_mut());
+        }
+    }
+
+    /// Expires offsets by retention at `now_ms`: writes their tombstones through the group
+    /// commit (flushing at once), counts them and reports each durable one as an event.
+    /// Returns how many expired.
+    pub(super) fn retention_check(&mut self, now_ms: i64) -> u64 {
+        let retention_ms = self.maintenance.offsets_retention_ms;
+        let mut expired: Vec<ExpiredOffset> = Vec::new();
+        let mut more = false;
+        for (index, hosted) in self.partitions.iter().enumerate() {
+            let (Some(cache), Some(_), None) =
+                (hosted.cache.as_deref(), &hosted.log, &hosted.failure)
+            else {
+                continue;
+            };
+            let activity = &retention::group_activity;
+            let partition = index as u32;
+            more |= retention::collect_expired(
+                cache,
+                partition,
+                now_ms,
+                retention_ms,
+                activity,
+                &mut expired,
+            );
+        }
+        // More than a check may take: check again as soon as the inbox is empty.
+        self.maintenance.next_retention_check = if more {
+            Instant::now()
+        } else {
+            Instant::now() + self.maintenance.retention_check_interval
+        };
+        self.maintenance.maybe_dirty = true;
+        if expired.is_empty() {
+            return 0;
+        }
+        if !self.batch.is_empty() {
+            self.flush();
+        }
+        let mut futures = Vec::new();
+        for chunk in expired.chunk_by(|a, b| a.group == b.group) {
+            for part in chunk.chunks(crate::config::COMMIT_PARTITIONS_MAX) {
+                let (commit, future) = self.expiry_commit(part);
+                futures.push((future, part));
+                if let Err(commit) = self.batch.try_add(commit) {
+                    self.flush();
+                    let added = self.batch.try_add(commit);
+                    debug_assert!(added.is_ok(), "an empty batch takes any commit");
+                }
+            }
+        }
+        self.flush();
+        let mut count = 0;
+        for (future, part) in futures {
+            if future.wait().is_err() {
+                continue; // the partition failed: nothing expired
+            }
+            for offset in part {
+                count += 1;
+                self.emit(EngineEvent::OffsetsExpired {
+                    group: offset.group.clone(),
+                    topic: offset.topic.clone(),
+                    partition: offset.partition,
+                    offset: offset.offset,
+                });
+            }
+        }
+        self.metrics.offsets_expired += count;
+        count
+    }
+
+    /// A tombstone commit for offsets of one group; its future is complete after the flush.
+    fn expiry_commit(&self, offsets: &[ExpiredOffset]) -> (PendingCommit, CommitFuture) {
+        let group = offsets[0].group.clone();
+        let now = Instant::now();
+        // Far enough that the flush right after never finds it past its deadline.
+        let deadline = now + Duration::from_secs(3600);
+        let (future, completer) = CommitFuture::pending(deadline, self.commit_timeout_ms);
+        let bytes_max = offsets
+            .iter()
+            .map(|o| commit_record_bytes_max(&group, &o.topic, ""))
+            .sum();
+        let offsets_partition = offsets[0].offsets_partition;
+        let commit = PendingCommit {
+            offsets_partition,
+            offsets: offsets
+                .iter()
+                .map(|o| PendingOffset::tombstone(&o.topic, o.partition))
+                .collect(),
+            group,
+            bytes_max,
+            accepted: now,
+            deadline,
+            completer,
+        };
+        (commit, future)
+    }
+
+    pub(super) fn emit(&mut self, event: EngineEvent) {
+        if !self.maintenance.events.emit(event) {
+            self.metrics.events_dropped += 1;
+        }
+    }
+}
+
+/// Bytes of the log and estimated live bytes per hosted partition, for the metrics.
+pub(super) fn partition_space(shard: &Shard) -> Vec<PartitionSpace> {
+    shard
+        .partitions
+        .iter()
+        .enumerate()
+        .filter_map(|(index, hosted)| {
+            let log = hosted.log.as_ref()?;
+            Some(PartitionSpace {
+                offsets_partition: index as u32,
+                log_bytes: log.size_bytes(),
+                live_bytes_estimate: log.live_bytes_estimate(),
+                segments: log.segment_count() as u32,
+                quarantined_segments: hosted.compaction.quarantined.len() as u32,
+            })
+        })
+        .collect()
+}
+
+/// Space use of one offsets partition (space amplification = `log_bytes / live_bytes_estimate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSpace {
+    /// The offsets partition.
+    pub offsets_partition: u32,
+    /// Bytes of batches in its segments.
+    pub log_bytes: u64,
+    /// Estimated bytes of live records (see [`crate::log::liveness`]).
+    pub live_bytes_estimate: u64,
+    /// Segments, sealed and active.
+    pub segments: u32,
+    /// Segments the compactor quarantined.
+    pub quarantined_segments: u32,
+}
