@@ -366,10 +366,13 @@ impl CompactionJob {
                 Fate::Drop
             });
         }
+        if latest.is_some() {
+            return Ok(Fate::Drop); // the key was committed again: the tombstone is moot
+        }
         let expired = self
             .drop_tombstones_through_ms
             .is_some_and(|through| record.timestamp(&view.header) <= through);
-        Ok(if latest.is_some() || expired {
+        Ok(if expired {
             Fate::DropTombstone
         } else {
             Fate::KeepTombstone

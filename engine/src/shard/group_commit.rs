@@ -253,3 +253,76 @@ pub(crate) fn encode_partition_batch<'b>(
     writer.finish();
     Some(base_offset + i64::from(count) - 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::CommitFuture;
+    use crate::format::{RecordKey, decode_key, parse_batch};
+
+    fn pending(group: &str, offsets: Vec<PendingOffset>) -> PendingCommit {
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(60);
+        let (_future, completer) = CommitFuture::pending(deadline, 60_000);
+        PendingCommit {
+            group: group.to_owned(),
+            offsets_partition: 0,
+            offsets,
+            bytes_max: 200,
+            accepted: now,
+            deadline,
+            completer,
+        }
+    }
+
+    fn value(partition: i32, offset: i64) -> PendingOffset {
+        PendingOffset {
+            offset,
+            ..PendingOffset {
+                tombstone: false,
+                ..PendingOffset::tombstone("t", partition)
+            }
+        }
+    }
+
+    /// Encodes the batch and returns (partition, Some(offset) or None for a tombstone).
+    fn encoded(batch: &mut GroupCommitBatch) -> Vec<(i32, Option<i64>)> {
+        batch.sort_entries();
+        let mut out = Vec::new();
+        batch.for_each_partition(|_, latest| {
+            encode_partition_batch(&mut out, 0, 1, latest);
+        });
+        let view = parse_batch(&out).unwrap();
+        view.records()
+            .map(|record| {
+                let record = record.unwrap();
+                let RecordKey::OffsetCommit(key) = decode_key(record.key.unwrap()).unwrap() else {
+                    panic!("an offset commit key")
+                };
+                let value = record
+                    .value
+                    .map(|v| OffsetCommitValue::decode(v).unwrap().1.offset);
+                (key.partition, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tombstones_coalesce_with_commits_last_wins() {
+        let mut batch = GroupCommitBatch::new(1, 1 << 20);
+        // Partition 0: commit then tombstone (tombstone wins); partition 1: tombstone then
+        // commit (commit wins); partition 2: tombstone only.
+        let first = vec![value(0, 5), PendingOffset::tombstone("t", 1)];
+        let second = vec![
+            PendingOffset::tombstone("t", 0),
+            value(1, 7),
+            PendingOffset::tombstone("t", 2),
+        ];
+        assert!(batch.try_add(pending("g", first)).is_ok());
+        assert!(batch.try_add(pending("g", second)).is_ok());
+        assert_eq!(
+            encoded(&mut batch),
+            vec![(0, None), (1, Some(7)), (2, None)]
+        );
+    }
+}

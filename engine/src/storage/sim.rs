@@ -237,7 +237,14 @@ impl SimDisk {
 
     /// Simulates a power cut: see the module docs.
     pub fn crash(&self) {
-        self.state().crash();
+        let mut state = self.state();
+        state.ops_until_crash = None;
+        state.crash();
+    }
+
+    /// Crashes so far (by [`SimDisk::crash`] or [`SimDisk::crash_after_ops`]).
+    pub fn crashes(&self) -> u64 {
+        self.state().generation
     }
 
     /// Crashes the disk by itself right before the `n`-th next mutating call (write, sync,
