@@ -312,7 +312,10 @@ fn a_crash_between_any_two_compaction_operations_recovers() {
         engine.close().unwrap();
         if !crashed {
             // Each run before this one crashed at a different operation.
-            assert!(ops_before_crash > 5, "the compaction took several operations");
+            assert!(
+                ops_before_crash > 5,
+                "the compaction took several operations"
+            );
             return;
         }
     }

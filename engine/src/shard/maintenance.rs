@@ -253,6 +253,13 @@ impl Shard {
         }
     }
 
+    /// Abandons the running compaction, if any (at close).
+    pub(super) fn abandon_any_compaction(&mut self) {
+        if let Some(mut job) = self.maintenance.job.take() {
+            job.abandon(self.storage.as_mut());
+        }
+    }
+
     /// Abandons a compaction of `partition` (before it is unloaded or failed).
     pub(super) fn abandon_compaction(&mut self, partition: u32) {
         if self

@@ -559,6 +559,7 @@ impl Shard {
 
     /// Trims and syncs every healthy partition's active segment; releases the directory.
     fn close(mut self) -> Result<()> {
+        self.abandon_any_compaction();
         let mut first_error = None;
         for hosted in &mut self.partitions {
             if let Some(log) = hosted.log.take() {
