@@ -26,7 +26,7 @@ use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
 use crate::log::reader::BATCH_READ_BYTES_MAX;
 use crate::log::segment::SealedSegment;
 use crate::log::swap::{self, CLEANED_SUFFIX, InstallError};
-use crate::storage::{FileId, OpenMode, Storage, WriteOp};
+use crate::storage::{FileId, OpenMode, Storage};
 
 use super::select::Candidate;
 
@@ -178,14 +178,9 @@ impl CompactionJob {
         let Some(output) = self.output else {
             return StepOutcome::Failed("compaction output closed".into());
         };
-        let op = WriteOp {
-            file: output,
-            position: self.output_len,
-            bytes: ctx.out_buf,
-        };
-        let mut results = Vec::with_capacity(1);
-        ctx.storage.write_durable(&[op], &mut results);
-        if let Some(Err(error)) = results.pop() {
+        // Not synced per step: the copy is synced once, before the swap makes it count.
+        let written = ctx.storage.write_at(output, self.output_len, ctx.out_buf);
+        if let Err(error) = written {
             self.abandon(ctx.storage);
             return StepOutcome::Failed(format!("writing the compacted copy: {error}"));
         }

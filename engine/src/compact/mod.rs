@@ -11,9 +11,9 @@
 //!    steps of at most [`COMPACTION_STEP_BYTES_MAX`] read ([`job`]);
 //! 3. swaps the copy in crash-safely ([`crate::log::swap`]).
 //!
-//! The shard runs a step only when its inbox is empty, or after
-//! [`FLUSHES_PER_FORCED_STEP`] flushes under sustained load, so commits wait behind at most
-//! one bounded step. A segment the compactor cannot read or parse is quarantined: skipped
+//! The shard runs a step only when its inbox is empty, or, under sustained load, after a
+//! flush once the bytes committed since earned it ([`COMPACTION_READ_PER_BYTE_WRITTEN`]), so
+//! commits wait behind at most one bounded step. A segment the compactor cannot read or parse is quarantined: skipped
 //! from then on, counted, and reported as an [`EngineEvent`](crate::EngineEvent), while the
 //! rest of the shard's partitions go on being compacted.
 
@@ -29,8 +29,15 @@ use crate::log::liveness::SegmentTable;
 pub const COMPACTION_STEP_BYTES_MAX: usize = 256 * 1024;
 
 /// Under sustained load (an inbox that never empties) the shard still runs one compaction
-/// step after this many flushes, so compaction keeps up with a commit storm.
-pub const FLUSHES_PER_FORCED_STEP: u64 = 8;
+/// step after a flush once the flushes since the last step wrote
+/// `1 / COMPACTION_READ_PER_BYTE_WRITTEN` of a step's bytes: compaction then reads this many
+/// bytes per byte committed, enough to keep a commit storm's log near its live size. At most
+/// one step runs per flush, so a commit waits behind at most one bounded step.
+pub const COMPACTION_READ_PER_BYTE_WRITTEN: u64 = 2;
+
+/// Cap of the compaction credit (in steps' bytes), so a long idle-free burst does not
+/// leave a debt that later steals every flush.
+pub const COMPACTION_CREDIT_STEPS_MAX: u64 = 16;
 
 /// Most groups whose latest group metadata record one partition tracks (the groups work
 /// bounds groups per partition the same way).

@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::compact::FLUSHES_PER_FORCED_STEP;
 use crate::compact::job::{CompactionJob, StepContext, StepOutcome};
 use crate::compact::retention::{self, ExpiredOffset};
 use crate::compact::select::{self, Candidate, SelectSettings};
+use crate::compact::{
+    COMPACTION_CREDIT_STEPS_MAX, COMPACTION_READ_PER_BYTE_WRITTEN, COMPACTION_STEP_BYTES_MAX,
+};
 use crate::completion::CommitFuture;
 use crate::config::Config;
 use crate::error::Result;
@@ -36,7 +38,10 @@ pub(crate) struct Maintenance {
     job_steps: u64,
     /// Something changed that may have made a segment cleanable.
     maybe_dirty: bool,
-    pub(crate) flushes_since_step: u64,
+    /// Bytes the compactor may read under load, earned by bytes committed.
+    credit_bytes: u64,
+    /// `ShardMetrics::bytes` when credit was last earned.
+    committed_bytes_seen: u64,
     read_buf: Vec<u8>,
     out_buf: Vec<u8>,
     pub(crate) events: EventSink,
@@ -59,7 +64,8 @@ impl Maintenance {
             job: None,
             job_steps: 0,
             maybe_dirty: true,
-            flushes_since_step: 0,
+            credit_bytes: 0,
+            committed_bytes_seen: 0,
             read_buf: Vec::new(),
             out_buf: Vec::new(),
             events,
@@ -106,12 +112,16 @@ impl Shard {
         }
     }
 
-    /// After a flush: under sustained load, one step every `FLUSHES_PER_FORCED_STEP` flushes.
+    /// After a flush: under sustained load, a step once the commits since the last one
+    /// earned it (see `COMPACTION_READ_PER_BYTE_WRITTEN`).
     pub(super) fn after_flush(&mut self) {
-        self.maintenance.flushes_since_step += 1;
-        if self.maintenance.flushes_since_step >= FLUSHES_PER_FORCED_STEP
-            && self.maintenance.has_compaction_work()
-        {
+        let committed = self.metrics.bytes;
+        let earned = committed.saturating_sub(self.maintenance.committed_bytes_seen);
+        self.maintenance.committed_bytes_seen = committed;
+        let cap = COMPACTION_CREDIT_STEPS_MAX * COMPACTION_STEP_BYTES_MAX as u64;
+        let credit = &mut self.maintenance.credit_bytes;
+        *credit = (*credit + earned * COMPACTION_READ_PER_BYTE_WRITTEN).min(cap);
+        if *credit >= COMPACTION_STEP_BYTES_MAX as u64 && self.maintenance.has_compaction_work() {
             self.compaction_step(super::wall_clock_ms());
         }
     }
@@ -139,7 +149,7 @@ impl Shard {
 
     /// One step of background compaction: of the running job, or starts one.
     pub(super) fn compaction_step(&mut self, now_ms: i64) {
-        self.maintenance.flushes_since_step = 0;
+        let read_before = self.metrics.compaction.bytes_read;
         if self.maintenance.job.is_none() && !self.start_compaction(now_ms) {
             return;
         }
@@ -171,6 +181,14 @@ impl Shard {
             job.step(&mut ctx)
         };
         let step_us = started.elapsed().as_micros() as u64;
+        let read = self.metrics.compaction.bytes_read - read_before;
+        // A step that read nothing (a swap, a file switch) still costs a step's worth.
+        let cost = if read == 0 {
+            COMPACTION_STEP_BYTES_MAX as u64
+        } else {
+            read
+        };
+        self.maintenance.credit_bytes = self.maintenance.credit_bytes.saturating_sub(cost);
         ShardMetrics::record_latency(&mut self.metrics.compaction_step_us, step_us);
         self.maintenance.job_steps += 1;
         match outcome {

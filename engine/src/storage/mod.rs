@@ -65,6 +65,9 @@ pub trait Storage: Send + 'static {
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()>;
     /// Reserves space so the file is at least `len` bytes, reading as zeros past the old end.
     fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()>;
+    /// Writes `bytes` at `position` without making them durable (the compactor's copy,
+    /// synced once with [`Storage::sync`] before it is swapped in).
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes a file's data and length durable.
     fn sync(&mut self, file: FileId) -> io::Result<()>;
     /// Makes a directory's entries (created, removed files) durable.

@@ -347,6 +347,30 @@ impl SimStorage {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file id is not open"))
     }
 
+    /// Writes into the page cache only; a failed write may leave a prefix of it.
+    fn write_cached(&self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(file)?;
+        let mut state = self.writable()?;
+        state.writes += 1;
+        let fails = state.write_fails();
+        let keep = if fails {
+            (state.next_random() % (bytes.len() as u64 + 1)) as usize
+        } else {
+            bytes.len()
+        };
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        let start = position as usize;
+        let end = start + keep;
+        if file.data.len() < end {
+            file.data.resize(end, 0);
+        }
+        file.data[start..end].copy_from_slice(&bytes[..keep]);
+        if fails {
+            return Err(eio("write"));
+        }
+        Ok(())
+    }
+
     fn write_one(&self, op: &WriteOp<'_>) -> io::Result<()> {
         let path = self.path(op.file)?;
         let stall = self.live()?.write_stall;
@@ -354,24 +378,8 @@ impl SimStorage {
             // Outside the disk's lock: other storages (and the test) carry on meanwhile.
             std::thread::sleep(stall);
         }
-        let mut state = self.writable()?;
-        state.writes += 1;
-        let fails = state.write_fails();
-        let keep = if fails {
-            (state.next_random() % (op.bytes.len() as u64 + 1)) as usize
-        } else {
-            op.bytes.len()
-        };
-        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
-        let start = op.position as usize;
-        let end = start + keep;
-        if file.data.len() < end {
-            file.data.resize(end, 0);
-        }
-        file.data[start..end].copy_from_slice(&op.bytes[..keep]);
-        if fails {
-            return Err(eio("write"));
-        }
+        self.write_cached(op.file, op.position, op.bytes)?;
+        let mut state = self.live()?;
         if state.sync_fails() {
             return Err(eio("fdatasync"));
         }
@@ -506,6 +514,10 @@ impl Storage for SimStorage {
             file.data.resize(len as usize, 0);
         }
         Ok(())
+    }
+
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        self.write_cached(file, position, bytes)
     }
 
     fn sync(&mut self, file: FileId) -> io::Result<()> {

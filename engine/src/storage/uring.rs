@@ -231,6 +231,10 @@ impl Storage for UringStorage {
         Err(error)
     }
 
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(file)?.write_all_at(bytes, position)
+    }
+
     fn sync(&mut self, file: FileId) -> io::Result<()> {
         self.file(file)?.sync_all()
     }
