@@ -164,16 +164,17 @@ fn report(mode: &str, round: u32, out: &RunOut) {
         (l + p.log_bytes, v + p.live_bytes_estimate)
     });
     let sum = |f: fn(&ShardMetrics) -> u64| out.metrics.iter().map(f).sum::<u64>();
-    let step_p99 = out
-        .metrics
-        .iter()
-        .map(|m| m.compaction_step_us.value_at_quantile(0.99))
-        .max()
-        .unwrap_or(0);
+    let step = |q: f64| {
+        let values = out.metrics.iter();
+        values
+            .map(|m| m.compaction_step_us.value_at_quantile(q))
+            .max()
+            .unwrap_or(0)
+    };
     let h = &out.latency_us;
     println!(
         "{mode:>3} round {round}: {:>10.0} offsets/s  ack p50 {:>6} p99 {:>6} p999 {:>6} µs  \
-         log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  step p99 {} µs",
+         log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  step p50 {} p99 {} max {} µs",
         out.offsets_per_s,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
@@ -184,7 +185,9 @@ fn report(mode: &str, round: u32, out: &RunOut) {
         sum(|m| m.compaction.compactions),
         sum(|m| m.compaction.bytes_read) as f64 / 1048576.0,
         sum(|m| m.compaction.bytes_written) as f64 / 1048576.0,
-        step_p99,
+        step(0.5),
+        step(0.99),
+        step(1.0),
     );
 }
 

@@ -25,7 +25,7 @@ use crate::log::PartitionLog;
 use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
 use crate::log::reader::BATCH_READ_BYTES_MAX;
 use crate::log::segment::SealedSegment;
-use crate::log::swap::{self, CLEANED_SUFFIX, InstallError};
+use crate::log::swap::{self, CLEANED_SUFFIX};
 use crate::storage::{FileId, OpenMode, Storage};
 
 use super::select::Candidate;
@@ -60,7 +60,6 @@ pub(crate) struct StepContext<'a> {
     pub read_buf: &'a mut Vec<u8>,
     pub out_buf: &'a mut Vec<u8>,
     pub metrics: &'a mut CompactionMetrics,
-    pub now_ms: i64,
 }
 
 /// One input segment.
@@ -89,6 +88,21 @@ pub(crate) struct CompactionJob {
     records_written: u64,
     tombstones_kept: u64,
     tombstone_min_timestamp_ms: i64,
+    /// Per record of the batch being copied: kept or not (reused; one lookup per record).
+    kept_flags: Vec<bool>,
+    /// Where the job is once every input is copied.
+    phase: Phase,
+}
+
+/// The last steps, one blocking sync each, so no single step holds the shard for more than
+/// one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    /// The copy is synced and closed.
+    Synced,
+    /// The swap is committed (renamed to `.swap`, directory synced).
+    Committed,
 }
 
 /// What to do with one record.
@@ -142,13 +156,19 @@ impl CompactionJob {
             records_written: 0,
             tombstones_kept: 0,
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
+            kept_flags: Vec::new(),
+            phase: Phase::Copying,
         })
     }
 
     /// Runs one bounded step.
     pub(crate) fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let Some(input) = self.inputs.get(self.input) else {
-            return self.finish(ctx);
+            return match self.phase {
+                Phase::Copying => self.sync_copy(ctx),
+                Phase::Synced => self.commit_swap(ctx),
+                Phase::Committed => self.finish(ctx),
+            };
         };
         let file = match self.input_file {
             Some(file) => file,
@@ -276,9 +296,13 @@ impl CompactionJob {
             return Ok(());
         }
         let mut kept = 0u64;
+        self.kept_flags.clear();
         for record in view.records() {
             let record = record?;
-            match self.fate(cache, partition, view, &record)? {
+            let fate = self.fate(cache, partition, view, &record)?;
+            self.kept_flags
+                .push(matches!(fate, Fate::Keep | Fate::KeepTombstone));
+            match fate {
                 Fate::Keep => kept += 1,
                 Fate::KeepTombstone => {
                     kept += 1;
@@ -308,10 +332,9 @@ impl CompactionJob {
                 control: false,
             };
             let mut writer = BatchWriter::begin(out, params);
-            for record in view.records() {
+            for (record, &keep) in view.records().zip(&self.kept_flags) {
                 let record = record?;
-                let fate = self.fate(cache, partition, view, &record)?;
-                if matches!(fate, Fate::Keep | Fate::KeepTombstone) {
+                if keep {
                     let key = record.key.unwrap_or_default();
                     let timestamp = record.timestamp(header);
                     writer.append_with_offset_delta(
@@ -374,8 +397,8 @@ impl CompactionJob {
         })
     }
 
-    /// Syncs the copy, swaps it in and updates the log's segment list.
-    fn finish(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+    /// Syncs and closes the copy.
+    fn sync_copy(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let Some(output) = self.output.take() else {
             return StepOutcome::Failed("compaction output closed".into());
         };
@@ -385,6 +408,27 @@ impl CompactionJob {
             let _ = ctx.storage.remove_file(&self.output_path);
             return StepOutcome::Failed(format!("syncing the compacted copy: {error}"));
         }
+        self.phase = Phase::Synced;
+        StepOutcome::Continue
+    }
+
+    /// The swap's commit point.
+    fn commit_swap(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let base_offset = self.inputs[0].base_offset;
+        let dir = ctx.log.dir().to_path_buf();
+        match swap::commit(ctx.storage, &dir, base_offset, self.end_offset) {
+            Ok(()) => {
+                self.phase = Phase::Committed;
+                StepOutcome::Continue
+            }
+            // A failed directory sync leaves the rename's durability unknown: fail closed.
+            Err(error) => StepOutcome::FailedAfterCommit(format!("committing the swap: {error}")),
+        }
+    }
+
+    /// Removes the replaced segments, renames the swap into place and updates the log's
+    /// segment list.
+    fn finish(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let sealed = ctx.log.sealed_segments();
         let range = self.first..self.first + self.inputs.len();
         let unchanged = sealed.get(range.clone()).is_some_and(|group| {
@@ -397,11 +441,11 @@ impl CompactionJob {
         let replaced: Vec<PathBuf> = self.inputs.iter().map(|i| i.path.clone()).collect();
         let base_offset = self.inputs[0].base_offset;
         let dir = ctx.log.dir().to_path_buf();
-        let path = match swap::install(ctx.storage, &dir, base_offset, self.end_offset, &replaced) {
+        let completed = swap::complete(ctx.storage, &dir, base_offset, self.end_offset, &replaced);
+        let path = match completed {
             Ok(path) => path,
-            // A failed directory sync leaves the rename's durability unknown: fail closed.
-            Err(InstallError::BeforeCommit(error) | InstallError::AfterCommit(error)) => {
-                return StepOutcome::FailedAfterCommit(format!("swapping segments: {error}"));
+            Err(error) => {
+                return StepOutcome::FailedAfterCommit(format!("completing the swap: {error}"));
             }
         };
         let live_before: u64 = ctx.log.table().segments()[range.clone()]
@@ -422,7 +466,9 @@ impl CompactionJob {
         };
         ctx.log.replace_sealed(range, segment, stats);
         ctx.metrics.compactions += 1;
-        ctx.metrics.last_success_ms = ctx.now_ms;
+        // Wall clock, not the selection's time: an explicit compaction may run "as of"
+        // another time.
+        ctx.metrics.last_success_ms = crate::shard::wall_clock_ms();
         StepOutcome::Finished
     }
 
@@ -435,8 +481,15 @@ impl CompactionJob {
         StepOutcome::Quarantined { segment, reason }
     }
 
+    /// Whether the swap passed its commit point (then only recovery may finish it).
+    pub(crate) fn is_committed(&self) -> bool {
+        self.phase == Phase::Committed
+    }
+
     /// Closes the files and removes the `.cleaned` copy (best effort: recovery removes it
-    /// otherwise).
+    /// otherwise). After the commit point the `.swap` stays and the next load's recovery
+    /// completes it, so the partition must not be served from this log any more: callers
+    /// abandon a committed job only when the partition is unloaded, closed or failed.
     pub(crate) fn abandon(&mut self, storage: &mut dyn Storage) {
         if let Some(file) = self.input_file.take() {
             storage.close(file);

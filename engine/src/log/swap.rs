@@ -61,21 +61,40 @@ pub fn install(
     end_offset: i64,
     replaced: &[PathBuf],
 ) -> Result<PathBuf, InstallError> {
+    commit(storage, dir, base_offset, end_offset).map_err(InstallError::BeforeCommit)?;
+    complete(storage, dir, base_offset, end_offset, replaced).map_err(InstallError::AfterCommit)
+}
+
+/// Step 1: renames the synced `.cleaned` copy to `.swap` and syncs the directory. After an
+/// error the rename's durability is unknown.
+pub fn commit(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    base_offset: i64,
+    end_offset: i64,
+) -> io::Result<()> {
     let cleaned = dir.join(file_name(base_offset, end_offset, CLEANED_SUFFIX));
     let swap = dir.join(file_name(base_offset, end_offset, SWAP_SUFFIX));
-    storage
-        .rename(&cleaned, &swap)
-        .and_then(|()| storage.sync_dir(dir))
-        .map_err(InstallError::BeforeCommit)?;
+    storage.rename(&cleaned, &swap)?;
+    storage.sync_dir(dir)
+}
+
+/// Steps 2 and 3, after [`commit`]: removes the replaced segments and renames the swap to
+/// `<base>.log`; returns that path.
+pub fn complete(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    base_offset: i64,
+    end_offset: i64,
+    replaced: &[PathBuf],
+) -> io::Result<PathBuf> {
+    let swap = dir.join(file_name(base_offset, end_offset, SWAP_SUFFIX));
     let segment = dir.join(segment_file_name(base_offset));
-    let after = |storage: &mut dyn Storage| -> io::Result<()> {
-        for path in replaced {
-            storage.remove_file(path)?;
-        }
-        storage.rename(&swap, &segment)?;
-        storage.sync_dir(dir)
-    };
-    after(storage).map_err(InstallError::AfterCommit)?;
+    for path in replaced {
+        storage.remove_file(path)?;
+    }
+    storage.rename(&swap, &segment)?;
+    storage.sync_dir(dir)?;
     Ok(segment)
 }
 

@@ -176,7 +176,6 @@ impl Shard {
                 read_buf: &mut self.maintenance.read_buf,
                 out_buf: &mut self.maintenance.out_buf,
                 metrics: &mut self.metrics.compaction,
-                now_ms,
             };
             job.step(&mut ctx)
         };
@@ -196,8 +195,10 @@ impl Shard {
                 self.maintenance.job = Some(job);
             }
             StepOutcome::Continue => {
+                let committed = job.is_committed();
                 job.abandon(self.storage.as_mut());
-                self.compaction_failed(partition, "compaction made no progress".into(), false);
+                let reason = "compaction made no progress".to_owned();
+                self.compaction_failed(partition, reason, committed);
             }
             StepOutcome::Finished => self.maintenance.maybe_dirty = true,
             StepOutcome::Quarantined { segment, reason } => {
