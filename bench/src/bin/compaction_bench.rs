@@ -31,6 +31,8 @@ type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Highest latency the histogram tracks (60 s, in µs).
 const LATENCY_US_MAX: u64 = 60_000_000;
+/// Reopenings timed for the replay rate.
+const REPLAY_ATTEMPTS: u32 = 3;
 /// The topic every commit names.
 const TOPIC: &str = "bench-topic";
 
@@ -204,17 +206,38 @@ fn replay_rate(args: &Args, dir: &Path, engine: Engine) -> BoxResult<()> {
     drop(engine);
     let mut config = config(args, dir, false);
     config.shards = 1;
+    // The fixed cost of an open (thread, io_uring, one directory and active segment per
+    // partition), measured on an empty directory and subtracted.
+    let empty = dir.with_extension("empty");
+    let mut empty_config = config.clone();
+    empty_config.data_dir = empty.clone();
+    Engine::open(empty_config.clone())?.close()?;
     let started = Instant::now();
-    let engine = Engine::open(config)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let records = engine.recovery_report().records;
-    println!(
-        "replay (1 shard, compacted log of {:.1} MiB): {records} records in {:.3} s = {:.2} M records/s",
-        log_bytes as f64 / 1048576.0,
-        seconds,
-        records as f64 / seconds / 1e6,
-    );
-    engine.close()?;
+    Engine::open(empty_config)?.close()?;
+    let fixed = started.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&empty)?;
+    for attempt in 0..REPLAY_ATTEMPTS {
+        // Open syncs the active segments; without this they wait behind the writeback of
+        // everything the storm left dirty, and the figure measures the disk, not replay.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let started = Instant::now();
+        let engine = Engine::open(config.clone())?;
+        let seconds = started.elapsed().as_secs_f64();
+        let records = engine.recovery_report().records;
+        let replay = (seconds - fixed).max(1e-9);
+        print!("attempt {attempt}: ");
+        println!(
+            "replay (1 shard, compacted log of {:.1} MiB): {records} records; open {:.3} s, of an \
+         empty dir {:.3} s; replay {:.2} M records/s (open time: {:.2} M records/s)",
+            log_bytes as f64 / 1048576.0,
+            seconds,
+            fixed,
+            records as f64 / replay / 1e6,
+            records as f64 / seconds / 1e6,
+        );
+        engine.close()?;
+    }
     Ok(())
 }
 

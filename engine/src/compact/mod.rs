@@ -12,8 +12,9 @@
 //! 3. swaps the copy in crash-safely ([`crate::log::swap`]).
 //!
 //! The shard runs a step only when its inbox is empty, or, under sustained load, after a
-//! flush once the bytes committed since earned it ([`COMPACTION_READ_PER_BYTE_WRITTEN`]), so
-//! commits wait behind at most one bounded step. A segment the compactor cannot read or parse is quarantined: skipped
+//! flush once the bytes committed since earned it ([`COMPACTION_READ_PER_BYTE_WRITTEN`]), at
+//! most [`COMPACTION_STEPS_PER_FLUSH_MAX`] steps, so commits wait behind a bounded amount of
+//! compaction. A segment the compactor cannot read or parse is quarantined: skipped
 //! from then on, counted, and reported as an [`EngineEvent`](crate::EngineEvent), while the
 //! rest of the shard's partitions go on being compacted.
 
@@ -32,8 +33,12 @@ pub const COMPACTION_STEP_BYTES_MAX: usize = 256 * 1024;
 /// step after a flush once the flushes since the last step wrote
 /// `1 / COMPACTION_READ_PER_BYTE_WRITTEN` of a step's bytes: compaction then reads this many
 /// bytes per byte committed, enough to keep a commit storm's log near its live size. At most
-/// one step runs per flush, so a commit waits behind at most one bounded step.
+/// [`COMPACTION_STEPS_PER_FLUSH_MAX`] steps run after one flush, so a commit waits behind a
+/// bounded amount of compaction.
 pub const COMPACTION_READ_PER_BYTE_WRITTEN: u64 = 2;
+
+/// Most compaction steps run after one flush under load.
+pub const COMPACTION_STEPS_PER_FLUSH_MAX: u32 = 4;
 
 /// Cap of the compaction credit (in steps' bytes), so a long idle-free burst does not
 /// leave a debt that later steals every flush.

@@ -8,6 +8,7 @@ use crate::compact::retention::{self, ExpiredOffset};
 use crate::compact::select::{self, Candidate, SelectSettings};
 use crate::compact::{
     COMPACTION_CREDIT_STEPS_MAX, COMPACTION_READ_PER_BYTE_WRITTEN, COMPACTION_STEP_BYTES_MAX,
+    COMPACTION_STEPS_PER_FLUSH_MAX,
 };
 use crate::completion::CommitFuture;
 use crate::config::Config;
@@ -121,7 +122,11 @@ impl Shard {
         let cap = COMPACTION_CREDIT_STEPS_MAX * COMPACTION_STEP_BYTES_MAX as u64;
         let credit = &mut self.maintenance.credit_bytes;
         *credit = (*credit + earned * COMPACTION_READ_PER_BYTE_WRITTEN).min(cap);
-        if *credit >= COMPACTION_STEP_BYTES_MAX as u64 && self.maintenance.has_compaction_work() {
+        for _ in 0..COMPACTION_STEPS_PER_FLUSH_MAX {
+            let earned_a_step = self.maintenance.credit_bytes >= COMPACTION_STEP_BYTES_MAX as u64;
+            if !earned_a_step || !self.maintenance.has_compaction_work() {
+                break;
+            }
             self.compaction_step(super::wall_clock_ms());
         }
     }
