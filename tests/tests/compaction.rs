@@ -550,3 +550,33 @@ fn a_tombstone_outlives_older_values_of_its_key_in_uncompacted_segments() {
     );
     engine.close().unwrap();
 }
+
+/// With `log.cleaner.enable` the shard compacts by itself, between requests.
+#[test]
+fn the_background_compactor_runs_between_requests() {
+    let disk = SimDisk::new(51);
+    let config = config(1, true);
+    let engine = open_sim(&disk, &config).unwrap();
+    let mut model = Model::default();
+    let metadata = "b".repeat(3000);
+    for round in 0..1200i64 {
+        let g = group(round as u64 % 3);
+        commit(&engine, &mut model, &g, 0, round, &metadata, None);
+    }
+    // Bounded wait: the shard is idle now, so it runs steps until nothing is cleanable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let compacted = loop {
+        let metrics = engine.metrics().unwrap();
+        let done: u64 = metrics.iter().map(|m| m.compaction.compactions).sum();
+        if done > 0 || std::time::Instant::now() > deadline {
+            break done;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(compacted > 0, "no background compaction within 10 s");
+    check(&engine, &model, "after background compaction");
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "after reopening");
+    engine.close().unwrap();
+}
