@@ -277,22 +277,27 @@ impl Shard {
         }
     }
 
-    /// Abandons the running compaction, if any (at close).
+    /// Ends the running compaction, if any (at close).
     pub(super) fn abandon_any_compaction(&mut self) {
-        if let Some(mut job) = self.maintenance.job.take() {
-            job.abandon(self.storage.as_mut());
+        if let Some(partition) = self.maintenance.job.as_ref().map(|job| job.partition) {
+            self.abandon_compaction(partition);
         }
     }
 
-    /// Abandons a compaction of `partition` (before it is unloaded or failed).
+    /// Ends a compaction of `partition` before it is unloaded: one past its commit point is
+    /// completed (one more step), so a clean unload leaves no `.swap`; any other is
+    /// abandoned (its `.cleaned` removed).
     pub(super) fn abandon_compaction(&mut self, partition: u32) {
-        if self
-            .maintenance
-            .job
-            .as_ref()
-            .is_some_and(|job| job.partition == partition)
-            && let Some(mut job) = self.maintenance.job.take()
-        {
+        let Some(job) = self.maintenance.job.as_ref() else {
+            return;
+        };
+        if job.partition != partition {
+            return;
+        }
+        if job.is_committed() {
+            self.compaction_step(super::wall_clock_ms());
+        }
+        if let Some(mut job) = self.maintenance.job.take() {
             job.abandon(self.storage.as_mut());
         }
     }
