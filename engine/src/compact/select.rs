@@ -101,3 +101,111 @@ pub(crate) fn best_group(
 fn dirty_records_enough(dirty_ratio: f64, dead_records: u64, settings: SelectSettings) -> bool {
     dead_records > 0 && dirty_ratio >= settings.min_cleanable_ratio
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogSettings;
+    use crate::storage::SimDisk;
+    use std::path::Path;
+
+    const BATCH_BYTES: usize = 60;
+    const RECORDS_PER_BATCH: i64 = 10;
+
+    /// A log of `segments` sealed segments (plus an empty active one), each one batch of 10
+    /// records, all live.
+    fn log(segments: usize) -> PartitionLog {
+        let disk = SimDisk::new(1);
+        let mut storage = disk.storage();
+        let settings = LogSettings {
+            segment_bytes: 100,
+            preallocate: false,
+        };
+        let mut buf = Vec::new();
+        let mut visit = |_: &crate::format::BatchView<'_>, _: u64, _: &mut _| Ok(());
+        let (mut log, _) = PartitionLog::open(
+            &mut storage,
+            Path::new("/d"),
+            0,
+            settings,
+            &mut buf,
+            &mut visit,
+        )
+        .unwrap();
+        for _ in 0..=segments {
+            log.prepare_append(&mut storage, BATCH_BYTES).unwrap();
+            let last = log.next_offset() + RECORDS_PER_BATCH - 1;
+            log.commit_append(BATCH_BYTES, last);
+        }
+        log
+    }
+
+    fn settings() -> SelectSettings {
+        SelectSettings {
+            min_cleanable_ratio: 0.5,
+            delete_retention_ms: 1000,
+            segment_bytes: 100,
+        }
+    }
+
+    fn dead(log: &mut PartitionLog, offsets: std::ops::Range<i64>) {
+        for offset in offsets {
+            log.table_mut().mark_dead(offset);
+        }
+    }
+
+    #[test]
+    fn clean_segments_are_left_alone_and_groups_split_at_quarantined_ones() {
+        let mut log = log(3);
+        assert_eq!(log.sealed_segments().len(), 3);
+        let none = BTreeSet::new();
+        assert_eq!(best_group(0, &log, &none, settings(), 0), None);
+        dead(&mut log, 10..14); // 40 % dirty: below the ratio
+        assert_eq!(best_group(0, &log, &none, settings(), 0), None);
+        dead(&mut log, 14..16); // 60 %
+        dead(&mut log, 20..29); // 90 %
+        let best = best_group(0, &log, &none, settings(), 0).unwrap();
+        // Estimated live bytes 60 + 24 + 6 fit one segment: one group of all three, half dead.
+        assert_eq!((best.first, best.count), (0, 3));
+        assert!(
+            (best.dirty_ratio - 0.5).abs() < 1e-9,
+            "{}",
+            best.dirty_ratio
+        );
+        assert_eq!(
+            best.drop_tombstones_through_ms,
+            Some(-1000),
+            "it starts the log"
+        );
+        // A quarantined middle segment splits the group: the first segment alone is clean,
+        // the last (one live record of ten) is cleanable on its own.
+        let quarantined = BTreeSet::from([10]);
+        let best = best_group(0, &log, &quarantined, settings(), 0).unwrap();
+        assert_eq!((best.first, best.count), (2, 1));
+        assert_eq!(
+            best.drop_tombstones_through_ms, None,
+            "not the start of the log"
+        );
+    }
+
+    #[test]
+    fn only_a_group_that_starts_the_log_may_drop_tombstones() {
+        let mut log = log(3);
+        let none = BTreeSet::new();
+        // A tombstone at offset 25, in the third segment: never a reason to compact alone.
+        dead(&mut log, 25..26);
+        log.table_mut().note_tombstone(25, 100);
+        assert_eq!(best_group(0, &log, &none, settings(), 10_000), None);
+        // In the first segment, past delete.retention.ms: cleanable, tombstones may go.
+        dead(&mut log, 5..6);
+        log.table_mut().note_tombstone(5, 100);
+        let best = best_group(0, &log, &none, settings(), 10_000).unwrap();
+        assert_eq!(best.first, 0);
+        assert_eq!(best.drop_tombstones_through_ms, Some(9_000));
+        // Not yet past retention: nothing to do.
+        assert_eq!(best_group(0, &log, &none, settings(), 1_000), None);
+        // Quarantining the first segment: the next group no longer starts the log.
+        let quarantined = BTreeSet::from([0]);
+        assert_eq!(best_group(0, &log, &quarantined, settings(), 10_000), None);
+    }
+}
