@@ -324,7 +324,8 @@ impl Engine {
                 tombstone: false,
             })
             .collect();
-        self.send_pending(group_id, offsets, bytes_max)
+        let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
+        self.send_pending(group_id, offsets, bytes_max, deadline)
     }
 
     /// Deletes the committed offsets of the given topic partitions of a group (Kafka's
@@ -333,6 +334,10 @@ impl Engine {
     /// offsets never come back, after compaction or recovery either. Deleting an offset that
     /// is not committed writes a tombstone all the same (harmless; compaction drops it).
     pub fn delete_offsets(&self, group_id: &str, partitions: &[(&str, i32)]) -> CommitFuture {
+        if partitions.len() > COMMIT_PARTITIONS_MAX {
+            let error = Error::InvalidRequest("too many partitions in one delete");
+            return CommitFuture::resolved(Err(error));
+        }
         let tombstones: Vec<PendingOffset> = partitions
             .iter()
             .map(|(topic, partition)| PendingOffset::tombstone(topic, *partition))
@@ -359,23 +364,38 @@ impl Engine {
         self.send_tombstones(group_id, tombstones)
     }
 
+    /// Queues tombstones in as many requests as the batch limits need (a group may have
+    /// more offsets than one request may carry). Every request gets the same deadline and
+    /// they are flushed in order, so the last one succeeds only if all did: its future is
+    /// the answer.
     fn send_tombstones(&self, group_id: &str, tombstones: Vec<PendingOffset>) -> CommitFuture {
-        let as_commits: Vec<OffsetCommit<'_>> = tombstones
-            .iter()
-            .map(|t| OffsetCommit {
-                topic: &t.topic,
-                partition: t.partition,
-                offset: 0,
-                leader_epoch: None,
-                metadata: "",
-            })
-            .collect();
-        // The same limits as a commit of those partitions (a tombstone is never bigger).
-        let bytes_max = match validate_commit(&self.inner.config, group_id, &as_commits) {
-            Ok(bytes) => bytes,
-            Err(error) => return CommitFuture::resolved(Err(error)),
-        };
-        self.send_pending(group_id, tombstones, bytes_max)
+        let config = &self.inner.config;
+        if let Err(error) = validate_tombstones(group_id, &tombstones) {
+            return CommitFuture::resolved(Err(error));
+        }
+        let chunk_bytes_max = PARTITION_BATCH_BYTES_MAX.min(config.group_commit_bytes_max)
+            - crate::format::BATCH_HEADER_BYTES;
+        let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
+        let mut last = CommitFuture::resolved(Ok(()));
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        let mut tombstones = tombstones.into_iter().peekable();
+        // Bounded: every iteration consumes one tombstone.
+        while let Some(tombstone) = tombstones.next() {
+            chunk_bytes += commit_record_bytes_max(group_id, &tombstone.topic, "");
+            chunk.push(tombstone);
+            let next_bytes = tombstones
+                .peek()
+                .map(|next| commit_record_bytes_max(group_id, &next.topic, ""));
+            let full = chunk.len() == COMMIT_PARTITIONS_MAX
+                || next_bytes.is_none_or(|next| chunk_bytes + next > chunk_bytes_max);
+            if full {
+                let offsets = std::mem::take(&mut chunk);
+                last = self.send_pending(group_id, offsets, chunk_bytes, deadline);
+                chunk_bytes = 0;
+            }
+        }
+        last
     }
 
     /// Queues validated offsets (values or tombstones) for the group commit.
@@ -384,6 +404,7 @@ impl Engine {
         group_id: &str,
         offsets: Vec<PendingOffset>,
         bytes_max: usize,
+        deadline: Instant,
     ) -> CommitFuture {
         let config = &self.inner.config;
         if offsets.is_empty() {
@@ -391,7 +412,6 @@ impl Engine {
         }
         let offsets_partition = self.partition_for(group_id);
         let now = Instant::now();
-        let deadline = now + Duration::from_millis(config.offsets_commit_timeout_ms);
         let (future, completer) = CommitFuture::pending(deadline, config.offsets_commit_timeout_ms);
         let commit = PendingCommit {
             group: group_id.to_owned(),
@@ -655,6 +675,29 @@ fn validate_group(group_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the keys of tombstones before anything is queued (their number and size are
+/// bounded by the caller, and split into requests by `send_tombstones`).
+fn validate_tombstones(group_id: &str, tombstones: &[PendingOffset]) -> Result<()> {
+    validate_group(group_id)?;
+    for tombstone in tombstones {
+        validate_topic_partition(&tombstone.topic, tombstone.partition)?;
+    }
+    Ok(())
+}
+
+fn validate_topic_partition(topic: &str, partition: i32) -> Result<()> {
+    if topic.is_empty() {
+        return Err(Error::InvalidTopic("empty"));
+    }
+    if topic.len() > KAFKA_STRING_BYTES_MAX {
+        return Err(Error::InvalidTopic("longer than 32767 bytes"));
+    }
+    if !(0..crate::cache::DEFAULT_MAX_PARTITIONS).contains(&partition) {
+        return Err(Error::InvalidPartition(partition));
+    }
+    Ok(())
+}
+
 /// Checks a commit before anything is queued; returns the upper bound of its encoded bytes.
 fn validate_commit(config: &Config, group_id: &str, offsets: &[OffsetCommit<'_>]) -> Result<usize> {
     validate_group(group_id)?;
@@ -663,15 +706,7 @@ fn validate_commit(config: &Config, group_id: &str, offsets: &[OffsetCommit<'_>]
     }
     let mut bytes = crate::format::BATCH_HEADER_BYTES;
     for commit in offsets {
-        if commit.topic.is_empty() {
-            return Err(Error::InvalidTopic("empty"));
-        }
-        if commit.topic.len() > KAFKA_STRING_BYTES_MAX {
-            return Err(Error::InvalidTopic("longer than 32767 bytes"));
-        }
-        if commit.partition < 0 || commit.partition >= crate::cache::DEFAULT_MAX_PARTITIONS {
-            return Err(Error::InvalidPartition(commit.partition));
-        }
+        validate_topic_partition(commit.topic, commit.partition)?;
         if commit.offset < 0 {
             return Err(Error::InvalidOffset(commit.offset));
         }

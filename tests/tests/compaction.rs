@@ -620,3 +620,49 @@ fn partitions_move_between_shards_during_background_compaction() {
     check(&engine, &model, "after reopening");
     engine.close().unwrap();
 }
+
+/// Deleting or expiring more offsets than one request may carry (in count or bytes) splits
+/// them into several requests; every one is deleted, durably.
+#[test]
+fn deleting_and_expiring_a_very_large_group_works() {
+    let disk = SimDisk::new(71);
+    let config = config(1, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let topic = "t".repeat(200);
+    let soon = wall_ms() + 1000;
+    let partitions = 20_000;
+    for group in ["deleted", "expired"] {
+        let commits: Vec<OffsetCommit<'_>> = (0..partitions)
+            .map(|partition| OffsetCommit {
+                topic: &topic,
+                partition,
+                offset: 7,
+                leader_epoch: None,
+                metadata: "",
+            })
+            .collect();
+        for chunk in commits.chunks(2000) {
+            let future = if group == "expired" {
+                engine.commit_offsets_with_expiry(group, chunk, soon)
+            } else {
+                engine.commit_offsets(group, chunk)
+            };
+            future.wait().unwrap();
+        }
+        assert_eq!(
+            engine.fetch_all_offsets(group).unwrap().len(),
+            partitions as usize
+        );
+    }
+    engine.delete_group("deleted").wait().unwrap();
+    assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
+    assert_eq!(engine.run_retention_check(soon).unwrap(), partitions as u64);
+    assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
+    assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
+    assert_eq!(engine.recovery_report().tombstones, 2 * partitions as u64);
+    engine.close().unwrap();
+}

@@ -11,10 +11,13 @@ use crate::compact::{
     COMPACTION_STEPS_PER_FLUSH_MAX,
 };
 use crate::completion::CommitFuture;
+use crate::config::COMMIT_PARTITIONS_MAX;
 use crate::config::Config;
 use crate::error::Result;
 use crate::events::{EngineEvent, EventSink};
-use crate::shard::group_commit::{PendingCommit, PendingOffset, commit_record_bytes_max};
+use crate::shard::group_commit::{
+    PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset, commit_record_bytes_max,
+};
 
 use super::{Shard, ShardMetrics};
 
@@ -340,8 +343,8 @@ impl Shard {
             self.flush();
         }
         let mut futures = Vec::new();
-        for chunk in expired.chunk_by(|a, b| a.group == b.group) {
-            for part in chunk.chunks(crate::config::COMMIT_PARTITIONS_MAX) {
+        for group in expired.chunk_by(|a, b| a.group == b.group) {
+            for part in split_by_bytes(group) {
                 let (commit, future) = self.expiry_commit(part);
                 futures.push((future, part));
                 if let Err(commit) = self.batch.try_add(commit) {
@@ -403,6 +406,28 @@ impl Shard {
             self.metrics.events_dropped += 1;
         }
     }
+}
+
+/// Splits one group's expired offsets into requests that each fit one partition batch.
+fn split_by_bytes(offsets: &[ExpiredOffset]) -> Vec<&[ExpiredOffset]> {
+    let bytes_max = PARTITION_BATCH_BYTES_MAX - crate::format::BATCH_HEADER_BYTES;
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (index, offset) in offsets.iter().enumerate() {
+        let record = commit_record_bytes_max(&offset.group, &offset.topic, "");
+        let count = index - start;
+        if count > 0 && (bytes + record > bytes_max || count == COMMIT_PARTITIONS_MAX) {
+            parts.push(&offsets[start..index]);
+            start = index;
+            bytes = 0;
+        }
+        bytes += record;
+    }
+    if start < offsets.len() {
+        parts.push(&offsets[start..]);
+    }
+    parts
 }
 
 /// Bytes of the log and estimated live bytes per hosted partition, for the metrics.
