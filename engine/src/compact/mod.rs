@@ -5,10 +5,10 @@
 //! offset map): the compactor
 //!
 //! 1. picks the dirtiest group of consecutive sealed segments of any partition of the shard
-//!    ([`select`]) whose dirty ratio reaches `min.cleanable.dirty.ratio`, or that starts the
+//!    (`select`) whose dirty ratio reaches `min.cleanable.dirty.ratio`, or that starts the
 //!    log and holds tombstones past `delete.retention.ms`;
 //! 2. copies their live records, with their original offsets, into a `.cleaned` file in
-//!    steps of at most [`COMPACTION_STEP_BYTES_MAX`] read ([`job`]);
+//!    steps of at most [`COMPACTION_STEP_BYTES_MAX`] read (`job`);
 //! 3. swaps the copy in crash-safely ([`crate::log::swap`]).
 //!
 //! The shard runs a step only when its inbox is empty, or, under sustained load, after a
