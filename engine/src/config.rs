@@ -27,6 +27,12 @@ pub const GROUP_COMMIT_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 /// Most shards an engine runs.
 pub const SHARDS_MAX: usize = 256;
 
+/// Upper bound on `offsets_retention_minutes` (about 100 years, far inside i64 ms).
+pub const RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
+
+/// Upper bound on `offsets_retention_check_interval_ms` (one day).
+pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
+
 /// Engine configuration.
 ///
 /// ```
@@ -66,6 +72,21 @@ pub struct Config {
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
     pub request_queue_depth_max: usize,
+    /// `log.cleaner.enable` (true): run the incremental compactor in the background. When
+    /// false, compaction runs only on [`Engine::compact`](crate::Engine::compact).
+    pub log_cleaner_enable: bool,
+    /// `log.cleaner.min.cleanable.ratio` (0.5; `min.cleanable.dirty.ratio` per topic): the
+    /// dirty ratio (dead / all bytes, estimated) at which sealed segments get compacted.
+    pub log_cleaner_min_cleanable_ratio: f64,
+    /// `log.cleaner.delete.retention.ms` (86400000; `delete.retention.ms` per topic): a
+    /// tombstone is kept at least this long after it was written, then dropped by the first
+    /// compaction of the segments that start the log.
+    pub log_cleaner_delete_retention_ms: u64,
+    /// `offsets.retention.minutes` (10080): how long the offsets of a group without members
+    /// are kept.
+    pub offsets_retention_minutes: u64,
+    /// `offsets.retention.check.interval.ms` (600000).
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Config {
@@ -84,6 +105,11 @@ impl Config {
             group_partitioner: GroupPartitioner::Kafka,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             pin_shards: true,
+            log_cleaner_enable: true,
+            log_cleaner_min_cleanable_ratio: 0.5,
+            log_cleaner_delete_retention_ms: 86_400_000,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 
@@ -127,6 +153,26 @@ impl Config {
         }
         if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
             return fail("request_queue_depth_max must be in 1..=1048576".into());
+        }
+        if !(0.0..=1.0).contains(&self.log_cleaner_min_cleanable_ratio) {
+            return fail("log.cleaner.min.cleanable.ratio must be in 0..=1".into());
+        }
+        if self.log_cleaner_delete_retention_ms > i64::MAX as u64 {
+            return fail("log.cleaner.delete.retention.ms is too large".into());
+        }
+        if self.offsets_retention_minutes == 0
+            || self.offsets_retention_minutes > RETENTION_MINUTES_MAX
+        {
+            return fail(format!(
+                "offsets.retention.minutes must be in 1..={RETENTION_MINUTES_MAX}"
+            ));
+        }
+        if self.offsets_retention_check_interval_ms == 0
+            || self.offsets_retention_check_interval_ms > RETENTION_CHECK_INTERVAL_MS_MAX
+        {
+            return fail(format!(
+                "offsets.retention.check.interval.ms must be in 1..={RETENTION_CHECK_INTERVAL_MS_MAX}"
+            ));
         }
         Ok(())
     }

@@ -12,9 +12,11 @@ use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{CommitFuture, CompletionPool};
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
+use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
-    COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, commit_record_bytes_max,
+    COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset,
+    commit_record_bytes_max,
 };
 use crate::shard::{RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
@@ -67,6 +69,8 @@ struct EngineInner {
     /// Set once `close` starts: fetches check it without taking a lock.
     closed: AtomicBool,
     recovery: RecoveryReport,
+    /// Subscribers' end of the shards' event queue.
+    events: Receiver<EngineEvent>,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
     /// Recycled commit requests and completion slots: the commit path allocates nothing
@@ -133,6 +137,7 @@ impl Engine {
         let completions = CompletionPool::new(pooled);
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
+        let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let mut first_error = None;
         // One cache per offsets partition for the engine's life: the writer lives with the
         // shard serving the partition (and moves with it), the readers stay here.
@@ -151,7 +156,8 @@ impl Engine {
                 .collect();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spawned = make_storage().map_err(storage_error).and_then(|storage| {
-                spawn_shard(index, &config, storage, hosted, core, commits.clone())
+                let sink = EventSink::new(event_sender.clone());
+                spawn_shard(index, &config, storage, hosted, core, sink, commits.clone())
             });
             match spawned {
                 Ok((handle, opened)) => {
@@ -191,6 +197,7 @@ impl Engine {
                 config,
                 shards,
                 recovery,
+                events,
                 dir_lock: Mutex::new(Some(dir_lock)),
                 commits,
                 completions,
@@ -288,6 +295,30 @@ impl Engine {
     ///
     /// Waits for queue space when the shard is saturated (backpressure).
     pub fn commit_offsets(&self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
+        self.commit_expiring(group_id, offsets, NO_EXPIRE_TIMESTAMP_MS)
+    }
+
+    /// Like [`commit_offsets`](Self::commit_offsets), with an explicit expire timestamp (ms
+    /// since the Unix epoch; OffsetCommit v1's retention): the retention check expires the
+    /// offsets once it has passed, if the group has no members.
+    pub fn commit_offsets_with_expiry(
+        &self,
+        group_id: &str,
+        offsets: &[OffsetCommit<'_>],
+        expire_timestamp_ms: i64,
+    ) -> CommitFuture {
+        if expire_timestamp_ms < 0 {
+            return CommitFuture::resolved(Err(Error::InvalidRequest("negative expire timestamp")));
+        }
+        self.commit_expiring(group_id, offsets, expire_timestamp_ms)
+    }
+
+    fn commit_expiring(
+        &self,
+        group_id: &str,
+        offsets: &[OffsetCommit<'_>],
+        expire_timestamp_ms: i64,
+    ) -> CommitFuture {
         let config = &self.inner.config;
         let bytes_max = match validate_commit(config, group_id, offsets) {
             Ok(bytes) => bytes,
@@ -296,9 +327,101 @@ impl Engine {
         if offsets.is_empty() {
             return CommitFuture::resolved(Ok(()));
         }
+        let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
+        self.send_pending(group_id, deadline, |commit, offsets_partition| {
+            commit.fill(
+                group_id,
+                offsets_partition,
+                offsets,
+                bytes_max,
+                expire_timestamp_ms,
+            );
+        })
+    }
+
+    /// Deletes the committed offsets of the given topic partitions of a group (Kafka's
+    /// OffsetDelete): writes a tombstone for each, through the group commit. The future
+    /// resolves once the tombstones are durable; fetches then find nothing, and the deleted
+    /// offsets never come back, after compaction or recovery either. Deleting an offset that
+    /// is not committed writes a tombstone all the same (harmless; compaction drops it).
+    pub fn delete_offsets(&self, group_id: &str, partitions: &[(&str, i32)]) -> CommitFuture {
+        if partitions.len() > COMMIT_PARTITIONS_MAX {
+            let error = Error::InvalidRequest("too many partitions in one delete");
+            return CommitFuture::resolved(Err(error));
+        }
+        let tombstones: Vec<PendingOffset> = partitions
+            .iter()
+            .map(|(topic, partition)| PendingOffset::tombstone(topic, *partition))
+            .collect();
+        self.send_tombstones(group_id, tombstones)
+    }
+
+    /// Deletes a group (Kafka's DeleteGroups): tombstones for every committed offset of the
+    /// group, durable when the future resolves.
+    ///
+    /// Groups with members are refused by Kafka (`NON_EMPTY_GROUP`); group membership comes
+    /// with the groups work (issue 6), which must add that check here
+    /// (`GROUP-MEMBERS-HOOK`), and a tombstone for the group's metadata record.
+    pub fn delete_group(&self, group_id: &str) -> CommitFuture {
+        // GROUP-MEMBERS-HOOK: refuse with Error::NonEmptyGroup while the group has members.
+        let committed = match self.fetch_all_offsets(group_id) {
+            Ok(committed) => committed,
+            Err(error) => return CommitFuture::resolved(Err(error)),
+        };
+        let tombstones = committed
+            .iter()
+            .map(|c| PendingOffset::tombstone(&c.topic, c.partition))
+            .collect();
+        self.send_tombstones(group_id, tombstones)
+    }
+
+    /// Queues tombstones in as many requests as the batch limits need (a group may have
+    /// more offsets than one request may carry). Every request gets the same deadline and
+    /// they are flushed in order, so the last one succeeds only if all did: its future is
+    /// the answer.
+    fn send_tombstones(&self, group_id: &str, tombstones: Vec<PendingOffset>) -> CommitFuture {
+        let config = &self.inner.config;
+        if let Err(error) = validate_tombstones(group_id, &tombstones) {
+            return CommitFuture::resolved(Err(error));
+        }
+        let chunk_bytes_max = PARTITION_BATCH_BYTES_MAX.min(config.group_commit_bytes_max)
+            - crate::format::BATCH_HEADER_BYTES;
+        let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
+        let mut last = CommitFuture::resolved(Ok(()));
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        let mut tombstones = tombstones.into_iter().peekable();
+        // Bounded: every iteration consumes one tombstone.
+        while let Some(tombstone) = tombstones.next() {
+            chunk_bytes += commit_record_bytes_max(group_id, &tombstone.topic, "");
+            chunk.push(tombstone);
+            let next_bytes = tombstones
+                .peek()
+                .map(|next| commit_record_bytes_max(group_id, &next.topic, ""));
+            let full = chunk.len() == COMMIT_PARTITIONS_MAX
+                || next_bytes.is_none_or(|next| chunk_bytes + next > chunk_bytes_max);
+            if full {
+                let offsets = std::mem::take(&mut chunk);
+                last = self.send_pending(group_id, deadline, |commit, offsets_partition| {
+                    commit.fill_owned(group_id, offsets_partition, offsets, chunk_bytes);
+                });
+                chunk_bytes = 0;
+            }
+        }
+        last
+    }
+
+    /// Queues validated offsets (values or tombstones) for the group commit: `fill` copies
+    /// them into a pooled request for the group's offsets partition.
+    fn send_pending(
+        &self,
+        group_id: &str,
+        deadline: Instant,
+        fill: impl FnOnce(&mut PendingCommit, u32),
+    ) -> CommitFuture {
+        let config = &self.inner.config;
         let offsets_partition = self.partition_for(group_id);
         let now = Instant::now();
-        let deadline = now + Duration::from_millis(config.offsets_commit_timeout_ms);
         let (future, completer) = CommitFuture::pending(
             deadline,
             config.offsets_commit_timeout_ms,
@@ -306,7 +429,7 @@ impl Engine {
         );
         // Pooled: refilled in place, no allocation once the pool is warm.
         let mut commit = self.inner.commits.take();
-        commit.fill(group_id, offsets_partition, offsets, bytes_max);
+        fill(&mut commit, offsets_partition);
         commit.arm(now, deadline, completer);
         // A full inbox blocks the caller (backpressure), but never past the commit's
         // deadline. A failed send drops the commit, and with it the completer, which fails
@@ -369,6 +492,43 @@ impl Engine {
         }
     }
 
+    /// A subscription to the engine's events (offsets expired by retention, compactor
+    /// trouble). Every clone of the receiver takes from the same bounded queue; shards drop
+    /// (and count) events when it is full, so subscribe and drain it.
+    pub fn events(&self) -> Receiver<EngineEvent> {
+        self.inner.events.clone()
+    }
+
+    /// Runs the compactor on every shard until nothing is cleanable at `now_ms` (ms since the
+    /// Unix epoch: tombstones written before `now_ms - delete.retention.ms` may be dropped).
+    /// Returns the compactions run. For tests and operators; the background compactor
+    /// (`log.cleaner.enable`) does the same in bounded steps at low priority.
+    pub fn compact(&self, now_ms: i64) -> Result<u64> {
+        self.ask_every_shard(|reply| Request::Compact { now_ms, reply })
+    }
+
+    /// Runs the offset retention check on every shard as if at `now_ms` (ms since the Unix
+    /// epoch); returns the offsets expired. Each shard runs it by itself every
+    /// `offsets.retention.check.interval.ms` against the wall clock; this lets tests and
+    /// operators run it at a chosen time.
+    pub fn run_retention_check(&self, now_ms: i64) -> Result<u64> {
+        self.ask_every_shard(|reply| Request::RetentionCheck { now_ms, reply })
+    }
+
+    fn ask_every_shard(&self, request: impl Fn(Sender<Result<u64>>) -> Request) -> Result<u64> {
+        self.ensure_open()?;
+        let mut total = 0;
+        for shard in &self.inner.shards {
+            let (reply, answer) = bounded(1);
+            shard
+                .requests
+                .send(request(reply))
+                .map_err(|_| Error::Closed)?;
+            total += answer.recv().map_err(|_| Error::Closed)??;
+        }
+        Ok(total)
+    }
+
     /// A snapshot of every shard's metrics, in shard order.
     pub fn metrics(&self) -> Result<Vec<ShardMetrics>> {
         let mut all = Vec::with_capacity(self.inner.shards.len());
@@ -418,6 +578,9 @@ impl Drop for EngineInner {
     }
 }
 
+/// Expire timestamp of an offset without explicit retention.
+pub(crate) const NO_EXPIRE_TIMESTAMP_MS: i64 = -1;
+
 /// Builds one shard's thread: named for debugging, pinned to its core so its partitions'
 /// tables, buffers and io_uring stay in that core's caches (thread-per-core), and running
 /// recovery of its own partitions before serving. Returns the handle and a channel that
@@ -428,6 +591,7 @@ fn spawn_shard(
     storage: Box<dyn Storage>,
     hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
+    events: EventSink,
     commit_pool: CommitPool,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
@@ -441,7 +605,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, hosted, index, commit_pool) {
+            match Shard::open(&shard_config, storage, hosted, index, events, commit_pool) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);
@@ -536,6 +700,29 @@ pub(crate) fn validate_group(group_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks the keys of tombstones before anything is queued (their number and size are
+/// bounded by the caller, and split into requests by `send_tombstones`).
+fn validate_tombstones(group_id: &str, tombstones: &[PendingOffset]) -> Result<()> {
+    validate_group(group_id)?;
+    for tombstone in tombstones {
+        validate_topic_partition(&tombstone.topic, tombstone.partition)?;
+    }
+    Ok(())
+}
+
+fn validate_topic_partition(topic: &str, partition: i32) -> Result<()> {
+    if topic.is_empty() {
+        return Err(Error::InvalidTopic("empty"));
+    }
+    if topic.len() > KAFKA_STRING_BYTES_MAX {
+        return Err(Error::InvalidTopic("longer than 32767 bytes"));
+    }
+    if !(0..crate::cache::DEFAULT_MAX_PARTITIONS).contains(&partition) {
+        return Err(Error::InvalidPartition(partition));
+    }
+    Ok(())
+}
+
 /// Checks a commit before anything is queued; returns the upper bound of its encoded bytes.
 pub(crate) fn validate_commit(
     config: &Config,
@@ -548,15 +735,7 @@ pub(crate) fn validate_commit(
     }
     let mut bytes = crate::format::BATCH_HEADER_BYTES;
     for commit in offsets {
-        if commit.topic.is_empty() {
-            return Err(Error::InvalidTopic("empty"));
-        }
-        if commit.topic.len() > KAFKA_STRING_BYTES_MAX {
-            return Err(Error::InvalidTopic("longer than 32767 bytes"));
-        }
-        if commit.partition < 0 || commit.partition >= crate::cache::DEFAULT_MAX_PARTITIONS {
-            return Err(Error::InvalidPartition(commit.partition));
-        }
+        validate_topic_partition(commit.topic, commit.partition)?;
         if commit.offset < 0 {
             return Err(Error::InvalidOffset(commit.offset));
         }

@@ -15,10 +15,12 @@
 //! See `docs/architecture.md` for how the pieces fit.
 
 pub mod cache;
+pub mod compact;
 mod completion;
 pub mod config;
 mod engine;
 pub mod error;
+mod events;
 pub mod format;
 pub mod log;
 mod offsets;
@@ -32,5 +34,6 @@ pub use completion::CommitFuture;
 pub use config::Config;
 pub use engine::Engine;
 pub use error::{Error, Result};
+pub use events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-pub use shard::{LocalShard, PartitionHandoff, RecoveryReport, ShardMetrics};
+pub use shard::{LocalShard, PartitionHandoff, PartitionSpace, RecoveryReport, ShardMetrics};

@@ -9,12 +9,15 @@ use coffer::{Config, Engine, OffsetCommit, Result};
 pub const SIM_DATA_DIR: &str = "/coffer-data";
 
 /// A small config for tests: few partitions, minimum segment size, no preallocation unless
-/// asked (so file lengths equal data lengths).
+/// asked (so file lengths equal data lengths), and no background compactor (tests that look
+/// at segment files need them as written; compaction tests turn it on or call
+/// `Engine::compact`).
 pub fn test_config(data_dir: impl Into<PathBuf>, partitions: u32) -> Config {
     let mut config = Config::new(data_dir);
     config.offsets_topic_num_partitions = partitions;
     config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
     config.log_preallocate = false;
+    config.log_cleaner_enable = false;
     config
 }
 

@@ -322,6 +322,20 @@ impl OffsetCache {
         value: OffsetValueRef<'_>,
         log_position: u64,
     ) -> Result<()> {
+        self.replace(key, value, log_position).map(|_| ())
+    }
+
+    /// [`upsert`](Self::upsert), returning the log position of the value it replaced (the
+    /// record that is now dead, for the compactor's accounting).
+    ///
+    /// # Errors
+    /// As for [`OffsetCache::upsert`].
+    pub fn replace(
+        &mut self,
+        key: OffsetKey<'_>,
+        value: OffsetValueRef<'_>,
+        log_position: u64,
+    ) -> Result<Option<u64>> {
         let p = self.check_partition(key.partition)?;
         let topic = self.topic_for_insert(key.group, key.topic, p);
         // SAFETY: writer access; `topic` is live.
@@ -350,8 +364,9 @@ impl OffsetCache {
         if !old.present {
             topic.set_live(topic.live() + 1);
             self.live_keys += 1;
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(old.log_position))
     }
 
     /// Removes `key` (a tombstone). Returns whether it was present.
@@ -359,9 +374,17 @@ impl OffsetCache {
     /// # Errors
     /// As for [`OffsetCache::upsert`].
     pub fn remove(&mut self, key: OffsetKey<'_>) -> Result<bool> {
+        self.take(key).map(|position| position.is_some())
+    }
+
+    /// [`remove`](Self::remove), returning the log position of the removed value.
+    ///
+    /// # Errors
+    /// As for [`OffsetCache::upsert`].
+    pub fn take(&mut self, key: OffsetKey<'_>) -> Result<Option<u64>> {
         let p = self.check_partition(key.partition)?;
         let Some((group, topic)) = self.find_topic(key.group, key.topic) else {
-            return Ok(false);
+            return Ok(None);
         };
         let (group, topic) = (group as *const GroupNode, topic as *const TopicNode);
         // SAFETY: writer access; both live.
@@ -369,11 +392,11 @@ impl OffsetCache {
         // SAFETY: writer access.
         let parts = unsafe { topic.parts() };
         let Some(slot) = parts.slots.get(p) else {
-            return Ok(false);
+            return Ok(None);
         };
         let old = slot.load_own();
         if !old.present {
-            return Ok(false);
+            return Ok(None);
         }
         slot.write(&self.shared.stash, &Fields::ABSENT);
         if !old.meta.is_null() {
@@ -386,7 +409,7 @@ impl OffsetCache {
         if live == 0 {
             self.unlink_topic(group, topic);
         }
-        Ok(true)
+        Ok(Some(old.log_position))
     }
 
     /// The log position stored with `key`'s current value: the compactor keeps a record iff

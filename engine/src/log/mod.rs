@@ -4,9 +4,13 @@
 //! * [`reader`] — batch-by-batch reading with framing, CRC and offset checks, and the
 //!   torn-tail inspection recovery relies on.
 //! * [`partition`] — one partition's log: recovery on open, appends, rolls, close.
+//! * [`liveness`] — per-segment live/dead record counts, the compactor's input.
+//! * [`swap`] — the crash-safe protocol that replaces segments with their compacted copy.
 
+pub mod liveness;
 pub mod partition;
 pub mod reader;
 pub mod segment;
+pub mod swap;
 
-pub use partition::{LogSettings, PartitionLog, PartitionRecovery, Truncation};
+pub use partition::{LogSettings, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation};

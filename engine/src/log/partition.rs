@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::{BatchView, FormatError};
+use crate::log::liveness::SegmentTable;
 use crate::log::reader::SegmentReader;
 use crate::log::segment::{
     ActiveSegment, SealedSegment, parse_segment_file_name, partition_dir, segment_file_name,
@@ -54,26 +55,40 @@ pub struct PartitionLog {
     sealed: Vec<SealedSegment>,
     active: ActiveSegment,
     next_offset: i64,
+    /// Live/dead record counts of `sealed` and `active`, in the same order.
+    table: SegmentTable,
 }
+
+/// Called by recovery with every valid batch, its byte position, and the segment table to
+/// charge dead records to (the batch's records are already counted in it).
+pub type ReplayVisitor<'v> =
+    dyn FnMut(&BatchView<'_>, u64, &mut SegmentTable) -> Result<(), FormatError> + 'v;
 
 impl PartitionLog {
     /// Opens (creating if missing) and recovers the log of `partition` under `data_dir`,
-    /// calling `visit` with every valid batch in offset order. Cuts a torn tail of the active
-    /// segment and syncs; fails on corruption anywhere else.
+    /// calling `visit` with every valid batch in offset order. First finishes or rolls back
+    /// a compaction swap a crash interrupted (see [`swap`](crate::log::swap)). Cuts a torn
+    /// tail of the active segment and syncs; fails on corruption anywhere else.
     pub fn open(
         storage: &mut dyn Storage,
         data_dir: &Path,
         partition: u32,
         settings: LogSettings,
         read_buf: &mut Vec<u8>,
-        visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
+        visit: &mut ReplayVisitor<'_>,
     ) -> Result<(PartitionLog, PartitionRecovery)> {
         let dir = partition_dir(data_dir, partition);
         let io = |what: &str, e| Error::io(format!("{what} {}", dir.display()), e);
         storage
             .create_dir_all(&dir)
             .map_err(|e| io("creating", e))?;
+        crate::log::swap::recover(storage, &dir).map_err(|e| io("finishing a swap in", e))?;
         let names = storage.list_dir(&dir).map_err(|e| io("listing", e))?;
+        let mut table = SegmentTable::default();
+        let mut visit = |view: &BatchView<'_>, position: u64, table: &mut SegmentTable| {
+            table.add_records(view.header.records_count.max(0) as u64);
+            visit(view, position, table)
+        };
         let mut base_offsets: Vec<i64> = names
             .iter()
             .filter_map(|name| parse_segment_file_name(name))
@@ -96,7 +111,9 @@ impl PartitionLog {
                 .open(&path, OpenMode::Existing)
                 .map_err(|e| io("opening segment in", e))?;
             let floor = Some(last_offset.unwrap_or(i64::MIN).max(base_offset - 1));
-            let scanned = scan_file(storage, file, read_buf, floor, false, visit);
+            table.push_segment(base_offset);
+            let mut visit = |view: &BatchView<'_>, position: u64| visit(view, position, &mut table);
+            let scanned = scan_file(storage, file, read_buf, floor, false, &mut visit);
             storage.close(file);
             let (outcome, buf) = scanned?;
             *read_buf = buf;
@@ -135,7 +152,10 @@ impl PartitionLog {
         // The active segment has never been compacted: its batches run contiguously from
         // the offset in its name.
         let floor = Some(active_base - 1);
-        let (outcome, mut reader_buf) = scan_file(storage, file, read_buf, floor, true, visit)?;
+        table.push_segment(active_base);
+        let mut visit = |view: &BatchView<'_>, position: u64| visit(view, position, &mut table);
+        let (outcome, mut reader_buf) =
+            scan_file(storage, file, read_buf, floor, true, &mut visit)?;
         check_records(&outcome, &path)?;
         report.segments += 1;
         report.batches += outcome.batches;
@@ -181,7 +201,9 @@ impl PartitionLog {
         if settings.preallocate && report.truncation.is_none() {
             preallocate(storage, file, settings.segment_bytes).map_err(|e| io("allocating", e))?;
         }
-        let next_offset = last_offset.map_or(active_base, |last| last + 1);
+        // A compaction may have dropped the last records of the last sealed segment; the
+        // active segment still starts at the offset its name carries.
+        let next_offset = last_offset.map_or(active_base, |last| (last + 1).max(active_base));
         let log = PartitionLog {
             partition,
             dir,
@@ -194,6 +216,7 @@ impl PartitionLog {
                 len: valid_len,
             },
             next_offset,
+            table,
         };
         Ok((log, report))
     }
@@ -207,6 +230,8 @@ impl PartitionLog {
     ) -> Result<PartitionLog> {
         let active = create_segment(storage, &dir, 0, settings)
             .map_err(|e| Error::io(format!("creating a segment in {}", dir.display()), e))?;
+        let mut table = SegmentTable::default();
+        table.push_segment(0);
         Ok(PartitionLog {
             partition,
             dir,
@@ -214,6 +239,7 @@ impl PartitionLog {
             sealed: Vec::new(),
             active,
             next_offset: 0,
+            table,
         })
     }
 
@@ -237,6 +263,54 @@ impl PartitionLog {
         self.sealed.iter().map(|s| s.len).sum::<u64>() + self.active.len
     }
 
+    /// Estimated bytes of live records in the log (see [`liveness`](crate::log::liveness)).
+    pub fn live_bytes_estimate(&self) -> u64 {
+        let lens = self.sealed.iter().map(|s| s.len).chain([self.active.len]);
+        lens.zip(self.table.segments())
+            .map(|(len, stats)| stats.live_bytes_estimate(len))
+            .sum()
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The sealed segments, in offset order.
+    pub fn sealed_segments(&self) -> &[SealedSegment] {
+        &self.sealed
+    }
+
+    /// Offset the active segment's name carries.
+    pub fn active_base_offset(&self) -> i64 {
+        self.active.base_offset
+    }
+
+    /// Live/dead record counts per segment, sealed then active.
+    pub fn table(&self) -> &SegmentTable {
+        &self.table
+    }
+
+    /// The table, to charge dead records and tombstones to.
+    pub fn table_mut(&mut self) -> &mut SegmentTable {
+        &mut self.table
+    }
+
+    /// Replaces sealed segments `range` (whose files a compaction swap has already replaced
+    /// on disk) by `segment` and its stats.
+    pub fn replace_sealed(
+        &mut self,
+        range: std::ops::Range<usize>,
+        segment: SealedSegment,
+        stats: crate::log::liveness::SegmentStats,
+    ) {
+        assert!(range.start < range.end && range.end <= self.sealed.len());
+        assert_eq!(segment.base_offset, self.sealed[range.start].base_offset);
+        self.table.replace(range.clone(), stats);
+        self.sealed.splice(range, [segment]);
+        debug_assert_eq!(self.table.segments().len(), self.sealed.len() + 1);
+    }
+
     /// Where a batch of `batch_bytes` goes, rolling to a new segment first if it would not fit.
     pub fn prepare_append(
         &mut self,
@@ -254,6 +328,8 @@ impl PartitionLog {
     /// durable.
     pub fn commit_append(&mut self, batch_bytes: usize, last_offset: i64) {
         debug_assert!(last_offset >= self.next_offset);
+        self.table
+            .add_records((last_offset + 1 - self.next_offset) as u64);
         self.active.len += batch_bytes as u64;
         self.next_offset = last_offset + 1;
     }
@@ -265,6 +341,7 @@ impl PartitionLog {
         let next = create_segment(storage, &self.dir, self.next_offset, self.settings)?;
         let old = std::mem::replace(&mut self.active, next);
         storage.close(old.file);
+        self.table.push_segment(self.next_offset);
         self.sealed.push(SealedSegment {
             base_offset: old.base_offset,
             path: old.path,

@@ -1,5 +1,10 @@
 //! The group-commit batch: commits collected while the previous flush was in flight,
 //! coalesced per key (last wins) and encoded as one RecordBatch per offsets partition.
+//!
+//! A pending offset may be a tombstone (offset deletion, group deletion, retention expiry):
+//! it goes through the same batch, so coalescing treats it like any commit of its key — a
+//! tombstone after a commit of the same key in one batch wins, and a commit after a
+//! tombstone wins — and it is acknowledged only once durable.
 
 use std::time::Instant;
 
@@ -38,6 +43,25 @@ pub(crate) struct PendingOffset {
     pub offset: i64,
     pub leader_epoch: Option<i32>,
     pub metadata: String,
+    /// Explicit expiry (v1 value), or -1.
+    pub expire_timestamp_ms: i64,
+    /// Write a tombstone (null value) for the key instead of a value.
+    pub tombstone: bool,
+}
+
+impl PendingOffset {
+    /// A tombstone for (`topic`, `partition`).
+    pub(crate) fn tombstone(topic: &str, partition: i32) -> PendingOffset {
+        PendingOffset {
+            topic: topic.to_owned(),
+            partition,
+            offset: -1,
+            leader_epoch: None,
+            metadata: String::new(),
+            expire_timestamp_ms: -1,
+            tombstone: true,
+        }
+    }
 }
 
 /// A validated commit waiting for its flush.
@@ -92,6 +116,7 @@ impl PendingCommit {
         offsets_partition: u32,
         offsets: &[crate::offsets::OffsetCommit<'_>],
         bytes_max: usize,
+        expire_timestamp_ms: i64,
     ) {
         self.group.clear();
         self.group.push_str(group);
@@ -99,13 +124,7 @@ impl PendingCommit {
         for (index, commit) in offsets.iter().enumerate() {
             if index == self.offsets.len() {
                 // Grows only until the pooled commits have seen the largest requests.
-                self.offsets.push(PendingOffset {
-                    topic: String::new(),
-                    partition: 0,
-                    offset: 0,
-                    leader_epoch: None,
-                    metadata: String::new(),
-                });
+                self.offsets.push(PendingOffset::tombstone("", 0));
             }
             let slot = &mut self.offsets[index];
             slot.topic.clear();
@@ -115,8 +134,26 @@ impl PendingCommit {
             slot.leader_epoch = commit.leader_epoch;
             slot.metadata.clear();
             slot.metadata.push_str(commit.metadata);
+            slot.expire_timestamp_ms = expire_timestamp_ms;
+            slot.tombstone = false;
         }
         self.offsets_len = offsets.len();
+        self.bytes_max = bytes_max;
+    }
+
+    /// Takes a request's offsets as built (tombstones: a rare path, so they arrive owned).
+    pub(crate) fn fill_owned(
+        &mut self,
+        group: &str,
+        offsets_partition: u32,
+        offsets: Vec<PendingOffset>,
+        bytes_max: usize,
+    ) {
+        self.group.clear();
+        self.group.push_str(group);
+        self.offsets_partition = offsets_partition;
+        self.offsets_len = offsets.len();
+        self.offsets = offsets;
         self.bytes_max = bytes_max;
     }
 
@@ -336,12 +373,16 @@ pub(crate) fn encode_partition_batch<'b>(
             topic: &pending.topic,
             partition: pending.partition,
         };
+        if pending.tombstone {
+            writer.append_offset_commit(timestamp_ms, &key, None);
+            continue;
+        }
         let value = OffsetCommitValue {
             offset: pending.offset,
             leader_epoch: pending.leader_epoch.unwrap_or(-1),
             metadata: &pending.metadata,
             commit_timestamp: timestamp_ms,
-            expire_timestamp: -1,
+            expire_timestamp: pending.expire_timestamp_ms,
             topic_id: None,
         };
         let version = value.version_for_write();
@@ -353,4 +394,72 @@ pub(crate) fn encode_partition_batch<'b>(
     }
     writer.finish();
     Some(base_offset + i64::from(count) - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::completion::{CommitFuture, CompletionPool};
+    use crate::format::{RecordKey, decode_key, parse_batch};
+
+    fn pending(group: &str, offsets: Vec<PendingOffset>) -> PendingCommit {
+        let now = Instant::now();
+        let deadline = now + std::time::Duration::from_secs(60);
+        let (_future, completer) = CommitFuture::pending(deadline, 60_000, &CompletionPool::new(1));
+        let mut commit = PendingCommit::empty();
+        commit.fill_owned(group, 0, offsets, 200);
+        commit.arm(now, deadline, completer);
+        commit
+    }
+
+    fn value(partition: i32, offset: i64) -> PendingOffset {
+        PendingOffset {
+            offset,
+            ..PendingOffset {
+                tombstone: false,
+                ..PendingOffset::tombstone("t", partition)
+            }
+        }
+    }
+
+    /// Encodes the batch and returns (partition, Some(offset) or None for a tombstone).
+    fn encoded(batch: &mut GroupCommitBatch) -> Vec<(i32, Option<i64>)> {
+        batch.sort_entries();
+        let mut out = Vec::new();
+        batch.for_each_partition(|_, latest| {
+            encode_partition_batch(&mut out, 0, 1, latest);
+        });
+        let view = parse_batch(&out).unwrap();
+        view.records()
+            .map(|record| {
+                let record = record.unwrap();
+                let RecordKey::OffsetCommit(key) = decode_key(record.key.unwrap()).unwrap() else {
+                    panic!("an offset commit key")
+                };
+                let value = record
+                    .value
+                    .map(|v| OffsetCommitValue::decode(v).unwrap().1.offset);
+                (key.partition, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tombstones_coalesce_with_commits_last_wins() {
+        let mut batch = GroupCommitBatch::new(1, 1 << 20);
+        // Partition 0: commit then tombstone (tombstone wins); partition 1: tombstone then
+        // commit (commit wins); partition 2: tombstone only.
+        let first = vec![value(0, 5), PendingOffset::tombstone("t", 1)];
+        let second = vec![
+            PendingOffset::tombstone("t", 0),
+            value(1, 7),
+            PendingOffset::tombstone("t", 2),
+        ];
+        assert!(batch.try_add(pending("g", first)).is_ok());
+        assert!(batch.try_add(pending("g", second)).is_ok());
+        assert_eq!(
+            encoded(&mut batch),
+            vec![(0, None), (1, Some(7)), (2, None)]
+        );
+    }
 }

@@ -15,13 +15,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, bounded};
+
 use super::group_commit::CommitPool;
 use super::{RecoveryReport, Shard, ShardMetrics};
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{CommitFuture, CompletionPool};
 use crate::config::Config;
-use crate::engine::{fetch_all_from, fetch_from, lock_data_dir, validate_commit, validate_group};
+use crate::engine::{
+    NO_EXPIRE_TIMESTAMP_MS, fetch_all_from, fetch_from, lock_data_dir, validate_commit,
+    validate_group,
+};
 use crate::error::{Error, Result};
+use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::storage::{Storage, UringStorage};
 
@@ -66,10 +72,23 @@ pub struct LocalShard {
     commits: CommitPool,
     completions: CompletionPool,
     recovery: RecoveryReport,
+    /// Subscribers' end of the event queue the shards opened together share.
+    events: Receiver<EngineEvent>,
     /// The data directory's lock, shared by the shards opened together; released when the
     /// last of them is gone.
-    _dir_lock: Arc<Mutex<Box<dyn Storage>>>,
+    _dir_lock: DirLock,
 }
+
+/// The storage holding a data directory's lock, shared by the shards opened together.
+type DirLock = Arc<Mutex<Box<dyn Storage>>>;
+
+/// What one shard opens with: its index, storage, partitions with their caches, event sink.
+type ShardPlan = (
+    usize,
+    Box<dyn Storage>,
+    Vec<(u32, Box<OffsetCache>)>,
+    EventSink,
+);
 
 /// An offsets partition on its way from one [`LocalShard`] to another (a leadership change
 /// between cores): its offsets travel with it, so readers never see them go back.
@@ -109,6 +128,7 @@ impl LocalShard {
         let mut dir_lock = make_storage().map_err(storage_error)?;
         lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
         let dir_lock = Arc::new(Mutex::new(dir_lock));
+        let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let partitions = config.offsets_topic_num_partitions;
         let mut plans = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
@@ -117,18 +137,15 @@ impl LocalShard {
                 .filter(|p| *p as usize % config.shards == index)
                 .map(|p| (p, Box::new(OffsetCache::new())))
                 .collect();
-            plans.push((index, storage, hosted));
+            let sink = EventSink::new(event_sender.clone());
+            plans.push((index, storage, hosted, sink));
         }
         let opened: Vec<Result<LocalShard>> = std::thread::scope(|scope| {
             let config = &config;
-            let dir_lock = &dir_lock;
+            let shared = (&dir_lock, &events);
             let opening: Vec<_> = plans
                 .into_iter()
-                .map(|(index, storage, hosted)| {
-                    scope.spawn(move || {
-                        LocalShard::open_one(config, index, storage, hosted, dir_lock)
-                    })
-                })
+                .map(|plan| scope.spawn(move || LocalShard::open_one(config, plan, shared)))
                 .collect();
             opening
                 .into_iter()
@@ -140,10 +157,8 @@ impl LocalShard {
 
     fn open_one(
         config: &Config,
-        index: usize,
-        storage: Box<dyn Storage>,
-        hosted: Vec<(u32, Box<OffsetCache>)>,
-        dir_lock: &Arc<Mutex<Box<dyn Storage>>>,
+        (index, storage, hosted, sink): ShardPlan,
+        (dir_lock, events): (&DirLock, &Receiver<EngineEvent>),
     ) -> Result<LocalShard> {
         let mut readers: Vec<Option<OffsetCacheReader>> = (0..config.offsets_topic_num_partitions)
             .map(|_| None)
@@ -155,7 +170,7 @@ impl LocalShard {
         // so this many pooled requests covers a full batch.
         let pooled = config.request_queue_depth_max;
         let commits = CommitPool::new(pooled);
-        let (shard, recovery) = Shard::open(config, storage, hosted, index, commits.clone())?;
+        let (shard, recovery) = Shard::open(config, storage, hosted, index, sink, commits.clone())?;
         Ok(LocalShard {
             shard: Some(shard),
             index,
@@ -164,6 +179,7 @@ impl LocalShard {
             commits,
             completions: CompletionPool::new(pooled),
             recovery,
+            events: events.clone(),
             _dir_lock: Arc::clone(dir_lock),
         })
     }
@@ -224,10 +240,17 @@ impl LocalShard {
         let deadline = accepted + Duration::from_millis(timeout_ms);
         let (future, completer) = CommitFuture::pending(deadline, timeout_ms, &self.completions);
         let mut commit = self.commits.take();
-        commit.fill(group_id, partition, offsets, bytes_max);
+        commit.fill(
+            group_id,
+            partition,
+            offsets,
+            bytes_max,
+            NO_EXPIRE_TIMESTAMP_MS,
+        );
         commit.arm(accepted, deadline, completer);
         if let Err(commit) = shard.batch.try_add(commit) {
             shard.flush();
+            shard.after_flush();
             // An empty batch takes any validated commit; were it refused, dropping it
             // fails its future with `Closed` rather than losing it silently.
             let added = shard.batch.try_add(commit);
@@ -245,18 +268,23 @@ impl LocalShard {
 
     /// Group-commits everything batched: one batch per dirty partition, all written and
     /// synced in one storage submission, then every batched future resolves. Blocks the
-    /// calling thread for that round. With nothing batched it frees the offset caches'
-    /// retired memory instead (call it when idle). Returns the requests it answered.
+    /// calling thread for that round; under sustained load the compactor then takes the
+    /// bounded steps those commits earned. Returns the requests it answered.
+    ///
+    /// With nothing batched it does one round of idle maintenance instead — the offset
+    /// retention check when due, one bounded compaction step, freeing the offset caches'
+    /// retired memory — so call it when the executor is idle, too.
     pub fn flush(&mut self) -> usize {
         let Some(shard) = self.shard.as_mut() else {
             return 0;
         };
         if shard.batch.is_empty() {
-            shard.collect_caches();
+            shard.idle_step();
             return 0;
         }
         let answered = shard.batch.requests.len();
         shard.flush();
+        shard.after_flush();
         answered
     }
 
@@ -294,6 +322,12 @@ impl LocalShard {
             .get(partition as usize)
             .and_then(Option::as_ref)
             .ok_or(Error::NotCoordinator { partition })
+    }
+
+    /// Events (offset expiries, quarantined segments) from every shard opened with this
+    /// one: one bounded queue; a full queue drops events and counts them.
+    pub fn events(&self) -> Receiver<EngineEvent> {
+        self.events.clone()
     }
 
     /// A snapshot of this shard's metrics.

@@ -4,6 +4,9 @@
 
 use hdrhistogram::Histogram;
 
+use crate::compact::CompactionMetrics;
+use crate::shard::PartitionSpace;
+
 /// Highest latency the histograms track exactly (60 s); longer ones are recorded as this.
 const LATENCY_US_MAX: u64 = 60_000_000;
 /// Significant decimal digits kept by the histograms.
@@ -40,6 +43,26 @@ pub struct ShardMetrics {
     pub flush_latency_us: Histogram<u64>,
     /// Time from a request's acceptance to its acknowledgement, in µs.
     pub commit_latency_us: Histogram<u64>,
+    /// Offset commit tombstones written (deleted offsets and groups, expiries).
+    pub tombstones: u64,
+    /// Offsets expired by retention (each also an `EngineEvent::OffsetsExpired`).
+    pub offsets_expired: u64,
+    /// Events dropped because the event queue was full.
+    pub events_dropped: u64,
+    /// The compactor's counters.
+    pub compaction: CompactionMetrics,
+    /// Duration of each compaction step, in µs.
+    pub compaction_step_us: Histogram<u64>,
+    /// Log bytes and estimated live bytes of each hosted partition (space amplification).
+    pub partitions: Vec<PartitionSpace>,
+}
+
+impl ShardMetrics {
+    /// Milliseconds since the last finished compaction at `now_ms`, `None` if none yet.
+    pub fn ms_since_last_compaction(&self, now_ms: i64) -> Option<i64> {
+        let last = self.compaction.last_success_ms;
+        (last > 0).then(|| now_ms.saturating_sub(last))
+    }
 }
 
 impl ShardMetrics {
@@ -63,6 +86,12 @@ impl ShardMetrics {
             cache_garbage_pending: 0,
             flush_latency_us: histogram(),
             commit_latency_us: histogram(),
+            tombstones: 0,
+            offsets_expired: 0,
+            events_dropped: 0,
+            compaction: CompactionMetrics::default(),
+            compaction_step_us: histogram(),
+            partitions: Vec::new(),
         }
     }
 

@@ -9,9 +9,11 @@
 
 pub(crate) mod group_commit;
 mod local;
+mod maintenance;
 mod metrics;
 
 pub use local::{LocalShard, PartitionHandoff};
+pub use maintenance::PartitionSpace;
 pub use metrics::ShardMetrics;
 
 use std::path::PathBuf;
@@ -20,12 +22,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::cache::{OffsetCache, OffsetKey, OffsetValueRef};
+use crate::compact::PartitionCompaction;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::events::EventSink;
 use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
+use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
 use group_commit::{CommitPool, GroupCommitBatch, PendingCommit, encode_partition_batch};
+use maintenance::Maintenance;
 
 /// What recovery found when the engine opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -82,6 +88,16 @@ pub(crate) enum Request {
     Close {
         reply: Sender<Result<()>>,
     },
+    /// Compact until nothing is cleanable at `now_ms`; replies with the compactions run.
+    Compact {
+        now_ms: i64,
+        reply: Sender<Result<u64>>,
+    },
+    /// Run the offset retention check at `now_ms`; replies with the offsets expired.
+    RetentionCheck {
+        now_ms: i64,
+        reply: Sender<Result<u64>>,
+    },
 }
 
 /// One offsets partition hosted by a shard.
@@ -99,6 +115,8 @@ struct HostedPartition {
     encoded_base_offset: i64,
     /// Last offset of `encoded`, when the partition is in the current flush.
     encoded_last_offset: Option<i64>,
+    /// Compactor state outside the log and cache (group metadata records, quarantine).
+    compaction: PartitionCompaction,
 }
 
 impl HostedPartition {
@@ -111,6 +129,7 @@ impl HostedPartition {
             encoded: Vec::new(),
             encoded_base_offset: 0,
             encoded_last_offset: None,
+            compaction: PartitionCompaction::default(),
         }
     }
 
@@ -148,6 +167,8 @@ pub(crate) struct Shard {
     /// Where answered commits go back for reuse.
     commit_pool: CommitPool,
     metrics: ShardMetrics,
+    /// Compaction and retention (see `maintenance`).
+    maintenance: Maintenance,
 }
 
 enum Step {
@@ -163,6 +184,7 @@ impl Shard {
         storage: Box<dyn Storage>,
         hosted: Vec<(u32, Box<OffsetCache>)>,
         index: usize,
+        events: EventSink,
         commit_pool: CommitPool,
     ) -> Result<(Shard, RecoveryReport)> {
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
@@ -186,6 +208,7 @@ impl Shard {
             write_ops: Vec::new(),
             commit_pool,
             metrics: ShardMetrics::new(index),
+            maintenance: Maintenance::new(config, events),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
@@ -212,8 +235,15 @@ impl Shard {
         if slot.hosted {
             return Err(Error::InvalidRequest("offsets partition already loaded"));
         }
-        let mut visit = |view: &BatchView<'_>, _position: u64| {
-            replay_batch(fill.then_some(cache.as_mut()), report, view)
+        let mut compaction = PartitionCompaction::default();
+        let mut visit = |view: &BatchView<'_>, _position: u64, table: &mut SegmentTable| {
+            let mut replay = Replay {
+                cache: cache.as_mut(),
+                fill,
+                table,
+                compaction: &mut compaction,
+            };
+            replay.batch(report, view)
         };
         let (log, recovery) = PartitionLog::open(
             self.storage.as_mut(),
@@ -236,7 +266,9 @@ impl Shard {
             encoded: Vec::new(),
             encoded_base_offset: 0,
             encoded_last_offset: None,
+            compaction,
         };
+        self.maintenance.note_maybe_dirty();
         Ok(())
     }
 
@@ -246,6 +278,7 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        self.abandon_compaction(partition);
         let slot = self
             .partitions
             .get_mut(partition as usize)
@@ -268,9 +301,9 @@ impl Shard {
             let mut step = Step::Continue;
             match carry.take() {
                 Some(commit) => self.add(commit, &mut carry),
-                None => match self.wait_for_request(&requests) {
-                    Ok(request) => step = self.handle(request, &mut carry),
-                    Err(_) => break None,
+                None => match self.next_request(&requests) {
+                    Some(request) => step = self.handle(request, &mut carry),
+                    None => break None,
                 },
             }
             // Adaptive batching: take what queued up during the last flush, without waiting.
@@ -293,6 +326,7 @@ impl Shard {
             }
             if !self.batch.is_empty() {
                 self.flush();
+                self.after_flush();
             }
             if let Step::Stop(reply) = step {
                 if let Some(commit) = carry.take() {
@@ -309,25 +343,6 @@ impl Shard {
         }
     }
 
-    /// Blocks for the next request. An idle shard first frees the offset caches' retired
-    /// memory; what a pinned reader still holds is retried every `IDLE_COLLECT_INTERVAL`
-    /// until freed, so a shard that goes quiet does not keep garbage indefinitely.
-    fn wait_for_request(&mut self, requests: &Receiver<Request>) -> Result<Request, ()> {
-        loop {
-            if let Ok(request) = requests.try_recv() {
-                return Ok(request);
-            }
-            if !self.collect_caches() {
-                return requests.recv().map_err(|_| ());
-            }
-            match requests.recv_timeout(IDLE_COLLECT_INTERVAL) {
-                Ok(request) => return Ok(request),
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Err(()),
-            }
-        }
-    }
-
     /// Frees the hosted caches' retired memory that no reader holds; returns whether some is
     /// still held.
     fn collect_caches(&mut self) -> bool {
@@ -341,6 +356,7 @@ impl Shard {
     /// The shard's metrics now (the inbox depth is the caller's to fill in).
     fn metrics_snapshot(&self) -> ShardMetrics {
         let mut metrics = self.metrics.clone();
+        metrics.partitions = maintenance::partition_space(self);
         metrics.cache_garbage_pending = self
             .partitions
             .iter()
@@ -355,6 +371,15 @@ impl Shard {
             Request::Commit(commit) => self.add(commit, carry),
             Request::Metrics { reply } => {
                 let _ = reply.send(self.metrics_snapshot());
+            }
+            Request::Compact { now_ms, reply } => {
+                if !self.batch.is_empty() {
+                    self.flush();
+                }
+                let _ = reply.send(self.compact_until_clean(now_ms));
+            }
+            Request::RetentionCheck { now_ms, reply } => {
+                let _ = reply.send(Ok(self.retention_check(now_ms)));
             }
             Request::Load {
                 partition,
@@ -417,6 +442,9 @@ impl Shard {
             let Some(log) = hosted.log.as_ref() else {
                 return;
             };
+            // The records' offsets, which the cache stores as their log positions (the
+            // compactor's liveness test), start here.
+            hosted.encoded_base_offset = log.next_offset();
             hosted.encoded_last_offset = encode_partition_batch(
                 &mut hosted.encoded,
                 log.next_offset(),
@@ -501,33 +529,51 @@ impl Shard {
     /// Applies durable partitions' commits to their tables, then acks every request.
     fn apply_and_ack(&mut self, timestamp_ms: i64) {
         let partitions = &mut self.partitions;
+        let mut dead_records = false;
+        let dead_records_ref = &mut dead_records;
+        let tombstones = &mut self.metrics.tombstones;
         self.batch.for_each_partition(|partition, latest| {
             let hosted = &mut partitions[partition as usize];
             if hosted.failure.is_some() {
                 return;
             }
-            let Some(cache) = hosted.cache.as_mut() else {
+            let (Some(cache), Some(log)) = (hosted.cache.as_mut(), hosted.log.as_mut()) else {
                 return;
             };
+            let table = log.table_mut();
             for (record_offset, (group, pending)) in (hosted.encoded_base_offset..).zip(latest) {
                 let key = OffsetKey {
                     group,
                     topic: &pending.topic,
                     partition: pending.partition,
                 };
-                let value = OffsetValueRef {
-                    offset: pending.offset,
-                    leader_epoch: pending.leader_epoch.unwrap_or(-1),
-                    commit_timestamp_ms: timestamp_ms,
-                    expire_timestamp_ms: -1,
-                    metadata: &pending.metadata,
+                // Validation bounds the partition below the cache's limit, so neither call
+                // can fail for a commit that got this far.
+                let replaced = if pending.tombstone {
+                    *tombstones += 1;
+                    table.mark_dead(record_offset);
+                    table.note_tombstone(record_offset, timestamp_ms);
+                    cache.take(key)
+                } else {
+                    let value = OffsetValueRef {
+                        offset: pending.offset,
+                        leader_epoch: pending.leader_epoch.unwrap_or(-1),
+                        commit_timestamp_ms: timestamp_ms,
+                        expire_timestamp_ms: pending.expire_timestamp_ms,
+                        metadata: &pending.metadata,
+                    };
+                    cache.replace(key, value, record_offset as u64)
                 };
-                // Validation bounds the partition below the cache's limit, so this cannot
-                // fail for a commit that got this far.
-                let stored = cache.upsert(key, value, record_offset as u64);
-                debug_assert!(stored.is_ok());
+                debug_assert!(replaced.is_ok());
+                if let Ok(Some(old)) = replaced {
+                    table.mark_dead(old as i64);
+                    *dead_records_ref = true;
+                }
             }
         });
+        if dead_records {
+            self.maintenance.note_maybe_dirty();
+        }
         let now = Instant::now();
         for mut commit in self.batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
@@ -555,6 +601,7 @@ impl Shard {
 
     /// Trims and syncs every healthy partition's active segment; releases the directory.
     fn close(mut self) -> Result<()> {
+        self.abandon_any_compaction();
         let mut first_error = None;
         for hosted in &mut self.partitions {
             if let Some(log) = hosted.log.take() {
@@ -584,63 +631,104 @@ fn recycle_ops(mut ops: Vec<WriteOp<'_>>) -> Vec<WriteOp<'static>> {
         .collect()
 }
 
-/// Checks one replayed batch's records and, given a cache, applies them to it.
-fn replay_batch(
-    mut cache: Option<&mut OffsetCache>,
-    report: &mut RecoveryReport,
-    view: &BatchView<'_>,
-) -> Result<(), FormatError> {
-    if view.header.is_control() || view.header.is_transactional() {
-        report.transactional_records += view.header.records_count.max(0) as u64;
-        return Ok(());
-    }
-    for record in view.records() {
-        let record = record?;
-        report.records += 1;
-        let record_offset = record.offset(&view.header);
-        let key = record
-            .key
-            .ok_or(FormatError::Malformed("record without a key"))?;
-        match decode_key(key)? {
-            RecordKey::OffsetCommit(key) => {
-                let cache_key = OffsetKey {
-                    group: key.group,
-                    topic: key.topic,
-                    partition: key.partition,
-                };
-                let applied = match record.value {
-                    None => {
-                        report.tombstones += 1;
-                        cache
-                            .as_deref_mut()
-                            .map(|c| c.remove(cache_key).map(|_| ()))
-                    }
-                    Some(value) => {
-                        let (_, value) = OffsetCommitValue::decode(value)?;
-                        let value = OffsetValueRef {
-                            offset: value.offset,
-                            leader_epoch: value.leader_epoch,
-                            commit_timestamp_ms: value.commit_timestamp,
-                            expire_timestamp_ms: value.expire_timestamp,
-                            metadata: value.metadata,
-                        };
-                        cache
-                            .as_deref_mut()
-                            .map(|c| c.upsert(cache_key, value, record_offset as u64))
-                    }
-                };
-                if let Some(Err(_)) = applied {
-                    return Err(FormatError::Malformed("offset commit key out of range"));
-                }
-            }
-            RecordKey::GroupMetadata(_) => report.group_metadata_records += 1,
-            RecordKey::Unknown { .. } => report.unknown_records += 1,
-        }
-    }
-    Ok(())
+/// Recovery's view of one partition while its log is replayed.
+struct Replay<'r> {
+    cache: &'r mut OffsetCache,
+    /// Apply the records to the cache (at open); otherwise the cache already holds the
+    /// final state (a partition moving between shards) and is only read.
+    fill: bool,
+    table: &'r mut SegmentTable,
+    compaction: &'r mut PartitionCompaction,
 }
 
-fn wall_clock_ms() -> i64 {
+impl Replay<'_> {
+    /// Checks one replayed batch's records, applies them to the cache when filling it, and
+    /// charges every record they make dead to its segment.
+    fn batch(
+        &mut self,
+        report: &mut RecoveryReport,
+        view: &BatchView<'_>,
+    ) -> Result<(), FormatError> {
+        if view.header.is_control() || view.header.is_transactional() {
+            report.transactional_records += view.header.records_count.max(0) as u64;
+            return Ok(());
+        }
+        for record in view.records() {
+            let record = record?;
+            report.records += 1;
+            let record_offset = record.offset(&view.header);
+            let key = record
+                .key
+                .ok_or(FormatError::Malformed("record without a key"))?;
+            match decode_key(key)? {
+                RecordKey::OffsetCommit(key) => {
+                    let cache_key = OffsetKey {
+                        group: key.group,
+                        topic: key.topic,
+                        partition: key.partition,
+                    };
+                    let value = match record.value {
+                        None => {
+                            report.tombstones += 1;
+                            let timestamp = record.timestamp(&view.header);
+                            self.table.mark_dead(record_offset);
+                            self.table.note_tombstone(record_offset, timestamp);
+                            None
+                        }
+                        Some(value) => Some(OffsetCommitValue::decode(value)?.1),
+                    };
+                    self.offset_commit(cache_key, value, record_offset)?;
+                }
+                RecordKey::GroupMetadata(key) => {
+                    report.group_metadata_records += 1;
+                    let tombstone = record.value.is_none();
+                    self.compaction
+                        .group_record(key.group, record_offset, tombstone, self.table);
+                }
+                RecordKey::Unknown { .. } => report.unknown_records += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one offset commit record (`None`: a tombstone) at `offset`.
+    fn offset_commit(
+        &mut self,
+        key: OffsetKey<'_>,
+        value: Option<OffsetCommitValue<'_>>,
+        offset: i64,
+    ) -> Result<(), FormatError> {
+        let out_of_range = |_| FormatError::Malformed("offset commit key out of range");
+        if !self.fill {
+            // The cache holds the final state: a value record is live iff it points here.
+            if value.is_some() && self.cache.log_position(key) != Some(offset as u64) {
+                self.table.mark_dead(offset);
+            }
+            return Ok(());
+        }
+        let replaced = match value {
+            None => self.cache.take(key).map_err(out_of_range)?,
+            Some(value) => {
+                let value = OffsetValueRef {
+                    offset: value.offset,
+                    leader_epoch: value.leader_epoch,
+                    commit_timestamp_ms: value.commit_timestamp,
+                    expire_timestamp_ms: value.expire_timestamp,
+                    metadata: value.metadata,
+                };
+                self.cache
+                    .replace(key, value, offset as u64)
+                    .map_err(out_of_range)?
+            }
+        };
+        if let Some(old) = replaced {
+            self.table.mark_dead(old as i64);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn wall_clock_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

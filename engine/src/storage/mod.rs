@@ -65,6 +65,9 @@ pub trait Storage: Send + 'static {
     fn set_len(&mut self, file: FileId, len: u64) -> io::Result<()>;
     /// Reserves space so the file is at least `len` bytes, reading as zeros past the old end.
     fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()>;
+    /// Writes `bytes` at `position` without making them durable (the compactor's copy,
+    /// synced once with [`Storage::sync`] before it is swapped in).
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()>;
     /// Makes a file's data and length durable.
     fn sync(&mut self, file: FileId) -> io::Result<()>;
     /// Makes a directory's entries (created, removed files) durable.
@@ -73,6 +76,10 @@ pub trait Storage: Send + 'static {
     fn close(&mut self, file: FileId);
     /// Removes a file.
     fn remove_file(&mut self, path: &Path) -> io::Result<()>;
+    /// Renames a closed file inside one directory, replacing `to` if it exists (POSIX
+    /// `rename`). Like a creation or a removal, the new name is durable only after
+    /// [`Storage::sync_dir`]; a crash before that may leave the old name.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     /// Writes every op and makes each op's file durable (data only), as one submission.
     /// `results` is cleared and receives one result per op, in order. A file appears at most
     /// once in `ops`. An op is durable only if its result is `Ok`.

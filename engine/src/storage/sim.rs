@@ -61,6 +61,8 @@ struct DiskState {
     next_lock_token: u64,
     syncs: u64,
     writes: u64,
+    /// Mutating calls left before the disk crashes by itself (see [`SimDisk::crash_after_ops`]).
+    ops_until_crash: Option<u64>,
 }
 
 impl DiskState {
@@ -93,6 +95,48 @@ impl DiskState {
         }
         let n = self.faults.sync_error_one_in;
         self.one_in(n)
+    }
+
+    /// Counts one mutating call; crashes the disk (and fails the call) when the countdown set
+    /// by [`SimDisk::crash_after_ops`] runs out.
+    fn count_op(&mut self) -> io::Result<()> {
+        match self.ops_until_crash {
+            Some(0) => {
+                self.ops_until_crash = None;
+                self.crash();
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "simulated crash before this call",
+                ))
+            }
+            Some(left) => {
+                self.ops_until_crash = Some(left - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A power cut: see the module docs.
+    fn crash(&mut self) {
+        self.generation += 1;
+        self.locks.clear();
+        let removed = std::mem::take(&mut self.removed);
+        let files = std::mem::take(&mut self.files);
+        for (path, file) in removed.into_iter().chain(files) {
+            if !file.entry_durable {
+                continue;
+            }
+            let image = self.crash_image(&file);
+            self.files.insert(
+                path,
+                SimFile {
+                    data: image.clone(),
+                    durable: image,
+                    entry_durable: true,
+                },
+            );
+        }
     }
 
     /// What a file looks like after a power cut: its durable image plus a random subset of
@@ -143,6 +187,7 @@ impl SimDisk {
                 next_lock_token: 1,
                 syncs: 0,
                 writes: 0,
+                ops_until_crash: None,
             })),
         }
     }
@@ -193,24 +238,21 @@ impl SimDisk {
     /// Simulates a power cut: see the module docs.
     pub fn crash(&self) {
         let mut state = self.state();
-        state.generation += 1;
-        state.locks.clear();
-        let removed = std::mem::take(&mut state.removed);
-        let files = std::mem::take(&mut state.files);
-        for (path, file) in removed.into_iter().chain(files) {
-            if !file.entry_durable {
-                continue;
-            }
-            let image = state.crash_image(&file);
-            state.files.insert(
-                path,
-                SimFile {
-                    data: image.clone(),
-                    durable: image,
-                    entry_durable: true,
-                },
-            );
-        }
+        state.ops_until_crash = None;
+        state.crash();
+    }
+
+    /// Crashes so far (by [`SimDisk::crash`] or [`SimDisk::crash_after_ops`]).
+    pub fn crashes(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// Crashes the disk by itself right before the `n`-th next mutating call (write, sync,
+    /// directory sync, length change, creation, removal, rename), which fails: a process
+    /// killed between any two of its storage operations. Later calls of storages opened
+    /// before fail as after [`SimDisk::crash`].
+    pub fn crash_after_ops(&self, n: u64) {
+        self.state().ops_until_crash = Some(n);
     }
 
     /// Current (page cache) bytes of a file.
@@ -290,10 +332,11 @@ impl SimStorage {
     }
 
     fn writable(&self) -> io::Result<MutexGuard<'_, DiskState>> {
-        let state = self.live()?;
+        let mut state = self.live()?;
         if state.read_only {
             return Err(erofs());
         }
+        state.count_op()?;
         Ok(state)
     }
 
@@ -304,6 +347,30 @@ impl SimStorage {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file id is not open"))
     }
 
+    /// Writes into the page cache only; a failed write may leave a prefix of it.
+    fn write_cached(&self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(file)?;
+        let mut state = self.writable()?;
+        state.writes += 1;
+        let fails = state.write_fails();
+        let keep = if fails {
+            (state.next_random() % (bytes.len() as u64 + 1)) as usize
+        } else {
+            bytes.len()
+        };
+        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
+        let start = position as usize;
+        let end = start + keep;
+        if file.data.len() < end {
+            file.data.resize(end, 0);
+        }
+        file.data[start..end].copy_from_slice(&bytes[..keep]);
+        if fails {
+            return Err(eio("write"));
+        }
+        Ok(())
+    }
+
     fn write_one(&self, op: &WriteOp<'_>) -> io::Result<()> {
         let path = self.path(op.file)?;
         let stall = self.live()?.write_stall;
@@ -311,24 +378,8 @@ impl SimStorage {
             // Outside the disk's lock: other storages (and the test) carry on meanwhile.
             std::thread::sleep(stall);
         }
-        let mut state = self.writable()?;
-        state.writes += 1;
-        let fails = state.write_fails();
-        let keep = if fails {
-            (state.next_random() % (op.bytes.len() as u64 + 1)) as usize
-        } else {
-            op.bytes.len()
-        };
-        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
-        let start = op.position as usize;
-        let end = start + keep;
-        if file.data.len() < end {
-            file.data.resize(end, 0);
-        }
-        file.data[start..end].copy_from_slice(&op.bytes[..keep]);
-        if fails {
-            return Err(eio("write"));
-        }
+        self.write_cached(op.file, op.position, op.bytes)?;
+        let mut state = self.live()?;
         if state.sync_fails() {
             return Err(eio("fdatasync"));
         }
@@ -415,6 +466,7 @@ impl Storage for SimStorage {
                     if state.read_only {
                         return Err(erofs());
                     }
+                    state.count_op()?;
                     let parent_exists = path.parent().is_some_and(|p| state.dirs.contains(p));
                     if !parent_exists {
                         return Err(not_found(path));
@@ -464,6 +516,10 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        self.write_cached(file, position, bytes)
+    }
+
     fn sync(&mut self, file: FileId) -> io::Result<()> {
         let path = self.path(file)?;
         let mut state = self.writable()?;
@@ -503,6 +559,39 @@ impl Storage for SimStorage {
         if file.entry_durable {
             state.removed.insert(path.to_path_buf(), file);
         }
+        Ok(())
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.writable()?;
+        if !state.files.contains_key(from) {
+            return Err(not_found(from));
+        }
+        if self.files.iter().flatten().any(|open| open == from) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "the engine renames only closed files",
+            ));
+        }
+        let file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+        // Until the directory is synced a crash may undo the rename: the old name comes
+        // back (if it was durable) and the new one vanishes, as after a removal plus a
+        // creation; a replaced target comes back too.
+        if file.entry_durable {
+            state.removed.insert(from.to_path_buf(), file.clone());
+        }
+        if let Some(replaced) = state.files.remove(to)
+            && replaced.entry_durable
+        {
+            state.removed.insert(to.to_path_buf(), replaced);
+        }
+        state.files.insert(
+            to.to_path_buf(),
+            SimFile {
+                entry_durable: false,
+                ..file
+            },
+        );
         Ok(())
     }
 
@@ -573,6 +662,35 @@ mod tests {
         // Whatever survived is a page-aligned subset of the write, never anything else.
         assert!(after.iter().all(|&b| b == 9 || b == 0));
         assert_eq!(after.len() % PAGE_BYTES, 0);
+    }
+
+    #[test]
+    fn renames_are_durable_only_after_a_directory_sync() {
+        let (disk, mut storage, file, path) = setup();
+        let mut results = Vec::new();
+        storage.write_durable(
+            &[WriteOp {
+                file,
+                position: 0,
+                bytes: b"data",
+            }],
+            &mut results,
+        );
+        storage.close(file);
+        let renamed = PathBuf::from("/d/g");
+        storage.rename(&path, &renamed).unwrap();
+        assert!(disk.file_bytes(&path).is_none());
+        disk.crash();
+        // Undone: the old name is back with its data, the new one is gone.
+        assert_eq!(disk.file_bytes(&path).unwrap(), b"data");
+        assert!(disk.file_bytes(&renamed).is_none());
+
+        let mut storage = disk.storage();
+        storage.rename(&path, &renamed).unwrap();
+        storage.sync_dir(Path::new("/d")).unwrap();
+        disk.crash();
+        assert!(disk.file_bytes(&path).is_none());
+        assert_eq!(disk.file_bytes(&renamed).unwrap(), b"data");
     }
 
     #[test]

@@ -231,6 +231,10 @@ impl Storage for UringStorage {
         Err(error)
     }
 
+    fn write_at(&mut self, file: FileId, position: u64, bytes: &[u8]) -> io::Result<()> {
+        self.file(file)?.write_all_at(bytes, position)
+    }
+
     fn sync(&mut self, file: FileId) -> io::Result<()> {
         self.file(file)?.sync_all()
     }
@@ -249,6 +253,10 @@ impl Storage for UringStorage {
 
     fn remove_file(&mut self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
 
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {

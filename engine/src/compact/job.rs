@@ -1,0 +1,515 @@
+//! One compaction: copy the live records of a group of sealed segments into a `.cleaned`
+//! file in bounded steps, then swap it in ([`crate::log::swap`]).
+//!
+//! Records keep their offsets: a batch whose records are all live is copied byte for byte; a
+//! batch with some dead records is rebuilt with the same base offset, leader epoch, producer
+//! fields and timestamps and only the live records (their offset deltas unchanged, so the
+//! segment has offset gaps, as Kafka's compacted segments do); a batch with none live is
+//! dropped. Control and transactional batches, and batches with attributes this writer does
+//! not reproduce, are copied untouched (see docs/architecture.md, "Transactional offsets").
+//!
+//! Liveness is read at copy time. A record copied live may die before the swap; it is then
+//! simply counted dead in the new segment. A record never comes back to life, so nothing
+//! live at swap time was left out.
+
+use std::path::PathBuf;
+
+use crate::cache::{OffsetCache, OffsetKey};
+use crate::compact::{COMPACTION_STEP_BYTES_MAX, CompactionMetrics, PartitionCompaction};
+use crate::format::batch::{ATTR_DELETE_HORIZON, ATTR_LOG_APPEND_TIME};
+use crate::format::{
+    BATCH_LOG_OVERHEAD_BYTES, BatchParams, BatchView, BatchWriter, FormatError, RecordKey,
+    RecordView, decode_key, parse_batch,
+};
+use crate::log::PartitionLog;
+use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
+use crate::log::reader::BATCH_READ_BYTES_MAX;
+use crate::log::segment::SealedSegment;
+use crate::log::swap::{self, CLEANED_SUFFIX};
+use crate::storage::{FileId, OpenMode, Storage};
+
+use super::select::Candidate;
+
+/// What a step did.
+#[derive(Debug)]
+pub(crate) enum StepOutcome {
+    /// More steps to go.
+    Continue,
+    /// The segments are swapped.
+    Finished,
+    /// A segment could not be read or parsed: it is quarantined and the job abandoned.
+    Quarantined {
+        /// The segment's file.
+        segment: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An I/O error before the commit point: the job is abandoned, the old segments stand.
+    Failed(String),
+    /// An I/O error after the commit point: only recovery may touch the partition now; the
+    /// shard fails it closed.
+    FailedAfterCommit(String),
+}
+
+/// What one step works with, borrowed from the shard.
+pub(crate) struct StepContext<'a> {
+    pub storage: &'a mut dyn Storage,
+    pub log: &'a mut PartitionLog,
+    pub cache: &'a OffsetCache,
+    pub partition: &'a mut PartitionCompaction,
+    pub read_buf: &'a mut Vec<u8>,
+    pub out_buf: &'a mut Vec<u8>,
+    pub metrics: &'a mut CompactionMetrics,
+}
+
+/// One input segment.
+#[derive(Debug)]
+struct Input {
+    base_offset: i64,
+    path: PathBuf,
+    len: u64,
+}
+
+/// A compaction in progress.
+#[derive(Debug)]
+pub(crate) struct CompactionJob {
+    pub partition: u32,
+    first: usize,
+    inputs: Vec<Input>,
+    end_offset: i64,
+    drop_tombstones_through_ms: Option<i64>,
+    input: usize,
+    input_file: Option<FileId>,
+    input_position: u64,
+    output: Option<FileId>,
+    output_path: PathBuf,
+    output_len: u64,
+    last_offset: Option<i64>,
+    records_written: u64,
+    tombstones_kept: u64,
+    tombstone_min_timestamp_ms: i64,
+    /// Per record of the batch being copied: kept or not (reused; one lookup per record).
+    kept_flags: Vec<bool>,
+    /// Where the job is once every input is copied.
+    phase: Phase,
+}
+
+/// The last steps, one blocking sync each, so no single step holds the shard for more than
+/// one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    /// The copy is synced and closed.
+    Synced,
+    /// The swap is committed (renamed to `.swap`, directory synced).
+    Committed,
+}
+
+/// What to do with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    KeepTombstone,
+    Drop,
+    DropTombstone,
+}
+
+impl CompactionJob {
+    /// Creates the `.cleaned` file for `candidate` of `log`.
+    pub(crate) fn start(
+        storage: &mut dyn Storage,
+        log: &PartitionLog,
+        candidate: Candidate,
+    ) -> std::io::Result<CompactionJob> {
+        let sealed = log.sealed_segments();
+        let group = &sealed[candidate.first..candidate.first + candidate.count];
+        let end_offset = sealed
+            .get(candidate.first + candidate.count)
+            .map_or(log.active_base_offset(), |next| next.base_offset);
+        let base_offset = group[0].base_offset;
+        let output_path = log
+            .dir()
+            .join(swap::file_name(base_offset, end_offset, CLEANED_SUFFIX));
+        // Left over by an abandoned job whose removal failed: never durable content.
+        let _ = storage.remove_file(&output_path);
+        let output = storage.open(&output_path, OpenMode::CreateNew)?;
+        Ok(CompactionJob {
+            partition: candidate.partition,
+            first: candidate.first,
+            inputs: group
+                .iter()
+                .map(|s| Input {
+                    base_offset: s.base_offset,
+                    path: s.path.clone(),
+                    len: s.len,
+                })
+                .collect(),
+            end_offset,
+            drop_tombstones_through_ms: candidate.drop_tombstones_through_ms,
+            input: 0,
+            input_file: None,
+            input_position: 0,
+            output: Some(output),
+            output_path,
+            output_len: 0,
+            last_offset: None,
+            records_written: 0,
+            tombstones_kept: 0,
+            tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
+            kept_flags: Vec::new(),
+            phase: Phase::Copying,
+        })
+    }
+
+    /// Runs one bounded step.
+    pub(crate) fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let Some(input) = self.inputs.get(self.input) else {
+            return match self.phase {
+                Phase::Copying => self.sync_copy(ctx),
+                Phase::Synced => self.commit_swap(ctx),
+                Phase::Committed => self.finish(ctx),
+            };
+        };
+        let file = match self.input_file {
+            Some(file) => file,
+            None => match ctx.storage.open(&input.path, OpenMode::Existing) {
+                Ok(file) => *self.input_file.insert(file),
+                Err(error) => return self.quarantine(ctx, format!("opening: {error}")),
+            },
+        };
+        if self.input_position >= input.len {
+            ctx.storage.close(file);
+            self.input_file = None;
+            self.input += 1;
+            self.input_position = 0;
+            return StepOutcome::Continue;
+        }
+        ctx.out_buf.clear();
+        let consumed = match self.copy_window(ctx, file) {
+            Ok(consumed) => consumed,
+            Err(reason) => return self.quarantine(ctx, reason),
+        };
+        self.input_position += consumed;
+        ctx.metrics.bytes_read += consumed;
+        ctx.metrics.steps += 1;
+        if ctx.out_buf.is_empty() {
+            return StepOutcome::Continue;
+        }
+        let Some(output) = self.output else {
+            return StepOutcome::Failed("compaction output closed".into());
+        };
+        // Not synced per step: the copy is synced once, before the swap makes it count.
+        let written = ctx.storage.write_at(output, self.output_len, ctx.out_buf);
+        if let Err(error) = written {
+            self.abandon(ctx.storage);
+            return StepOutcome::Failed(format!("writing the compacted copy: {error}"));
+        }
+        self.output_len += ctx.out_buf.len() as u64;
+        ctx.metrics.bytes_written += ctx.out_buf.len() as u64;
+        StepOutcome::Continue
+    }
+
+    /// Reads up to a step's bytes of the current input at the current position and appends
+    /// the live part of every whole batch in it to `out_buf`; returns the bytes consumed.
+    fn copy_window(&mut self, ctx: &mut StepContext<'_>, file: FileId) -> Result<u64, String> {
+        let input = &self.inputs[self.input];
+        let left = input.len - self.input_position;
+        let mut want = left.min(COMPACTION_STEP_BYTES_MAX as u64) as usize;
+        // A batch bigger than a step is read whole (bounded by the reader's batch limit).
+        if want < BATCH_LOG_OVERHEAD_BYTES {
+            return Err(format!("{left} stray bytes at the end"));
+        }
+        let mut header = [0u8; BATCH_LOG_OVERHEAD_BYTES];
+        read_exact(ctx.storage, file, self.input_position, &mut header)?;
+        let first_len = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let first_total = usize::try_from(first_len)
+            .map_err(|_| format!("negative batch length {first_len}"))?
+            + BATCH_LOG_OVERHEAD_BYTES;
+        if first_total > BATCH_READ_BYTES_MAX || first_total as u64 > left {
+            return Err(format!("implausible batch length {first_total}"));
+        }
+        want = want.max(first_total);
+        if ctx.read_buf.len() < want {
+            ctx.read_buf.resize(want, 0);
+        }
+        let window = &mut ctx.read_buf[..want];
+        read_exact(ctx.storage, file, self.input_position, window)?;
+        let window = &ctx.read_buf[..want];
+        let mut consumed = 0usize;
+        // Bounded: each iteration consumes one whole batch of the window.
+        while window.len() - consumed >= BATCH_LOG_OVERHEAD_BYTES {
+            let rest = &window[consumed..];
+            let length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
+            let total = usize::try_from(length).unwrap_or(usize::MAX);
+            if total.saturating_add(BATCH_LOG_OVERHEAD_BYTES) > rest.len() {
+                break; // the next step reads it
+            }
+            let view = parse_batch(rest).map_err(|e| e.to_string())?;
+            self.check_offsets(&view)?;
+            self.copy_batch(ctx.cache, ctx.partition, ctx.metrics, &view, ctx.out_buf)
+                .map_err(|e| format!("malformed record: {e}"))?;
+            self.last_offset = Some(view.header.last_offset());
+            consumed += view.total_bytes();
+        }
+        if consumed == 0 {
+            return Err("no whole batch where one should start".into());
+        }
+        Ok(consumed as u64)
+    }
+
+    /// The same checks recovery makes of a sealed segment: offsets increase, stay inside the
+    /// segment's range.
+    fn check_offsets(&self, view: &BatchView<'_>) -> Result<(), String> {
+        let input = &self.inputs[self.input];
+        let next_base = self
+            .inputs
+            .get(self.input + 1)
+            .map_or(self.end_offset, |next| next.base_offset);
+        let base = view.header.base_offset;
+        let last = view.header.last_offset();
+        let follows = self.last_offset.is_none_or(|previous| base > previous);
+        if !follows || base < input.base_offset || last >= next_base || last < base {
+            return Err(format!(
+                "batch offsets {base}..={last} out of order or outside the segment"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends the live part of one batch to `out`.
+    fn copy_batch(
+        &mut self,
+        cache: &OffsetCache,
+        partition: &PartitionCompaction,
+        metrics: &mut CompactionMetrics,
+        view: &BatchView<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        let header = &view.header;
+        let count = header.records_count.max(0) as u64;
+        let untouched = header.is_control()
+            || header.is_transactional()
+            || header.attributes & (ATTR_LOG_APPEND_TIME | ATTR_DELETE_HORIZON) != 0;
+        if untouched {
+            out.extend_from_slice(view.bytes());
+            self.records_written += count;
+            return Ok(());
+        }
+        let mut kept = 0u64;
+        self.kept_flags.clear();
+        for record in view.records() {
+            let record = record?;
+            let fate = self.fate(cache, partition, view, &record)?;
+            self.kept_flags
+                .push(matches!(fate, Fate::Keep | Fate::KeepTombstone));
+            match fate {
+                Fate::Keep => kept += 1,
+                Fate::KeepTombstone => {
+                    kept += 1;
+                    self.tombstones_kept += 1;
+                    self.tombstone_min_timestamp_ms = self
+                        .tombstone_min_timestamp_ms
+                        .min(record.timestamp(header));
+                }
+                Fate::Drop => metrics.records_dropped += 1,
+                Fate::DropTombstone => {
+                    metrics.records_dropped += 1;
+                    metrics.tombstones_dropped += 1;
+                }
+            }
+        }
+        if kept == count {
+            out.extend_from_slice(view.bytes());
+        } else if kept > 0 {
+            let params = BatchParams {
+                base_offset: header.base_offset,
+                base_timestamp: header.base_timestamp,
+                partition_leader_epoch: header.partition_leader_epoch,
+                producer_id: header.producer_id,
+                producer_epoch: header.producer_epoch,
+                base_sequence: header.base_sequence,
+                transactional: false,
+                control: false,
+            };
+            let mut writer = BatchWriter::begin(out, params);
+            for (record, &keep) in view.records().zip(&self.kept_flags) {
+                let record = record?;
+                if keep {
+                    let key = record.key.unwrap_or_default();
+                    let timestamp = record.timestamp(header);
+                    writer.append_with_offset_delta(
+                        record.offset_delta,
+                        timestamp,
+                        key,
+                        record.value,
+                    );
+                }
+            }
+            writer.finish();
+        }
+        self.records_written += kept;
+        Ok(())
+    }
+
+    /// Whether a record survives: a value iff the in-memory state points at it; a tombstone
+    /// while its key is absent, until `delete.retention.ms` has passed and the group starts
+    /// the log.
+    fn fate(
+        &self,
+        cache: &OffsetCache,
+        partition: &PartitionCompaction,
+        view: &BatchView<'_>,
+        record: &RecordView<'_>,
+    ) -> Result<Fate, FormatError> {
+        let offset = record.offset(&view.header);
+        let key = record
+            .key
+            .ok_or(FormatError::Malformed("record without a key"))?;
+        let latest = match decode_key(key)? {
+            RecordKey::OffsetCommit(key) => {
+                let key = OffsetKey {
+                    group: key.group,
+                    topic: key.topic,
+                    partition: key.partition,
+                };
+                cache.log_position(key).map(|p| p as i64)
+            }
+            RecordKey::GroupMetadata(key) => partition.group_record_offset(key.group),
+            RecordKey::Unknown { .. } => return Ok(Fate::Keep),
+        };
+        if record.value.is_some() {
+            return Ok(if latest == Some(offset) {
+                Fate::Keep
+            } else {
+                Fate::Drop
+            });
+        }
+        if latest.is_some() {
+            return Ok(Fate::Drop); // the key was committed again: the tombstone is moot
+        }
+        let expired = self
+            .drop_tombstones_through_ms
+            .is_some_and(|through| record.timestamp(&view.header) <= through);
+        Ok(if expired {
+            Fate::DropTombstone
+        } else {
+            Fate::KeepTombstone
+        })
+    }
+
+    /// Syncs and closes the copy.
+    fn sync_copy(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let Some(output) = self.output.take() else {
+            return StepOutcome::Failed("compaction output closed".into());
+        };
+        let synced = ctx.storage.sync(output);
+        ctx.storage.close(output);
+        if let Err(error) = synced {
+            let _ = ctx.storage.remove_file(&self.output_path);
+            return StepOutcome::Failed(format!("syncing the compacted copy: {error}"));
+        }
+        self.phase = Phase::Synced;
+        StepOutcome::Continue
+    }
+
+    /// The swap's commit point.
+    fn commit_swap(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let base_offset = self.inputs[0].base_offset;
+        let dir = ctx.log.dir().to_path_buf();
+        match swap::commit(ctx.storage, &dir, base_offset, self.end_offset) {
+            Ok(()) => {
+                self.phase = Phase::Committed;
+                StepOutcome::Continue
+            }
+            // A failed directory sync leaves the rename's durability unknown: fail closed.
+            Err(error) => StepOutcome::FailedAfterCommit(format!("committing the swap: {error}")),
+        }
+    }
+
+    /// Removes the replaced segments, renames the swap into place and updates the log's
+    /// segment list.
+    fn finish(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let sealed = ctx.log.sealed_segments();
+        let range = self.first..self.first + self.inputs.len();
+        let unchanged = sealed.get(range.clone()).is_some_and(|group| {
+            group
+                .iter()
+                .zip(&self.inputs)
+                .all(|(s, i)| s.base_offset == i.base_offset)
+        });
+        assert!(unchanged, "sealed segments changed under a compaction");
+        let replaced: Vec<PathBuf> = self.inputs.iter().map(|i| i.path.clone()).collect();
+        let base_offset = self.inputs[0].base_offset;
+        let dir = ctx.log.dir().to_path_buf();
+        let completed = swap::complete(ctx.storage, &dir, base_offset, self.end_offset, &replaced);
+        let path = match completed {
+            Ok(path) => path,
+            Err(error) => {
+                return StepOutcome::FailedAfterCommit(format!("completing the swap: {error}"));
+            }
+        };
+        let live_before: u64 = ctx.log.table().segments()[range.clone()]
+            .iter()
+            .map(|s| s.live)
+            .sum();
+        let stats = SegmentStats {
+            base_offset,
+            records: self.records_written,
+            live: (live_before + self.tombstones_kept).min(self.records_written),
+            tombstones: self.tombstones_kept,
+            tombstone_min_timestamp_ms: self.tombstone_min_timestamp_ms,
+        };
+        let segment = SealedSegment {
+            base_offset,
+            path,
+            len: self.output_len,
+        };
+        ctx.log.replace_sealed(range, segment, stats);
+        ctx.metrics.compactions += 1;
+        // Wall clock, not the selection's time: an explicit compaction may run "as of"
+        // another time.
+        ctx.metrics.last_success_ms = crate::shard::wall_clock_ms();
+        StepOutcome::Finished
+    }
+
+    fn quarantine(&mut self, ctx: &mut StepContext<'_>, reason: String) -> StepOutcome {
+        let input = &self.inputs[self.input];
+        let segment = input.path.clone();
+        ctx.partition.quarantined.insert(input.base_offset);
+        ctx.metrics.segments_quarantined += 1;
+        self.abandon(ctx.storage);
+        StepOutcome::Quarantined { segment, reason }
+    }
+
+    /// Whether the swap passed its commit point (then only recovery may finish it).
+    pub(crate) fn is_committed(&self) -> bool {
+        self.phase == Phase::Committed
+    }
+
+    /// Closes the files and removes the `.cleaned` copy (best effort: recovery removes it
+    /// otherwise). After the commit point the `.swap` stays and the next load's recovery
+    /// completes it, so the partition must not be served from this log any more: callers
+    /// abandon a committed job only when the partition is unloaded, closed or failed.
+    pub(crate) fn abandon(&mut self, storage: &mut dyn Storage) {
+        if let Some(file) = self.input_file.take() {
+            storage.close(file);
+        }
+        if let Some(file) = self.output.take() {
+            storage.close(file);
+        }
+        let _ = storage.remove_file(&self.output_path);
+    }
+}
+
+fn read_exact(
+    storage: &mut dyn Storage,
+    file: FileId,
+    position: u64,
+    buf: &mut [u8],
+) -> Result<(), String> {
+    match storage.read_at(file, position, buf) {
+        Ok(read) if read == buf.len() => Ok(()),
+        Ok(read) => Err(format!("short read: {read} of {} bytes", buf.len())),
+        Err(error) => Err(format!("reading: {error}")),
+    }
+}

@@ -1,0 +1,118 @@
+//! The incremental compactor of one shard.
+//!
+//! Because the latest state is in memory, a record is live iff the in-memory entry points at
+//! its offset ([`crate::log::liveness`]), so compaction needs no scan-and-build pass (Kafka's
+//! offset map): the compactor
+//!
+//! 1. picks the dirtiest group of consecutive sealed segments of any partition of the shard
+//!    (`select`) whose dirty ratio reaches `min.cleanable.dirty.ratio`, or that starts the
+//!    log and holds tombstones past `delete.retention.ms`;
+//! 2. copies their live records, with their original offsets, into a `.cleaned` file in
+//!    steps of at most [`COMPACTION_STEP_BYTES_MAX`] read (`job`);
+//! 3. swaps the copy in crash-safely ([`crate::log::swap`]).
+//!
+//! The shard runs a step only when its inbox is empty, or, under sustained load, after a
+//! flush once the bytes committed since earned it ([`COMPACTION_READ_PER_BYTE_WRITTEN`]), at
+//! most [`COMPACTION_STEPS_PER_FLUSH_MAX`] steps, so commits wait behind a bounded amount of
+//! compaction. A segment the compactor cannot read or parse is quarantined: skipped
+//! from then on, counted, and reported as an [`EngineEvent`](crate::EngineEvent), while the
+//! rest of the shard's partitions go on being compacted.
+
+pub(crate) mod job;
+pub mod retention;
+pub(crate) mod select;
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::log::liveness::SegmentTable;
+
+/// Most segment bytes one compaction step reads (and so writes).
+pub const COMPACTION_STEP_BYTES_MAX: usize = 256 * 1024;
+
+/// Under sustained load (an inbox that never empties) the shard still runs one compaction
+/// step after a flush once the flushes since the last step wrote
+/// `1 / COMPACTION_READ_PER_BYTE_WRITTEN` of a step's bytes: compaction then reads this many
+/// bytes per byte committed, enough to keep a commit storm's log near its live size. At most
+/// [`COMPACTION_STEPS_PER_FLUSH_MAX`] steps run after one flush, so a commit waits behind a
+/// bounded amount of compaction.
+pub const COMPACTION_READ_PER_BYTE_WRITTEN: u64 = 2;
+
+/// Most compaction steps run after one flush under load.
+pub const COMPACTION_STEPS_PER_FLUSH_MAX: u32 = 4;
+
+/// Cap of the compaction credit (in steps' bytes), so a long idle-free burst does not
+/// leave a debt that later steals every flush.
+pub const COMPACTION_CREDIT_STEPS_MAX: u64 = 16;
+
+/// Most groups whose latest group metadata record one partition tracks (the groups work
+/// bounds groups per partition the same way).
+pub const GROUP_RECORDS_MAX: usize = 1 << 20;
+
+/// Compaction state of one hosted partition that is not in its log or cache: the offset of
+/// each group's latest `GroupMetadata` record (live until a newer one or a tombstone), and the
+/// quarantined segments.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionCompaction {
+    group_records: HashMap<String, i64>,
+    /// Base offsets of segments the compactor could not process.
+    pub(crate) quarantined: BTreeSet<i64>,
+}
+
+impl PartitionCompaction {
+    /// A `GroupMetadata` record (value or tombstone) for `group` was written or replayed at
+    /// `offset`: the group's previous record, and a tombstone itself, are dead.
+    pub(crate) fn group_record(
+        &mut self,
+        group: &str,
+        offset: i64,
+        tombstone: bool,
+        table: &mut SegmentTable,
+    ) {
+        let previous = if tombstone {
+            self.group_records.remove(group)
+        } else if let Some(latest) = self.group_records.get_mut(group) {
+            Some(std::mem::replace(latest, offset))
+        } else if self.group_records.len() < GROUP_RECORDS_MAX {
+            self.group_records.insert(group.to_owned(), offset);
+            None
+        } else {
+            // Over the bound the record is left counted live: compaction keeps it, which is
+            // safe, only less tidy.
+            None
+        };
+        if let Some(previous) = previous {
+            table.mark_dead(previous);
+        }
+        if tombstone {
+            table.mark_dead(offset);
+        }
+    }
+
+    /// The offset of `group`'s latest group metadata record.
+    pub(crate) fn group_record_offset(&self, group: &str) -> Option<i64> {
+        self.group_records.get(group).copied()
+    }
+}
+
+/// The compactor's counters, part of [`ShardMetrics`](crate::ShardMetrics).
+#[derive(Debug, Clone, Default)]
+pub struct CompactionMetrics {
+    /// Compactions finished (segments swapped).
+    pub compactions: u64,
+    /// Compactions abandoned after an I/O error before their commit point.
+    pub compaction_errors: u64,
+    /// Steps run.
+    pub steps: u64,
+    /// Segment bytes read by the compactor.
+    pub bytes_read: u64,
+    /// Bytes the compactor wrote (write amplification = this / bytes of commits written).
+    pub bytes_written: u64,
+    /// Records dropped (dead values, superseded group metadata, expired tombstones).
+    pub records_dropped: u64,
+    /// Tombstones dropped after `delete.retention.ms`.
+    pub tombstones_dropped: u64,
+    /// Segments quarantined (unreadable or corrupt): skipped by the compactor from then on.
+    pub segments_quarantined: u64,
+    /// Wall-clock time of the last finished compaction, ms since the Unix epoch (0: none yet).
+    pub last_success_ms: i64,
+}

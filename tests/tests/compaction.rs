@@ -1,0 +1,668 @@
+//! Compaction, tombstones, deletion and retention: model-based checks on the simulated disk,
+//! with crashes anywhere (including between any two storage operations of a compaction).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use coffer::storage::SimDisk;
+use coffer::{Config, Engine, EngineEvent, OffsetCommit};
+use coffer_tests::{SIM_DATA_DIR, open_sim, sim_segments, test_config};
+
+const TOPIC: &str = "t";
+const GROUPS: u64 = 6;
+const TOPIC_PARTITIONS: u64 = 8;
+const DAY_MS: i64 = 86_400_000;
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// splitmix64: the tests' seeded generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the engine must hold: (group, partition) → (offset, explicit expire timestamp).
+#[derive(Default, Clone)]
+struct Model {
+    offsets: BTreeMap<(String, i32), (i64, Option<i64>)>,
+    /// Every group ever committed to, so a resurrected offset of a deleted group shows.
+    groups: std::collections::BTreeSet<String>,
+}
+
+impl Model {
+    fn expire(&mut self, now_ms: i64) -> Vec<(String, i32, i64)> {
+        let mut expired = Vec::new();
+        self.offsets.retain(|(group, partition), (offset, expire)| {
+            let gone = expire.is_some_and(|e| now_ms >= e);
+            if gone {
+                expired.push((group.clone(), *partition, *offset));
+            }
+            !gone
+        });
+        expired.sort();
+        expired
+    }
+}
+
+fn group(index: u64) -> String {
+    format!("group-{index}")
+}
+
+fn config(partitions: u32, cleaner: bool) -> Config {
+    let mut config = test_config(SIM_DATA_DIR, partitions);
+    config.log_cleaner_enable = cleaner;
+    config.shards = 2;
+    config.pin_shards = false;
+    config
+}
+
+/// Every group's offsets equal the model's.
+fn check(engine: &Engine, model: &Model, context: &str) {
+    let groups = (0..GROUPS).map(group).chain(model.groups.iter().cloned());
+    for group in groups {
+        let got: BTreeMap<i32, i64> = engine
+            .fetch_all_offsets(&group)
+            .unwrap()
+            .into_iter()
+            .map(|o| {
+                assert_eq!(o.topic, TOPIC);
+                (o.partition, o.committed.offset)
+            })
+            .collect();
+        let want: BTreeMap<i32, i64> = model
+            .offsets
+            .iter()
+            .filter(|((g, _), _)| *g == group)
+            .map(|((_, p), (o, _))| (*p, *o))
+            .collect();
+        assert_eq!(got, want, "{context}: {group}");
+    }
+}
+
+fn commit(
+    engine: &Engine,
+    model: &mut Model,
+    group: &str,
+    partition: i32,
+    offset: i64,
+    metadata: &str,
+    expire: Option<i64>,
+) {
+    let commit = OffsetCommit {
+        topic: TOPIC,
+        partition,
+        offset,
+        leader_epoch: Some(1),
+        metadata,
+    };
+    let future = match expire {
+        Some(expire) => engine.commit_offsets_with_expiry(group, &[commit], expire),
+        None => engine.commit_offsets(group, &[commit]),
+    };
+    future.wait().unwrap();
+    model.groups.insert(group.to_owned());
+    model
+        .offsets
+        .insert((group.to_owned(), partition), (offset, expire));
+}
+
+/// Random commits (some with explicit expiry, metadata sized so segments roll), deletes,
+/// group deletes, retention checks, compactions (keeping or dropping tombstones), crashes
+/// and clean reopenings, against a BTreeMap model; the state must match after every step
+/// that could change it.
+fn model_run(seed: u64, operations: u32, cleaner: bool) {
+    let disk = SimDisk::new(seed);
+    let config = config(2, cleaner);
+    let mut engine = open_sim(&disk, &config).unwrap();
+    let mut rng = Rng(seed);
+    let mut model = Model::default();
+    let base_ms = wall_ms();
+    let metadata_pool = "m".repeat(4000);
+    let mut compactions = 0;
+    let mut tombstones_dropped = 0;
+    for step in 0..operations {
+        let roll = rng.below(100);
+        let g = group(rng.below(GROUPS));
+        let partition = rng.below(TOPIC_PARTITIONS) as i32;
+        match roll {
+            0..70 => {
+                // Big enough that segments roll every ~300 commits.
+                let metadata = &metadata_pool[..3000 + rng.below(1000) as usize];
+                let expire =
+                    (rng.below(10) == 0).then(|| base_ms + 1000 * (1 + rng.below(100) as i64));
+                commit(
+                    &engine,
+                    &mut model,
+                    &g,
+                    partition,
+                    i64::from(step),
+                    metadata,
+                    expire,
+                );
+            }
+            70..80 => {
+                let partitions: Vec<(&str, i32)> = (0..1 + rng.below(3))
+                    .map(|_| (TOPIC, rng.below(TOPIC_PARTITIONS) as i32))
+                    .collect();
+                engine.delete_offsets(&g, &partitions).wait().unwrap();
+                for (_, p) in partitions {
+                    model.offsets.remove(&(g.clone(), p));
+                }
+            }
+            80..82 => {
+                engine.delete_group(&g).wait().unwrap();
+                model.offsets.retain(|(group, _), _| *group != g);
+            }
+            82..86 => {
+                let now = base_ms + 1000 * rng.below(120) as i64;
+                let events = engine.events();
+                let expired = engine.run_retention_check(now).unwrap();
+                let want = model.expire(now);
+                assert_eq!(expired, want.len() as u64, "step {step}");
+                let mut got: Vec<(String, i32, i64)> = events
+                    .try_iter()
+                    .filter_map(|event| match event {
+                        EngineEvent::OffsetsExpired {
+                            group,
+                            topic,
+                            partition,
+                            offset,
+                        } => {
+                            assert_eq!(topic, TOPIC);
+                            Some((group, partition, offset))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                got.sort();
+                assert_eq!(got, want, "step {step}: expiry events");
+                check(&engine, &model, &format!("step {step} after expiry"));
+            }
+            86..92 => {
+                // Half the time far enough ahead that tombstones may be dropped.
+                let now = if rng.below(2) == 0 {
+                    wall_ms()
+                } else {
+                    wall_ms() + 2 * DAY_MS
+                };
+                compactions += engine.compact(now).unwrap();
+                check(&engine, &model, &format!("step {step} after compaction"));
+            }
+            92..95 => {
+                tombstones_dropped += dropped_tombstones(&engine);
+                disk.crash();
+                drop(engine);
+                engine = open_sim(&disk, &config).unwrap();
+                check(&engine, &model, &format!("step {step} after crash"));
+            }
+            95..97 => {
+                tombstones_dropped += dropped_tombstones(&engine);
+                engine.close().unwrap();
+                engine = open_sim(&disk, &config).unwrap();
+                check(&engine, &model, &format!("step {step} after reopen"));
+            }
+            _ => check(&engine, &model, &format!("step {step}")),
+        }
+    }
+    // Drop every tombstone that may go, crash, and look again: nothing deleted comes back.
+    compactions += engine.compact(wall_ms() + 2 * DAY_MS).unwrap();
+    check(&engine, &model, "final compaction");
+    tombstones_dropped += dropped_tombstones(&engine);
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "final reopen");
+    if !cleaner {
+        assert!(compactions > 0, "seed {seed}: the run compacted");
+    }
+    assert!(
+        tombstones_dropped > 0,
+        "seed {seed}: the run dropped tombstones"
+    );
+    engine.close().unwrap();
+}
+
+fn dropped_tombstones(engine: &Engine) -> u64 {
+    let metrics = engine.metrics().unwrap();
+    metrics
+        .iter()
+        .map(|m| m.compaction.tombstones_dropped)
+        .sum()
+}
+
+#[test]
+fn model_commits_deletes_expiries_compactions_crashes() {
+    for seed in [1, 2] {
+        model_run(seed, 2000, false);
+    }
+}
+
+#[test]
+fn model_with_the_background_compactor_running() {
+    model_run(3, 2000, true);
+}
+
+/// A fixed workload on one offsets partition: overwrites with big metadata (several
+/// segments, mostly dead), deletes and a group delete (tombstones).
+fn crash_workload(disk: &SimDisk, config: &Config) -> (Engine, Model) {
+    let engine = open_sim(disk, config).unwrap();
+    let mut model = Model::default();
+    let metadata = "x".repeat(3000);
+    for round in 0..900i64 {
+        let g = group(round as u64 % 4);
+        let partition = (round % 3) as i32;
+        commit(&engine, &mut model, &g, partition, round, &metadata, None);
+        if round % 97 == 0 {
+            engine
+                .delete_offsets(&g, &[(TOPIC, partition)])
+                .wait()
+                .unwrap();
+            model.offsets.remove(&(g.clone(), partition));
+        }
+    }
+    engine.delete_group(&group(3)).wait().unwrap();
+    model.offsets.retain(|(g, _), _| *g != group(3));
+    (engine, model)
+}
+
+/// A crash before each storage operation of a compaction in turn (the disk dies between
+/// two compaction steps, inside the swap, anywhere) recovers to exactly the acknowledged
+/// state: no live value lost, no deleted value back; and compaction then completes.
+#[test]
+fn a_crash_between_any_two_compaction_operations_recovers() {
+    let config = config(1, false);
+    for ops_before_crash in 0..400u64 {
+        let disk = SimDisk::new(ops_before_crash);
+        let (engine, model) = crash_workload(&disk, &config);
+        assert!(
+            sim_segments(&disk, 0).len() >= 3,
+            "the workload rolled segments"
+        );
+        let crashes = disk.crashes();
+        disk.crash_after_ops(ops_before_crash);
+        let far = wall_ms() + 2 * DAY_MS;
+        let _ = engine.compact(far);
+        let crashed = disk.crashes() > crashes;
+        disk.crash();
+        drop(engine);
+        let context = format!("crash after {ops_before_crash} compaction ops");
+        let engine = open_sim(&disk, &config).unwrap();
+        check(&engine, &model, &context);
+        engine.compact(far).unwrap();
+        check(&engine, &model, &context);
+        disk.crash();
+        drop(engine);
+        let engine = open_sim(&disk, &config).unwrap();
+        check(&engine, &model, &context);
+        engine.close().unwrap();
+        if !crashed {
+            // Each run before this one crashed at a different operation.
+            assert!(
+                ops_before_crash > 5,
+                "the compaction took several operations"
+            );
+            return;
+        }
+    }
+    panic!("compaction never finished within the operation budget");
+}
+
+#[test]
+fn compaction_shrinks_an_overwritten_log_and_drops_tombstones_after_retention() {
+    let disk = SimDisk::new(5);
+    let config = config(1, false);
+    let (engine, model) = crash_workload(&disk, &config);
+    let before = engine.metrics().unwrap();
+    let space = |metrics: &[coffer::ShardMetrics]| {
+        let p = metrics.iter().flat_map(|m| &m.partitions).next().unwrap();
+        (p.log_bytes, p.live_bytes_estimate)
+    };
+    let (log_before, live_before) = space(&before);
+    assert!(log_before > 2 * coffer::config::SEGMENT_BYTES_MIN);
+    // Tombstones are young: compaction keeps them.
+    assert!(engine.compact(wall_ms()).unwrap() > 0);
+    let kept = engine.metrics().unwrap();
+    let (log_after, _) = space(&kept);
+    assert!(
+        log_after < log_before / 2,
+        "{log_after} of {log_before} bytes left"
+    );
+    let sum = |m: &[coffer::ShardMetrics], f: fn(&coffer::ShardMetrics) -> u64| -> u64 {
+        m.iter().map(f).sum()
+    };
+    assert_eq!(sum(&kept, |m| m.compaction.tombstones_dropped), 0);
+    // Write amplification: it read the sealed segments and wrote back only their live part.
+    let read = sum(&kept, |m| m.compaction.bytes_read);
+    let written = sum(&kept, |m| m.compaction.bytes_written);
+    assert!(
+        read > (2 * coffer::config::SEGMENT_BYTES_MIN).saturating_sub(live_before),
+        "{read}"
+    );
+    assert!(written < read / 4, "{written} of {read}");
+    // Past delete.retention.ms: dropped.
+    engine.compact(wall_ms() + 2 * DAY_MS).unwrap();
+    let dropped = engine.metrics().unwrap();
+    assert!(sum(&dropped, |m| m.compaction.tombstones_dropped) > 0);
+    assert!(dropped[0].ms_since_last_compaction(wall_ms()).is_some());
+    check(&engine, &model, "after compaction");
+    let written = sum(&dropped, |m| m.tombstones);
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "after reopening");
+    // Only those in the active segment (never compacted) are left.
+    let left = engine.recovery_report().tombstones;
+    assert!(left < written, "{left} of {written} tombstones left");
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_corrupt_sealed_segment_is_quarantined_and_the_rest_is_compacted() {
+    let disk = SimDisk::new(11);
+    let config = config(2, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let metadata = "q".repeat(3000);
+    let mut model = Model::default();
+    for round in 0..1400i64 {
+        let g = group(round as u64 % GROUPS);
+        commit(
+            &engine,
+            &mut model,
+            &g,
+            (round % 2) as i32,
+            round,
+            &metadata,
+            None,
+        );
+    }
+    let partitions: Vec<u32> = (0..2)
+        .filter(|p| sim_segments(&disk, *p).len() >= 3)
+        .collect();
+    assert_eq!(partitions.len(), 2, "both offsets partitions rolled");
+    // Corrupt the middle of the first sealed segment of partition 0 (under its CRC).
+    let victim = sim_segments(&disk, 0)[0].clone();
+    let mut bytes = disk.file_bytes(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    disk.put_file_bytes(&victim, &bytes);
+    let events = engine.events();
+    engine.compact(wall_ms()).unwrap();
+    let quarantined: Vec<EngineEvent> = events.try_iter().collect();
+    assert!(
+        matches!(&quarantined[..], [EngineEvent::CompactionQuarantined { offsets_partition: 0, segment, .. }] if *segment == victim),
+        "{quarantined:?}"
+    );
+    let metrics = engine.metrics().unwrap();
+    let total = |f: fn(&coffer::ShardMetrics) -> u64| metrics.iter().map(f).sum::<u64>();
+    assert_eq!(total(|m| m.compaction.segments_quarantined), 1);
+    assert!(
+        total(|m| m.compaction.compactions) > 0,
+        "the other partition was compacted"
+    );
+    let space: Vec<_> = metrics.iter().flat_map(|m| &m.partitions).collect();
+    assert!(
+        space
+            .iter()
+            .any(|p| p.offsets_partition == 0 && p.quarantined_segments == 1)
+    );
+    check(&engine, &model, "after quarantine");
+    // Later compactions skip it without reporting it again.
+    for round in 0..300i64 {
+        let g = group(round as u64 % GROUPS);
+        commit(&engine, &mut model, &g, 0, round, &metadata, None);
+    }
+    engine.compact(wall_ms()).unwrap();
+    assert_eq!(events.try_iter().count(), 0);
+    check(&engine, &model, "after more compaction");
+    engine.close().unwrap();
+}
+
+#[test]
+fn retention_expires_old_offsets_of_groups_without_members_with_events() {
+    let disk = SimDisk::new(21);
+    let config = config(2, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let events = engine.events();
+    let mut model = Model::default();
+    commit(&engine, &mut model, "old", 0, 1, "", None);
+    commit(&engine, &mut model, "old", 1, 2, "", None);
+    let soon = wall_ms() + 60_000;
+    commit(&engine, &mut model, "explicit", 0, 3, "", Some(soon));
+    assert_eq!(engine.run_retention_check(wall_ms()).unwrap(), 0);
+    assert_eq!(engine.run_retention_check(soon).unwrap(), 1);
+    assert_eq!(
+        engine.fetch_offsets("explicit", &[(TOPIC, 0)]).unwrap(),
+        vec![None]
+    );
+    // offsets.retention.minutes (7 days) after the commits: the rest goes.
+    let week_later = wall_ms() + 7 * DAY_MS + 60_000;
+    assert_eq!(engine.run_retention_check(week_later).unwrap(), 2);
+    let mut expired: Vec<(String, i32, i64)> = events
+        .try_iter()
+        .map(|event| match event {
+            EngineEvent::OffsetsExpired {
+                group,
+                partition,
+                offset,
+                ..
+            } => (group, partition, offset),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    expired.sort();
+    let want = vec![
+        ("explicit".to_owned(), 0, 3),
+        ("old".to_owned(), 0, 1),
+        ("old".to_owned(), 1, 2),
+    ];
+    assert_eq!(expired, want);
+    let metrics = engine.metrics().unwrap();
+    assert_eq!(metrics.iter().map(|m| m.offsets_expired).sum::<u64>(), 3);
+    assert_eq!(metrics.iter().map(|m| m.tombstones).sum::<u64>(), 3);
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    assert!(engine.fetch_all_offsets("old").unwrap().is_empty());
+    assert_eq!(engine.recovery_report().tombstones, 3);
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_full_event_queue_drops_and_counts_instead_of_blocking() {
+    let disk = SimDisk::new(31);
+    let config = config(1, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let expiring = coffer::EVENT_QUEUE_DEPTH_MAX as i64 + 10;
+    let soon = wall_ms() + 1000;
+    for partition in 0..expiring {
+        let commit = OffsetCommit {
+            topic: TOPIC,
+            partition: partition as i32,
+            offset: partition,
+            leader_epoch: None,
+            metadata: "",
+        };
+        engine
+            .commit_offsets_with_expiry("many", &[commit], soon)
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(engine.run_retention_check(soon).unwrap(), expiring as u64);
+    let metrics = engine.metrics().unwrap();
+    assert_eq!(metrics.iter().map(|m| m.events_dropped).sum::<u64>(), 10);
+    assert_eq!(
+        engine.events().try_iter().count(),
+        coffer::EVENT_QUEUE_DEPTH_MAX
+    );
+    engine.close().unwrap();
+}
+
+/// A tombstone past `delete.retention.ms` must stay while an older value of its key is
+/// still in an earlier segment that is not being compacted with it: dropping it would bring
+/// that value back at the next recovery.
+#[test]
+fn a_tombstone_outlives_older_values_of_its_key_in_uncompacted_segments() {
+    let disk = SimDisk::new(41);
+    let config = config(1, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let metadata = "k".repeat(3000);
+    let mut model = Model::default();
+    // Segment 0: distinct live keys, among them the one deleted later (so it stays clean).
+    let mut partition = 0;
+    while sim_segments(&disk, 0).len() < 2 {
+        commit(&engine, &mut model, "live", partition, 1, &metadata, None);
+        partition += 1;
+    }
+    // Segment 1: the tombstone, some live keys, and many dead overwrites (dirty).
+    engine.delete_offsets("live", &[(TOPIC, 0)]).wait().unwrap();
+    model.offsets.remove(&("live".to_owned(), 0));
+    for p in 0..40 {
+        commit(&engine, &mut model, "second", p, 1, &metadata, None);
+    }
+    let mut round = 0;
+    while sim_segments(&disk, 0).len() < 3 {
+        commit(&engine, &mut model, "hot", 0, round, &metadata, None);
+        round += 1;
+    }
+    let far = wall_ms() + 2 * DAY_MS;
+    assert!(engine.compact(far).unwrap() > 0, "segment 1 was compacted");
+    check(&engine, &model, "after compaction");
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "after recovery");
+    assert_eq!(
+        engine.fetch_offsets("live", &[(TOPIC, 0)]).unwrap(),
+        vec![None]
+    );
+    engine.close().unwrap();
+}
+
+/// With `log.cleaner.enable` the shard compacts by itself, between requests.
+#[test]
+fn the_background_compactor_runs_between_requests() {
+    let disk = SimDisk::new(51);
+    let config = config(1, true);
+    let engine = open_sim(&disk, &config).unwrap();
+    let mut model = Model::default();
+    let metadata = "b".repeat(3000);
+    for round in 0..1200i64 {
+        let g = group(round as u64 % 3);
+        commit(&engine, &mut model, &g, 0, round, &metadata, None);
+    }
+    // Bounded wait: the shard is idle now, so it runs steps until nothing is cleanable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let compacted = loop {
+        let metrics = engine.metrics().unwrap();
+        let done: u64 = metrics.iter().map(|m| m.compaction.compactions).sum();
+        if done > 0 || std::time::Instant::now() > deadline {
+            break done;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(compacted > 0, "no background compaction within 10 s");
+    check(&engine, &model, "after background compaction");
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "after reopening");
+    engine.close().unwrap();
+}
+
+/// Moving a partition between shards while the background compactor works on it: the move
+/// ends the compaction (finishing a committed swap, abandoning anything earlier), the target
+/// shard recovers the partition, and nothing acknowledged is lost or resurrected.
+#[test]
+fn partitions_move_between_shards_during_background_compaction() {
+    let disk = SimDisk::new(61);
+    let config = config(1, true);
+    let engine = open_sim(&disk, &config).unwrap();
+    let mut model = Model::default();
+    let metadata = "v".repeat(3000);
+    for burst in 0..8i64 {
+        for round in 0..250i64 {
+            let g = group(round as u64 % 4);
+            let offset = burst * 1000 + round;
+            commit(
+                &engine,
+                &mut model,
+                &g,
+                (round % 3) as i32,
+                offset,
+                &metadata,
+                None,
+            );
+            if round % 50 == 0 {
+                engine.delete_offsets(&g, &[(TOPIC, 1)]).wait().unwrap();
+                model.offsets.remove(&(g.clone(), 1));
+            }
+        }
+        let to = (burst as usize + 1) % 2;
+        engine.move_partition(0, to).unwrap();
+        check(&engine, &model, &format!("after move {burst}"));
+    }
+    let metrics = engine.metrics().unwrap();
+    assert!(metrics.iter().map(|m| m.compaction.steps).sum::<u64>() > 0);
+    engine.close().unwrap();
+    let engine = open_sim(&disk, &config).unwrap();
+    check(&engine, &model, "after reopening");
+    engine.close().unwrap();
+}
+
+/// Deleting or expiring more offsets than one request may carry (in count or bytes) splits
+/// them into several requests; every one is deleted, durably.
+#[test]
+fn deleting_and_expiring_a_very_large_group_works() {
+    let disk = SimDisk::new(71);
+    let config = config(1, false);
+    let engine = open_sim(&disk, &config).unwrap();
+    let topic = "t".repeat(200);
+    let soon = wall_ms() + 1000;
+    let partitions = 20_000;
+    for group in ["deleted", "expired"] {
+        let commits: Vec<OffsetCommit<'_>> = (0..partitions)
+            .map(|partition| OffsetCommit {
+                topic: &topic,
+                partition,
+                offset: 7,
+                leader_epoch: None,
+                metadata: "",
+            })
+            .collect();
+        for chunk in commits.chunks(2000) {
+            let future = if group == "expired" {
+                engine.commit_offsets_with_expiry(group, chunk, soon)
+            } else {
+                engine.commit_offsets(group, chunk)
+            };
+            future.wait().unwrap();
+        }
+        assert_eq!(
+            engine.fetch_all_offsets(group).unwrap().len(),
+            partitions as usize
+        );
+    }
+    engine.delete_group("deleted").wait().unwrap();
+    assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
+    assert_eq!(engine.run_retention_check(soon).unwrap(), partitions as u64);
+    assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
+    assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
+    assert_eq!(engine.recovery_report().tombstones, 2 * partitions as u64);
+    engine.close().unwrap();
+}
