@@ -151,8 +151,10 @@ fn bytes_per_live_key() {
             (grown - stats.fixed_bytes as f64) / keys as f64,
             stats.bytes_per_key()
         );
+        // The target, for groups with a dozen or more keys (a key costs its 48-byte
+        // slot plus its share of the group's nodes; a one-key group pays them alone).
         if parts >= 12 {
-            assert!(per_key <= 72.0, "{per_key} bytes per key");
+            assert!(per_key <= 64.0, "{per_key} bytes per key");
         }
         drop(cache);
     }

@@ -85,7 +85,6 @@ fn fields(n: i64) -> Fields {
         offset: n,
         leader_epoch: n as i32 * 7,
         commit_timestamp_ms: n * 31,
-        expire_timestamp_ms: -1,
         log_position: 0,
         meta: std::ptr::null_mut(),
     }

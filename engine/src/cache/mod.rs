@@ -13,7 +13,8 @@
 //! * A reader never sees a key go back in time: every path to a key's value leads to the
 //!   one slot the writer writes (or a frozen copy of it that was current when the reader
 //!   loaded its pointer), and the writer publishes every new structure with Release.
-//! * Updating an existing key allocates nothing when its metadata is unchanged or empty.
+//! * Updating an existing key allocates nothing when its metadata is unchanged or empty
+//!   (and it carries no expire timestamp, which only OffsetCommit v1 sets).
 //! * Group ids are stored once (in their group node); topic names once per cache (interned).
 //!
 //! See `docs/cache.md` for the design and the memory-ordering argument; the loom models in
@@ -70,7 +71,7 @@ use crate::{Error, Result};
 
 use epoch::{Collector, Guard, Reclaimer};
 use intern::Interner;
-use slot::{Fields, Meta, Slot, Stash};
+use slot::{Fields, Meta, NO_EXPIRE_TIMESTAMP_MS, Slot, Stash};
 use table::{
     GroupNode, GroupTable, PartArray, TopicList, TopicNode, hash_group, is_node, tombstone,
 };
@@ -344,13 +345,12 @@ impl OffsetCache {
         let parts = unsafe { topic.parts() };
         let slot = &parts.slots[p];
         let old = slot.load_own();
-        let meta = self.meta_for(old.meta, value.metadata);
+        let meta = self.meta_for(old.meta, value.metadata, value.expire_timestamp_ms);
         let new = Fields {
             present: true,
             offset: value.offset,
             leader_epoch: value.leader_epoch,
             commit_timestamp_ms: value.commit_timestamp_ms,
-            expire_timestamp_ms: value.expire_timestamp_ms,
             log_position,
             meta,
         };
@@ -533,19 +533,25 @@ impl OffsetCache {
         self.reclaim.retire(&self.shared.collector, garbage);
     }
 
-    /// The metadata pointer for a new value, reusing the current one when the text is the
-    /// same (the common case: no allocation).
-    fn meta_for(&self, current: *mut Meta, text: &str) -> *mut Meta {
-        if text.is_empty() {
+    /// The metadata pointer for a new value: null for empty metadata without an expire
+    /// timestamp, the current one when both are unchanged (no allocation either way).
+    fn meta_for(&self, current: *mut Meta, text: &str, expire_timestamp_ms: i64) -> *mut Meta {
+        if text.is_empty() && expire_timestamp_ms == NO_EXPIRE_TIMESTAMP_MS {
             return ptr::null_mut();
         }
-        // SAFETY: the current metadata is live (writer access).
-        if !current.is_null() && unsafe { &*(*current).text } == text {
-            return current;
+        if !current.is_null() {
+            // SAFETY: the current metadata is live (writer access).
+            let current_meta = unsafe { &*current };
+            if &*current_meta.text == text
+                && current_meta.expire_timestamp_ms == expire_timestamp_ms
+            {
+                return current;
+            }
         }
         Box::into_raw(Box::new(Meta {
             canary: Canary::new(),
             text: text.into(),
+            expire_timestamp_ms,
         }))
     }
 
@@ -879,19 +885,19 @@ impl<'a> ReadGuard<'a> {
         if !f.present {
             return None;
         }
-        let metadata: &str = if f.meta.is_null() {
-            ""
+        let (metadata, expire_timestamp_ms): (&str, i64) = if f.meta.is_null() {
+            ("", NO_EXPIRE_TIMESTAMP_MS)
         } else {
             // SAFETY: read under the pin; retired metadata outlives every pin that saw it.
             let m = unsafe { &*f.meta };
             m.canary.touch();
-            &m.text
+            (&m.text, m.expire_timestamp_ms)
         };
         Some(OffsetValueRef {
             offset: f.offset,
             leader_epoch: f.leader_epoch,
             commit_timestamp_ms: f.commit_timestamp_ms,
-            expire_timestamp_ms: f.expire_timestamp_ms,
+            expire_timestamp_ms,
             metadata,
         })
     }

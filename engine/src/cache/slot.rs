@@ -1,7 +1,7 @@
 //! Versioned value slots: a seqlock whose data words are atomics, plus a one-entry *stash*
 //! that lets readers finish even while the writer is stopped half-way through a write.
 //!
-//! A slot is 56 bytes: a sequence word and six data words. The writer (one thread) makes
+//! A slot is 48 bytes: a sequence word and five data words. The writer (one thread) makes
 //! the sequence odd, stores the data, then makes it even again; a reader loads the
 //! sequence, loads the data, and accepts it only if the sequence is even and unchanged.
 //! Data words are atomics loaded and stored with `Relaxed`, bracketed by fences: a racy
@@ -32,11 +32,18 @@
 use crate::sync::Canary;
 use crate::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
 
-/// A metadata string, immutable once published; replaced (and retired) as a whole.
+/// The rarely-set part of a value: the metadata string and an explicit expire timestamp
+/// (OffsetCommit v1 only). Immutable once published; replaced (and retired) as a whole. A
+/// null pointer in the slot means empty metadata and no expire timestamp, which keeps the
+/// common value in the slot's six words and updates of it free of allocation.
 pub(crate) struct Meta {
     pub(crate) canary: Canary,
     pub(crate) text: Box<str>,
+    pub(crate) expire_timestamp_ms: i64,
 }
+
+/// The expire timestamp a null [`Meta`] pointer stands for (Kafka's "none").
+pub(crate) const NO_EXPIRE_TIMESTAMP_MS: i64 = -1;
 
 /// The value of a slot, decoded.
 #[derive(Clone, Copy, Debug)]
@@ -45,9 +52,9 @@ pub(crate) struct Fields {
     pub(crate) offset: i64,
     pub(crate) leader_epoch: i32,
     pub(crate) commit_timestamp_ms: i64,
-    pub(crate) expire_timestamp_ms: i64,
     pub(crate) log_position: u64,
-    /// Null when the metadata is empty (the common case: no allocation at all).
+    /// Null when the metadata is empty and there is no expire timestamp (the common case:
+    /// no allocation at all).
     pub(crate) meta: *mut Meta,
 }
 
@@ -57,7 +64,6 @@ impl Fields {
         offset: 0,
         leader_epoch: 0,
         commit_timestamp_ms: 0,
-        expire_timestamp_ms: 0,
         log_position: 0,
         meta: std::ptr::null_mut(),
     };
@@ -65,11 +71,10 @@ impl Fields {
 
 const PRESENT: u64 = 1 << 32;
 
-/// The six data words, shared by slots and the stash.
+/// The five data words, shared by slots and the stash.
 struct Words {
     offset: AtomicU64,
     commit: AtomicU64,
-    expire: AtomicU64,
     log_position: AtomicU64,
     meta: AtomicPtr<Meta>,
     /// Low 32 bits: the leader epoch; bit 32: present.
@@ -81,7 +86,6 @@ impl Words {
         Self {
             offset: AtomicU64::new(f.offset as u64),
             commit: AtomicU64::new(f.commit_timestamp_ms as u64),
-            expire: AtomicU64::new(f.expire_timestamp_ms as u64),
             log_position: AtomicU64::new(f.log_position),
             meta: AtomicPtr::new(f.meta),
             epoch_present: AtomicU64::new(encode_epoch(f)),
@@ -96,7 +100,6 @@ impl Words {
             leader_epoch: ep as u32 as i32,
             offset: self.offset.load(Ordering::Relaxed) as i64,
             commit_timestamp_ms: self.commit.load(Ordering::Relaxed) as i64,
-            expire_timestamp_ms: self.expire.load(Ordering::Relaxed) as i64,
             log_position: self.log_position.load(Ordering::Relaxed),
             meta: self.meta.load(Ordering::Relaxed),
         }
@@ -107,8 +110,6 @@ impl Words {
         self.offset.store(f.offset as u64, Ordering::Relaxed);
         self.commit
             .store(f.commit_timestamp_ms as u64, Ordering::Relaxed);
-        self.expire
-            .store(f.expire_timestamp_ms as u64, Ordering::Relaxed);
         self.log_position.store(f.log_position, Ordering::Relaxed);
         self.meta.store(f.meta, Ordering::Relaxed);
         self.epoch_present.store(encode_epoch(f), Ordering::Relaxed);
@@ -130,7 +131,7 @@ fn begin_write(seq: &AtomicU64) -> u64 {
     s
 }
 
-/// One value, versioned by a seqlock. 56 bytes.
+/// One value, versioned by a seqlock. 48 bytes.
 pub(crate) struct Slot {
     seq: AtomicU64,
     words: Words,

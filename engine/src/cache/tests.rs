@@ -28,6 +28,35 @@ fn val(offset: i64, metadata: &str) -> OffsetValueRef<'_> {
 }
 
 #[test]
+fn expire_timestamps_live_beside_the_metadata_and_round_trip() {
+    let mut c = OffsetCache::new();
+    let r = c.reader();
+    let expiring = |offset, expire, metadata| OffsetValueRef {
+        expire_timestamp_ms: expire,
+        ..val(offset, metadata)
+    };
+    // Expire timestamp without metadata, then with, then neither, then metadata alone.
+    let steps = [
+        (1, 1_700_000_000_000, ""),
+        (2, 1_800_000_000_000, "m"),
+        (3, -1, ""),
+        (4, -1, "m"),
+    ];
+    for (offset, expire, metadata) in steps {
+        c.upsert(
+            key("g", "t", 0),
+            expiring(offset, expire, metadata),
+            offset as u64,
+        )
+        .unwrap();
+        let got = r.get("g", "t", 0).unwrap();
+        assert_eq!(got, expiring(offset, expire, metadata).to_owned_value());
+    }
+    // The first two steps' Meta were replaced (retired); the last step's is live.
+    assert_eq!(c.garbage_pending(), 2);
+}
+
+#[test]
 fn insert_get_update_remove() {
     let mut c = OffsetCache::new();
     let r = c.reader();
