@@ -18,6 +18,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod format;
+pub mod group;
 pub mod log;
 mod offsets;
 pub mod routing;

@@ -1,0 +1,261 @@
+//! A hashed timer wheel of deadlines keyed by small integer ids (member or group handles).
+//!
+//! Each id has at most one deadline. Entries live in a slab indexed by id and are linked
+//! into their slot's doubly linked list, so insert, reschedule and cancel are O(1) and
+//! allocation-free once the slab has room for the id (it grows only when a new id is first
+//! used, i.e. when a member joins, never on a heartbeat). A slot covers `2^SLOT_SHIFT_MS`
+//! milliseconds; the wheel spans `SLOTS << SLOT_SHIFT_MS` ms. A deadline further out than one
+//! lap stays in its slot and is skipped (compared exactly) until its lap comes round.
+
+/// Slots in the wheel (a power of two).
+pub const SLOTS: usize = 8192;
+/// Each slot covers `1 << SLOT_SHIFT_MS` milliseconds (8 ms): one lap is about 65 s, longer
+/// than Kafka's default `session.timeout.ms` (45 s), so most deadlines are due on their
+/// first lap.
+pub const SLOT_SHIFT_MS: u32 = 3;
+/// Most ids a wheel holds (the slab is indexed by id).
+pub const TIMER_IDS_MAX: usize = 1 << 24;
+
+const NIL: u32 = u32::MAX;
+const SLOT_MASK: u64 = SLOTS as u64 - 1;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    prev: u32,
+    next: u32,
+    slot: u32,
+    armed: bool,
+    deadline_ms: u64,
+}
+
+const UNARMED: Entry = Entry {
+    prev: NIL,
+    next: NIL,
+    slot: 0,
+    armed: false,
+    deadline_ms: 0,
+};
+
+/// A hashed timer wheel (see the module docs).
+#[derive(Debug)]
+pub struct TimerWheel {
+    heads: Vec<u32>,
+    entries: Vec<Entry>,
+    /// The tick (`now_ms >> SLOT_SHIFT_MS`) from which expiry scans next.
+    cursor_tick: u64,
+    armed: usize,
+}
+
+impl TimerWheel {
+    /// An empty wheel whose clock starts at `now_ms`.
+    pub fn new(now_ms: u64) -> TimerWheel {
+        TimerWheel {
+            heads: vec![NIL; SLOTS],
+            entries: Vec::new(),
+            cursor_tick: now_ms >> SLOT_SHIFT_MS,
+            armed: 0,
+        }
+    }
+
+    /// Deadlines armed.
+    pub fn len(&self) -> usize {
+        self.armed
+    }
+
+    /// Whether no deadline is armed.
+    pub fn is_empty(&self) -> bool {
+        self.armed == 0
+    }
+
+    /// Makes room for ids below `ids` (allocates; call when an id is first handed out).
+    pub fn reserve_ids(&mut self, ids: usize) {
+        assert!(ids <= TIMER_IDS_MAX, "timer ids over TIMER_IDS_MAX");
+        if self.entries.len() < ids {
+            self.entries.resize(ids, UNARMED);
+        }
+    }
+
+    /// The deadline armed for `id`, if any.
+    pub fn deadline_ms(&self, id: u32) -> Option<u64> {
+        let entry = self.entries.get(id as usize)?;
+        entry.armed.then_some(entry.deadline_ms)
+    }
+
+    /// Arms (or moves) `id`'s deadline. O(1); no allocation once `reserve_ids` covered `id`.
+    pub fn schedule(&mut self, id: u32, deadline_ms: u64) {
+        if id as usize >= self.entries.len() {
+            self.reserve_ids(id as usize + 1);
+        }
+        let slot = self.slot_of(deadline_ms);
+        let entry = &mut self.entries[id as usize];
+        if entry.armed && entry.slot == slot {
+            // The common heartbeat case within one slot: no relinking.
+            entry.deadline_ms = deadline_ms;
+            return;
+        }
+        if entry.armed {
+            self.unlink(id);
+        } else {
+            self.armed += 1;
+        }
+        self.link(id, slot, deadline_ms);
+    }
+
+    /// Disarms `id`'s deadline; returns whether one was armed.
+    pub fn cancel(&mut self, id: u32) -> bool {
+        match self.entries.get(id as usize) {
+            Some(entry) if entry.armed => {
+                self.unlink(id);
+                self.entries[id as usize] = UNARMED;
+                self.armed -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Disarms and appends to `expired` the ids whose deadline is at or before `now_ms`, at
+    /// most `budget` of them. Returns true if more may be due (call again). Scans at most one
+    /// lap of slots per call.
+    pub fn expire(&mut self, now_ms: u64, budget: usize, expired: &mut Vec<u32>) -> bool {
+        let target_tick = now_ms >> SLOT_SHIFT_MS;
+        if target_tick.saturating_sub(self.cursor_tick) >= SLOTS as u64 {
+            // One lap visits every slot: older ticks map onto the same slots.
+            self.cursor_tick = target_tick - (SLOTS as u64 - 1);
+        }
+        let mut taken = 0;
+        while self.cursor_tick <= target_tick {
+            let slot = (self.cursor_tick & SLOT_MASK) as usize;
+            let mut id = self.heads[slot];
+            while id != NIL {
+                let entry = self.entries[id as usize];
+                if entry.deadline_ms <= now_ms {
+                    if taken == budget {
+                        return true;
+                    }
+                    self.unlink(id);
+                    self.entries[id as usize] = UNARMED;
+                    self.armed -= 1;
+                    expired.push(id);
+                    taken += 1;
+                }
+                id = entry.next;
+            }
+            if self.cursor_tick == target_tick {
+                // Deadlines later in the current tick stay; this slot is scanned again.
+                break;
+            }
+            self.cursor_tick += 1;
+        }
+        false
+    }
+
+    fn slot_of(&self, deadline_ms: u64) -> u32 {
+        let tick = (deadline_ms >> SLOT_SHIFT_MS).max(self.cursor_tick);
+        (tick & SLOT_MASK) as u32
+    }
+
+    fn link(&mut self, id: u32, slot: u32, deadline_ms: u64) {
+        let head = self.heads[slot as usize];
+        self.entries[id as usize] = Entry {
+            prev: NIL,
+            next: head,
+            slot,
+            armed: true,
+            deadline_ms,
+        };
+        if head != NIL {
+            self.entries[head as usize].prev = id;
+        }
+        self.heads[slot as usize] = id;
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let Entry {
+            prev, next, slot, ..
+        } = self.entries[id as usize];
+        debug_assert!(self.entries[id as usize].armed);
+        if prev == NIL {
+            self.heads[slot as usize] = next;
+        } else {
+            self.entries[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expire_all(wheel: &mut TimerWheel, now_ms: u64) -> Vec<u32> {
+        let mut out = Vec::new();
+        while wheel.expire(now_ms, 3, &mut out) {}
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn deadlines_fire_exactly_when_due() {
+        let mut wheel = TimerWheel::new(1_000);
+        wheel.schedule(1, 1_005);
+        wheel.schedule(2, 1_006);
+        wheel.schedule(3, 50_000);
+        assert!(expire_all(&mut wheel, 1_004).is_empty());
+        assert_eq!(expire_all(&mut wheel, 1_005), vec![1]);
+        assert_eq!(expire_all(&mut wheel, 49_999), vec![2]);
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(expire_all(&mut wheel, 50_000), vec![3]);
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn reschedule_and_cancel_take_effect() {
+        let mut wheel = TimerWheel::new(0);
+        for id in 0..10 {
+            wheel.schedule(id, 100);
+        }
+        wheel.schedule(4, 10_000);
+        assert!(wheel.cancel(7));
+        assert!(!wheel.cancel(7));
+        assert_eq!(wheel.deadline_ms(4), Some(10_000));
+        assert_eq!(expire_all(&mut wheel, 100), vec![0, 1, 2, 3, 5, 6, 8, 9]);
+        assert_eq!(expire_all(&mut wheel, 10_000), vec![4]);
+    }
+
+    #[test]
+    fn deadlines_beyond_one_lap_wait_for_their_lap() {
+        let lap_ms = (SLOTS as u64) << SLOT_SHIFT_MS;
+        let mut wheel = TimerWheel::new(0);
+        wheel.schedule(1, lap_ms * 3 + 7);
+        assert!(expire_all(&mut wheel, lap_ms + 7).is_empty());
+        assert!(expire_all(&mut wheel, lap_ms * 3 + 6).is_empty());
+        assert_eq!(expire_all(&mut wheel, lap_ms * 3 + 7), vec![1]);
+    }
+
+    #[test]
+    fn expiry_is_bounded_per_call() {
+        let mut wheel = TimerWheel::new(0);
+        for id in 0..10 {
+            wheel.schedule(id, 8);
+        }
+        let mut out = Vec::new();
+        assert!(wheel.expire(100, 4, &mut out));
+        assert_eq!(out.len(), 4);
+        assert!(wheel.expire(100, 4, &mut out));
+        assert!(!wheel.expire(100, 4, &mut out));
+        assert_eq!(out.len(), 10);
+    }
+
+    #[test]
+    fn a_long_idle_gap_jumps_at_most_one_lap() {
+        let mut wheel = TimerWheel::new(0);
+        wheel.schedule(1, 5);
+        let far = 1u64 << 40;
+        assert_eq!(expire_all(&mut wheel, far), vec![1]);
+        wheel.schedule(2, far - 100);
+        assert_eq!(expire_all(&mut wheel, far), vec![2]);
+    }
+}
