@@ -1,7 +1,6 @@
 //! A classic group's in-memory state: members, generation, protocol, leader, timers.
 
-use std::collections::HashMap;
-
+use super::id_hash::{IdMap, id_map};
 use super::state::GroupState;
 
 /// What a group's one timer (in the coordinator's rebalance wheel) is for.
@@ -27,13 +26,13 @@ pub(crate) struct Group {
     /// Member handle of the leader.
     pub leader: Option<u32>,
     /// Member id → member handle, for joined members.
-    pub members: HashMap<Box<str>, u32>,
+    pub members: IdMap<u32>,
     /// Joined members' handles in join order (leader election and responses are stable).
     pub order: Vec<u32>,
     /// `group.instance.id` → member handle.
-    pub static_members: HashMap<Box<str>, u32>,
+    pub static_members: IdMap<u32>,
     /// Member ids handed out with `MEMBER_ID_REQUIRED` → handle.
-    pub pending: HashMap<Box<str>, u32>,
+    pub pending: IdMap<u32>,
     /// Joined members with a JoinGroup waiting.
     pub awaiting_join: u32,
     /// Joined members that have not sent SyncGroup for this generation.
@@ -68,10 +67,10 @@ impl Group {
             protocol_type: None,
             protocol_name: None,
             leader: None,
-            members: HashMap::new(),
+            members: id_map(),
             order: Vec::new(),
-            static_members: HashMap::new(),
-            pending: HashMap::new(),
+            static_members: id_map(),
+            pending: id_map(),
             awaiting_join: 0,
             awaiting_sync: 0,
             timer: GroupTimer::None,

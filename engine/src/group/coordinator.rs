@@ -8,10 +8,9 @@
 //! them durably and reports back with [`GroupCoordinator::persisted`], after which the
 //! waiting SyncGroup responses are released (Kafka stores the group before answering sync).
 
-use std::collections::HashMap;
-
 use super::classic_group::{Group, GroupTimer};
 use super::error::GroupError;
+use super::id_hash::{IdMap, id_map};
 use super::member::{Member, Ticket};
 use super::protocol::{
     CommitFence, GroupDescription, JoinGroupMember, JoinGroupRequest, JoinGroupResponse,
@@ -53,7 +52,7 @@ pub struct PersistRecord {
 pub struct GroupCoordinator {
     config: GroupConfig,
     /// Group id → group handle.
-    ids: HashMap<Box<str>, u32>,
+    ids: IdMap<u32>,
     groups: Vec<Option<Group>>,
     free_groups: Vec<u32>,
     members: Vec<Option<Member>>,
@@ -76,7 +75,7 @@ impl GroupCoordinator {
     pub fn new(config: GroupConfig, member_id_seed: u64, now_ms: u64) -> GroupCoordinator {
         GroupCoordinator {
             config,
-            ids: HashMap::new(),
+            ids: id_map(),
             groups: Vec::new(),
             free_groups: Vec::new(),
             members: Vec::new(),
@@ -316,8 +315,7 @@ impl GroupCoordinator {
             self.group_mut(g)
                 .pending
                 .insert(member_id.clone().into(), m);
-            self.sessions
-                .schedule(m, now_ms + u64::from(session_timeout_ms));
+            self.sessions.schedule_in(m, now_ms, session_timeout_ms);
             return Some(JoinGroupResponse::error(
                 GroupError::MemberIdRequired,
                 member_id,
@@ -382,13 +380,13 @@ impl GroupCoordinator {
         ticket: Ticket,
         now_ms: u64,
     ) {
-        let session_timeout_ms = u64::from(request.session_timeout_ms as u32);
+        let session_timeout_ms = request.session_timeout_ms as u32;
         let protocol_type = request.protocol_type.clone();
         let mut member = member_from(g, member_id.clone(), request);
         member.join_ticket = Some(ticket);
         let instance_id = member.instance_id.clone();
         let m = self.new_member(member);
-        self.sessions.schedule(m, now_ms + session_timeout_ms);
+        self.sessions.schedule_in(m, now_ms, session_timeout_ms);
         let group = self.group_mut(g);
         group.members.insert(member_id, m);
         group.order.push(m);
@@ -451,7 +449,7 @@ impl GroupCoordinator {
         group.members.remove(&old_id);
         group.members.insert(new_id, m);
         self.sessions
-            .schedule(m, now_ms + u64::from(request.session_timeout_ms as u32));
+            .schedule_in(m, now_ms, request.session_timeout_ms as u32);
         match self.group(g).state {
             GroupState::Stable => {
                 let current = self.group(g).protocol_name.clone();
@@ -624,11 +622,11 @@ impl GroupCoordinator {
             let response = self.join_response(g, m, false);
             let member = self.member_mut(m);
             member.awaiting_sync = true;
-            let session_ms = u64::from(member.session_timeout_ms);
+            let session_ms = member.session_timeout_ms;
             if let Some(ticket) = member.join_ticket.take() {
                 self.replies.push(GroupReply::Join(ticket, response));
             }
-            self.sessions.schedule(m, now_ms + session_ms);
+            self.sessions.schedule_in(m, now_ms, session_ms);
         }
         // Members that never send SyncGroup are removed after the rebalance timeout.
         let sync_timeout_ms = self.rebalance_timeout_ms(g);
@@ -890,8 +888,10 @@ impl GroupCoordinator {
         if state == GroupState::Empty {
             return Err(GroupError::UnknownMemberId);
         }
-        let session_ms = u64::from(self.member(m).session_timeout_ms);
-        self.sessions.schedule(m, now_ms + session_ms);
+        // Every joined member has an armed session (the wheel remembers its timeout), so
+        // the heartbeat touches the member's wheel entry only.
+        let renewed = self.sessions.renew(m, now_ms);
+        debug_assert!(renewed);
         match state {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
@@ -1076,8 +1076,8 @@ impl GroupCoordinator {
         }
         if member.join_ticket.is_some() || member.sync_ticket.is_some() {
             // A member waiting on us is alive (Kafka's `shouldKeepAlive`).
-            let session_ms = u64::from(member.session_timeout_ms);
-            self.sessions.schedule(m, now_ms + session_ms);
+            let session_ms = member.session_timeout_ms;
+            self.sessions.schedule_in(m, now_ms, session_ms);
             return;
         }
         self.remove_member_and_rebalance(g, m, now_ms);
@@ -1374,8 +1374,7 @@ impl GroupCoordinator {
             };
             let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
             let m = self.new_member(member);
-            self.sessions
-                .schedule(m, now_ms + u64::from(session_timeout_ms));
+            self.sessions.schedule_in(m, now_ms, session_timeout_ms);
             let group = self.group_mut(g);
             group.members.insert(member_id, m);
             group.order.push(m);

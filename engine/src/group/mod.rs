@@ -15,6 +15,7 @@
 mod classic_group;
 mod coordinator;
 mod error;
+mod id_hash;
 mod member;
 mod protocol;
 mod state;

@@ -6,6 +6,12 @@
 //! used, i.e. when a member joins, never on a heartbeat). A slot covers `2^SLOT_SHIFT_MS`
 //! milliseconds; the wheel spans `SLOTS << SLOT_SHIFT_MS` ms. A deadline further out than one
 //! lap stays in its slot and is skipped (compared exactly) until its lap comes round.
+//!
+//! Extending a deadline (every heartbeat) only stores the new deadline: the entry stays in
+//! the slot of its earlier deadline, and when expiry reaches that slot and finds it not yet
+//! due, it moves it to the slot of its current deadline. So a member heartbeating every
+//! 3 s against a 45 s session is relinked about once per session, not on every heartbeat:
+//! a heartbeat touches one entry and no neighbours.
 
 /// Slots in the wheel (a power of two).
 pub const SLOTS: usize = 8192;
@@ -25,6 +31,8 @@ struct Entry {
     next: u32,
     slot: u32,
     armed: bool,
+    /// The period of the last `schedule_in`, for `renew`.
+    period_ms: u32,
     deadline_ms: u64,
 }
 
@@ -33,6 +41,7 @@ const UNARMED: Entry = Entry {
     next: NIL,
     slot: 0,
     armed: false,
+    period_ms: 0,
     deadline_ms: 0,
 };
 
@@ -86,19 +95,45 @@ impl TimerWheel {
         if id as usize >= self.entries.len() {
             self.reserve_ids(id as usize + 1);
         }
-        let slot = self.slot_of(deadline_ms);
         let entry = &mut self.entries[id as usize];
-        if entry.armed && entry.slot == slot {
-            // The common heartbeat case within one slot: no relinking.
+        if entry.armed && deadline_ms >= entry.deadline_ms {
+            // An extension (the heartbeat case): expiry relinks it lazily.
             entry.deadline_ms = deadline_ms;
             return;
         }
+        let slot = self.slot_of(deadline_ms);
+        let entry = &self.entries[id as usize];
         if entry.armed {
             self.unlink(id);
         } else {
             self.armed += 1;
         }
         self.link(id, slot, deadline_ms);
+    }
+
+    /// Arms `id` at `now_ms + period_ms` and remembers the period for [`renew`](Self::renew).
+    pub fn schedule_in(&mut self, id: u32, now_ms: u64, period_ms: u32) {
+        self.schedule(id, now_ms + u64::from(period_ms));
+        self.entries[id as usize].period_ms = period_ms;
+    }
+
+    /// Moves an armed `id` to `now_ms` plus its period (a heartbeat): one store into one
+    /// entry. Returns false if `id` is not armed.
+    #[inline]
+    pub fn renew(&mut self, id: u32, now_ms: u64) -> bool {
+        match self.entries.get_mut(id as usize) {
+            Some(entry) if entry.armed => {
+                let deadline_ms = now_ms + u64::from(entry.period_ms);
+                if deadline_ms >= entry.deadline_ms {
+                    entry.deadline_ms = deadline_ms;
+                } else {
+                    // The clock went back: relink at the earlier deadline.
+                    self.schedule(id, deadline_ms);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Disarms `id`'s deadline; returns whether one was armed.
@@ -138,6 +173,13 @@ impl TimerWheel {
                     self.armed -= 1;
                     expired.push(id);
                     taken += 1;
+                } else {
+                    // Extended since it was linked here: move it to its deadline's slot.
+                    let due_slot = self.slot_of(entry.deadline_ms);
+                    if due_slot as usize != slot {
+                        self.unlink(id);
+                        self.link(id, due_slot, entry.deadline_ms);
+                    }
                 }
                 id = entry.next;
             }
@@ -157,11 +199,13 @@ impl TimerWheel {
 
     fn link(&mut self, id: u32, slot: u32, deadline_ms: u64) {
         let head = self.heads[slot as usize];
+        let period_ms = self.entries[id as usize].period_ms;
         self.entries[id as usize] = Entry {
             prev: NIL,
             next: head,
             slot,
             armed: true,
+            period_ms,
             deadline_ms,
         };
         if head != NIL {
@@ -233,6 +277,20 @@ mod tests {
         assert!(expire_all(&mut wheel, lap_ms + 7).is_empty());
         assert!(expire_all(&mut wheel, lap_ms * 3 + 6).is_empty());
         assert_eq!(expire_all(&mut wheel, lap_ms * 3 + 7), vec![1]);
+    }
+
+    #[test]
+    fn renew_extends_by_the_remembered_period() {
+        let mut wheel = TimerWheel::new(0);
+        assert!(!wheel.renew(1, 10));
+        wheel.schedule_in(1, 0, 1_000);
+        for now in (100..=5_000).step_by(100) {
+            assert!(wheel.renew(1, now));
+            assert!(expire_all(&mut wheel, now).is_empty());
+        }
+        assert_eq!(wheel.deadline_ms(1), Some(6_000));
+        assert!(expire_all(&mut wheel, 5_999).is_empty());
+        assert_eq!(expire_all(&mut wheel, 6_000), vec![1]);
     }
 
     #[test]
