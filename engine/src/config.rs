@@ -66,6 +66,8 @@ pub struct Config {
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
     pub request_queue_depth_max: usize,
+    /// Consumer group settings (`group.*` in Kafka).
+    pub groups: crate::group::GroupConfig,
 }
 
 impl Config {
@@ -84,6 +86,7 @@ impl Config {
             group_partitioner: GroupPartitioner::Kafka,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             pin_shards: true,
+            groups: crate::group::GroupConfig::default(),
         }
     }
 
@@ -128,6 +131,6 @@ impl Config {
         if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
             return fail("request_queue_depth_max must be in 1..=1048576".into());
         }
-        Ok(())
+        self.groups.validate().map_err(Error::InvalidConfig)
     }
 }

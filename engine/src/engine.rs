@@ -1,4 +1,7 @@
-//! The public handle: open a data directory, commit and fetch offsets, close.
+//! The public handle: open a data directory, commit and fetch offsets, close. The group
+//! calls are in `engine/groups.rs`.
+
+mod groups;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -276,7 +279,23 @@ impl Engine {
     /// validation. Several offsets for one topic partition: the last one wins.
     ///
     /// Waits for queue space when the shard is saturated (backpressure).
+    ///
+    /// This is a simple commit (generation -1, no member id): as in Kafka, it fails with
+    /// `UNKNOWN_MEMBER_ID` ([`Error::Group`]) while the group has members. Consumers in a
+    /// group use [`Engine::commit_offsets_fenced`].
     pub fn commit_offsets(&self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
+        self.commit(group_id, None, offsets)
+    }
+
+    /// Commits offsets for a group, validated first by the shard, as a simple commit
+    /// (`fence` is `None`) or fenced by the committer's generation, member id and instance
+    /// id (Kafka's OffsetCommit v1+): see [`Engine::commit_offsets_fenced`].
+    fn commit(
+        &self,
+        group_id: &str,
+        fence: Option<Box<crate::group::CommitFence>>,
+        offsets: &[OffsetCommit<'_>],
+    ) -> CommitFuture {
         let config = &self.inner.config;
         let bytes_max = match validate_commit(config, group_id, offsets) {
             Ok(bytes) => bytes,
@@ -306,6 +325,7 @@ impl Engine {
             accepted: now,
             deadline,
             completer,
+            fence,
         };
         // A full inbox blocks the caller (backpressure), but never past the commit's
         // deadline. A failed send drops the commit, and with it the completer, which fails

@@ -26,7 +26,7 @@ mod shard;
 pub mod storage;
 pub(crate) mod sync;
 
-pub use completion::CommitFuture;
+pub use completion::{Abandoned, CommitFuture, GroupFuture};
 pub use config::Config;
 pub use engine::Engine;
 pub use error::{Error, Result};

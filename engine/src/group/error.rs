@@ -4,6 +4,9 @@
 /// with [`GroupError::kafka_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum GroupError {
+    /// `UNKNOWN_SERVER_ERROR` (-1): a GroupMetadata record too large to be written.
+    #[error("UNKNOWN_SERVER_ERROR: the group's metadata could not be stored")]
+    UnknownServerError,
     /// `COORDINATOR_NOT_AVAILABLE` (15): the group is being unloaded or is dead, or the
     /// shard's group table is full; retriable.
     #[error("COORDINATOR_NOT_AVAILABLE: the group coordinator is not available")]
@@ -55,6 +58,7 @@ impl GroupError {
     /// Kafka's error code for this error.
     pub fn kafka_code(self) -> i16 {
         match self {
+            GroupError::UnknownServerError => -1,
             GroupError::CoordinatorNotAvailable => 15,
             GroupError::NotCoordinator => 16,
             GroupError::IllegalGeneration => 22,

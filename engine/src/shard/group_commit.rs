@@ -51,6 +51,8 @@ pub(crate) struct PendingCommit {
     /// `offsets.commit.timeout.ms` after it was accepted.
     pub deadline: Instant,
     pub completer: Completer,
+    /// The committer's generation and member, checked on the shard; `None`: a simple commit.
+    pub fence: Option<Box<crate::group::CommitFence>>,
 }
 
 /// One offset of one request, by index.

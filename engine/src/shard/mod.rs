@@ -8,8 +8,10 @@
 //! Every request is acknowledged only after its partition's write is durable.
 
 pub(crate) mod group_commit;
+mod groups;
 mod metrics;
 
+pub(crate) use groups::GroupRequest;
 pub use metrics::ShardMetrics;
 
 use std::path::PathBuf;
@@ -20,10 +22,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crate::cache::{OffsetCache, OffsetKey, OffsetValueRef};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
+use crate::format::{
+    BatchView, FormatError, GroupMetadataValue, OffsetCommitValue, RecordKey, decode_key,
+};
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
 use group_commit::{GroupCommitBatch, PendingCommit, encode_partition_batch};
+use groups::{GroupReplay, ShardGroups};
 
 /// What recovery found when the engine opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,7 +41,7 @@ pub struct RecoveryReport {
     pub tombstones: u64,
     /// Records of types this version does not know, skipped as Kafka skips them.
     pub unknown_records: u64,
-    /// Group metadata records seen (restored by the groups work, issue 6).
+    /// Group metadata records replayed (the latest per group restores the group).
     pub group_metadata_records: u64,
     /// Records in transactional or control batches, not yet interpreted.
     pub transactional_records: u64,
@@ -80,6 +85,8 @@ pub(crate) enum Request {
     Close {
         reply: Sender<Result<()>>,
     },
+    /// Consumer group protocol and admin calls (`groups.rs`).
+    Group(GroupRequest),
 }
 
 /// One offsets partition hosted by a shard.
@@ -137,6 +144,8 @@ pub(crate) struct Shard {
     flush_results: Vec<std::io::Result<()>>,
     flush_partitions: Vec<u32>,
     metrics: ShardMetrics,
+    /// The classic groups of the hosted partitions (`groups.rs`).
+    groups: ShardGroups,
 }
 
 enum Step {
@@ -171,6 +180,7 @@ impl Shard {
             flush_results: Vec::new(),
             flush_partitions: Vec::new(),
             metrics: ShardMetrics::new(index),
+            groups: ShardGroups::new(&config.groups, index),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
@@ -197,8 +207,14 @@ impl Shard {
         if slot.hosted {
             return Err(Error::InvalidRequest("offsets partition already loaded"));
         }
+        let mut group_replay = GroupReplay::new();
         let mut visit = |view: &BatchView<'_>, _position: u64| {
-            replay_batch(fill.then_some(cache.as_mut()), report, view)
+            replay_batch(
+                fill.then_some(cache.as_mut()),
+                report,
+                &mut group_replay,
+                view,
+            )
         };
         let (log, recovery) = PartitionLog::open(
             self.storage.as_mut(),
@@ -222,6 +238,7 @@ impl Shard {
             encoded_base_offset: 0,
             encoded_last_offset: None,
         };
+        self.restore_groups(partition, group_replay);
         Ok(())
     }
 
@@ -231,6 +248,7 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        self.unload_groups(partition);
         let slot = self
             .partitions
             .get_mut(partition as usize)
@@ -253,9 +271,10 @@ impl Shard {
             let mut step = Step::Continue;
             match carry.take() {
                 Some(commit) => self.add(commit, &mut carry),
-                None => match requests.recv() {
+                None => match self.next_request(&requests) {
                     Ok(request) => step = self.handle(request, &mut carry),
-                    Err(_) => break None,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break None,
                 },
             }
             // Adaptive batching: take what queued up during the last flush, without waiting.
@@ -279,6 +298,7 @@ impl Shard {
             if !self.batch.is_empty() {
                 self.flush();
             }
+            self.service_groups();
             if let Step::Stop(reply) = step {
                 if let Some(commit) = carry.take() {
                     self.add(commit, &mut carry);
@@ -296,7 +316,12 @@ impl Shard {
 
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
         match request {
-            Request::Commit(commit) => self.add(commit, carry),
+            Request::Commit(commit) => {
+                if let Some(commit) = self.fence_commit(commit) {
+                    self.add(commit, carry);
+                }
+            }
+            Request::Group(request) => self.handle_group(request),
             Request::Metrics { reply } => {
                 let _ = reply.send(self.metrics.clone());
             }
@@ -360,6 +385,7 @@ impl Shard {
             let Some(log) = hosted.log.as_ref() else {
                 return;
             };
+            hosted.encoded_base_offset = log.next_offset();
             hosted.encoded_last_offset = encode_partition_batch(
                 &mut hosted.encoded,
                 log.next_offset(),
@@ -516,6 +542,7 @@ impl Shard {
 fn replay_batch(
     mut cache: Option<&mut OffsetCache>,
     report: &mut RecoveryReport,
+    groups: &mut GroupReplay,
     view: &BatchView<'_>,
 ) -> Result<(), FormatError> {
     if view.header.is_control() || view.header.is_transactional() {
@@ -561,7 +588,14 @@ fn replay_batch(
                     return Err(FormatError::Malformed("offset commit key out of range"));
                 }
             }
-            RecordKey::GroupMetadata(_) => report.group_metadata_records += 1,
+            RecordKey::GroupMetadata(key) => {
+                report.group_metadata_records += 1;
+                let value = match record.value {
+                    None => None,
+                    Some(value) => Some(GroupMetadataValue::decode(value)?.1),
+                };
+                groups.insert(key.group.to_owned(), (value, record_offset as u64));
+            }
             RecordKey::Unknown { .. } => report.unknown_records += 1,
         }
     }
