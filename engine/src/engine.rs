@@ -2,6 +2,9 @@
 //! calls are in `engine/groups.rs`.
 
 mod groups;
+mod reset;
+
+pub use reset::{OffsetLookup, OffsetReset, ResetOffset};
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

@@ -28,7 +28,7 @@ pub(crate) mod sync;
 
 pub use completion::{Abandoned, CommitFuture, GroupFuture};
 pub use config::Config;
-pub use engine::Engine;
+pub use engine::{Engine, OffsetLookup, OffsetReset, ResetOffset};
 pub use error::{Error, Result};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 pub use shard::{RecoveryReport, ShardMetrics};

@@ -9,7 +9,7 @@ use coffer::group::{
     LeavingMember, SyncGroupRequest,
 };
 use coffer::storage::SimDisk;
-use coffer::{Config, Engine, Error, OffsetCommit};
+use coffer::{Config, Engine, Error, OffsetCommit, OffsetLookup, OffsetReset};
 use coffer_tests::{SIM_DATA_DIR, commit_one, fetch_one, open_sim, test_config};
 
 const GROUP: &str = "payments";
@@ -285,5 +285,82 @@ fn groups_move_with_their_partition() {
         stale,
         Err(Error::Group(GroupError::IllegalGeneration))
     ));
+    engine.close().unwrap();
+}
+
+/// A topic whose log holds offsets 5..100, record `o` written at `o * 1000` ms.
+struct Log;
+
+impl OffsetLookup for Log {
+    fn log_start_offset(&self, _topic: &str, _partition: i32) -> i64 {
+        5
+    }
+    fn log_end_offset(&self, _topic: &str, _partition: i32) -> i64 {
+        100
+    }
+    fn offset_for_timestamp(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        timestamp_ms: i64,
+    ) -> Option<i64> {
+        let offset = (timestamp_ms + 999) / 1000;
+        (offset < 100).then_some(offset.max(5))
+    }
+}
+
+#[test]
+fn offsets_reset_with_dry_run_and_only_while_the_group_is_inactive() {
+    let disk = SimDisk::new(65);
+    let engine = open_sim(&disk, &config(1)).unwrap();
+    commit_one(&engine, GROUP, TOPIC, 0, 50).unwrap();
+    commit_one(&engine, GROUP, TOPIC, 1, 60).unwrap();
+    let reset = |to, dry_run| engine.reset_offsets(GROUP, &[], to, &Log, dry_run).unwrap();
+    let plan = reset(OffsetReset::Earliest, true);
+    let planned: Vec<(i32, Option<i64>, i64)> = plan
+        .iter()
+        .map(|r| (r.partition, r.previous, r.offset))
+        .collect();
+    assert_eq!(planned, vec![(0, Some(50), 5), (1, Some(60), 5)]);
+    assert_eq!(
+        fetch_one(&engine, GROUP, TOPIC, 0).unwrap(),
+        Some(50),
+        "dry run writes nothing"
+    );
+    let offsets =
+        |plan: Vec<coffer::ResetOffset>| plan.iter().map(|r| r.offset).collect::<Vec<_>>();
+    assert_eq!(
+        offsets(reset(OffsetReset::ShiftBy(-10), false)),
+        vec![40, 50]
+    );
+    assert_eq!(fetch_one(&engine, GROUP, TOPIC, 1).unwrap(), Some(50));
+    assert_eq!(
+        offsets(reset(OffsetReset::ShiftBy(1_000), false)),
+        vec![100, 100]
+    );
+    assert_eq!(offsets(reset(OffsetReset::ToOffset(2), false)), vec![5, 5]);
+    assert_eq!(
+        offsets(reset(OffsetReset::ToTimestamp(42_500), false)),
+        vec![43, 43]
+    );
+    assert_eq!(
+        offsets(reset(OffsetReset::ToTimestamp(1 << 40), false)),
+        vec![100, 100]
+    );
+    assert_eq!(offsets(reset(OffsetReset::Latest, false)), vec![100, 100]);
+    let one = engine
+        .reset_offsets(GROUP, &[(TOPIC, 3)], OffsetReset::Earliest, &Log, false)
+        .unwrap();
+    assert_eq!((one[0].previous, one[0].offset), (None, 5));
+    assert_eq!(fetch_one(&engine, GROUP, TOPIC, 3).unwrap(), Some(5));
+
+    let joined = join_alone(&engine, 30_000);
+    let refused = engine.reset_offsets(GROUP, &[], OffsetReset::Earliest, &Log, true);
+    assert!(matches!(
+        refused,
+        Err(Error::Group(GroupError::NonEmptyGroup))
+    ));
+    assert_eq!(refused.unwrap_err().kafka_error_code(), Some(68));
+    let _ = joined;
     engine.close().unwrap();
 }
