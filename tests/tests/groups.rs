@@ -364,3 +364,51 @@ fn offsets_reset_with_dry_run_and_only_while_the_group_is_inactive() {
     let _ = joined;
     engine.close().unwrap();
 }
+
+#[test]
+fn a_failed_group_metadata_sync_fails_the_sync_and_the_partition_closed() {
+    let disk = SimDisk::new(66);
+    let config = config(1);
+    let engine = open_sim(&disk, &config).unwrap();
+    let joined = join_alone(&engine, 30_000);
+    sync(&engine, &joined.member_id, 1, b"gen1");
+    // The leader rejoins (generation 2); the write of its assignment fails to sync.
+    let rejoined = engine
+        .join_group(join_request(&joined.member_id, 30_000))
+        .wait();
+    assert_eq!(rejoined.generation_id, 2);
+    disk.fail_next_syncs(1);
+    let failed = engine
+        .sync_group(SyncGroupRequest {
+            group_id: GROUP.into(),
+            member_id: joined.member_id.clone(),
+            group_instance_id: None,
+            generation_id: 2,
+            protocol_type: None,
+            protocol_name: None,
+            assignments: vec![(joined.member_id.clone(), b"gen-two".to_vec())],
+        })
+        .wait();
+    assert_eq!(failed.error, Some(GroupError::NotCoordinator));
+    assert!(failed.error.unwrap().is_retriable());
+    // Failed closed: the partition serves nothing more until it is recovered from disk.
+    let heartbeat = engine.heartbeat(GROUP, &joined.member_id, None, 2).wait();
+    assert_eq!(heartbeat, Err(GroupError::NotCoordinator));
+    drop(engine);
+    disk.crash();
+
+    let engine = open_sim(&disk, &config).unwrap();
+    // An unsynced write may or may not have reached the disk; either way the group comes
+    // back whole: generation 1 with its assignment, or generation 2 with its own.
+    let described = engine.describe_groups(&[GROUP]).unwrap().remove(0);
+    assert_eq!(described.state, GroupState::Stable);
+    let restored = (
+        described.generation_id,
+        described.members[0].assignment_bytes,
+    );
+    assert!(
+        restored == (1, 4) || restored == (2, 7),
+        "restored {restored:?}"
+    );
+    engine.close().unwrap();
+}
