@@ -29,6 +29,9 @@ pub(crate) struct Group {
     pub members: IdMap<u32>,
     /// Joined members' handles in join order (leader election and responses are stable).
     pub order: Vec<u32>,
+    /// Protocol name → joined members supporting it (Kafka's `supportedProtocols`), so a
+    /// join checks its protocols in O(protocols), not O(members).
+    pub protocol_support: IdMap<u32>,
     /// `group.instance.id` → member handle.
     pub static_members: IdMap<u32>,
     /// Member ids handed out with `MEMBER_ID_REQUIRED` → handle.
@@ -69,6 +72,7 @@ impl Group {
             leader: None,
             members: id_map(),
             order: Vec::new(),
+            protocol_support: id_map(),
             static_members: id_map(),
             pending: id_map(),
             awaiting_join: 0,

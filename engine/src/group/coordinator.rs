@@ -264,12 +264,30 @@ impl GroupCoordinator {
         if group.protocol_type.as_deref() != Some(protocol_type) {
             return false;
         }
-        protocols.iter().any(|p| {
-            group
-                .order
-                .iter()
-                .all(|&m| self.member(m).supports(&p.name))
-        })
+        // O(protocols): every member supports a protocol iff its count is the group's size.
+        let members = group.members.len() as u32;
+        protocols
+            .iter()
+            .any(|p| group.protocol_support.get(p.name.as_str()) == Some(&members))
+    }
+
+    /// Adds (`joined`) or removes member `m`'s protocols from its group's support counts.
+    fn count_protocols(&mut self, g: u32, m: u32, joined: bool) {
+        let member = self.members[m as usize]
+            .as_ref()
+            .expect("live member handle");
+        let group = self.groups[g as usize].as_mut().expect("live group handle");
+        for protocol in &member.protocols {
+            let name = protocol.name.as_str();
+            if joined {
+                *group.protocol_support.entry(name.into()).or_insert(0) += 1;
+            } else if let Some(count) = group.protocol_support.get_mut(name) {
+                *count -= 1;
+                if *count == 0 {
+                    group.protocol_support.remove(name);
+                }
+            }
+        }
     }
 
     fn accepts_joining_member(&self, g: u32, member_id: &str) -> bool {
@@ -388,14 +406,19 @@ impl GroupCoordinator {
         let m = self.new_member(member);
         self.sessions.schedule_in(m, now_ms, session_timeout_ms);
         let group = self.group_mut(g);
+        if group.members.is_empty() {
+            // The first member of an empty group sets its protocol type (Kafka's `add`).
+            group.protocol_type = Some(protocol_type);
+        }
         group.members.insert(member_id, m);
         group.order.push(m);
         if let Some(instance_id) = instance_id {
             group.static_members.insert(instance_id, m);
         }
         group.awaiting_join += 1;
+        self.count_protocols(g, m, true);
+        let group = self.group_mut(g);
         group.leader.get_or_insert(m);
-        group.protocol_type.get_or_insert(protocol_type);
         if group.in_initial_delay {
             group.new_member_added = true;
         }
@@ -415,12 +438,14 @@ impl GroupCoordinator {
             Some(old) => self.reply_join_error(old, GroupError::RebalanceInProgress, m),
             None => self.group_mut(g).awaiting_join += 1,
         }
+        self.count_protocols(g, m, false);
         let member = self.member_mut(m);
         member.session_timeout_ms = request.session_timeout_ms as u32;
         member.rebalance_timeout_ms = rebalance_timeout_of(&request);
         member.client_id = request.client_id;
         member.client_host = request.client_host;
         member.protocols = request.protocols;
+        self.count_protocols(g, m, true);
     }
 
     /// KIP-345: a static member rejoining with an unknown member id takes over its instance
@@ -688,7 +713,11 @@ impl GroupCoordinator {
                     .push(GroupReply::Sync(ticket, SyncGroupResponse::error(error)));
             }
         }
-        self.group_mut(g).proposed.clear();
+        // A write still in flight belongs to a generation that is over: the next leader's
+        // sync must not wait for it.
+        let group = self.group_mut(g);
+        group.proposed.clear();
+        group.persist_in_flight = None;
     }
 
     // -----------------------------------------------------------------------------------
@@ -1001,6 +1030,7 @@ impl GroupCoordinator {
     /// Removes a joined member; its waiting calls are answered with `error`.
     fn remove_member(&mut self, g: u32, m: u32, error: GroupError) {
         self.sessions.cancel(m);
+        self.count_protocols(g, m, false);
         let member = self.members[m as usize].take().expect("live member handle");
         self.member_count -= 1;
         self.free_members.push(m);
@@ -1381,6 +1411,7 @@ impl GroupCoordinator {
             if let Some(instance_id) = instance_id {
                 group.static_members.insert(instance_id, m);
             }
+            self.count_protocols(g, m, true);
         }
         let leader = value
             .leader

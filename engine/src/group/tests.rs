@@ -912,3 +912,65 @@ fn unloading_a_partition_answers_waiters_with_not_coordinator() {
     assert_eq!(h2.state(), None);
     assert!(!h2.coordinator.has_timers());
 }
+
+#[test]
+fn an_emptied_group_takes_the_next_members_protocol_type() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: id,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    let mut connect = join_request("", None, &["sessioned"]);
+    connect.protocol_type = "connect".into();
+    connect.require_known_member_id = false;
+    let Joined::Waiting(t) = h.join(connect) else {
+        panic!()
+    };
+    let response = h.join_reply(t).unwrap();
+    assert_eq!(response.protocol_type.as_deref(), Some("connect"));
+    assert_eq!(response.generation_id, 3);
+}
+
+#[test]
+fn a_new_generation_does_not_wait_for_the_previous_generations_write() {
+    let mut h = Harness::new();
+    let (id, Joined::Waiting(t)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    assert!(h.join_reply(t).is_some());
+    // The leader's sync for generation 1 is being written when the leader rejoins.
+    let Err(old_sync) = h.sync(sync_request(&id, 1, &[(&id, b"one")])) else {
+        panic!()
+    };
+    let stale_write: Vec<PersistRecord> = h.coordinator.take_persists().collect();
+    let Joined::Waiting(t) = h.join(join_request(&id, None, &["range", "more"])) else {
+        panic!()
+    };
+    assert_eq!(
+        h.sync_reply(old_sync).unwrap().error,
+        Some(GroupError::RebalanceInProgress)
+    );
+    assert_eq!(h.join_reply(t).unwrap().generation_id, 2);
+    let Err(new_sync) = h.sync(sync_request(&id, 2, &[(&id, b"two")])) else {
+        panic!()
+    };
+    let pending: Vec<i32> = h
+        .coordinator
+        .take_persists()
+        .map(|r| r.generation_id)
+        .collect();
+    assert_eq!(pending, vec![2], "generation 2 is written without waiting");
+    // The old write lands late: it changes nothing; then generation 2's lands.
+    h.coordinator
+        .persisted(GROUP, stale_write[0].generation_id, Ok(7), h.now_ms);
+    h.coordinator.persisted(GROUP, 2, Ok(8), h.now_ms);
+    h.collect();
+    assert_eq!(h.sync_reply(new_sync).unwrap().assignment, b"two");
+    assert_eq!(h.coordinator.metadata_log_position(GROUP), Some(8));
+}
