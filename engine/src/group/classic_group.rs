@@ -1,6 +1,7 @@
 //! A classic group's in-memory state: members, generation, protocol, leader, timers.
 
 use super::id_hash::{IdMap, id_map};
+use super::join_order::JoinOrder;
 use super::state::GroupState;
 
 /// What a group's one timer (in the coordinator's rebalance wheel) is for.
@@ -28,7 +29,7 @@ pub(crate) struct Group {
     /// Member id → member handle, for joined members.
     pub members: IdMap<u32>,
     /// Joined members' handles in join order (leader election and responses are stable).
-    pub order: Vec<u32>,
+    pub order: JoinOrder,
     /// Protocol name → joined members supporting it (Kafka's `supportedProtocols`), so a
     /// join checks its protocols in O(protocols), not O(members).
     pub protocol_support: IdMap<u32>,
@@ -71,7 +72,7 @@ impl Group {
             protocol_name: None,
             leader: None,
             members: id_map(),
-            order: Vec::new(),
+            order: JoinOrder::default(),
             protocol_support: id_map(),
             static_members: id_map(),
             pending: id_map(),

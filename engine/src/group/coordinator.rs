@@ -522,7 +522,7 @@ impl GroupCoordinator {
             group
                 .order
                 .iter()
-                .map(|&h| {
+                .map(|h| {
                     let member = self.member(h);
                     JoinGroupMember {
                         member_id: member.member_id.to_string(),
@@ -565,7 +565,7 @@ impl GroupCoordinator {
         group
             .order
             .iter()
-            .map(|&m| self.member(m).rebalance_timeout_ms)
+            .map(|m| self.member(m).rebalance_timeout_ms)
             .max()
             .unwrap_or(0)
     }
@@ -616,7 +616,6 @@ impl GroupCoordinator {
             .group(g)
             .order
             .iter()
-            .copied()
             .filter(|&m| self.member(m).join_ticket.is_none())
             .collect();
         for m in stragglers {
@@ -635,14 +634,14 @@ impl GroupCoordinator {
         let protocol = self.select_protocol(g);
         let group = self.group_mut(g);
         if group.leader.is_none() {
-            group.leader = group.order.first().copied();
+            group.leader = group.order.first();
         }
         group.generation_id += 1;
         group.protocol_name = Some(protocol);
         group.transition(GroupState::CompletingRebalance, now_ms);
         group.awaiting_join = 0;
         group.awaiting_sync = group.order.len() as u32;
-        let order = group.order.clone();
+        let order = group.order.to_vec();
         for &m in &order {
             let response = self.join_response(g, m, false);
             let member = self.member_mut(m);
@@ -665,15 +664,18 @@ impl GroupCoordinator {
     /// first member's order).
     fn select_protocol(&self, g: u32) -> String {
         let group = self.group(g);
-        let first = self.member(group.order[0]);
+        let Some(&first) = group.order.to_vec().first() else {
+            return String::new();
+        };
+        let first = self.member(first);
         let candidates: Vec<&str> = first
             .protocols
             .iter()
             .map(|p| p.name.as_str())
-            .filter(|name| group.order.iter().all(|&m| self.member(m).supports(name)))
+            .filter(|name| group.order.iter().all(|m| self.member(m).supports(name)))
             .collect();
         let mut votes = vec![0usize; candidates.len()];
-        for &m in &group.order {
+        for m in group.order.iter() {
             if let Some(choice) = self.member(m).vote(&candidates)
                 && let Some(i) = candidates.iter().position(|c| *c == choice)
             {
@@ -689,7 +691,7 @@ impl GroupCoordinator {
     }
 
     fn clear_awaiting_sync(&mut self, g: u32) {
-        let order = self.group(g).order.clone();
+        let order = self.group(g).order.to_vec();
         for m in order {
             self.member_mut(m).awaiting_sync = false;
         }
@@ -704,7 +706,7 @@ impl GroupCoordinator {
     /// Answers every waiting SyncGroup with `error` (Kafka's
     /// `resetAndPropagateAssignmentWithError`).
     fn reset_assignments_with_error(&mut self, g: u32, error: GroupError) {
-        let order = self.group(g).order.clone();
+        let order = self.group(g).order.to_vec();
         for m in order {
             let member = self.member_mut(m);
             member.assignment.clear();
@@ -861,7 +863,7 @@ impl GroupCoordinator {
     /// The leader's assignment is durable: every member gets its part; the group is Stable.
     fn propagate_assignment(&mut self, g: u32, now_ms: u64) {
         let proposed = std::mem::take(&mut self.group_mut(g).proposed);
-        let order = self.group(g).order.clone();
+        let order = self.group(g).order.to_vec();
         for &m in &order {
             self.member_mut(m).assignment.clear();
         }
@@ -1044,7 +1046,7 @@ impl GroupCoordinator {
         }
         let group = self.group_mut(g);
         group.members.remove(&member.member_id);
-        group.order.retain(|&h| h != m);
+        group.order.remove(m);
         if let Some(instance_id) = &member.instance_id {
             group.static_members.remove(instance_id);
         }
@@ -1056,7 +1058,7 @@ impl GroupCoordinator {
         }
         group.proposed.retain(|(h, _)| *h != m);
         if group.leader == Some(m) {
-            group.leader = group.order.first().copied();
+            group.leader = group.order.first();
         }
     }
 
@@ -1125,7 +1127,6 @@ impl GroupCoordinator {
                         .group(g)
                         .order
                         .iter()
-                        .copied()
                         .filter(|&m| self.member(m).awaiting_sync)
                         .collect();
                     for m in late {
@@ -1194,7 +1195,7 @@ impl GroupCoordinator {
         let members = group
             .order
             .iter()
-            .map(|&m| {
+            .map(|m| {
                 let member = self.member(m);
                 let assignment = match group.persist_in_flight {
                     Some(_) => group
@@ -1280,7 +1281,7 @@ impl GroupCoordinator {
         let members = group
             .order
             .iter()
-            .map(|&m| {
+            .map(|m| {
                 let member = self.member(m);
                 MemberDescription {
                     member_id: member.member_id.to_string(),
@@ -1421,7 +1422,7 @@ impl GroupCoordinator {
         group.generation_id = value.generation;
         group.protocol_type = (!value.protocol_type.is_empty()).then_some(value.protocol_type);
         group.protocol_name = value.protocol;
-        group.leader = leader.or_else(|| group.order.first().copied());
+        group.leader = leader.or_else(|| group.order.first());
         group.metadata_log_position = Some(log_position);
         if !group.members.is_empty() {
             group.state = GroupState::Stable;
@@ -1450,7 +1451,7 @@ impl GroupCoordinator {
     }
 
     fn unload_group(&mut self, g: u32, error: GroupError) {
-        let order = self.group(g).order.clone();
+        let order = self.group(g).order.to_vec();
         for m in order {
             self.remove_member(g, m, error);
         }

@@ -16,6 +16,7 @@ mod classic_group;
 mod coordinator;
 mod error;
 mod id_hash;
+mod join_order;
 mod member;
 mod protocol;
 mod state;

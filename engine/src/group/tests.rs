@@ -974,3 +974,45 @@ fn a_new_generation_does_not_wait_for_the_previous_generations_write() {
     assert_eq!(h.sync_reply(new_sync).unwrap().assignment, b"two");
     assert_eq!(h.coordinator.metadata_log_position(GROUP), Some(8));
 }
+
+#[test]
+fn a_mass_expiry_is_spread_over_bounded_ticks_and_empties_the_group() {
+    use crate::format::{GroupMetadataValue, MemberMetadata};
+    let mut coordinator = GroupCoordinator::new(config(), 1, 0);
+    let count = EXPIRIES_PER_TICK_MAX + 904;
+    let members: Vec<MemberMetadata> = (0..count)
+        .map(|m| MemberMetadata {
+            member_id: format!("m-{m}"),
+            session_timeout: SESSION_MS,
+            rebalance_timeout: REBALANCE_MS,
+            ..MemberMetadata::default()
+        })
+        .collect();
+    let value = GroupMetadataValue {
+        protocol_type: "consumer".into(),
+        generation: 9,
+        protocol: Some("range".into()),
+        leader: Some("m-0".into()),
+        current_state_timestamp: 0,
+        members,
+    };
+    coordinator.load(GROUP, 0, Some(value), 5, 0).unwrap();
+    assert_eq!(coordinator.counts(), (1, count));
+    let expiry_ms = SESSION_MS as u64;
+    assert!(
+        coordinator.tick(expiry_ms),
+        "more than one tick's worth is due"
+    );
+    assert_eq!(coordinator.counts().1, count - EXPIRIES_PER_TICK_MAX);
+    assert_eq!(
+        coordinator.state(GROUP),
+        Some(GroupState::PreparingRebalance)
+    );
+    assert!(!coordinator.tick(expiry_ms));
+    assert_eq!(coordinator.counts(), (1, 0));
+    assert_eq!(coordinator.state(GROUP), Some(GroupState::Empty));
+    assert_eq!(coordinator.generation(GROUP), Some(10));
+    let written: Vec<PersistRecord> = coordinator.take_persists().collect();
+    assert_eq!(written.len(), 1);
+    assert!(written[0].value.as_ref().unwrap().members.is_empty());
+}
