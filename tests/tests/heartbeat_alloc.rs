@@ -28,8 +28,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: the tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn heartbeats_and_ticks_allocate_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
     let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 3, 0);
     let members: Vec<MemberMetadata> = (0..1000)
         .map(|m| MemberMetadata {
@@ -72,4 +76,63 @@ fn heartbeats_and_ticks_allocate_nothing() {
     assert_eq!(allocations, 0, "heartbeats allocated");
     // The sessions were really renewed: 25 s later nobody has expired.
     assert!(coordinator.has_members("g"));
+}
+
+#[test]
+fn heartbeats_of_joined_members_allocate_nothing() {
+    use coffer::group::{GroupReply, JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
+    let config = GroupConfig {
+        group_initial_rebalance_delay_ms: 0,
+        ..GroupConfig::default()
+    };
+    let mut coordinator = GroupCoordinator::new(config, 5, 0);
+    let request = JoinGroupRequest {
+        group_id: "joined".into(),
+        member_id: String::new(),
+        group_instance_id: None,
+        client_id: "c".into(),
+        client_host: "/h".into(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![JoinProtocol {
+            name: "range".into(),
+            metadata: Vec::new(),
+        }],
+        require_known_member_id: false,
+    };
+    assert!(coordinator.join(request, 0, 1, 0).is_none());
+    let Some(GroupReply::Join(_, joined)) = coordinator.take_replies().next() else {
+        panic!("a lone member's join completes at once");
+    };
+    let id = joined.member_id;
+    let sync = SyncGroupRequest {
+        group_id: "joined".into(),
+        member_id: id.clone(),
+        group_instance_id: None,
+        generation_id: 1,
+        protocol_type: None,
+        protocol_name: None,
+        assignments: vec![(id.clone(), b"a".to_vec())],
+    };
+    assert!(coordinator.sync(sync, 2, 0).is_none());
+    let records: Vec<_> = coordinator.take_persists().collect();
+    coordinator.persisted("joined", records[0].generation_id, Ok(0), 0);
+    assert_eq!(coordinator.take_replies().count(), 1);
+    assert!(!coordinator.tick(1));
+
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for now_ms in (2..30_000).step_by(7) {
+        assert_eq!(
+            coordinator.heartbeat("joined", &id, None, 1, now_ms),
+            Ok(())
+        );
+        coordinator.tick(now_ms);
+    }
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed) - before,
+        0,
+        "heartbeats allocated"
+    );
 }

@@ -58,8 +58,8 @@ pub struct GroupCoordinator {
     members: Vec<Option<Member>>,
     free_members: Vec<u32>,
     member_count: usize,
-    /// Session deadlines by member handle.
-    sessions: TimerWheel,
+    /// Session deadlines by member handle, each with the member's fingerprint and group.
+    sessions: TimerWheel<SessionPayload>,
     /// Join and sync deadlines by group handle.
     rebalances: TimerWheel,
     replies: Vec<GroupReply>,
@@ -67,6 +67,18 @@ pub struct GroupCoordinator {
     expired: Vec<u32>,
     member_id_seed: u64,
     member_id_counter: u64,
+    /// Random: fingerprints must not be predictable from outside.
+    fingerprint_seed: u64,
+}
+
+/// Kept next to a member's session deadline, so a heartbeat with a member id this
+/// coordinator generated is checked and renewed from one wheel entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionPayload {
+    /// [`GroupCoordinator::fingerprint`] of the member's group id and member id.
+    tag: u64,
+    /// The member's group handle.
+    group: u32,
 }
 
 impl GroupCoordinator {
@@ -88,6 +100,7 @@ impl GroupCoordinator {
             expired: Vec::new(),
             member_id_seed,
             member_id_counter: 0,
+            fingerprint_seed: super::id_hash::random_seed(),
         }
     }
 
@@ -137,6 +150,28 @@ impl GroupCoordinator {
         self.free_groups.push(g);
     }
 
+    /// The handle the next [`new_member`](Self::new_member) will return.
+    fn next_member_handle(&self) -> u32 {
+        self.free_members
+            .last()
+            .copied()
+            .unwrap_or(self.members.len() as u32)
+    }
+
+    /// What the session wheel keeps next to member `m`'s deadline: its fingerprint and group.
+    fn set_session_payload(&mut self, m: u32) {
+        let member = self.member(m);
+        let group = member.group;
+        let tag = self.fingerprint(&self.group(group).id, &member.member_id);
+        self.sessions.set_payload(m, SessionPayload { tag, group });
+    }
+
+    /// A seeded 64-bit fingerprint of (group id, member id); never 0 (the empty payload).
+    fn fingerprint(&self, group_id: &str, member_id: &str) -> u64 {
+        let group_hash = xxhash_rust::xxh64::xxh64(group_id.as_bytes(), self.fingerprint_seed);
+        xxhash_rust::xxh64::xxh64(member_id.as_bytes(), group_hash) | 1
+    }
+
     fn new_member(&mut self, member: Member) -> u32 {
         self.member_count += 1;
         let m = slab_insert(&mut self.members, &mut self.free_members, member);
@@ -145,15 +180,16 @@ impl GroupCoordinator {
     }
 
     /// Kafka's member id: `client_id-<uuid>`, the client id cut to fit
-    /// [`MEMBER_ID_BYTES_MAX`].
-    fn generate_member_id(&mut self, client_id: &str) -> String {
+    /// [`MEMBER_ID_BYTES_MAX`]. The UUID's first 8 hex digits are the member's handle, so a
+    /// heartbeat finds the member without a map lookup (verified by its fingerprint; see
+    /// [`heartbeat`](Self::heartbeat)); the rest is seeded-random.
+    fn generate_member_id(&mut self, client_id: &str, handle: u32) -> String {
         self.member_id_counter += 1;
         let counter = self.member_id_counter.to_le_bytes();
         let high = xxhash_rust::xxh64::xxh64(&counter, self.member_id_seed);
         let low = xxhash_rust::xxh64::xxh64(&counter, self.member_id_seed ^ 0x9e37_79b9_7f4a_7c15);
         let uuid = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            high >> 32,
+            "{handle:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             (high >> 16) & 0xffff,
             high & 0xffff,
             low >> 48,
@@ -323,7 +359,7 @@ impl GroupCoordinator {
         {
             return self.replace_static_member(g, m, request, ticket, now_ms);
         }
-        let member_id = self.generate_member_id(&request.client_id);
+        let member_id = self.generate_member_id(&request.client_id, self.next_member_handle());
         if request.group_instance_id.is_none() && request.require_known_member_id {
             // KIP-394: the member must rejoin with this id; until then it is pending and
             // expires after its session timeout.
@@ -405,6 +441,7 @@ impl GroupCoordinator {
         let instance_id = member.instance_id.clone();
         let m = self.new_member(member);
         self.sessions.schedule_in(m, now_ms, session_timeout_ms);
+        self.set_session_payload(m);
         let group = self.group_mut(g);
         if group.members.is_empty() {
             // The first member of an empty group sets its protocol type (Kafka's `add`).
@@ -458,7 +495,7 @@ impl GroupCoordinator {
         ticket: Ticket,
         now_ms: u64,
     ) -> Option<JoinGroupResponse> {
-        let new_id: Box<str> = self.generate_member_id(&request.client_id).into();
+        let new_id: Box<str> = self.generate_member_id(&request.client_id, m).into();
         let old_id = std::mem::replace(&mut self.member_mut(m).member_id, new_id.clone());
         if let Some(old) = self.member_mut(m).join_ticket.take() {
             self.group_mut(g).awaiting_join -= 1;
@@ -475,6 +512,7 @@ impl GroupCoordinator {
         group.members.insert(new_id, m);
         self.sessions
             .schedule_in(m, now_ms, request.session_timeout_ms as u32);
+        self.set_session_payload(m);
         match self.group(g).state {
             GroupState::Stable => {
                 let current = self.group(g).protocol_name.clone();
@@ -907,10 +945,15 @@ impl GroupCoordinator {
         generation_id: i32,
         now_ms: u64,
     ) -> Result<(), GroupError> {
-        let g = self
-            .handle_of(group_id)
-            .ok_or(GroupError::UnknownMemberId)?;
-        let m = self.validate_member(g, member_id, group_instance_id)?;
+        let (g, m) = match self.fast_member(group_id, member_id, group_instance_id) {
+            Some(found) => found,
+            None => {
+                let g = self
+                    .handle_of(group_id)
+                    .ok_or(GroupError::UnknownMemberId)?;
+                (g, self.validate_member(g, member_id, group_instance_id)?)
+            }
+        };
         let group = self.group(g);
         if generation_id != group.generation_id {
             return Err(GroupError::IllegalGeneration);
@@ -927,6 +970,34 @@ impl GroupCoordinator {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
         }
+    }
+
+    /// The fast path of a heartbeat from a dynamic member whose id this coordinator
+    /// generated: the id's UUID starts with the member's handle, and the handle's wheel entry
+    /// holds the fingerprint of (group id, member id) and the group: a match is that member
+    /// (a different id or group would need a 64-bit fingerprint collision under a random
+    /// seed). Anything else (restored ids, static members, mismatches) takes the map path.
+    #[inline]
+    fn fast_member(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+    ) -> Option<(u32, u32)> {
+        if group_instance_id.is_some() {
+            return None;
+        }
+        let m = handle_in_member_id(member_id)?;
+        let payload = self.sessions.armed_payload(m)?;
+        if payload.tag != self.fingerprint(group_id, member_id) {
+            return None;
+        }
+        debug_assert_eq!(
+            self.handle_of(group_id)
+                .and_then(|g| self.validate_member(g, member_id, None).ok()),
+            Some(m)
+        );
+        Some((payload.group, m))
     }
 
     /// Kafka's `validateMember`: a static member's instance id must map to this member id.
@@ -1406,6 +1477,7 @@ impl GroupCoordinator {
             let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
             let m = self.new_member(member);
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);
+            self.set_session_payload(m);
             let group = self.group_mut(g);
             group.members.insert(member_id, m);
             group.order.push(m);
@@ -1479,6 +1551,17 @@ fn slab_insert<T>(slab: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u
             (slab.len() - 1) as u32
         }
     }
+}
+
+/// The handle in a member id this coordinator generated: the first 8 hex digits of the
+/// trailing 36-character UUID.
+fn handle_in_member_id(member_id: &str) -> Option<u32> {
+    let start = member_id.len().checked_sub(36)?;
+    let handle = member_id.get(start..start + 8)?;
+    if !handle.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(handle, 16).ok()
 }
 
 fn validate_group_id(group_id: &str) -> Result<(), GroupError> {

@@ -18,9 +18,14 @@ pub(crate) struct IdHashBuilder {
 impl Default for IdHashBuilder {
     fn default() -> IdHashBuilder {
         IdHashBuilder {
-            seed: RandomState::new().hash_one(0x5eed_u64),
+            seed: random_seed(),
         }
     }
+}
+
+/// A random 64-bit seed (from std's per-process random keys).
+pub(crate) fn random_seed() -> u64 {
+    RandomState::new().hash_one(0x5eed_u64)
 }
 
 impl BuildHasher for IdHashBuilder {

@@ -1016,3 +1016,25 @@ fn a_mass_expiry_is_spread_over_bounded_ticks_and_empties_the_group() {
     assert_eq!(written.len(), 1);
     assert!(written[0].value.as_ref().unwrap().members.is_empty());
 }
+
+#[test]
+fn heartbeats_by_generated_ids_check_the_whole_id_and_the_group() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    // Same UUID (and so the same handle), another client-id prefix.
+    let forged = format!("forged{}", &id[id.len() - 37..]);
+    assert_eq!(h.heartbeat(&forged, 1), Err(GroupError::UnknownMemberId));
+    let other_group = h.coordinator.heartbeat("elsewhere", &id, None, 1, h.now_ms);
+    assert_eq!(other_group, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.heartbeat(&id, 1), Ok(()));
+    // After the member leaves, its id (and handle) no longer heartbeat.
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: id.clone(),
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(h.heartbeat(&id, 2), Err(GroupError::UnknownMemberId));
+}

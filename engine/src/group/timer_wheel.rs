@@ -25,8 +25,8 @@ pub const TIMER_IDS_MAX: usize = 1 << 24;
 const NIL: u32 = u32::MAX;
 const SLOT_MASK: u64 = SLOTS as u64 - 1;
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry<P> {
     prev: u32,
     next: u32,
     slot: u32,
@@ -34,30 +34,35 @@ struct Entry {
     /// The period of the last `schedule_in`, for `renew`.
     period_ms: u32,
     deadline_ms: u64,
+    /// The caller's data for this id, on the same cache line as its deadline.
+    payload: P,
 }
 
-const UNARMED: Entry = Entry {
-    prev: NIL,
-    next: NIL,
-    slot: 0,
-    armed: false,
-    period_ms: 0,
-    deadline_ms: 0,
-};
+impl<P: Default> Entry<P> {
+    fn unarmed() -> Entry<P> {
+        Entry {
+            prev: NIL,
+            next: NIL,
+            ..Entry::default()
+        }
+    }
+}
 
-/// A hashed timer wheel (see the module docs).
+/// A hashed timer wheel (see the module docs). Each id may carry a small `payload` stored
+/// next to its deadline: a caller that looks the payload up and renews the deadline touches
+/// one entry.
 #[derive(Debug)]
-pub struct TimerWheel {
+pub struct TimerWheel<P = ()> {
     heads: Vec<u32>,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<P>>,
     /// The tick (`now_ms >> SLOT_SHIFT_MS`) from which expiry scans next.
     cursor_tick: u64,
     armed: usize,
 }
 
-impl TimerWheel {
+impl<P: Copy + Default> TimerWheel<P> {
     /// An empty wheel whose clock starts at `now_ms`.
-    pub fn new(now_ms: u64) -> TimerWheel {
+    pub fn new(now_ms: u64) -> TimerWheel<P> {
         TimerWheel {
             heads: vec![NIL; SLOTS],
             entries: Vec::new(),
@@ -80,7 +85,7 @@ impl TimerWheel {
     pub fn reserve_ids(&mut self, ids: usize) {
         assert!(ids <= TIMER_IDS_MAX, "timer ids over TIMER_IDS_MAX");
         if self.entries.len() < ids {
-            self.entries.resize(ids, UNARMED);
+            self.entries.resize(ids, Entry::unarmed());
         }
     }
 
@@ -136,14 +141,33 @@ impl TimerWheel {
         }
     }
 
-    /// Disarms `id`'s deadline; returns whether one was armed.
+    /// Sets `id`'s payload (kept until [`cancel`](Self::cancel)).
+    pub fn set_payload(&mut self, id: u32, payload: P) {
+        if id as usize >= self.entries.len() {
+            self.reserve_ids(id as usize + 1);
+        }
+        self.entries[id as usize].payload = payload;
+    }
+
+    /// `id`'s payload while its deadline is armed.
+    #[inline]
+    pub fn armed_payload(&self, id: u32) -> Option<P> {
+        let entry = self.entries.get(id as usize)?;
+        entry.armed.then_some(entry.payload)
+    }
+
+    /// Disarms `id`'s deadline and clears its payload; returns whether one was armed.
     pub fn cancel(&mut self, id: u32) -> bool {
         match self.entries.get(id as usize) {
             Some(entry) if entry.armed => {
                 self.unlink(id);
-                self.entries[id as usize] = UNARMED;
+                self.entries[id as usize] = Entry::unarmed();
                 self.armed -= 1;
                 true
+            }
+            Some(_) => {
+                self.entries[id as usize] = Entry::unarmed();
+                false
             }
             _ => false,
         }
@@ -169,7 +193,11 @@ impl TimerWheel {
                         return true;
                     }
                     self.unlink(id);
-                    self.entries[id as usize] = UNARMED;
+                    // Disarmed; period and payload stay for a re-arm.
+                    let expired_entry = &mut self.entries[id as usize];
+                    expired_entry.armed = false;
+                    expired_entry.prev = NIL;
+                    expired_entry.next = NIL;
                     self.armed -= 1;
                     expired.push(id);
                     taken += 1;
@@ -199,14 +227,14 @@ impl TimerWheel {
 
     fn link(&mut self, id: u32, slot: u32, deadline_ms: u64) {
         let head = self.heads[slot as usize];
-        let period_ms = self.entries[id as usize].period_ms;
-        self.entries[id as usize] = Entry {
+        let entry = &mut self.entries[id as usize];
+        *entry = Entry {
             prev: NIL,
             next: head,
             slot,
             armed: true,
-            period_ms,
             deadline_ms,
+            ..*entry
         };
         if head != NIL {
             self.entries[head as usize].prev = id;
@@ -234,7 +262,7 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    fn expire_all(wheel: &mut TimerWheel, now_ms: u64) -> Vec<u32> {
+    fn expire_all(wheel: &mut TimerWheel<u64>, now_ms: u64) -> Vec<u32> {
         let mut out = Vec::new();
         while wheel.expire(now_ms, 3, &mut out) {}
         out.sort_unstable();
@@ -243,7 +271,7 @@ mod tests {
 
     #[test]
     fn deadlines_fire_exactly_when_due() {
-        let mut wheel = TimerWheel::new(1_000);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(1_000);
         wheel.schedule(1, 1_005);
         wheel.schedule(2, 1_006);
         wheel.schedule(3, 50_000);
@@ -257,7 +285,7 @@ mod tests {
 
     #[test]
     fn reschedule_and_cancel_take_effect() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
         for id in 0..10 {
             wheel.schedule(id, 100);
         }
@@ -272,7 +300,7 @@ mod tests {
     #[test]
     fn deadlines_beyond_one_lap_wait_for_their_lap() {
         let lap_ms = (SLOTS as u64) << SLOT_SHIFT_MS;
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
         wheel.schedule(1, lap_ms * 3 + 7);
         assert!(expire_all(&mut wheel, lap_ms + 7).is_empty());
         assert!(expire_all(&mut wheel, lap_ms * 3 + 6).is_empty());
@@ -281,7 +309,7 @@ mod tests {
 
     #[test]
     fn renew_extends_by_the_remembered_period() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
         assert!(!wheel.renew(1, 10));
         wheel.schedule_in(1, 0, 1_000);
         for now in (100..=5_000).step_by(100) {
@@ -294,8 +322,24 @@ mod tests {
     }
 
     #[test]
+    fn payloads_live_while_armed_and_go_with_cancel() {
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
+        wheel.set_payload(3, 77);
+        assert_eq!(wheel.armed_payload(3), None);
+        wheel.schedule_in(3, 0, 100);
+        assert_eq!(wheel.armed_payload(3), Some(77));
+        assert_eq!(expire_all(&mut wheel, 100), vec![3]);
+        assert_eq!(wheel.armed_payload(3), None);
+        wheel.schedule_in(3, 100, 100);
+        assert_eq!(wheel.armed_payload(3), Some(77), "kept across expiry");
+        assert!(wheel.cancel(3));
+        wheel.schedule_in(3, 100, 100);
+        assert_eq!(wheel.armed_payload(3), Some(0), "cleared by cancel");
+    }
+
+    #[test]
     fn expiry_is_bounded_per_call() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
         for id in 0..10 {
             wheel.schedule(id, 8);
         }
@@ -309,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_long_idle_gap_jumps_at_most_one_lap() {
-        let mut wheel = TimerWheel::new(0);
+        let mut wheel: TimerWheel<u64> = TimerWheel::new(0);
         wheel.schedule(1, 5);
         let far = 1u64 << 40;
         assert_eq!(expire_all(&mut wheel, far), vec![1]);
