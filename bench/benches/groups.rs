@@ -1,8 +1,9 @@
 //! Group coordinator micro benchmarks: heartbeats per second on one shard's coordinator
 //! holding 100,000 members, visited in a shuffled order so lookups miss the CPU caches as
 //! they would under real load (or in join order). Members either joined through this
-//! coordinator (their generated ids let a heartbeat find them without a map lookup) or were
-//! restored from GroupMetadata records, as after a restart (their ids go through the maps).
+//! coordinator (their generated ids let a heartbeat find them without a map lookup), were
+//! restored after a restart from the records the joined fleet wrote, or were restored from
+//! records with ids some other coordinator made (those go through the maps).
 //!
 //! `cargo bench -p coffer-bench --bench groups -- --warm-up-time 1 --measurement-time 3`
 
@@ -24,6 +25,8 @@ struct Fleet {
     /// (group id, member id) in a shuffled visiting order.
     order: Vec<(String, String)>,
     generation: i32,
+    /// The GroupMetadata records the fleet's groups wrote.
+    records: Vec<coffer::group::PersistRecord>,
 }
 
 /// `groups` Stable groups of `MEMBERS / groups` members each, joined through the
@@ -37,6 +40,7 @@ fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
     let mut coordinator = GroupCoordinator::new(config, 1, now_ms);
     let per_group = MEMBERS / groups;
     let mut order = Vec::with_capacity(MEMBERS);
+    let mut records = Vec::with_capacity(groups);
     let mut ticket = 0;
     for g in 0..groups {
         let group_id = format!("consumer-group-{g:05}");
@@ -94,6 +98,7 @@ fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
         coordinator.sync(sync, ticket, now_ms);
         for record in coordinator.take_persists().collect::<Vec<_>>() {
             coordinator.persisted(&record.group_id, record.generation_id, Ok(1), now_ms);
+            records.push(record);
         }
         coordinator.take_replies().for_each(drop);
         assert_eq!(ids.len(), per_group);
@@ -105,6 +110,26 @@ fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
         coordinator,
         order,
         generation: 2,
+        records,
+    }
+}
+
+/// The joined fleet after a restart: a new coordinator restores every group from its
+/// GroupMetadata record (the shard expects the members first, as at open).
+fn restarted_fleet(groups: usize, shuffle: bool) -> Fleet {
+    let joined = joined_fleet(groups, shuffle);
+    let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 2, 1_000);
+    coordinator.expect_restored_members(MEMBERS);
+    for record in joined.records {
+        coordinator
+            .load(&record.group_id, 0, record.value, 1, 1_000)
+            .expect("groups fit");
+    }
+    Fleet {
+        coordinator,
+        order: joined.order,
+        generation: 2,
+        records: Vec::new(),
     }
 }
 
@@ -126,9 +151,11 @@ fn shuffle_in_place(order: &mut Vec<(String, String)>, shuffle: bool) {
     *order = laid_out;
 }
 
-/// `groups` Stable groups of `MEMBERS / groups` members each, restored from records at
-/// generation 7; visited in a shuffled order, or in join order when `shuffle` is false.
-fn restored_fleet(groups: usize, shuffle: bool) -> Fleet {
+/// `groups` Stable groups of `MEMBERS / groups` members each, restored at generation 7 from
+/// records whose member ids this coordinator did not generate (another coordinator's, as
+/// after a migration from Kafka): they take the map path. Visited in a shuffled order, or in
+/// join order when `shuffle` is false.
+fn foreign_fleet(groups: usize, shuffle: bool) -> Fleet {
     let now_ms = 1_000;
     let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 1, now_ms);
     let per_group = MEMBERS / groups;
@@ -167,6 +194,7 @@ fn restored_fleet(groups: usize, shuffle: bool) -> Fleet {
         coordinator,
         order,
         generation: 7,
+        records: Vec::new(),
     }
 }
 
@@ -177,15 +205,16 @@ fn heartbeats(c: &mut Criterion) {
         ("joined", 1000, true),
         ("joined", 10, true),
         ("joined", 1000, false),
-        ("restored", 1000, true),
-        ("restored", 10, true),
-        ("restored", 1000, false),
+        ("restarted", 1000, true),
+        ("foreign", 1000, true),
+        ("foreign", 10, true),
+        ("foreign", 1000, false),
     ];
     for (how, groups, shuffle) in runs {
-        let mut fleet = if how == "joined" {
-            joined_fleet(groups, shuffle)
-        } else {
-            restored_fleet(groups, shuffle)
+        let mut fleet = match how {
+            "joined" => joined_fleet(groups, shuffle),
+            "restarted" => restarted_fleet(groups, shuffle),
+            _ => foreign_fleet(groups, shuffle),
         };
         let mut next = 0;
         let mut now_ms = 1_000;

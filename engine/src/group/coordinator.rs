@@ -69,6 +69,8 @@ pub struct GroupCoordinator {
     member_id_counter: u64,
     /// Random: fingerprints must not be predictable from outside.
     fingerprint_seed: u64,
+    /// Restored members may take the handle their id encodes below this bound.
+    restore_handle_limit: usize,
 }
 
 /// Kept next to a member's session deadline, so a heartbeat with a member id this
@@ -101,6 +103,7 @@ impl GroupCoordinator {
             member_id_seed,
             member_id_counter: 0,
             fingerprint_seed: super::id_hash::random_seed(),
+            restore_handle_limit: 0,
         }
     }
 
@@ -151,11 +154,56 @@ impl GroupCoordinator {
     }
 
     /// The handle the next [`new_member`](Self::new_member) will return.
-    fn next_member_handle(&self) -> u32 {
+    fn next_member_handle(&mut self) -> u32 {
+        self.drop_taken_free_handles();
         self.free_members
             .last()
             .copied()
             .unwrap_or(self.members.len() as u32)
+    }
+
+    /// The free list may name slots a restored member took directly (see
+    /// [`new_member_at`](Self::new_member_at)); they are dropped when they reach the top.
+    fn drop_taken_free_handles(&mut self) {
+        while let Some(&m) = self.free_members.last() {
+            if self.members[m as usize].is_none() {
+                break;
+            }
+            self.free_members.pop();
+        }
+    }
+
+    /// Lets the next `count` restored members take the handles their ids encode, growing the
+    /// member slab up to twice the members expected (the bound keeps a record naming a huge
+    /// handle from growing it). Call before [`load`](Self::load)ing a partition's groups.
+    pub fn expect_restored_members(&mut self, count: usize) {
+        let limit = self.members.len().max(self.restore_handle_limit) + 2 * count;
+        self.restore_handle_limit = limit.min(self.config.members_max);
+    }
+
+    /// A restored member goes to the handle its id encodes when that slot is free and within
+    /// the restore bound, so its heartbeats take the fast path; else anywhere.
+    fn new_member_at(&mut self, member: Member, preferred: Option<u32>) -> u32 {
+        let Some(h) = preferred.filter(|&h| (h as usize) < self.restore_handle_limit) else {
+            return self.new_member(member);
+        };
+        let h_index = h as usize;
+        if h_index < self.members.len() && self.members[h_index].is_some() {
+            return self.new_member(member);
+        }
+        while self.members.len() < h_index {
+            // The skipped slots are free.
+            self.free_members.push(self.members.len() as u32);
+            self.members.push(None);
+        }
+        if h_index == self.members.len() {
+            self.members.push(None);
+        }
+        // A free-list entry for `h`, if any, is dropped when it reaches the top.
+        self.members[h_index] = Some(member);
+        self.member_count += 1;
+        self.sessions.reserve_ids(self.members.len());
+        h
     }
 
     /// What the session wheel keeps next to member `m`'s deadline: its fingerprint and group.
@@ -173,6 +221,7 @@ impl GroupCoordinator {
     }
 
     fn new_member(&mut self, member: Member) -> u32 {
+        self.drop_taken_free_handles();
         self.member_count += 1;
         let m = slab_insert(&mut self.members, &mut self.free_members, member);
         self.sessions.reserve_ids(self.members.len());
@@ -359,7 +408,8 @@ impl GroupCoordinator {
         {
             return self.replace_static_member(g, m, request, ticket, now_ms);
         }
-        let member_id = self.generate_member_id(&request.client_id, self.next_member_handle());
+        let handle = self.next_member_handle();
+        let member_id = self.generate_member_id(&request.client_id, handle);
         if request.group_instance_id.is_none() && request.require_known_member_id {
             // KIP-394: the member must rejoin with this id; until then it is pending and
             // expires after its session timeout.
@@ -1000,6 +1050,18 @@ impl GroupCoordinator {
         Some((payload.group, m))
     }
 
+    /// Whether a heartbeat from this member would take the fast path.
+    #[cfg(test)]
+    pub(crate) fn takes_fast_path(&self, group_id: &str, member_id: &str) -> bool {
+        self.fast_member(group_id, member_id, None).is_some()
+    }
+
+    /// Slots in the member slab (taken or free).
+    #[cfg(test)]
+    pub(crate) fn member_slots(&self) -> usize {
+        self.members.len()
+    }
+
     /// Kafka's `validateMember`: a static member's instance id must map to this member id.
     fn validate_member(
         &self,
@@ -1475,7 +1537,8 @@ impl GroupCoordinator {
                 pending: false,
             };
             let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
-            let m = self.new_member(member);
+            let preferred = handle_in_member_id(&member.member_id);
+            let m = self.new_member_at(member, preferred);
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);
             self.set_session_payload(m);
             let group = self.group_mut(g);

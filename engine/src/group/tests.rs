@@ -1038,3 +1038,43 @@ fn heartbeats_by_generated_ids_check_the_whole_id_and_the_group() {
     );
     assert_eq!(h.heartbeat(&id, 2), Err(GroupError::UnknownMemberId));
 }
+
+#[test]
+fn restored_members_keep_the_fast_path_within_the_restore_bound() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    assert!(h.coordinator.takes_fast_path(GROUP, &a));
+    let record = h.last_records.pop().unwrap();
+    let mut restored = Harness::new();
+    restored.coordinator.expect_restored_members(2);
+    let value = record.value.clone();
+    restored
+        .coordinator
+        .load(GROUP, 0, value, 1, restored.now_ms)
+        .unwrap();
+    assert!(restored.coordinator.takes_fast_path(GROUP, &a));
+    assert!(restored.coordinator.takes_fast_path(GROUP, &b));
+    assert_eq!(restored.heartbeat(&a, 2), Ok(()));
+    assert_eq!(restored.heartbeat(&b, 2), Ok(()));
+    // New members after the restore never collide with the restored handles.
+    let (c, Joined::Waiting(_)) = restored.join_new(&["range"]) else {
+        panic!()
+    };
+    assert!(restored.coordinator.takes_fast_path(GROUP, &c));
+    assert_eq!(restored.coordinator.counts(), (1, 3));
+
+    // Without the expectation (or beyond its bound) members are placed anywhere and take
+    // the map path; a record naming a huge handle does not grow the slab.
+    let mut unexpected = Harness::new();
+    let mut value = record.value.unwrap();
+    let far = "c-00ffffff-0000-0000-0000-000000000000".to_owned();
+    value.members[1].member_id = far.clone();
+    unexpected.coordinator.expect_restored_members(2);
+    unexpected
+        .coordinator
+        .load(GROUP, 0, Some(value), 1, 0)
+        .unwrap();
+    assert!(unexpected.coordinator.member_slots() <= 4);
+    assert!(!unexpected.coordinator.takes_fast_path(GROUP, &far));
+    assert_eq!(unexpected.heartbeat(&far, 2), Ok(()));
+}

@@ -111,6 +111,9 @@ pub(crate) struct ShardGroups {
     clock_origin: Instant,
     clock_base_ms: u64,
     next_tick_ms: u64,
+    /// While the shard opens, partitions' groups wait here so they are restored together
+    /// (the coordinator then knows how many members to expect).
+    opening: Option<Vec<(u32, GroupReplay)>>,
 }
 
 impl ShardGroups {
@@ -125,6 +128,7 @@ impl ShardGroups {
             clock_origin: Instant::now(),
             clock_base_ms,
             next_tick_ms: 0,
+            opening: Some(Vec::new()),
         }
     }
 
@@ -366,8 +370,30 @@ impl Shard {
         }
     }
 
-    /// Recovery met these GroupMetadata records in a partition: restore its groups.
+    /// Recovery met these GroupMetadata records in a partition: restore its groups (at
+    /// open, once every partition is read: see [`finish_opening_groups`]).
     pub(super) fn restore_groups(&mut self, partition: u32, replay: GroupReplay) {
+        if let Some(opening) = self.groups.opening.as_mut() {
+            opening.push((partition, replay));
+            return;
+        }
+        self.groups
+            .coordinator
+            .expect_restored_members(members_in(&replay));
+        self.load_groups(partition, replay);
+    }
+
+    /// Restores the groups of every partition read at open.
+    pub(super) fn finish_opening_groups(&mut self) {
+        let opened = self.groups.opening.take().unwrap_or_default();
+        let members: usize = opened.iter().map(|(_, replay)| members_in(replay)).sum();
+        self.groups.coordinator.expect_restored_members(members);
+        for (partition, replay) in opened {
+            self.load_groups(partition, replay);
+        }
+    }
+
+    fn load_groups(&mut self, partition: u32, replay: GroupReplay) {
         let now_ms = self.groups.now_ms();
         for (group_id, (value, position)) in replay {
             let loaded = self
@@ -394,6 +420,14 @@ impl Shard {
             .records
             .retain(|r| r.offsets_partition != partition);
     }
+}
+
+fn members_in(replay: &GroupReplay) -> usize {
+    replay
+        .values()
+        .filter_map(|(value, _)| value.as_ref())
+        .map(|value| value.members.len())
+        .sum()
 }
 
 /// Encodes `run` (one partition's records) as one batch into `out`, as many as fit the

@@ -186,6 +186,7 @@ impl Shard {
         for (partition, cache) in hosted {
             shard.load_partition(partition, cache, true, &mut report)?;
         }
+        shard.finish_opening_groups();
         Ok((shard, report))
     }
 
