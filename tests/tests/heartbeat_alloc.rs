@@ -1,20 +1,29 @@
-//! A heartbeat on the coordinator allocates nothing: counted with a global allocator (its
-//! own test binary, so no other test shares the counter).
+//! A heartbeat on the coordinator allocates nothing: counted per thread by a global
+//! allocator (its own test binary; the harness's threads allocate too, so only the test's
+//! own thread is counted).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use coffer::format::{GroupMetadataValue, MemberMetadata};
 use coffer::group::{GroupConfig, GroupCoordinator};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Allocations made by the calling thread so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 // SAFETY: forwards to the system allocator; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // `try_with`: a thread being torn down has no counter, and must still allocate.
+        let _ = ALLOCATIONS.try_with(|count| count.set(count.get() + 1));
         // SAFETY: the caller's contract is passed on unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -28,12 +37,16 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The counter is global: the tests take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+#[test]
+fn the_counter_counts() {
+    let before = allocations();
+    let probe = std::hint::black_box(vec![1u8; 10]);
+    assert_eq!(allocations() - before, 1);
+    drop(probe);
+}
 
 #[test]
 fn heartbeats_and_ticks_allocate_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
     let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 3, 0);
     let members: Vec<MemberMetadata> = (0..1000)
         .map(|m| MemberMetadata {
@@ -56,7 +69,7 @@ fn heartbeats_and_ticks_allocate_nothing() {
     // Warm up: the first expiry scan may size its scratch vector.
     assert!(!coordinator.tick(1));
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     let mut now_ms = 1;
     for round in 0..50 {
         now_ms += 500;
@@ -72,7 +85,7 @@ fn heartbeats_and_ticks_allocate_nothing() {
         );
         coordinator.tick(now_ms);
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert_eq!(allocations, 0, "heartbeats allocated");
     // The sessions were really renewed: 25 s later nobody has expired.
     assert!(coordinator.has_members("g"));
@@ -81,7 +94,6 @@ fn heartbeats_and_ticks_allocate_nothing() {
 #[test]
 fn heartbeats_of_joined_members_allocate_nothing() {
     use coffer::group::{GroupReply, JoinGroupRequest, JoinProtocol, SyncGroupRequest};
-    let _serial = SERIAL.lock().unwrap_or_else(|poison| poison.into_inner());
     let config = GroupConfig {
         group_initial_rebalance_delay_ms: 0,
         ..GroupConfig::default()
@@ -122,7 +134,7 @@ fn heartbeats_of_joined_members_allocate_nothing() {
     assert_eq!(coordinator.take_replies().count(), 1);
     assert!(!coordinator.tick(1));
 
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for now_ms in (2..30_000).step_by(7) {
         assert_eq!(
             coordinator.heartbeat("joined", &id, None, 1, now_ms),
@@ -130,9 +142,5 @@ fn heartbeats_of_joined_members_allocate_nothing() {
         );
         coordinator.tick(now_ms);
     }
-    assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed) - before,
-        0,
-        "heartbeats allocated"
-    );
+    assert_eq!(allocations() - before, 0, "heartbeats allocated");
 }
