@@ -8,6 +8,7 @@
 //! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
 //!   seeded, fault-injecting in-memory twin for tests.
 //! * [`log`] — per-partition segmented logs and their crash recovery.
+//! * [`group`] — consumer groups: Kafka's classic group protocol, one coordinator per shard.
 //! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
 //!
 //! See `docs/architecture.md` for how the pieces fit.
