@@ -1,11 +1,11 @@
-//! A one-shot completion: the shard completes it once a commit is durable (or failed); the
-//! caller awaits it from any runtime, or blocks on it.
+//! One-shot completions: the shard completes one once a commit is durable (or failed), or
+//! once a group call has its response; the caller awaits it from any runtime, or blocks on it.
 //!
-//! Completion slots are pooled: a slot is shared by a [`CommitFuture`] and the shard's
+//! Commit completion slots are pooled: a slot is shared by a [`CommitFuture`] and the shard's
 //! [`Completer`], and whichever of the two lets go of it last (see [`ReleaseGate`]) resets it
 //! and hands it back to the engine's [`CompletionPool`]. In steady state a commit therefore
 //! allocates no slot; the pool only allocates while it warms up, or when callers hold more
-//! futures than it keeps.
+//! futures than it keeps. Group calls (join, sync, heartbeat, leave) use unpooled slots.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,39 +50,93 @@ impl ReleaseGate {
     }
 }
 
-#[derive(Default)]
-struct SlotState {
-    result: Option<Result<()>>,
+struct SlotState<T> {
+    result: Option<T>,
     waker: Option<Waker>,
 }
 
-struct Slot {
-    state: Mutex<SlotState>,
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
     ready: Condvar,
     gate: ReleaseGate,
 }
 
-impl Slot {
-    fn new() -> Slot {
+impl<T> Slot<T> {
+    fn new() -> Slot<T> {
         Slot {
-            state: Mutex::new(SlotState::default()),
+            state: Mutex::new(SlotState {
+                result: None,
+                waker: None,
+            }),
             ready: Condvar::new(),
             gate: ReleaseGate::new(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
+    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
         // The state is a plain value: a panic elsewhere cannot leave it half-written.
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
+
+    /// Blocks until completed, or until `deadline` (then `None`).
+    fn wait(&self, deadline: Option<Instant>) -> Option<T> {
+        let mut state = self.lock();
+        loop {
+            if let Some(result) = state.result.take() {
+                return Some(result);
+            }
+            state = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.ready
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .0
+                }
+                None => self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(|poison| poison.into_inner()),
+            };
+        }
+    }
+
+    /// The result if completed; else registers the task's waker.
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<T> {
+        let mut state = self.lock();
+        if let Some(result) = state.result.take() {
+            return Poll::Ready(result);
+        }
+        match &state.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn complete(&self, result: T) {
+        let waker = {
+            let mut state = self.lock();
+            state.result = Some(result);
+            state.waker.take()
+        };
+        self.ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
-/// The engine's free list of completion slots (bounded, see [`COMPLETIONS_POOLED_MAX`]).
+/// The engine's free list of commit completion slots (bounded, see
+/// [`COMPLETIONS_POOLED_MAX`]).
 #[derive(Clone)]
 pub(crate) struct CompletionPool {
-    free: FreeList<Arc<Slot>>,
+    free: FreeList<Arc<Slot<Result<()>>>>,
 }
 
 impl CompletionPool {
@@ -92,7 +146,7 @@ impl CompletionPool {
         }
     }
 
-    fn take(&self) -> Arc<Slot> {
+    fn take(&self) -> Arc<Slot<Result<()>>> {
         // Allocates only while the pool warms up or when every pooled slot is in use.
         self.free.take().unwrap_or_else(|| Arc::new(Slot::new()))
     }
@@ -102,27 +156,52 @@ impl CompletionPool {
     fn pooled(&self) -> usize {
         self.free.len()
     }
+}
 
-    /// One side is done with `slot`; the last side resets it and returns it to the pool.
-    fn release(&self, slot: Arc<Slot>) {
-        if !slot.gate.release() {
+/// One side's hold on a slot, and the free list the slot goes back to, if pooled.
+struct SlotHandle<T> {
+    slot: Arc<Slot<T>>,
+    pool: Option<FreeList<Arc<Slot<T>>>>,
+}
+
+impl<T> SlotHandle<T> {
+    fn pair(slot: Arc<Slot<T>>, pool: Option<FreeList<Arc<Slot<T>>>>) -> (Self, Self) {
+        let first = SlotHandle {
+            slot: Arc::clone(&slot),
+            pool: pool.clone(),
+        };
+        (first, SlotHandle { slot, pool })
+    }
+
+    /// This side is done with the slot; the last side of a pooled slot resets it and
+    /// returns it to the pool.
+    fn release(self) {
+        let Some(pool) = self.pool else {
+            return;
+        };
+        if !self.slot.gate.release() {
             return;
         }
-        *slot.lock() = SlotState::default();
-        slot.gate.rearm();
-        self.free.give_back(slot);
+        {
+            let mut state = self.slot.lock();
+            state.result = None;
+            state.waker = None;
+        }
+        self.slot.gate.rearm();
+        pool.give_back(self.slot);
     }
 }
 
-/// A pooled slot plus the pool it goes back to.
-struct PooledSlot {
-    slot: Arc<Slot>,
-    pool: CompletionPool,
+/// What a completion resolves to when the shard drops it uncompleted (it stopped or unloaded
+/// the partition), so no caller waits forever.
+pub trait Abandoned {
+    /// The value an abandoned call resolves to.
+    fn abandoned() -> Self;
 }
 
-impl PooledSlot {
-    fn release(self) {
-        self.pool.release(self.slot);
+impl Abandoned for Result<()> {
+    fn abandoned() -> Self {
+        Err(Error::Closed)
     }
 }
 
@@ -131,7 +210,7 @@ impl PooledSlot {
 #[must_use = "a commit is only known durable once its future resolves"]
 pub struct CommitFuture {
     ready: Option<Result<()>>,
-    slot: Option<PooledSlot>,
+    slot: Option<SlotHandle<Result<()>>>,
     /// `offsets.commit.timeout.ms` after acceptance, and the timeout itself, for `wait`.
     deadline: Option<(Instant, u64)>,
 }
@@ -152,22 +231,13 @@ impl CommitFuture {
         timeout_ms: u64,
         pool: &CompletionPool,
     ) -> (CommitFuture, Completer) {
-        let slot = pool.take();
+        let (mine, theirs) = SlotHandle::pair(pool.take(), Some(pool.free.clone()));
         let future = CommitFuture {
             ready: None,
-            slot: Some(PooledSlot {
-                slot: Arc::clone(&slot),
-                pool: pool.clone(),
-            }),
+            slot: Some(mine),
             deadline: Some((deadline, timeout_ms)),
         };
-        let completer = Completer {
-            slot: Some(PooledSlot {
-                slot,
-                pool: pool.clone(),
-            }),
-        };
-        (future, completer)
+        (future, Completer { slot: Some(theirs) })
     }
 
     /// Blocks the calling thread until the commit is durable or has failed, or until
@@ -180,11 +250,15 @@ impl CommitFuture {
         if let Some(result) = self.ready.take() {
             return result;
         }
-        let Some(pooled) = self.slot.take() else {
+        let Some(handle) = self.slot.take() else {
             return Err(Error::Closed);
         };
-        let result = wait_for_result(&pooled.slot, self.deadline);
-        pooled.release();
+        let deadline = self.deadline.map(|(deadline, _)| deadline);
+        let result = handle.slot.wait(deadline).unwrap_or_else(|| {
+            let timeout_ms = self.deadline.map_or(0, |(_, timeout_ms)| timeout_ms);
+            Err(Error::CommitTimeout { timeout_ms })
+        });
+        handle.release();
         result
     }
 }
@@ -196,91 +270,111 @@ impl Future for CommitFuture {
         if let Some(result) = self.ready.take() {
             return Poll::Ready(result);
         }
-        let Some(pooled) = self.slot.as_ref() else {
+        let Some(handle) = self.slot.as_ref() else {
             return Poll::Ready(Err(Error::Closed));
         };
-        let mut state = pooled.slot.lock();
-        if let Some(result) = state.result.take() {
-            drop(state);
-            if let Some(pooled) = self.slot.take() {
-                pooled.release();
-            }
-            return Poll::Ready(result);
+        let polled = handle.slot.poll(cx);
+        if polled.is_ready()
+            && let Some(handle) = self.slot.take()
+        {
+            handle.release();
         }
-        match &state.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            _ => state.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
+        polled
     }
 }
 
 impl Drop for CommitFuture {
     fn drop(&mut self) {
-        if let Some(pooled) = self.slot.take() {
-            pooled.release();
+        if let Some(handle) = self.slot.take() {
+            handle.release();
         }
     }
 }
 
-/// Blocks until `slot` holds a result or the deadline passes.
-fn wait_for_result(slot: &Slot, deadline: Option<(Instant, u64)>) -> Result<()> {
-    let mut state = slot.lock();
-    loop {
-        if let Some(result) = state.result.take() {
-            return result;
+/// Resolves to a group call's response (JoinGroup, SyncGroup, Heartbeat, LeaveGroup).
+/// Runtime-agnostic like [`CommitFuture`]: await it, or [`wait`](GroupFuture::wait).
+/// A JoinGroup may wait up to the group's rebalance timeout, as in Kafka.
+#[must_use = "the response arrives through the future"]
+pub struct GroupFuture<T> {
+    ready: Option<T>,
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<T: Abandoned> GroupFuture<T> {
+    /// A future already resolved.
+    pub(crate) fn resolved(value: T) -> GroupFuture<T> {
+        GroupFuture {
+            ready: Some(value),
+            slot: None,
         }
-        state = match deadline {
-            Some((deadline, timeout_ms)) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(Error::CommitTimeout { timeout_ms });
-                }
-                slot.ready
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .0
-            }
-            None => slot
-                .ready
-                .wait(state)
-                .unwrap_or_else(|poison| poison.into_inner()),
+    }
+
+    /// A pending future and the completer that resolves it (an unpooled slot).
+    pub(crate) fn pending() -> (GroupFuture<T>, Completer<T>) {
+        let (mine, theirs) = SlotHandle::pair(Arc::new(Slot::new()), None);
+        let future = GroupFuture {
+            ready: None,
+            slot: Some(mine.slot),
         };
+        (future, Completer { slot: Some(theirs) })
+    }
+
+    /// Blocks the calling thread until the response arrives.
+    pub fn wait(mut self) -> T {
+        if let Some(value) = self.ready.take() {
+            return value;
+        }
+        match self.slot.take() {
+            Some(slot) => slot.wait(None).unwrap_or_else(T::abandoned),
+            None => T::abandoned(),
+        }
     }
 }
 
-/// The shard's end of a [`CommitFuture`]. Dropping it uncompleted fails the commit with
-/// [`Error::Closed`], so no caller waits forever.
-pub(crate) struct Completer {
-    slot: Option<PooledSlot>,
+impl<T: Abandoned + Unpin> Future for GroupFuture<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(value) = self.ready.take() {
+            return Poll::Ready(value);
+        }
+        let Some(slot) = self.slot.as_ref() else {
+            return Poll::Ready(T::abandoned());
+        };
+        let polled = slot.poll(cx);
+        if polled.is_ready() {
+            self.slot = None;
+        }
+        polled
+    }
 }
 
-impl Completer {
+/// The shard's end of a [`CommitFuture`] or [`GroupFuture`]. Dropping it uncompleted
+/// resolves the future with [`Abandoned::abandoned`] (`Error::Closed` for commits), so no
+/// caller waits forever.
+pub(crate) struct Completer<T: Abandoned = Result<()>> {
+    slot: Option<SlotHandle<T>>,
+}
+
+impl<T: Abandoned> Completer<T> {
     /// Resolves the future.
-    pub(crate) fn complete(mut self, result: Result<()>) {
+    pub(crate) fn complete(mut self, result: T) {
         self.finish(result);
     }
 
-    fn finish(&mut self, result: Result<()>) {
-        let Some(pooled) = self.slot.take() else {
-            return;
-        };
-        let waker = {
-            let mut state = pooled.slot.lock();
-            state.result = Some(result);
-            state.waker.take()
-        };
-        pooled.slot.ready.notify_all();
-        if let Some(waker) = waker {
-            waker.wake();
+    fn finish(&mut self, result: T) {
+        if let Some(handle) = self.slot.take() {
+            handle.slot.complete(result);
+            handle.release();
         }
-        pooled.release();
     }
 }
 
-impl Drop for Completer {
+impl<T: Abandoned> Drop for Completer<T> {
     fn drop(&mut self) {
-        self.finish(Err(Error::Closed));
+        if self.slot.is_some() {
+            self.finish(T::abandoned());
+        }
     }
 }
 

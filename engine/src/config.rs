@@ -87,6 +87,8 @@ pub struct Config {
     pub offsets_retention_minutes: u64,
     /// `offsets.retention.check.interval.ms` (600000).
     pub offsets_retention_check_interval_ms: u64,
+    /// Consumer group settings (`group.*` in Kafka).
+    pub groups: crate::group::GroupConfig,
 }
 
 impl Config {
@@ -110,6 +112,7 @@ impl Config {
             log_cleaner_delete_retention_ms: 86_400_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
+            groups: crate::group::GroupConfig::default(),
         }
     }
 
@@ -174,6 +177,6 @@ impl Config {
                 "offsets.retention.check.interval.ms must be in 1..={RETENTION_CHECK_INTERVAL_MS_MAX}"
             ));
         }
-        Ok(())
+        self.groups.validate().map_err(Error::InvalidConfig)
     }
 }

@@ -1,4 +1,10 @@
-//! The public handle: open a data directory, commit and fetch offsets, close.
+//! The public handle: open a data directory, commit and fetch offsets, close. The group
+//! calls are in `engine/groups.rs`.
+
+mod groups;
+mod reset;
+
+pub use reset::{OffsetLookup, OffsetReset, ResetOffset};
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -294,8 +300,12 @@ impl Engine {
     /// validation. Several offsets for one topic partition: the last one wins.
     ///
     /// Waits for queue space when the shard is saturated (backpressure).
+    ///
+    /// This is a simple commit (generation -1, no member id): as in Kafka, it fails with
+    /// `UNKNOWN_MEMBER_ID` ([`Error::Group`]) while the group has members. Consumers in a
+    /// group use [`Engine::commit_offsets_fenced`].
     pub fn commit_offsets(&self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
-        self.commit_expiring(group_id, offsets, NO_EXPIRE_TIMESTAMP_MS)
+        self.commit(group_id, None, offsets, NO_EXPIRE_TIMESTAMP_MS)
     }
 
     /// Like [`commit_offsets`](Self::commit_offsets), with an explicit expire timestamp (ms
@@ -310,12 +320,16 @@ impl Engine {
         if expire_timestamp_ms < 0 {
             return CommitFuture::resolved(Err(Error::InvalidRequest("negative expire timestamp")));
         }
-        self.commit_expiring(group_id, offsets, expire_timestamp_ms)
+        self.commit(group_id, None, offsets, expire_timestamp_ms)
     }
 
-    fn commit_expiring(
+    /// Commits offsets for a group, validated first by the shard, as a simple commit
+    /// (`fence` is `None`) or fenced by the committer's generation, member id and instance
+    /// id (Kafka's OffsetCommit v1+): see [`Engine::commit_offsets_fenced`].
+    fn commit(
         &self,
         group_id: &str,
+        fence: Option<&crate::group::CommitFence>,
         offsets: &[OffsetCommit<'_>],
         expire_timestamp_ms: i64,
     ) -> CommitFuture {
@@ -336,6 +350,7 @@ impl Engine {
                 bytes_max,
                 expire_timestamp_ms,
             );
+            commit.set_fence(fence);
         })
     }
 
@@ -357,13 +372,17 @@ impl Engine {
     }
 
     /// Deletes a group (Kafka's DeleteGroups): tombstones for every committed offset of the
-    /// group, durable when the future resolves.
-    ///
-    /// Groups with members are refused by Kafka (`NON_EMPTY_GROUP`); group membership comes
-    /// with the groups work (issue 6), which must add that check here
-    /// (`GROUP-MEMBERS-HOOK`), and a tombstone for the group's metadata record.
+    /// group, durable when the future resolves. A group with members is refused with
+    /// `NON_EMPTY_GROUP` (68), as Kafka does.
     pub fn delete_group(&self, group_id: &str) -> CommitFuture {
-        // GROUP-MEMBERS-HOOK: refuse with Error::NonEmptyGroup while the group has members.
+        let has_members = match self.describe_groups(&[group_id]) {
+            Ok(described) => described.iter().any(|d| !d.members.is_empty()),
+            Err(error) => return CommitFuture::resolved(Err(error)),
+        };
+        if has_members {
+            let refused = Error::Group(crate::group::GroupError::NonEmptyGroup);
+            return CommitFuture::resolved(Err(refused));
+        }
         let committed = match self.fetch_all_offsets(group_id) {
             Ok(committed) => committed,
             Err(error) => return CommitFuture::resolved(Err(error)),

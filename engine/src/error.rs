@@ -82,6 +82,10 @@ pub enum Error {
     /// The engine has been closed.
     #[error("engine is closed")]
     Closed,
+    /// A group protocol error (commit fencing, group admin): Kafka's code is the group
+    /// error's.
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
     /// The data directory exists and is not a directory.
     #[error("data directory {0} is not a directory")]
     DataDirNotDirectory(PathBuf),
@@ -141,6 +145,7 @@ impl Error {
                 Some(NOT_COORDINATOR)
             }
             Error::Corrupt { .. } => Some(CORRUPT_MESSAGE),
+            Error::Group(error) => Some(error.kafka_code()),
             Error::DataDirNotDirectory(_)
             | Error::DataDirLocked(_)
             | Error::DataDirUnwritable { .. }
@@ -157,7 +162,7 @@ impl Error {
                 | Error::PartitionFailed { .. }
                 | Error::NotCoordinator { .. }
                 | Error::Closed
-        )
+        ) || matches!(self, Error::Group(error) if error.is_retriable())
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {

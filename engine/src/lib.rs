@@ -8,6 +8,7 @@
 //! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
 //!   seeded, fault-injecting in-memory twin for tests.
 //! * [`log`] — per-partition segmented logs and their crash recovery.
+//! * [`group`] — consumer groups: Kafka's classic group protocol, one coordinator per shard.
 //! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
 //! * [`LocalShard`] — the same engine for thread-per-core brokers: one shard per executor,
 //!   called directly on the executor's thread.
@@ -22,6 +23,7 @@ mod engine;
 pub mod error;
 mod events;
 pub mod format;
+pub mod group;
 pub mod log;
 mod offsets;
 mod pool;
@@ -30,9 +32,9 @@ mod shard;
 pub mod storage;
 pub(crate) mod sync;
 
-pub use completion::CommitFuture;
+pub use completion::{Abandoned, CommitFuture, GroupFuture};
 pub use config::Config;
-pub use engine::Engine;
+pub use engine::{Engine, OffsetLookup, OffsetReset, ResetOffset};
 pub use error::{Error, Result};
 pub use events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};

@@ -91,6 +91,14 @@ struct Args {
     /// outstanding. Without it, a closed loop keeps `--in-flight` outstanding.
     #[arg(long)]
     rate: Option<f64>,
+    /// Heartbeats per second sent during the engine phase from one more thread (on the
+    /// committers' core) by `--heartbeat-members` Stable one-member groups, distinct from
+    /// the committing groups (0: none).
+    #[arg(long, default_value_t = 0)]
+    heartbeats_per_sec: u64,
+    /// Group members heartbeating (each alone in its group).
+    #[arg(long, default_value_t = 3200)]
+    heartbeat_members: usize,
 }
 
 /// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
@@ -347,7 +355,13 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.pin_shards = true;
     config.offsets_topic_num_partitions = args.offsets_partitions;
     config.group_commit_linger_us = args.linger_us;
+    config.groups.group_initial_rebalance_delay_ms = 0;
     let engine = Engine::open(config)?;
+    let members = if args.heartbeats_per_sec > 0 {
+        heartbeat::join_members(&engine, args.heartbeat_members)?
+    } else {
+        Vec::new()
+    };
 
     let names = group_names(args.groups);
     let committers = args.committers.max(1);
@@ -381,10 +395,34 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                 )
             }));
         }
+        let heartbeater = (!members.is_empty()).then(|| {
+            let (engine, members) = (&engine, &members);
+            scope.spawn(move || {
+                if let Some(core) = committer_core {
+                    core_affinity::set_for_current(core);
+                }
+                heartbeat::run(
+                    engine,
+                    members,
+                    args.heartbeats_per_sec,
+                    measure_from,
+                    stop_at,
+                )
+            })
+        });
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let before = engine.metrics()?;
         std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
         let after = engine.metrics()?;
+        if let Some(heartbeater) = heartbeater {
+            match heartbeater.join() {
+                Ok((answered, errors)) => println!(
+                    "heartbeats: {answered} answered in the measured window ({:.0}/s), {errors} errors",
+                    answered as f64 / args.duration
+                ),
+                Err(_) => return Err("the heartbeat thread panicked".into()),
+            }
+        }
         let mut outs = Vec::with_capacity(committers);
         for handle in handles {
             match handle.join() {
@@ -554,6 +592,105 @@ fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<Flo
     })
 }
 
+/// The heartbeat load: Stable one-member groups and a paced heartbeater.
+mod heartbeat {
+    use std::time::{Duration, Instant};
+
+    use coffer::Engine;
+    use coffer::group::{JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+
+    use super::BoxResult;
+
+    /// Pacing step of the heartbeater.
+    const STEP: Duration = Duration::from_millis(1);
+
+    /// Joins and syncs `count` one-member groups (all joins, then all syncs, in flight
+    /// together so the group metadata writes share flushes); returns (group, member) ids.
+    pub fn join_members(engine: &Engine, count: usize) -> BoxResult<Vec<(String, String)>> {
+        let groups: Vec<String> = (0..count).map(|i| format!("hb-group-{i:06}")).collect();
+        let joins: Vec<_> = groups
+            .iter()
+            .map(|group_id| {
+                engine.join_group(JoinGroupRequest {
+                    group_id: group_id.clone(),
+                    member_id: String::new(),
+                    group_instance_id: None,
+                    client_id: "hb".into(),
+                    client_host: "/127.0.0.1".into(),
+                    session_timeout_ms: 45_000,
+                    rebalance_timeout_ms: 300_000,
+                    protocol_type: "consumer".into(),
+                    protocols: vec![JoinProtocol {
+                        name: "range".into(),
+                        metadata: Vec::new(),
+                    }],
+                    require_known_member_id: false,
+                })
+            })
+            .collect();
+        let mut members = Vec::with_capacity(count);
+        for (group_id, join) in groups.into_iter().zip(joins) {
+            let joined = join.wait();
+            if let Some(error) = joined.error {
+                return Err(format!("joining {group_id}: {error}").into());
+            }
+            members.push((group_id, joined.member_id));
+        }
+        let syncs: Vec<_> = members
+            .iter()
+            .map(|(group_id, member_id)| {
+                engine.sync_group(SyncGroupRequest {
+                    group_id: group_id.clone(),
+                    member_id: member_id.clone(),
+                    group_instance_id: None,
+                    generation_id: 1,
+                    protocol_type: None,
+                    protocol_name: None,
+                    assignments: vec![(member_id.clone(), vec![0; 16])],
+                })
+            })
+            .collect();
+        for sync in syncs {
+            if let Some(error) = sync.wait().error {
+                return Err(format!("syncing: {error}").into());
+            }
+        }
+        Ok(members)
+    }
+
+    /// Sends `per_sec` heartbeats per second round robin over `members` until `stop_at`,
+    /// waiting for each step's answers; returns (answers in the measured window, errors).
+    pub fn run(
+        engine: &Engine,
+        members: &[(String, String)],
+        per_sec: u64,
+        measure_from: Instant,
+        stop_at: Instant,
+    ) -> (u64, u64) {
+        let started = Instant::now();
+        let (mut sent, mut answered, mut errors, mut next) = (0u64, 0u64, 0u64, 0usize);
+        let mut pending = Vec::new();
+        while Instant::now() < stop_at {
+            let due = (started.elapsed().as_secs_f64() * per_sec as f64) as u64;
+            while sent < due {
+                let (group_id, member_id) = &members[next];
+                next = (next + 1) % members.len();
+                pending.push(engine.heartbeat(group_id, member_id, None, 1));
+                sent += 1;
+            }
+            let in_window = Instant::now() >= measure_from;
+            for answer in pending.drain(..) {
+                if answer.wait().is_err() {
+                    errors += 1;
+                }
+                answered += u64::from(in_window);
+            }
+            std::thread::sleep(STEP);
+        }
+        (answered, errors)
+    }
+}
+
 fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let args = Args::parse();
     if args.partitions_per_request == 0 || args.groups == 0 || args.topic_partitions <= 0 {
@@ -575,7 +712,7 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
 fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()> {
     println!(
-        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} s + {} s warmup, dir {}",
+        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} heartbeats/s over {} members, {} s + {} s warmup, dir {}",
         args.committers,
         cores.last().map(|c| c.id),
         args.shards,
@@ -588,6 +725,8 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         args.topic_partitions,
         args.offsets_partitions,
         args.linger_us,
+        args.heartbeats_per_sec,
+        args.heartbeat_members,
         args.duration,
         args.warmup,
         dir.display()
@@ -671,7 +810,8 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
 
     if let Some(path) = &args.json {
         let json = format!(
-            "{{\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+            "{{\n  \"heartbeats_per_sec\": {},\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+            args.heartbeats_per_sec,
             args.in_flight,
             args.rate
                 .map_or("null".to_string(), |rate| format!("{rate:.1}")),

@@ -23,13 +23,6 @@ pub enum GroupActivity {
     NoGroupState,
 }
 
-/// Hook for the groups work (issue 6): until groups exist every group has no group state.
-/// Replace with a lookup in the shard's group table: `HasMembers` for a group with members,
-/// `EmptySince(state timestamp)` for an empty one.
-pub(crate) fn group_activity(_group: &str) -> GroupActivity {
-    GroupActivity::NoGroupState
-}
-
 /// An offset to expire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExpiredOffset {

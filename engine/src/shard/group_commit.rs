@@ -84,6 +84,10 @@ pub(crate) struct PendingCommit {
     pub deadline: Instant,
     /// Taken when the commit is answered.
     completer: Option<Completer>,
+    /// The committer's generation and member, checked on the shard; `None`: a simple
+    /// commit. Boxed so simple commits stay small; the box is kept for reuse.
+    fence: Option<Box<crate::group::CommitFence>>,
+    fenced: bool,
 }
 
 /// Largest number of offsets a pooled commit keeps room for; bigger ones are freed after use.
@@ -106,6 +110,8 @@ impl PendingCommit {
             accepted: now,
             deadline: now,
             completer: None,
+            fence: None,
+            fenced: false,
         }
     }
 
@@ -139,6 +145,7 @@ impl PendingCommit {
         }
         self.offsets_len = offsets.len();
         self.bytes_max = bytes_max;
+        self.fenced = false;
     }
 
     /// Takes a request's offsets as built (tombstones: a rare path, so they arrive owned).
@@ -155,6 +162,35 @@ impl PendingCommit {
         self.offsets_len = offsets.len();
         self.offsets = offsets;
         self.bytes_max = bytes_max;
+        self.fenced = false;
+    }
+
+    /// Sets the commit's fence (`None`: a simple commit), reusing the kept box and strings.
+    pub(crate) fn set_fence(&mut self, fence: Option<&crate::group::CommitFence>) {
+        self.fenced = fence.is_some();
+        let Some(fence) = fence else {
+            return;
+        };
+        let Some(kept) = self.fence.as_mut() else {
+            // Allocates only until this pooled commit has carried one fence.
+            self.fence = Some(Box::new(fence.clone()));
+            return;
+        };
+        kept.generation_id = fence.generation_id;
+        kept.member_id.clear();
+        kept.member_id.push_str(&fence.member_id);
+        match (&mut kept.group_instance_id, &fence.group_instance_id) {
+            (Some(kept_id), Some(id)) => {
+                kept_id.clear();
+                kept_id.push_str(id);
+            }
+            (kept_id, id) => *kept_id = id.clone(),
+        }
+    }
+
+    /// The commit's fence, if it is not a simple commit.
+    pub(crate) fn fence(&self) -> Option<&crate::group::CommitFence> {
+        self.fence.as_deref().filter(|_| self.fenced)
     }
 
     /// Arms the commit: its acceptance time, deadline and completer.

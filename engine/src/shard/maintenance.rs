@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::compact::job::{CompactionJob, StepContext, StepOutcome};
-use crate::compact::retention::{self, ExpiredOffset};
+use crate::compact::retention::{self, ExpiredOffset, GroupActivity};
 use crate::compact::select::{self, Candidate, SelectSettings};
 use crate::compact::{
     COMPACTION_CREDIT_STEPS_MAX, COMPACTION_READ_PER_BYTE_WRITTEN, COMPACTION_STEP_BYTES_MAX,
@@ -90,38 +90,50 @@ impl Maintenance {
 impl Shard {
     /// Blocks for the next request; while the inbox is empty runs compaction steps (one per
     /// look at the inbox, so a request waits behind at most one bounded step), when due the
-    /// retention check, and frees the offset caches' retired memory. `None` when every
-    /// sender is gone.
+    /// retention check, and frees the offset caches' retired memory. Returns `Timeout` when
+    /// the groups need service (their tick is due), `Disconnected` when every sender is gone.
     pub(super) fn next_request(
         &mut self,
         requests: &crossbeam_channel::Receiver<super::Request>,
-    ) -> Option<super::Request> {
+    ) -> Result<super::Request, crossbeam_channel::RecvTimeoutError> {
         use crossbeam_channel::{RecvTimeoutError, TryRecvError};
         loop {
             if Instant::now() >= self.maintenance.next_retention_check {
                 self.retention_check(super::wall_clock_ms());
             }
+            // Group deadlines (session expiry, rebalance timeouts) bound every wait.
+            let group_bound = self.group_wait_bound();
             if self.maintenance.has_compaction_work() {
                 match requests.try_recv() {
-                    Ok(request) => return Some(request),
+                    Ok(request) => return Ok(request),
                     Err(TryRecvError::Empty) => self.compaction_step(super::wall_clock_ms()),
-                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                }
+                if group_bound.is_some() {
+                    return Err(RecvTimeoutError::Timeout);
                 }
                 continue;
             }
             if let Ok(request) = requests.try_recv() {
-                return Some(request);
+                return Ok(request);
             }
+            let now = Instant::now();
             let mut deadline = self.maintenance.next_retention_check;
             if self.collect_caches() {
                 // Retired cache memory a pinned reader still holds: try again soon, so a
                 // shard that goes quiet does not keep it indefinitely.
-                deadline = deadline.min(Instant::now() + super::IDLE_COLLECT_INTERVAL);
+                deadline = deadline.min(now + super::IDLE_COLLECT_INTERVAL);
+            }
+            if let Some(bound) = group_bound {
+                deadline = deadline.min(now + bound);
             }
             match requests.recv_deadline(deadline) {
-                Ok(request) => return Some(request),
+                Ok(request) => return Ok(request),
+                Err(RecvTimeoutError::Timeout) if group_bound.is_some() => {
+                    return Err(RecvTimeoutError::Timeout);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
             }
         }
     }
@@ -336,20 +348,31 @@ impl Shard {
         let retention_ms = self.maintenance.offsets_retention_ms;
         let mut expired: Vec<ExpiredOffset> = Vec::new();
         let mut more = false;
+        let coordinator = &self.groups.coordinator;
+        // KIP-211: a group with members keeps its offsets; an empty one ages from when it
+        // became empty; a group with no state (simple commits only) from each commit.
+        let activity = |group: &str| {
+            if coordinator.has_members(group) {
+                GroupActivity::HasMembers
+            } else if let Some(empty_since_ms) = coordinator.empty_since_ms(group) {
+                GroupActivity::EmptySince(i64::try_from(empty_since_ms).unwrap_or(i64::MAX))
+            } else {
+                GroupActivity::NoGroupState
+            }
+        };
         for (index, hosted) in self.partitions.iter().enumerate() {
             let (Some(cache), Some(_), None) =
                 (hosted.cache.as_deref(), &hosted.log, &hosted.failure)
             else {
                 continue;
             };
-            let activity = &retention::group_activity;
             let partition = index as u32;
             more |= retention::collect_expired(
                 cache,
                 partition,
                 now_ms,
                 retention_ms,
-                activity,
+                &activity,
                 &mut expired,
             );
         }

@@ -8,10 +8,12 @@
 //! Every request is acknowledged only after its partition's write is durable.
 
 pub(crate) mod group_commit;
+mod groups;
 mod local;
 mod maintenance;
 mod metrics;
 
+pub(crate) use groups::GroupRequest;
 pub use local::{LocalShard, PartitionHandoff};
 pub use maintenance::PartitionSpace;
 pub use metrics::ShardMetrics;
@@ -26,11 +28,14 @@ use crate::compact::PartitionCompaction;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::format::{BatchView, FormatError, OffsetCommitValue, RecordKey, decode_key};
+use crate::format::{
+    BatchView, FormatError, GroupMetadataValue, OffsetCommitValue, RecordKey, decode_key,
+};
 use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
 use group_commit::{CommitPool, GroupCommitBatch, PendingCommit, encode_partition_batch};
+use groups::{GroupReplay, ShardGroups};
 use maintenance::Maintenance;
 
 /// What recovery found when the engine opened.
@@ -44,7 +49,7 @@ pub struct RecoveryReport {
     pub tombstones: u64,
     /// Records of types this version does not know, skipped as Kafka skips them.
     pub unknown_records: u64,
-    /// Group metadata records seen (restored by the groups work, issue 6).
+    /// Group metadata records replayed (the latest per group restores the group).
     pub group_metadata_records: u64,
     /// Records in transactional or control batches, not yet interpreted.
     pub transactional_records: u64,
@@ -98,6 +103,8 @@ pub(crate) enum Request {
         now_ms: i64,
         reply: Sender<Result<u64>>,
     },
+    /// Consumer group protocol and admin calls (`groups.rs`).
+    Group(GroupRequest),
 }
 
 /// One offsets partition hosted by a shard.
@@ -169,6 +176,8 @@ pub(crate) struct Shard {
     metrics: ShardMetrics,
     /// Compaction and retention (see `maintenance`).
     maintenance: Maintenance,
+    /// The classic groups of the hosted partitions (`groups.rs`).
+    groups: ShardGroups,
 }
 
 enum Step {
@@ -209,11 +218,13 @@ impl Shard {
             commit_pool,
             metrics: ShardMetrics::new(index),
             maintenance: Maintenance::new(config, events),
+            groups: ShardGroups::new(&config.groups, index),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
             shard.load_partition(partition, cache, true, &mut report)?;
         }
+        shard.finish_opening_groups();
         Ok((shard, report))
     }
 
@@ -236,12 +247,14 @@ impl Shard {
             return Err(Error::InvalidRequest("offsets partition already loaded"));
         }
         let mut compaction = PartitionCompaction::default();
+        let mut group_replay = GroupReplay::new();
         let mut visit = |view: &BatchView<'_>, _position: u64, table: &mut SegmentTable| {
             let mut replay = Replay {
                 cache: cache.as_mut(),
                 fill,
                 table,
                 compaction: &mut compaction,
+                groups: &mut group_replay,
             };
             replay.batch(report, view)
         };
@@ -269,6 +282,7 @@ impl Shard {
             compaction,
         };
         self.maintenance.note_maybe_dirty();
+        self.restore_groups(partition, group_replay);
         Ok(())
     }
 
@@ -279,6 +293,7 @@ impl Shard {
             self.flush();
         }
         self.abandon_compaction(partition);
+        self.unload_groups(partition);
         let slot = self
             .partitions
             .get_mut(partition as usize)
@@ -302,8 +317,9 @@ impl Shard {
             match carry.take() {
                 Some(commit) => self.add(commit, &mut carry),
                 None => match self.next_request(&requests) {
-                    Some(request) => step = self.handle(request, &mut carry),
-                    None => break None,
+                    Ok(request) => step = self.handle(request, &mut carry),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break None,
                 },
             }
             // Adaptive batching: take what queued up during the last flush, without waiting.
@@ -328,6 +344,7 @@ impl Shard {
                 self.flush();
                 self.after_flush();
             }
+            self.service_groups();
             if let Step::Stop(reply) = step {
                 if let Some(commit) = carry.take() {
                     self.add(commit, &mut carry);
@@ -368,7 +385,12 @@ impl Shard {
 
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
         match request {
-            Request::Commit(commit) => self.add(commit, carry),
+            Request::Commit(commit) => {
+                if let Some(commit) = self.fence_commit(commit) {
+                    self.add(commit, carry);
+                }
+            }
+            Request::Group(request) => self.handle_group(request),
             Request::Metrics { reply } => {
                 let _ = reply.send(self.metrics_snapshot());
             }
@@ -639,6 +661,8 @@ struct Replay<'r> {
     fill: bool,
     table: &'r mut SegmentTable,
     compaction: &'r mut PartitionCompaction,
+    /// Each group's latest GroupMetadata record, restored into the coordinator afterwards.
+    groups: &'r mut GroupReplay,
 }
 
 impl Replay<'_> {
@@ -684,6 +708,12 @@ impl Replay<'_> {
                     let tombstone = record.value.is_none();
                     self.compaction
                         .group_record(key.group, record_offset, tombstone, self.table);
+                    let value = match record.value {
+                        None => None,
+                        Some(value) => Some(GroupMetadataValue::decode(value)?.1),
+                    };
+                    self.groups
+                        .insert(key.group.to_owned(), (value, record_offset as u64));
                 }
                 RecordKey::Unknown { .. } => report.unknown_records += 1,
             }

@@ -1,0 +1,247 @@
+//! Group coordinator micro benchmarks: heartbeats per second on one shard's coordinator
+//! holding 100,000 members, visited in a shuffled order so lookups miss the CPU caches as
+//! they would under real load (or in join order). Members either joined through this
+//! coordinator (their generated ids let a heartbeat find them without a map lookup), were
+//! restored after a restart from the records the joined fleet wrote, or were restored from
+//! records with ids some other coordinator made (those go through the maps).
+//!
+//! `cargo bench -p coffer-bench --bench groups -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+
+use coffer::format::{GroupMetadataValue, MemberMetadata};
+use coffer::group::{
+    GroupConfig, GroupCoordinator, GroupReply, JoinGroupRequest, JoinProtocol, SyncGroupRequest,
+};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const MEMBERS: usize = 100_000;
+/// Heartbeats per measured iteration.
+const BATCH: usize = 4096;
+const SESSION_TIMEOUT_MS: i32 = 45_000;
+
+struct Fleet {
+    coordinator: GroupCoordinator,
+    /// (group id, member id) in a shuffled visiting order.
+    order: Vec<(String, String)>,
+    generation: i32,
+    /// The GroupMetadata records the fleet's groups wrote.
+    records: Vec<coffer::group::PersistRecord>,
+}
+
+/// `groups` Stable groups of `MEMBERS / groups` members each, joined through the
+/// coordinator (JoinGroup, then the leader's SyncGroup) and brought to generation 7.
+fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
+    let now_ms = 1_000;
+    let config = GroupConfig {
+        group_initial_rebalance_delay_ms: 0,
+        ..GroupConfig::default()
+    };
+    let mut coordinator = GroupCoordinator::new(config, 1, now_ms);
+    let per_group = MEMBERS / groups;
+    let mut order = Vec::with_capacity(MEMBERS);
+    let mut records = Vec::with_capacity(groups);
+    let mut ticket = 0;
+    for g in 0..groups {
+        let group_id = format!("consumer-group-{g:05}");
+        let join = |member_id: &str| JoinGroupRequest {
+            group_id: group_id.clone(),
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: format!("consumer-{g}"),
+            client_host: "/10.1.2.3".into(),
+            session_timeout_ms: SESSION_TIMEOUT_MS,
+            rebalance_timeout_ms: 300_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![JoinProtocol {
+                name: "range".into(),
+                metadata: vec![0; 32],
+            }],
+            require_known_member_id: false,
+        };
+        // All members join one rebalance: the first join completes generation 1 alone, the
+        // others wait; the first member's rejoin completes the next generation with all.
+        let mut ids = Vec::with_capacity(per_group);
+        for _ in 0..per_group {
+            ticket += 1;
+            let answered = coordinator.join(join(""), 0, ticket, now_ms);
+            debug_assert!(answered.is_none());
+        }
+        let mut leader = None;
+        let mut replies: Vec<GroupReply> = coordinator.take_replies().collect();
+        ticket += 1;
+        let first = match &replies[0] {
+            GroupReply::Join(_, response) => response.member_id.clone(),
+            GroupReply::Sync(..) => unreachable!(),
+        };
+        coordinator.join(join(&first), 0, ticket, now_ms);
+        replies.extend(coordinator.take_replies());
+        let mut generation = 0;
+        for reply in replies.iter().skip(1) {
+            if let GroupReply::Join(_, response) = reply {
+                ids.push(response.member_id.clone());
+                generation = response.generation_id;
+                leader = Some(response.leader.clone());
+            }
+        }
+        let leader = leader.expect("joined");
+        ticket += 1;
+        let sync = SyncGroupRequest {
+            group_id: group_id.clone(),
+            member_id: leader.clone(),
+            group_instance_id: None,
+            generation_id: generation,
+            protocol_type: None,
+            protocol_name: None,
+            assignments: ids.iter().map(|id| (id.clone(), vec![0; 64])).collect(),
+        };
+        coordinator.sync(sync, ticket, now_ms);
+        for record in coordinator.take_persists().collect::<Vec<_>>() {
+            coordinator.persisted(&record.group_id, record.generation_id, Ok(1), now_ms);
+            records.push(record);
+        }
+        coordinator.take_replies().for_each(drop);
+        assert_eq!(ids.len(), per_group);
+        assert_eq!(generation, 2);
+        order.extend(ids.into_iter().map(|id| (group_id.clone(), id)));
+    }
+    shuffle_in_place(&mut order, shuffle);
+    Fleet {
+        coordinator,
+        order,
+        generation: 2,
+        records,
+    }
+}
+
+/// The joined fleet after a restart: a new coordinator restores every group from its
+/// GroupMetadata record (the shard expects the members first, as at open).
+fn restarted_fleet(groups: usize, shuffle: bool) -> Fleet {
+    let joined = joined_fleet(groups, shuffle);
+    let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 2, 1_000);
+    coordinator.expect_restored_members(MEMBERS);
+    for record in joined.records {
+        coordinator
+            .load(&record.group_id, 0, record.value, 1, 1_000)
+            .expect("groups fit");
+    }
+    Fleet {
+        coordinator,
+        order: joined.order,
+        generation: 2,
+        records: Vec::new(),
+    }
+}
+
+/// Shuffles the visiting order (when asked), then copies the ids afresh in that order so
+/// they lie in memory in the order they are read, as requests do in a receive buffer: the
+/// benchmark measures the coordinator's cache misses, not the harness's.
+fn shuffle_in_place(order: &mut Vec<(String, String)>, shuffle: bool) {
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..order.len()).rev().filter(|_| shuffle) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        order.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    let laid_out: Vec<(String, String)> = order
+        .iter()
+        .map(|(group, member)| (group.as_str().to_owned(), member.as_str().to_owned()))
+        .collect();
+    *order = laid_out;
+}
+
+/// `groups` Stable groups of `MEMBERS / groups` members each, restored at generation 7 from
+/// records whose member ids this coordinator did not generate (another coordinator's, as
+/// after a migration from Kafka): they take the map path. Visited in a shuffled order, or in
+/// join order when `shuffle` is false.
+fn foreign_fleet(groups: usize, shuffle: bool) -> Fleet {
+    let now_ms = 1_000;
+    let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 1, now_ms);
+    let per_group = MEMBERS / groups;
+    let mut order = Vec::with_capacity(MEMBERS);
+    for g in 0..groups {
+        let group_id = format!("consumer-group-{g:05}");
+        let members: Vec<MemberMetadata> = (0..per_group)
+            .map(|m| MemberMetadata {
+                member_id: format!("consumer-{g}-{m}-5f1c2a9e-6f0b-4d5e-9a3c-1b2d3e4f5a6b"),
+                client_id: format!("consumer-{g}-{m}"),
+                client_host: "/10.1.2.3".into(),
+                rebalance_timeout: 300_000,
+                session_timeout: SESSION_TIMEOUT_MS,
+                subscription: vec![0; 32],
+                assignment: vec![0; 64],
+                ..MemberMetadata::default()
+            })
+            .collect();
+        for member in &members {
+            order.push((group_id.clone(), member.member_id.clone()));
+        }
+        let value = GroupMetadataValue {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol: Some("range".into()),
+            leader: Some(members[0].member_id.clone()),
+            current_state_timestamp: 0,
+            members,
+        };
+        coordinator
+            .load(&group_id, 0, Some(value), 0, now_ms)
+            .expect("groups fit");
+    }
+    shuffle_in_place(&mut order, shuffle);
+    Fleet {
+        coordinator,
+        order,
+        generation: 7,
+        records: Vec::new(),
+    }
+}
+
+fn heartbeats(c: &mut Criterion) {
+    let mut bench = c.benchmark_group("heartbeat");
+    bench.throughput(Throughput::Elements(BATCH as u64));
+    let runs = [
+        ("joined", 1000, true),
+        ("joined", 10, true),
+        ("joined", 1000, false),
+        ("restarted", 1000, true),
+        ("foreign", 1000, true),
+        ("foreign", 10, true),
+        ("foreign", 1000, false),
+    ];
+    for (how, groups, shuffle) in runs {
+        let mut fleet = match how {
+            "joined" => joined_fleet(groups, shuffle),
+            "restarted" => restarted_fleet(groups, shuffle),
+            _ => foreign_fleet(groups, shuffle),
+        };
+        let mut next = 0;
+        let mut now_ms = 1_000;
+        let visit = if shuffle { "shuffled" } else { "in_order" };
+        let name = format!("100k_{how}_members_{groups}_groups_{visit}");
+        bench.bench_function(name, |b| {
+            b.iter(|| {
+                // Every batch is 1 ms later: sessions move between wheel slots as in life.
+                now_ms += 1;
+                for _ in 0..BATCH {
+                    let (group, member) = &fleet.order[next];
+                    next = (next + 1) % fleet.order.len();
+                    let generation = fleet.generation;
+                    let result = fleet
+                        .coordinator
+                        .heartbeat(group, member, None, generation, now_ms);
+                    debug_assert!(result.is_ok());
+                    black_box(result).ok();
+                }
+                // Expire nothing (every member heartbeats well within its session), but pay
+                // for the tick as the shard does.
+                black_box(fleet.coordinator.tick(now_ms));
+            })
+        });
+    }
+    bench.finish();
+}
+
+criterion_group!(benches, heartbeats);
+criterion_main!(benches);

@@ -1,0 +1,1080 @@
+//! State machine tests with a controlled clock: every transition and error code.
+
+use std::collections::HashMap;
+
+use super::*;
+
+const SESSION_MS: i32 = 10_000;
+const REBALANCE_MS: i32 = 30_000;
+const GROUP: &str = "g";
+
+fn config() -> GroupConfig {
+    GroupConfig {
+        group_initial_rebalance_delay_ms: 0,
+        ..GroupConfig::default()
+    }
+}
+
+struct Harness {
+    coordinator: GroupCoordinator,
+    now_ms: u64,
+    next_ticket: Ticket,
+    replies: HashMap<Ticket, GroupReply>,
+    next_position: u64,
+    last_records: Vec<PersistRecord>,
+}
+
+/// A JoinGroup that either answered at once or is parked under a ticket.
+#[derive(Debug)]
+enum Joined {
+    Now(JoinGroupResponse),
+    Waiting(Ticket),
+}
+
+fn join_request(
+    member_id: &str,
+    instance_id: Option<&str>,
+    protocols: &[&str],
+) -> JoinGroupRequest {
+    JoinGroupRequest {
+        group_id: GROUP.into(),
+        member_id: member_id.into(),
+        group_instance_id: instance_id.map(Into::into),
+        client_id: "client".into(),
+        client_host: "/10.0.0.1".into(),
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: REBALANCE_MS,
+        protocol_type: "consumer".into(),
+        protocols: protocols
+            .iter()
+            .map(|name| JoinProtocol {
+                name: (*name).into(),
+                metadata: format!("sub-{name}").into_bytes(),
+            })
+            .collect(),
+        require_known_member_id: true,
+    }
+}
+
+fn sync_request(
+    member_id: &str,
+    generation_id: i32,
+    assignments: &[(&str, &[u8])],
+) -> SyncGroupRequest {
+    SyncGroupRequest {
+        group_id: GROUP.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        generation_id,
+        protocol_type: Some("consumer".into()),
+        protocol_name: None,
+        assignments: assignments
+            .iter()
+            .map(|(id, a)| ((*id).to_owned(), a.to_vec()))
+            .collect(),
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(config())
+    }
+
+    fn with(config: GroupConfig) -> Harness {
+        Harness {
+            coordinator: GroupCoordinator::new(config, 7, 1_000),
+            now_ms: 1_000,
+            next_ticket: 1,
+            replies: HashMap::new(),
+            next_position: 100,
+            last_records: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+        while self.coordinator.tick(self.now_ms) {}
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        for reply in self.coordinator.take_replies() {
+            let ticket = match &reply {
+                GroupReply::Join(t, _) | GroupReply::Sync(t, _) => *t,
+            };
+            assert!(
+                self.replies.insert(ticket, reply).is_none(),
+                "answered twice"
+            );
+        }
+    }
+
+    fn join(&mut self, request: JoinGroupRequest) -> Joined {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let answer = self.coordinator.join(request, 0, ticket, self.now_ms);
+        self.collect();
+        match answer {
+            Some(response) => Joined::Now(response),
+            None => Joined::Waiting(ticket),
+        }
+    }
+
+    /// The full dynamic first join: MEMBER_ID_REQUIRED, then the rejoin with the id.
+    fn join_new(&mut self, protocols: &[&str]) -> (String, Joined) {
+        let Joined::Now(first) = self.join(join_request("", None, protocols)) else {
+            panic!("first join of a v4 dynamic member answers at once");
+        };
+        assert_eq!(first.error, Some(GroupError::MemberIdRequired));
+        assert!(first.member_id.starts_with("client-"));
+        let member_id = first.member_id;
+        let joined = self.join(join_request(&member_id, None, protocols));
+        (member_id, joined)
+    }
+
+    fn join_reply(&mut self, ticket: Ticket) -> Option<JoinGroupResponse> {
+        match self.replies.remove(&ticket)? {
+            GroupReply::Join(_, response) => Some(response),
+            other => panic!("expected a join reply, got {other:?}"),
+        }
+    }
+
+    /// Rejoins the static member `i-1` (`leader_id`) so a parked join `ticket` completes;
+    /// returns the parked member's id.
+    fn join_reply_later(&mut self, ticket: Ticket, leader_id: &str) -> String {
+        let Joined::Waiting(t) = self.join(join_request(leader_id, Some("i-1"), &["range"])) else {
+            panic!()
+        };
+        assert!(self.join_reply(t).is_some());
+        self.join_reply(ticket).unwrap().member_id
+    }
+
+    fn sync(&mut self, request: SyncGroupRequest) -> Result<SyncGroupResponse, Ticket> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let answer = self.coordinator.sync(request, ticket, self.now_ms);
+        self.collect();
+        answer.ok_or(ticket)
+    }
+
+    fn sync_reply(&mut self, ticket: Ticket) -> Option<SyncGroupResponse> {
+        match self.replies.remove(&ticket)? {
+            GroupReply::Sync(_, response) => Some(response),
+            other => panic!("expected a sync reply, got {other:?}"),
+        }
+    }
+
+    /// Acknowledges every pending GroupMetadata write; returns them.
+    fn persist_all(&mut self, result: Result<(), GroupError>) -> Vec<PersistRecord> {
+        let records: Vec<PersistRecord> = self.coordinator.take_persists().collect();
+        for record in &records {
+            let outcome = result.map(|()| {
+                self.next_position += 1;
+                self.next_position
+            });
+            self.coordinator.persisted(
+                &record.group_id,
+                record.generation_id,
+                outcome,
+                self.now_ms,
+            );
+        }
+        self.collect();
+        self.last_records.clone_from(&records);
+        records
+    }
+
+    fn heartbeat(&mut self, member_id: &str, generation_id: i32) -> Result<(), GroupError> {
+        self.coordinator
+            .heartbeat(GROUP, member_id, None, generation_id, self.now_ms)
+    }
+
+    fn state(&self) -> Option<GroupState> {
+        self.coordinator.state(GROUP)
+    }
+
+    /// One member joined and synced: returns its id (generation 1, Stable).
+    fn stable_single(&mut self) -> String {
+        let (id, joined) = self.join_new(&["range"]);
+        let Joined::Waiting(ticket) = joined else {
+            panic!("join waits for the join phase")
+        };
+        let response = self.join_reply(ticket).expect("join completes at once");
+        assert_eq!(response.generation_id, 1);
+        let Err(sync) = self.sync(sync_request(&id, 1, &[(&id, b"a1")])) else {
+            panic!("leader sync waits for the write")
+        };
+        self.persist_all(Ok(()));
+        assert_eq!(self.sync_reply(sync).unwrap().assignment, b"a1");
+        assert_eq!(self.state(), Some(GroupState::Stable));
+        id
+    }
+
+    /// Two members Stable at generation 2: (leader, follower).
+    fn stable_pair(&mut self) -> (String, String) {
+        let a = self.stable_single();
+        let (b, joined) = self.join_new(&["range"]);
+        let Joined::Waiting(b_ticket) = joined else {
+            panic!("second member waits")
+        };
+        assert_eq!(self.state(), Some(GroupState::PreparingRebalance));
+        assert_eq!(self.heartbeat(&a, 1), Err(GroupError::RebalanceInProgress));
+        let Joined::Waiting(a_ticket) = self.join(join_request(&a, None, &["range"])) else {
+            panic!("leader rejoin waits")
+        };
+        let a_join = self.join_reply(a_ticket).unwrap();
+        let b_join = self.join_reply(b_ticket).unwrap();
+        assert_eq!(a_join.generation_id, 2);
+        assert_eq!(a_join.leader, a);
+        assert_eq!(a_join.members.len(), 2);
+        assert!(b_join.members.is_empty());
+        assert_eq!(self.state(), Some(GroupState::CompletingRebalance));
+        let Err(b_sync) = self.sync(sync_request(&b, 2, &[])) else {
+            panic!("follower waits for the leader")
+        };
+        let Err(a_sync) = self.sync(sync_request(&a, 2, &[(&a, b"pa"), (&b, b"pb")])) else {
+            panic!("leader waits for the write")
+        };
+        assert!(self.sync_reply(b_sync).is_none());
+        let records = self.persist_all(Ok(()));
+        assert_eq!(records.len(), 1);
+        let value = records[0].value.as_ref().unwrap();
+        assert_eq!(value.generation, 2);
+        assert_eq!(value.members.len(), 2);
+        assert_eq!(self.sync_reply(b_sync).unwrap().assignment, b"pb");
+        assert_eq!(self.sync_reply(a_sync).unwrap().assignment, b"pa");
+        assert_eq!(self.state(), Some(GroupState::Stable));
+        (a, b)
+    }
+}
+
+#[test]
+fn first_join_dance_single_member_reaches_stable() {
+    let mut h = Harness::new();
+    assert_eq!(h.state(), None);
+    let id = h.stable_single();
+    assert_eq!(h.heartbeat(&id, 1), Ok(()));
+    let records = h.coordinator.metadata_log_position(GROUP);
+    assert_eq!(records, Some(101));
+    assert!(h.coordinator.has_members(GROUP));
+    assert_eq!(h.coordinator.empty_since_ms(GROUP), None);
+}
+
+#[test]
+fn a_second_member_rebalances_and_the_leader_gets_the_members() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    assert_eq!(h.heartbeat(&a, 2), Ok(()));
+    assert_eq!(h.heartbeat(&b, 2), Ok(()));
+    assert_eq!(h.heartbeat(&b, 1), Err(GroupError::IllegalGeneration));
+}
+
+#[test]
+fn heartbeats_keep_a_member_alive_and_silence_expires_it() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    for _ in 0..2 {
+        h.advance(4_000);
+        assert_eq!(h.heartbeat(&a, 2), Ok(()));
+    }
+    assert_eq!(h.state(), Some(GroupState::Stable));
+    // b never heartbeat: expired after its session; the group rebalances without it.
+    h.advance(4_000);
+    assert_eq!(h.heartbeat(&a, 2), Err(GroupError::RebalanceInProgress));
+    assert_eq!(h.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    let Joined::Waiting(t) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    let response = h.join_reply(t).unwrap();
+    assert_eq!((response.generation_id, response.members.len()), (3, 1));
+}
+
+#[test]
+fn session_expiry_of_the_last_member_empties_the_group() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    h.advance(SESSION_MS as u64 - 1);
+    assert_eq!(h.state(), Some(GroupState::Stable));
+    h.advance(1);
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    assert_eq!(h.coordinator.generation(GROUP), Some(2));
+    assert_eq!(h.heartbeat(&id, 2), Err(GroupError::UnknownMemberId));
+    let records = h.persist_all(Ok(()));
+    assert_eq!(records.len(), 1);
+    let value = records[0].value.as_ref().unwrap();
+    assert!(value.members.is_empty());
+    assert_eq!(value.generation, 2);
+    assert_eq!(h.coordinator.empty_since_ms(GROUP), Some(h.now_ms));
+    assert!(!h.coordinator.has_members(GROUP));
+}
+
+#[test]
+fn a_member_not_rejoining_within_the_rebalance_timeout_is_removed() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    // a rejoins (a leader's rejoin always rebalances); b keeps heartbeating but never
+    // rejoins: max.poll.interval.ms semantics.
+    let Joined::Waiting(a_ticket) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    for _ in 0..5 {
+        h.advance(REBALANCE_MS as u64 / 6);
+        assert_eq!(h.heartbeat(&b, 2), Err(GroupError::RebalanceInProgress));
+    }
+    assert!(h.join_reply(a_ticket).is_none());
+    h.advance(REBALANCE_MS as u64 / 6);
+    let response = h
+        .join_reply(a_ticket)
+        .expect("join completes at the rebalance timeout");
+    assert_eq!(response.generation_id, 3);
+    assert_eq!(response.members.len(), 1);
+    assert_eq!(h.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn a_member_that_never_syncs_is_removed_after_the_rebalance_timeout() {
+    let mut h = Harness::new();
+    let a = h.stable_single();
+    let (b, Joined::Waiting(b_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Waiting(a_ticket) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    assert!(h.join_reply(a_ticket).is_some() && h.join_reply(b_ticket).is_some());
+    let Err(a_sync) = h.sync(sync_request(&a, 2, &[(&a, b"x"), (&b, b"y")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert_eq!(h.sync_reply(a_sync).unwrap().assignment, b"x");
+    assert_eq!(h.state(), Some(GroupState::Stable));
+    // b heartbeats (so its session holds) but never sends SyncGroup.
+    for _ in 0..5 {
+        h.advance(REBALANCE_MS as u64 / 6);
+        assert_eq!(h.heartbeat(&a, 2), Ok(()));
+        assert_eq!(h.heartbeat(&b, 2), Ok(()));
+    }
+    h.advance(REBALANCE_MS as u64 / 6);
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    assert_eq!(h.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn leader_leaving_mid_rebalance_hands_leadership_over() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    let Joined::Waiting(b_ticket) = h.join(join_request(&b, None, &["range", "other"])) else {
+        panic!("a follower changing protocols rebalances")
+    };
+    let left = h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: a.clone(),
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(left.members[0].1, None);
+    h.collect();
+    let response = h
+        .join_reply(b_ticket)
+        .expect("the only member left has joined");
+    assert_eq!(response.leader, b);
+    assert_eq!(response.generation_id, 3);
+    assert_eq!(response.members.len(), 1);
+    assert_eq!(h.state(), Some(GroupState::CompletingRebalance));
+}
+
+#[test]
+fn leader_leaving_while_followers_wait_for_sync_restarts_the_rebalance() {
+    let mut h = Harness::new();
+    let a = h.stable_single();
+    let (b, Joined::Waiting(b_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Waiting(_) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    assert!(h.join_reply(b_ticket).is_some());
+    let Err(b_sync) = h.sync(sync_request(&b, 2, &[])) else {
+        panic!()
+    };
+    let response = h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: a,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(response.error, None);
+    h.collect();
+    assert_eq!(
+        h.sync_reply(b_sync).unwrap().error,
+        Some(GroupError::RebalanceInProgress)
+    );
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    assert_eq!(
+        h.coordinator.validate_commit(
+            GROUP,
+            &CommitFence {
+                generation_id: 2,
+                member_id: b.clone(),
+                group_instance_id: None
+            }
+        ),
+        Ok(()),
+        "Kafka accepts commits of the current generation during PreparingRebalance"
+    );
+}
+
+#[test]
+fn failed_group_metadata_write_fails_the_sync_and_rebalances() {
+    let mut h = Harness::new();
+    let (id, Joined::Waiting(ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    assert!(h.join_reply(ticket).is_some());
+    let Err(sync) = h.sync(sync_request(&id, 1, &[(&id, b"a")])) else {
+        panic!()
+    };
+    h.persist_all(Err(GroupError::NotCoordinator));
+    assert_eq!(
+        h.sync_reply(sync).unwrap().error,
+        Some(GroupError::NotCoordinator)
+    );
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+}
+
+#[test]
+fn static_member_rejoining_replaces_and_fences_the_old_id() {
+    let mut h = Harness::new();
+    let Joined::Waiting(ticket) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!("static members skip MEMBER_ID_REQUIRED")
+    };
+    let first = h.join_reply(ticket).unwrap();
+    let old_id = first.member_id.clone();
+    let Err(sync) = h.sync(sync_request(&old_id, 1, &[(&old_id, b"asg")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(sync).is_some());
+    // The same instance restarts and joins without its member id: no rebalance.
+    let Joined::Now(replaced) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!("a static member replacing itself in Stable is answered at once")
+    };
+    assert_eq!(replaced.error, None);
+    assert_ne!(replaced.member_id, old_id);
+    assert_eq!(replaced.generation_id, 1);
+    assert_eq!(replaced.leader, replaced.member_id);
+    assert!(replaced.skip_assignment);
+    assert_eq!(h.state(), Some(GroupState::Stable));
+    assert_eq!(h.persist_all(Ok(())).len(), 1);
+    let fenced = h
+        .coordinator
+        .heartbeat(GROUP, &old_id, Some("i-1"), 1, h.now_ms);
+    assert_eq!(fenced, Err(GroupError::FencedInstanceId));
+    assert_eq!(h.heartbeat(&old_id, 1), Err(GroupError::UnknownMemberId));
+    let fine = h
+        .coordinator
+        .heartbeat(GROUP, &replaced.member_id, Some("i-1"), 1, h.now_ms);
+    assert_eq!(fine, Ok(()));
+    let synced = h.sync(SyncGroupRequest {
+        group_instance_id: Some("i-1".into()),
+        ..sync_request(&replaced.member_id, 1, &[])
+    });
+    assert_eq!(
+        synced.unwrap().assignment,
+        b"asg",
+        "the assignment carries over"
+    );
+    let commit = CommitFence {
+        generation_id: 1,
+        member_id: old_id,
+        group_instance_id: Some("i-1".into()),
+    };
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &commit),
+        Err(GroupError::FencedInstanceId)
+    );
+}
+
+#[test]
+fn a_replaced_static_member_waiting_to_join_is_fenced() {
+    let mut h = Harness::new();
+    let Joined::Waiting(t1) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let old_id = h.join_reply(t1).unwrap().member_id;
+    let Joined::Waiting(t2) = h.join(join_request("", Some("i-2"), &["range"])) else {
+        panic!()
+    };
+    let i2 = h.join_reply_later(t2, &old_id);
+    // Both are in generation 2 (CompletingRebalance). i-1 rejoins with new protocols (it
+    // awaits the join; i-2 does not), then its process restarts and joins again.
+    let Joined::Waiting(old_wait) = h.join(join_request(&old_id, Some("i-1"), &["range", "x"]))
+    else {
+        panic!()
+    };
+    let Joined::Waiting(new_wait) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    assert_eq!(
+        h.join_reply(old_wait).unwrap().error,
+        Some(GroupError::FencedInstanceId)
+    );
+    assert!(h.join_reply(new_wait).is_none());
+    let Joined::Waiting(t2) = h.join(JoinGroupRequest {
+        ..join_request(&i2, Some("i-2"), &["range"])
+    }) else {
+        panic!()
+    };
+    let response = h.join_reply(new_wait).expect("everyone has joined");
+    assert_eq!(response.generation_id, 3);
+    assert_ne!(response.member_id, old_id);
+    assert!(h.join_reply(t2).is_some());
+}
+
+#[test]
+fn a_replaced_static_member_waiting_for_sync_is_fenced() {
+    let mut h = Harness::new();
+    let Joined::Waiting(t1) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let old_id = h.join_reply(t1).unwrap().member_id;
+    let mut sync = sync_request(&old_id, 1, &[(&old_id, b"a")]);
+    sync.group_instance_id = Some("i-1".into());
+    let Err(old_sync) = h.sync(sync) else {
+        panic!()
+    };
+    let Joined::Waiting(new_wait) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    assert_eq!(
+        h.sync_reply(old_sync).unwrap().error,
+        Some(GroupError::FencedInstanceId)
+    );
+    assert_eq!(h.join_reply(new_wait).unwrap().generation_id, 2);
+    // The late write of generation 1 changes nothing.
+    h.persist_all(Ok(()));
+    assert_eq!(h.state(), Some(GroupState::CompletingRebalance));
+}
+
+#[test]
+fn initial_rebalance_delay_gathers_members_into_one_generation() {
+    let mut h = Harness::with(GroupConfig {
+        group_initial_rebalance_delay_ms: 3_000,
+        ..config()
+    });
+    let (_, Joined::Waiting(t1)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    h.advance(2_000);
+    let (_, Joined::Waiting(t2)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    h.advance(1_000);
+    assert!(h.join_reply(t1).is_none(), "a new member extends the delay");
+    h.advance(3_000);
+    let r1 = h.join_reply(t1).unwrap();
+    let r2 = h.join_reply(t2).unwrap();
+    assert_eq!((r1.generation_id, r2.generation_id), (1, 1));
+    assert_eq!(r1.members.len(), 2);
+}
+
+#[test]
+fn protocol_selection_follows_the_members_votes() {
+    let mut h = Harness::new();
+    let (_, Joined::Waiting(t1)) = h.join_new(&["range", "sticky"]) else {
+        panic!()
+    };
+    let first = h.join_reply(t1).unwrap();
+    assert_eq!(first.protocol_name.as_deref(), Some("range"));
+    let Joined::Now(refused) = h.join(join_request("", None, &["roundrobin"])) else {
+        panic!()
+    };
+    assert_eq!(refused.error, Some(GroupError::InconsistentGroupProtocol));
+    let mut other_type = join_request("", None, &["range"]);
+    other_type.protocol_type = "connect".into();
+    let Joined::Now(refused) = h.join(other_type) else {
+        panic!()
+    };
+    assert_eq!(refused.error, Some(GroupError::InconsistentGroupProtocol));
+    let (_, Joined::Waiting(t2)) = h.join_new(&["sticky", "range"]) else {
+        panic!()
+    };
+    let (_, Joined::Waiting(t3)) = h.join_new(&["sticky"]) else {
+        panic!()
+    };
+    let leader_id = first.member_id;
+    let Joined::Waiting(t4) = h.join(join_request(&leader_id, None, &["range", "sticky"])) else {
+        panic!()
+    };
+    for t in [t2, t3, t4] {
+        let response = h.join_reply(t).unwrap();
+        assert_eq!(response.protocol_name.as_deref(), Some("sticky"));
+    }
+}
+
+#[test]
+fn join_errors_carry_kafka_codes() {
+    let mut h = Harness::with(GroupConfig {
+        group_max_size: 1,
+        ..config()
+    });
+    let mut bad_session = join_request("", None, &["range"]);
+    bad_session.session_timeout_ms = 10;
+    let Joined::Now(r) = h.join(bad_session) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::InvalidSessionTimeout));
+    assert_eq!(r.error.unwrap().kafka_code(), 26);
+    let Joined::Now(r) = h.join(join_request("nobody", None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::UnknownMemberId));
+    assert_eq!(h.state(), None, "no group is created for an unknown member");
+    let mut no_group = join_request("", None, &["range"]);
+    no_group.group_id = String::new();
+    let Joined::Now(r) = h.join(no_group) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::InvalidGroupId));
+    let Joined::Now(r) = h.join(join_request("", None, &[])) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::InconsistentGroupProtocol));
+    let long = "x".repeat(MEMBER_ID_BYTES_MAX + 1);
+    let Joined::Now(r) = h.join(join_request("", Some(&long), &["range"])) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::InvalidRequest));
+    let (_, Joined::Waiting(_)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Now(r) = h.join(join_request("", None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(r.error, Some(GroupError::GroupMaxSizeReached));
+    assert_eq!(r.error.unwrap().kafka_code(), 81);
+}
+
+#[test]
+fn sync_errors_carry_kafka_codes() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.sync(sync_request("x", 1, &[])).unwrap().error,
+        Some(GroupError::UnknownMemberId)
+    );
+    let (a, b) = h.stable_pair();
+    assert_eq!(
+        h.sync(sync_request(&a, 1, &[])).unwrap().error,
+        Some(GroupError::IllegalGeneration)
+    );
+    let mut wrong_protocol = sync_request(&a, 2, &[]);
+    wrong_protocol.protocol_name = Some("sticky".into());
+    assert_eq!(
+        h.sync(wrong_protocol).unwrap().error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
+    let Joined::Waiting(_) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(
+        h.sync(sync_request(&b, 2, &[])).unwrap().error,
+        Some(GroupError::RebalanceInProgress)
+    );
+    assert_eq!(GroupError::RebalanceInProgress.kafka_code(), 27);
+    assert_eq!(GroupError::IllegalGeneration.kafka_code(), 22);
+    assert_eq!(GroupError::InconsistentGroupProtocol.kafka_code(), 23);
+    assert_eq!(GroupError::UnknownMemberId.kafka_code(), 25);
+}
+
+#[test]
+fn pending_members_expire_and_can_leave() {
+    let mut h = Harness::new();
+    let Joined::Now(first) = h.join(join_request("", None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(first.error.unwrap().kafka_code(), 79);
+    h.advance(SESSION_MS as u64);
+    let Joined::Now(late) = h.join(join_request(&first.member_id, None, &["range"])) else {
+        panic!("the pending id expired with its session")
+    };
+    assert_eq!(late.error, Some(GroupError::UnknownMemberId));
+    let Joined::Now(second) = h.join(join_request("", None, &["range"])) else {
+        panic!()
+    };
+    let left = h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: second.member_id,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(left.members[0].1, None);
+    assert_eq!(h.coordinator.counts().1, 0);
+}
+
+#[test]
+fn leave_errors_carry_kafka_codes() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.coordinator.leave(GROUP, Vec::new(), h.now_ms).error,
+        Some(GroupError::UnknownMemberId)
+    );
+    let Joined::Waiting(t) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let id = h.join_reply(t).unwrap().member_id;
+    let response = h.coordinator.leave(
+        GROUP,
+        vec![
+            LeavingMember {
+                member_id: "stranger".into(),
+                group_instance_id: None,
+            },
+            LeavingMember {
+                member_id: "not-the-holder".into(),
+                group_instance_id: Some("i-1".into()),
+            },
+            LeavingMember {
+                member_id: String::new(),
+                group_instance_id: Some("i-9".into()),
+            },
+            LeavingMember {
+                member_id: id,
+                group_instance_id: Some("i-1".into()),
+            },
+        ],
+        h.now_ms,
+    );
+    let errors: Vec<_> = response.members.iter().map(|(_, e)| *e).collect();
+    assert_eq!(
+        errors,
+        vec![
+            Some(GroupError::UnknownMemberId),
+            Some(GroupError::FencedInstanceId),
+            Some(GroupError::UnknownMemberId),
+            None
+        ]
+    );
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    assert_eq!(h.coordinator.generation(GROUP), Some(2));
+}
+
+#[test]
+fn commit_fencing_follows_kafka() {
+    let mut h = Harness::new();
+    let simple = CommitFence::simple();
+    let fence = |generation_id: i32, member_id: &str| CommitFence {
+        generation_id,
+        member_id: member_id.into(),
+        group_instance_id: None,
+    };
+    assert_eq!(h.coordinator.validate_commit(GROUP, &simple), Ok(()));
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &fence(3, "m")),
+        Err(GroupError::IllegalGeneration)
+    );
+    let (a, b) = h.stable_pair();
+    assert_eq!(h.coordinator.validate_commit(GROUP, &fence(2, &a)), Ok(()));
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &simple),
+        Err(GroupError::UnknownMemberId),
+        "a simple commit to a group with members"
+    );
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &fence(1, &b)),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &fence(2, "ghost")),
+        Err(GroupError::UnknownMemberId)
+    );
+    // CompletingRebalance: REBALANCE_IN_PROGRESS even for the new generation.
+    let Joined::Waiting(ta) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    let Joined::Waiting(tb) = h.join(join_request(&b, None, &["range"])) else {
+        panic!()
+    };
+    assert!(h.join_reply(ta).is_some() && h.join_reply(tb).is_some());
+    assert_eq!(h.state(), Some(GroupState::CompletingRebalance));
+    assert_eq!(
+        h.coordinator.validate_commit(GROUP, &fence(3, &a)),
+        Err(GroupError::RebalanceInProgress)
+    );
+    // Everyone leaves: simple commits are accepted again.
+    let leaving = [a, b].map(|member_id| LeavingMember {
+        member_id,
+        group_instance_id: None,
+    });
+    h.coordinator.leave(GROUP, leaving.to_vec(), h.now_ms);
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    assert_eq!(h.coordinator.validate_commit(GROUP, &simple), Ok(()));
+}
+
+#[test]
+fn heartbeat_errors_carry_kafka_codes() {
+    let mut h = Harness::new();
+    assert_eq!(h.heartbeat("x", 0), Err(GroupError::UnknownMemberId));
+    let id = h.stable_single();
+    assert_eq!(h.heartbeat("x", 1), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.heartbeat(&id, 7), Err(GroupError::IllegalGeneration));
+    let unknown_instance = h
+        .coordinator
+        .heartbeat(GROUP, &id, Some("nope"), 1, h.now_ms);
+    assert_eq!(unknown_instance, Err(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn restored_group_fences_stale_generations_and_expires_silent_members() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    let record = h.last_records.pop().unwrap();
+    let mut restored = Harness::new();
+    restored.now_ms = h.now_ms + 60_000;
+    restored
+        .coordinator
+        .load(GROUP, 0, record.value, 42, restored.now_ms)
+        .unwrap();
+    assert_eq!(restored.state(), Some(GroupState::Stable));
+    assert_eq!(restored.coordinator.generation(GROUP), Some(2));
+    assert_eq!(restored.coordinator.metadata_log_position(GROUP), Some(42));
+    let stale = CommitFence {
+        generation_id: 1,
+        member_id: b.clone(),
+        group_instance_id: None,
+    };
+    assert_eq!(
+        restored.coordinator.validate_commit(GROUP, &stale),
+        Err(GroupError::IllegalGeneration)
+    );
+    let description = restored.coordinator.describe(GROUP).unwrap();
+    assert_eq!(description.members[1].assignment_bytes, 2);
+    // a heartbeats, b does not: b expires after its session and the group rebalances.
+    restored.advance(SESSION_MS as u64 / 2);
+    assert_eq!(restored.heartbeat(&a, 2), Ok(()));
+    restored.advance(SESSION_MS as u64 / 2);
+    assert_eq!(restored.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+    assert_eq!(restored.state(), Some(GroupState::PreparingRebalance));
+    // A tombstone removes the group.
+    restored
+        .coordinator
+        .load(GROUP, 0, None, 43, restored.now_ms)
+        .unwrap();
+    assert_eq!(restored.state(), None);
+}
+
+#[test]
+fn describe_and_list_report_state_protocol_and_assignments() {
+    let mut h = Harness::new();
+    let (a, _) = h.stable_pair();
+    let description = h.coordinator.describe(GROUP).unwrap();
+    assert_eq!(description.state, GroupState::Stable);
+    assert_eq!(description.protocol_type, "consumer");
+    assert_eq!(description.protocol_name, "range");
+    assert_eq!(description.generation_id, 2);
+    assert_eq!(description.members.len(), 2);
+    assert_eq!(description.members[0].member_id, a);
+    assert_eq!(description.members[0].assignment_bytes, 2);
+    assert_eq!(description.members[0].metadata_bytes, "sub-range".len());
+    let mut listed = Vec::new();
+    h.coordinator.list(&mut listed);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state.kafka_name(), "Stable");
+    assert!(h.coordinator.describe("other").is_none());
+}
+
+#[test]
+fn unloading_a_partition_answers_waiters_with_not_coordinator() {
+    let mut h = Harness::new();
+    let (_, Joined::Waiting(_)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let mut h2 = Harness::with(GroupConfig {
+        group_initial_rebalance_delay_ms: 3_000,
+        ..config()
+    });
+    let (_, Joined::Waiting(t)) = h2.join_new(&["range"]) else {
+        panic!()
+    };
+    h2.coordinator.unload_partition(0);
+    h2.collect();
+    assert_eq!(
+        h2.join_reply(t).unwrap().error,
+        Some(GroupError::NotCoordinator)
+    );
+    assert_eq!(h2.state(), None);
+    assert!(!h2.coordinator.has_timers());
+}
+
+#[test]
+fn an_emptied_group_takes_the_next_members_protocol_type() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: id,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    let mut connect = join_request("", None, &["sessioned"]);
+    connect.protocol_type = "connect".into();
+    connect.require_known_member_id = false;
+    let Joined::Waiting(t) = h.join(connect) else {
+        panic!()
+    };
+    let response = h.join_reply(t).unwrap();
+    assert_eq!(response.protocol_type.as_deref(), Some("connect"));
+    assert_eq!(response.generation_id, 3);
+}
+
+#[test]
+fn a_new_generation_does_not_wait_for_the_previous_generations_write() {
+    let mut h = Harness::new();
+    let (id, Joined::Waiting(t)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    assert!(h.join_reply(t).is_some());
+    // The leader's sync for generation 1 is being written when the leader rejoins.
+    let Err(old_sync) = h.sync(sync_request(&id, 1, &[(&id, b"one")])) else {
+        panic!()
+    };
+    let stale_write: Vec<PersistRecord> = h.coordinator.take_persists().collect();
+    let Joined::Waiting(t) = h.join(join_request(&id, None, &["range", "more"])) else {
+        panic!()
+    };
+    assert_eq!(
+        h.sync_reply(old_sync).unwrap().error,
+        Some(GroupError::RebalanceInProgress)
+    );
+    assert_eq!(h.join_reply(t).unwrap().generation_id, 2);
+    let Err(new_sync) = h.sync(sync_request(&id, 2, &[(&id, b"two")])) else {
+        panic!()
+    };
+    let pending: Vec<i32> = h
+        .coordinator
+        .take_persists()
+        .map(|r| r.generation_id)
+        .collect();
+    assert_eq!(pending, vec![2], "generation 2 is written without waiting");
+    // The old write lands late: it changes nothing; then generation 2's lands.
+    h.coordinator
+        .persisted(GROUP, stale_write[0].generation_id, Ok(7), h.now_ms);
+    h.coordinator.persisted(GROUP, 2, Ok(8), h.now_ms);
+    h.collect();
+    assert_eq!(h.sync_reply(new_sync).unwrap().assignment, b"two");
+    assert_eq!(h.coordinator.metadata_log_position(GROUP), Some(8));
+}
+
+#[test]
+fn a_mass_expiry_is_spread_over_bounded_ticks_and_empties_the_group() {
+    use crate::format::{GroupMetadataValue, MemberMetadata};
+    let mut coordinator = GroupCoordinator::new(config(), 1, 0);
+    let count = EXPIRIES_PER_TICK_MAX + 904;
+    let members: Vec<MemberMetadata> = (0..count)
+        .map(|m| MemberMetadata {
+            member_id: format!("m-{m}"),
+            session_timeout: SESSION_MS,
+            rebalance_timeout: REBALANCE_MS,
+            ..MemberMetadata::default()
+        })
+        .collect();
+    let value = GroupMetadataValue {
+        protocol_type: "consumer".into(),
+        generation: 9,
+        protocol: Some("range".into()),
+        leader: Some("m-0".into()),
+        current_state_timestamp: 0,
+        members,
+    };
+    coordinator.load(GROUP, 0, Some(value), 5, 0).unwrap();
+    assert_eq!(coordinator.counts(), (1, count));
+    let expiry_ms = SESSION_MS as u64;
+    assert!(
+        coordinator.tick(expiry_ms),
+        "more than one tick's worth is due"
+    );
+    assert_eq!(coordinator.counts().1, count - EXPIRIES_PER_TICK_MAX);
+    assert_eq!(
+        coordinator.state(GROUP),
+        Some(GroupState::PreparingRebalance)
+    );
+    assert!(!coordinator.tick(expiry_ms));
+    assert_eq!(coordinator.counts(), (1, 0));
+    assert_eq!(coordinator.state(GROUP), Some(GroupState::Empty));
+    assert_eq!(coordinator.generation(GROUP), Some(10));
+    let written: Vec<PersistRecord> = coordinator.take_persists().collect();
+    assert_eq!(written.len(), 1);
+    assert!(written[0].value.as_ref().unwrap().members.is_empty());
+}
+
+#[test]
+fn heartbeats_by_generated_ids_check_the_whole_id_and_the_group() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    // Same UUID (and so the same handle), another client-id prefix.
+    let forged = format!("forged{}", &id[id.len() - 37..]);
+    assert_eq!(h.heartbeat(&forged, 1), Err(GroupError::UnknownMemberId));
+    let other_group = h.coordinator.heartbeat("elsewhere", &id, None, 1, h.now_ms);
+    assert_eq!(other_group, Err(GroupError::UnknownMemberId));
+    assert_eq!(h.heartbeat(&id, 1), Ok(()));
+    // After the member leaves, its id (and handle) no longer heartbeat.
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: id.clone(),
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert_eq!(h.heartbeat(&id, 2), Err(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn restored_members_keep_the_fast_path_within_the_restore_bound() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    assert!(h.coordinator.takes_fast_path(GROUP, &a));
+    let record = h.last_records.pop().unwrap();
+    let mut restored = Harness::new();
+    restored.coordinator.expect_restored_members(2);
+    let value = record.value.clone();
+    restored
+        .coordinator
+        .load(GROUP, 0, value, 1, restored.now_ms)
+        .unwrap();
+    assert!(restored.coordinator.takes_fast_path(GROUP, &a));
+    assert!(restored.coordinator.takes_fast_path(GROUP, &b));
+    assert_eq!(restored.heartbeat(&a, 2), Ok(()));
+    assert_eq!(restored.heartbeat(&b, 2), Ok(()));
+    // New members after the restore never collide with the restored handles.
+    let (c, Joined::Waiting(_)) = restored.join_new(&["range"]) else {
+        panic!()
+    };
+    assert!(restored.coordinator.takes_fast_path(GROUP, &c));
+    assert_eq!(restored.coordinator.counts(), (1, 3));
+
+    // Without the expectation (or beyond its bound) members are placed anywhere and take
+    // the map path; a record naming a huge handle does not grow the slab.
+    let mut unexpected = Harness::new();
+    let mut value = record.value.unwrap();
+    let far = "c-00ffffff-0000-0000-0000-000000000000".to_owned();
+    value.members[1].member_id = far.clone();
+    unexpected.coordinator.expect_restored_members(2);
+    unexpected
+        .coordinator
+        .load(GROUP, 0, Some(value), 1, 0)
+        .unwrap();
+    assert!(unexpected.coordinator.member_slots() <= 4);
+    assert!(!unexpected.coordinator.takes_fast_path(GROUP, &far));
+    assert_eq!(unexpected.heartbeat(&far, 2), Ok(()));
+}

@@ -1,0 +1,500 @@
+//! The shard's side of consumer groups: one [`GroupCoordinator`] for the groups of the
+//! shard's offsets partitions. Group requests arrive through the shard's inbox; JoinGroup
+//! and SyncGroup park their completers under a ticket until the coordinator answers.
+//! GroupMetadata records are written through the shard's storage after each flush, in one
+//! submission for all partitions, and their waiting SyncGroups are answered once durable.
+//! The loop wakes every [`GROUP_TICK_INTERVAL`] while any session or rebalance deadline is
+//! armed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::group_commit::PendingCommit;
+use super::{Shard, wall_clock_ms};
+use crate::completion::{Abandoned, Completer};
+use crate::error::{Error, Result};
+use crate::format::{
+    BATCH_HEADER_BYTES, BatchParams, BatchWriter, GroupMetadataKey, GroupMetadataValue,
+};
+use crate::group::{
+    CommitFence, GroupConfig, GroupCoordinator, GroupDescription, GroupError, GroupReply,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupResponse, LeavingMember, ListedGroup,
+    PersistRecord, SyncGroupRequest, SyncGroupResponse, Ticket,
+};
+use crate::log::reader::PARTITION_FLUSH_BYTES_MAX;
+
+/// How often the shard ticks its coordinator while deadlines are armed: one timer-wheel
+/// slot.
+pub(crate) const GROUP_TICK_INTERVAL: Duration = Duration::from_millis(8);
+
+/// A group request to the shard serving the group's offsets partition.
+pub(crate) enum GroupRequest {
+    Join {
+        offsets_partition: u32,
+        request: JoinGroupRequest,
+        reply: Completer<JoinGroupResponse>,
+    },
+    Sync {
+        offsets_partition: u32,
+        request: SyncGroupRequest,
+        reply: Completer<SyncGroupResponse>,
+    },
+    Heartbeat {
+        offsets_partition: u32,
+        group_id: String,
+        member_id: String,
+        group_instance_id: Option<String>,
+        generation_id: i32,
+        reply: Completer<Result<(), GroupError>>,
+    },
+    Leave {
+        offsets_partition: u32,
+        group_id: String,
+        members: Vec<LeavingMember>,
+        reply: Completer<LeaveGroupResponse>,
+    },
+    Describe {
+        group_ids: Vec<String>,
+        reply: Sender<Vec<Option<GroupDescription>>>,
+    },
+    List {
+        reply: Sender<Vec<ListedGroup>>,
+    },
+}
+
+impl Abandoned for JoinGroupResponse {
+    fn abandoned() -> Self {
+        JoinGroupResponse::error(GroupError::NotCoordinator, String::new())
+    }
+}
+
+impl Abandoned for SyncGroupResponse {
+    fn abandoned() -> Self {
+        SyncGroupResponse::error(GroupError::NotCoordinator)
+    }
+}
+
+impl Abandoned for LeaveGroupResponse {
+    fn abandoned() -> Self {
+        LeaveGroupResponse {
+            error: Some(GroupError::NotCoordinator),
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Abandoned for Result<(), GroupError> {
+    fn abandoned() -> Self {
+        Err(GroupError::NotCoordinator)
+    }
+}
+
+enum Waiting {
+    Join(Completer<JoinGroupResponse>),
+    Sync(Completer<SyncGroupResponse>),
+}
+
+/// The latest GroupMetadata record per group met while replaying a partition, with its
+/// record offset (`None`: a tombstone).
+pub(crate) type GroupReplay = HashMap<String, (Option<GroupMetadataValue>, u64)>;
+
+/// A shard's groups.
+pub(crate) struct ShardGroups {
+    pub(crate) coordinator: GroupCoordinator,
+    waiting: HashMap<Ticket, Waiting>,
+    next_ticket: Ticket,
+    /// Records the coordinator asked for, not yet written.
+    records: VecDeque<PersistRecord>,
+    /// The coordinator's clock: monotonic, starting at the wall clock.
+    clock_origin: Instant,
+    clock_base_ms: u64,
+    next_tick_ms: u64,
+    /// While the shard opens, partitions' groups wait here so they are restored together
+    /// (the coordinator then knows how many members to expect).
+    opening: Option<Vec<(u32, GroupReplay)>>,
+}
+
+impl ShardGroups {
+    pub(crate) fn new(config: &GroupConfig, shard_index: usize) -> ShardGroups {
+        let clock_base_ms = u64::try_from(wall_clock_ms()).unwrap_or(0);
+        let seed = clock_base_ms ^ ((shard_index as u64) << 48) ^ u64::from(std::process::id());
+        ShardGroups {
+            coordinator: GroupCoordinator::new(config.clone(), seed, clock_base_ms),
+            waiting: HashMap::new(),
+            next_ticket: 1,
+            records: VecDeque::new(),
+            clock_origin: Instant::now(),
+            clock_base_ms,
+            next_tick_ms: 0,
+            opening: Some(Vec::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock_base_ms + self.clock_origin.elapsed().as_millis() as u64
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Moves what the coordinator produced: records to the write queue, replies to their
+    /// callers.
+    fn drain_output(&mut self) {
+        self.records.extend(self.coordinator.take_persists());
+        for reply in self.coordinator.take_replies() {
+            let ticket = match &reply {
+                GroupReply::Join(ticket, _) | GroupReply::Sync(ticket, _) => *ticket,
+            };
+            match (reply, self.waiting.remove(&ticket)) {
+                (GroupReply::Join(_, response), Some(Waiting::Join(completer))) => {
+                    completer.complete(response)
+                }
+                (GroupReply::Sync(_, response), Some(Waiting::Sync(completer))) => {
+                    completer.complete(response)
+                }
+                // The caller is gone, or a ticket was reused: nothing to answer.
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// How long the shard may wait for a request before the groups need service: one tick
+    /// while group deadlines are armed or records wait to be written; `None` otherwise.
+    pub(super) fn group_wait_bound(&self) -> Option<std::time::Duration> {
+        (self.groups.coordinator.has_timers() || !self.groups.records.is_empty())
+            .then_some(GROUP_TICK_INTERVAL)
+    }
+
+    /// Rejects a commit the group's generation fences (on the shard thread, where the group
+    /// lives); otherwise hands it back to be batched.
+    pub(super) fn fence_commit(&mut self, mut commit: PendingCommit) -> Option<PendingCommit> {
+        let simple = CommitFence::simple();
+        let fence = commit.fence().unwrap_or(&simple);
+        match self
+            .groups
+            .coordinator
+            .validate_commit(&commit.group, fence)
+        {
+            Ok(()) => Some(commit),
+            Err(error) => {
+                self.metrics.commit_errors += 1;
+                commit.complete(Err(Error::Group(error)));
+                self.commit_pool.recycle(commit);
+                None
+            }
+        }
+    }
+
+    pub(super) fn handle_group(&mut self, request: GroupRequest) {
+        let now_ms = self.groups.now_ms();
+        let refused = |shard: &Shard, partition: u32| {
+            shard
+                .partitions
+                .get(partition as usize)
+                .is_none_or(|p| p.refusal(partition).is_some())
+        };
+        match request {
+            GroupRequest::Join {
+                offsets_partition,
+                request,
+                reply,
+            } => {
+                if refused(self, offsets_partition) {
+                    return reply.complete(JoinGroupResponse::abandoned());
+                }
+                let ticket = self.groups.ticket();
+                let coordinator = &mut self.groups.coordinator;
+                match coordinator.join(request, offsets_partition, ticket, now_ms) {
+                    Some(response) => reply.complete(response),
+                    None => {
+                        self.groups.waiting.insert(ticket, Waiting::Join(reply));
+                    }
+                }
+            }
+            GroupRequest::Sync {
+                offsets_partition,
+                request,
+                reply,
+            } => {
+                if refused(self, offsets_partition) {
+                    return reply.complete(SyncGroupResponse::abandoned());
+                }
+                let ticket = self.groups.ticket();
+                match self.groups.coordinator.sync(request, ticket, now_ms) {
+                    Some(response) => reply.complete(response),
+                    None => {
+                        self.groups.waiting.insert(ticket, Waiting::Sync(reply));
+                    }
+                }
+            }
+            GroupRequest::Heartbeat {
+                offsets_partition,
+                group_id,
+                member_id,
+                group_instance_id,
+                generation_id,
+                reply,
+            } => {
+                if refused(self, offsets_partition) {
+                    return reply.complete(Err(GroupError::NotCoordinator));
+                }
+                let result = self.groups.coordinator.heartbeat(
+                    &group_id,
+                    &member_id,
+                    group_instance_id.as_deref(),
+                    generation_id,
+                    now_ms,
+                );
+                reply.complete(result);
+            }
+            GroupRequest::Leave {
+                offsets_partition,
+                group_id,
+                members,
+                reply,
+            } => {
+                if refused(self, offsets_partition) {
+                    return reply.complete(LeaveGroupResponse::abandoned());
+                }
+                let response = self.groups.coordinator.leave(&group_id, members, now_ms);
+                reply.complete(response);
+            }
+            GroupRequest::Describe { group_ids, reply } => {
+                let coordinator = &self.groups.coordinator;
+                let described = group_ids.iter().map(|id| coordinator.describe(id));
+                let _ = reply.send(described.collect());
+            }
+            GroupRequest::List { reply } => {
+                let mut listed = Vec::new();
+                self.groups.coordinator.list(&mut listed);
+                let _ = reply.send(listed);
+            }
+        }
+        self.groups.drain_output();
+    }
+
+    /// Runs due timers, writes waiting GroupMetadata records and answers who they released.
+    pub(super) fn service_groups(&mut self) {
+        let now_ms = self.groups.now_ms();
+        if now_ms >= self.groups.next_tick_ms && self.groups.coordinator.has_timers() {
+            // Bounded: each tick expires at most EXPIRIES_PER_TICK_MAX of each kind; what is
+            // left waits for the next loop turn.
+            self.groups.coordinator.tick(now_ms);
+            self.groups.next_tick_ms = now_ms + GROUP_TICK_INTERVAL.as_millis() as u64;
+        }
+        self.groups.drain_output();
+        if !self.groups.records.is_empty() {
+            self.write_group_records(now_ms);
+            self.groups.drain_output();
+        }
+    }
+
+    /// Encodes the waiting records into one batch per partition (as many as fit), writes
+    /// them all in one durable submission and reports each outcome to the coordinator.
+    fn write_group_records(&mut self, now_ms: u64) {
+        let timestamp_ms = wall_clock_ms();
+        let mut records: Vec<PersistRecord> = self.groups.records.drain(..).collect();
+        records.sort_by_key(|r| r.offsets_partition);
+        self.flush_partitions.clear();
+        let mut written: Vec<(PersistRecord, u64)> = Vec::with_capacity(records.len());
+        let mut failed: Vec<(PersistRecord, GroupError)> = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            let partition = records[start].offsets_partition;
+            let end = start
+                + records[start..]
+                    .iter()
+                    .take_while(|r| r.offsets_partition == partition)
+                    .count();
+            let run = &records[start..end];
+            start = end;
+            let hosted = self.partitions.get_mut(partition as usize);
+            let Some(hosted) = hosted.filter(|h| h.refusal(partition).is_none()) else {
+                failed.extend(run.iter().map(|r| (r.clone(), GroupError::NotCoordinator)));
+                continue;
+            };
+            let Some(log) = hosted.log.as_ref() else {
+                failed.extend(run.iter().map(|r| (r.clone(), GroupError::NotCoordinator)));
+                continue;
+            };
+            let base_offset = log.next_offset();
+            let (encoded, too_large) = encode_group_batch(
+                &mut hosted.encoded,
+                base_offset,
+                timestamp_ms,
+                run,
+                &mut self.groups.records,
+            );
+            failed.extend(
+                too_large
+                    .into_iter()
+                    .map(|r| (r, GroupError::UnknownServerError)),
+            );
+            if encoded.is_empty() {
+                continue;
+            }
+            hosted.encoded_base_offset = base_offset;
+            hosted.encoded_last_offset = Some(base_offset + encoded.len() as i64 - 1);
+            self.flush_partitions.push(partition);
+            written.extend(
+                encoded
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (r, (base_offset + i as i64) as u64)),
+            );
+        }
+        if !self.flush_partitions.is_empty() {
+            self.write_partitions();
+        }
+        let coordinator = &mut self.groups.coordinator;
+        for (record, position) in written {
+            let hosted = &mut self.partitions[record.offsets_partition as usize];
+            if hosted.failure.is_none()
+                && let Some(log) = hosted.log.as_mut()
+            {
+                // The compactor keeps each group's latest record live (and only that one).
+                hosted.compaction.group_record(
+                    &record.group_id,
+                    position as i64,
+                    record.value.is_none(),
+                    log.table_mut(),
+                );
+            }
+            let outcome = match hosted.failure {
+                None => Ok(position),
+                Some(_) => Err(GroupError::NotCoordinator),
+            };
+            coordinator.persisted(&record.group_id, record.generation_id, outcome, now_ms);
+        }
+        for (record, error) in failed {
+            coordinator.persisted(&record.group_id, record.generation_id, Err(error), now_ms);
+        }
+    }
+
+    /// Recovery met these GroupMetadata records in a partition: restore its groups (at
+    /// open, once every partition is read: see [`finish_opening_groups`]).
+    pub(super) fn restore_groups(&mut self, partition: u32, replay: GroupReplay) {
+        if let Some(opening) = self.groups.opening.as_mut() {
+            opening.push((partition, replay));
+            return;
+        }
+        self.groups
+            .coordinator
+            .expect_restored_members(members_in(&replay));
+        self.load_groups(partition, replay);
+    }
+
+    /// Restores the groups of every partition read at open.
+    pub(super) fn finish_opening_groups(&mut self) {
+        let opened = self.groups.opening.take().unwrap_or_default();
+        let members: usize = opened.iter().map(|(_, replay)| members_in(replay)).sum();
+        self.groups.coordinator.expect_restored_members(members);
+        for (partition, replay) in opened {
+            self.load_groups(partition, replay);
+        }
+    }
+
+    fn load_groups(&mut self, partition: u32, replay: GroupReplay) {
+        let now_ms = self.groups.now_ms();
+        for (group_id, (value, position)) in replay {
+            let loaded = self
+                .groups
+                .coordinator
+                .load(&group_id, partition, value, position, now_ms);
+            if let Err(error) = loaded {
+                tracing::warn!(group_id, %error, "group not restored");
+            }
+        }
+        self.groups.drain_output();
+    }
+
+    /// The partition leaves this shard: its waiting records are written, then its groups are
+    /// dropped (waiting callers get NOT_COORDINATOR); the next owner restores them from the log.
+    pub(super) fn unload_groups(&mut self, partition: u32) {
+        if !self.groups.records.is_empty() {
+            let now_ms = self.groups.now_ms();
+            self.write_group_records(now_ms);
+        }
+        self.groups.coordinator.unload_partition(partition);
+        self.groups.drain_output();
+        self.groups
+            .records
+            .retain(|r| r.offsets_partition != partition);
+    }
+}
+
+fn members_in(replay: &GroupReplay) -> usize {
+    replay
+        .values()
+        .filter_map(|(value, _)| value.as_ref())
+        .map(|value| value.members.len())
+        .sum()
+}
+
+/// Encodes `run` (one partition's records) as one batch into `out`, as many as fit the
+/// partition's flush bound; the rest go back to `later`. Returns the encoded records and
+/// those too large to be written at all.
+fn encode_group_batch(
+    out: &mut Vec<u8>,
+    base_offset: i64,
+    timestamp_ms: i64,
+    run: &[PersistRecord],
+    later: &mut VecDeque<PersistRecord>,
+) -> (Vec<PersistRecord>, Vec<PersistRecord>) {
+    out.clear();
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    let mut encoded = Vec::new();
+    let mut too_large = Vec::new();
+    let params = BatchParams {
+        base_offset,
+        base_timestamp: timestamp_ms,
+        ..BatchParams::default()
+    };
+    let mut writer = BatchWriter::begin(out, params);
+    for record in run {
+        key.clear();
+        value.clear();
+        let group_key = GroupMetadataKey {
+            group: &record.group_id,
+        };
+        if group_key.validate().is_err() {
+            too_large.push(record.clone());
+            continue;
+        }
+        group_key.encode_into(&mut key);
+        if let Some(v) = &record.value {
+            let version = GroupMetadataValue::VERSION_DEFAULT;
+            if v.validate(version).is_err() {
+                too_large.push(record.clone());
+                continue;
+            }
+            v.encode_into(version, &mut value);
+        }
+        // Record framing is at most 40 bytes beyond key and value.
+        let bytes = key.len() + value.len() + 40;
+        if BATCH_HEADER_BYTES + bytes > PARTITION_FLUSH_BYTES_MAX {
+            too_large.push(record.clone());
+            continue;
+        }
+        if writer.len() + bytes > PARTITION_FLUSH_BYTES_MAX {
+            later.push_back(record.clone());
+            continue;
+        }
+        let value = record.value.as_ref().map(|_| value.as_slice());
+        writer.append(timestamp_ms, &key, value);
+        encoded.push(record.clone());
+    }
+    if encoded.is_empty() {
+        out.clear();
+    } else {
+        writer.finish();
+    }
+    (encoded, too_large)
+}
