@@ -1,6 +1,7 @@
 //! The steady-state commit path allocates nothing (issue 3): a counting global allocator
 //! watches the whole process — caller, engine handle, shard thread, storage — while a warmed
 //! engine on a real data directory takes thousands of durable commits of a fixed key set.
+//! Heartbeats through the shard-local API allocate nothing either (issue 6).
 //!
 //! This file is its own test binary so the counting allocator sees only this test.
 
@@ -115,8 +116,14 @@ fn steady_state_commits_allocate_nothing() {
 
     let mut in_flight = VecDeque::with_capacity(32);
     for window in [1, 32] {
-        // Warm up: pools fill, buffers and tables reach their steady sizes.
+        // Warm up: pools fill, buffers and tables reach their steady sizes. The pauses let
+        // the shard block on its empty inbox, which sets up the channel's per-thread waiting
+        // context once (it would otherwise happen, once, whenever the shard first idles).
         commit_rounds(&engine, &groups, 2_000, (window, &mut in_flight), &mut seq);
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            commit_rounds(&engine, &groups, GROUPS, (window, &mut in_flight), &mut seq);
+        }
 
         ALLOCATIONS.store(0, Ordering::Relaxed);
         COUNTING.store(true, Ordering::Relaxed);
@@ -143,4 +150,69 @@ fn steady_state_commits_allocate_nothing() {
     assert_eq!(got, vec![Some(last_of_group_0); 2]);
     assert_eq!(engine.metrics().expect("metrics")[0].commit_errors, 0);
     engine.close().expect("clean close");
+
+    // One test function, not two: the counter is process-wide and tests run in parallel.
+    local_shard_heartbeats_allocate_nothing();
+}
+
+/// Heartbeats through the shard-local API (a thread-per-core broker's path) allocate nothing.
+fn local_shard_heartbeats_allocate_nothing() {
+    use coffer::LocalShard;
+    use coffer::group::{JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::new(dir.path());
+    config.offsets_topic_num_partitions = 2;
+    config.offsets_topic_segment_bytes = 1 << 20;
+    config.shards = 1;
+    config.log_cleaner_enable = false;
+    config.groups.group_initial_rebalance_delay_ms = 0;
+    let mut shards = LocalShard::open_all(config).expect("shard opens");
+    let shard = &mut shards[0];
+    let join = JoinGroupRequest {
+        group_id: "hb".into(),
+        member_id: String::new(),
+        group_instance_id: None,
+        client_id: "consumer".into(),
+        client_host: "/10.0.0.9".into(),
+        session_timeout_ms: 30_000,
+        rebalance_timeout_ms: 60_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![JoinProtocol {
+            name: "range".into(),
+            metadata: Vec::new(),
+        }],
+        require_known_member_id: false,
+    };
+    let joined = shard.join_group(join).wait();
+    let member = joined.member_id;
+    let sync = SyncGroupRequest {
+        group_id: "hb".into(),
+        member_id: member.clone(),
+        group_instance_id: None,
+        generation_id: joined.generation_id,
+        protocol_type: None,
+        protocol_name: None,
+        assignments: vec![(member.clone(), Vec::new())],
+    };
+    let synced = shard.sync_group(sync);
+    shard.flush(); // writes the group's metadata, which answers the sync
+    assert_eq!(synced.wait().error, None);
+
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let mut accepted = 0;
+    for _ in 0..10_000 {
+        accepted += usize::from(
+            shard
+                .heartbeat("hb", &member, None, joined.generation_id)
+                .is_ok(),
+        );
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    assert_eq!(accepted, 10_000);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        0,
+        "heartbeats allocated"
+    );
 }

@@ -178,3 +178,115 @@ fn two_sets_of_shards_never_share_a_directory() {
     assert!(matches!(refused, Err(Error::DataDirLocked(_))));
     drop(shards);
 }
+
+fn join(group: &str, member_id: &str) -> coffer::group::JoinGroupRequest {
+    coffer::group::JoinGroupRequest {
+        group_id: group.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        client_id: "consumer".into(),
+        client_host: "/10.0.0.8".into(),
+        session_timeout_ms: 30_000,
+        rebalance_timeout_ms: 60_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![coffer::group::JoinProtocol {
+            name: "range".into(),
+            metadata: Vec::new(),
+        }],
+        require_known_member_id: false,
+    }
+}
+
+/// Drives the shard (as the broker's executor loop would) until `future` resolves.
+fn drive<T: coffer::Abandoned + Unpin>(
+    shard: &mut LocalShard,
+    mut future: coffer::GroupFuture<T>,
+) -> T {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..10_000 {
+        if let Poll::Ready(value) = std::pin::Pin::new(&mut future).poll(&mut cx) {
+            return value;
+        }
+        shard.flush();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("the group call never resolved");
+}
+
+#[test]
+fn groups_run_on_the_callers_thread_and_fence_its_commits() {
+    use coffer::group::{CommitFence, GroupError, SyncGroupRequest};
+    let disk = SimDisk::new(26);
+    let mut config = test_config(SIM_DATA_DIR, PARTITIONS);
+    config.shards = SHARDS;
+    config.groups.group_initial_rebalance_delay_ms = 0;
+    let storage = disk.clone();
+    let mut shards =
+        LocalShard::open_all_with_storage(config, &move || Ok(Box::new(storage.storage())))
+            .unwrap();
+    let group = "ledger";
+    let shard = shards.iter_mut().find(|s| s.owns_group(group)).unwrap();
+
+    let future = shard.join_group(join(group, ""));
+    let joined = drive(shard, future);
+    assert_eq!((joined.error, joined.generation_id), (None, 1));
+    let member = joined.member_id.clone();
+    let sync = SyncGroupRequest {
+        group_id: group.into(),
+        member_id: member.clone(),
+        group_instance_id: None,
+        generation_id: 1,
+        protocol_type: Some("consumer".into()),
+        protocol_name: Some("range".into()),
+        assignments: vec![(member.clone(), b"t-0".to_vec())],
+    };
+    let future = shard.sync_group(sync);
+    let synced = drive(shard, future);
+    assert_eq!((synced.error, synced.assignment), (None, b"t-0".to_vec()));
+
+    assert_eq!(shard.heartbeat(group, &member, None, 1), Ok(()));
+    assert_eq!(
+        shard.heartbeat(group, &member, None, 0),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(
+        shard.heartbeat(group, "stranger", None, 1),
+        Err(GroupError::UnknownMemberId)
+    );
+
+    let fence = CommitFence {
+        generation_id: 1,
+        member_id: member.clone(),
+        group_instance_id: None,
+    };
+    let durable = shard.commit_offsets_fenced(group, &fence, &[commit("t", 0, 5)]);
+    shard.flush();
+    durable.wait().unwrap();
+    let stale = CommitFence {
+        generation_id: 0,
+        ..fence.clone()
+    };
+    let fenced = shard.commit_offsets_fenced(group, &stale, &[commit("t", 0, 6)]);
+    assert!(matches!(
+        fenced.wait(),
+        Err(Error::Group(GroupError::IllegalGeneration))
+    ));
+    // A simple commit is refused while the group has members, as in Kafka.
+    let simple = shard.commit_offsets(group, &[commit("t", 0, 7)]);
+    assert!(matches!(
+        simple.wait(),
+        Err(Error::Group(GroupError::UnknownMemberId))
+    ));
+    assert_eq!(
+        shard.pending_requests(),
+        0,
+        "refused commits are not batched"
+    );
+    let fetched = shard.fetch_offsets(group, &[("t", 0)]).unwrap();
+    assert_eq!(fetched[0].as_ref().map(|c| c.offset), Some(5));
+    let described = shard.describe_group(group).unwrap().expect("held");
+    assert_eq!(described.members.len(), 1);
+    assert_eq!(shard.list_groups().unwrap().len(), 1);
+}

@@ -279,6 +279,42 @@ impl Shard {
         self.groups.drain_output();
     }
 
+    /// A heartbeat answered on the calling thread (the shard-local API): no request, no
+    /// future, no allocation.
+    pub(super) fn heartbeat_here(
+        &mut self,
+        offsets_partition: u32,
+        member: (&str, &str, Option<&str>),
+        generation_id: i32,
+    ) -> Result<(), GroupError> {
+        let (group_id, member_id, group_instance_id) = member;
+        let served = self
+            .partitions
+            .get(offsets_partition as usize)
+            .is_some_and(|p| p.refusal(offsets_partition).is_none());
+        if !served {
+            return Err(GroupError::NotCoordinator);
+        }
+        let now_ms = self.groups.now_ms();
+        self.groups.coordinator.heartbeat(
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+            now_ms,
+        )
+    }
+
+    /// Describes the groups the coordinator holds (`None`: not held).
+    pub(super) fn describe_here(&self, group_id: &str) -> Option<GroupDescription> {
+        self.groups.coordinator.describe(group_id)
+    }
+
+    /// Lists the groups the coordinator holds.
+    pub(super) fn list_here(&self, out: &mut Vec<ListedGroup>) {
+        self.groups.coordinator.list(out);
+    }
+
     /// Runs due timers, writes waiting GroupMetadata records and answers who they released.
     pub(super) fn service_groups(&mut self) {
         let now_ms = self.groups.now_ms();

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, bounded};
 
 use super::group_commit::CommitPool;
-use super::{RecoveryReport, Shard, ShardMetrics};
+use super::{GroupRequest, RecoveryReport, Shard, ShardMetrics};
 use crate::cache::{OffsetCache, OffsetCacheReader};
-use crate::completion::{CommitFuture, CompletionPool};
+use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
 use crate::config::Config;
 use crate::engine::{
     NO_EXPIRE_TIMESTAMP_MS, fetch_all_from, fetch_from, lock_data_dir, validate_commit,
@@ -28,6 +28,10 @@ use crate::engine::{
 };
 use crate::error::{Error, Result};
 use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
+use crate::group::{
+    CommitFence, GroupDescription, GroupError, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupResponse, LeavingMember, ListedGroup, SyncGroupRequest, SyncGroupResponse,
+};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::storage::{Storage, UringStorage};
 
@@ -220,7 +224,32 @@ impl LocalShard {
     /// flushes it first.
     ///
     /// [`flush`]: Self::flush
+    ///
+    /// This is a simple commit (generation -1, no member id), refused with
+    /// `UNKNOWN_MEMBER_ID` while the group has members, as in Kafka; consumers in a group use
+    /// [`commit_offsets_fenced`](Self::commit_offsets_fenced).
     pub fn commit_offsets(&mut self, group_id: &str, offsets: &[OffsetCommit<'_>]) -> CommitFuture {
+        self.commit(group_id, None, offsets)
+    }
+
+    /// An offset commit fenced by the group's generation and member (see
+    /// [`Engine::commit_offsets_fenced`](crate::Engine::commit_offsets_fenced)); checked at
+    /// once, on this thread.
+    pub fn commit_offsets_fenced(
+        &mut self,
+        group_id: &str,
+        fence: &CommitFence,
+        offsets: &[OffsetCommit<'_>],
+    ) -> CommitFuture {
+        self.commit(group_id, Some(fence), offsets)
+    }
+
+    fn commit(
+        &mut self,
+        group_id: &str,
+        fence: Option<&CommitFence>,
+        offsets: &[OffsetCommit<'_>],
+    ) -> CommitFuture {
         let bytes_max = match validate_commit(&self.config, group_id, offsets) {
             Ok(bytes) => bytes,
             Err(error) => return CommitFuture::resolved(Err(error)),
@@ -247,7 +276,12 @@ impl LocalShard {
             bytes_max,
             NO_EXPIRE_TIMESTAMP_MS,
         );
+        commit.set_fence(fence);
         commit.arm(accepted, deadline, completer);
+        // Fenced by the group's generation here, on the thread that holds the group.
+        let Some(commit) = shard.fence_commit(commit) else {
+            return future;
+        };
         if let Err(commit) = shard.batch.try_add(commit) {
             shard.flush();
             shard.after_flush();
@@ -255,6 +289,113 @@ impl LocalShard {
             // fails its future with `Closed` rather than losing it silently.
             let added = shard.batch.try_add(commit);
             debug_assert!(added.is_ok(), "an empty batch refused a validated commit");
+        }
+        future
+    }
+
+    /// JoinGroup (see [`Engine::join_group`](crate::Engine::join_group)). A join that has to
+    /// wait for the rest of the group resolves during a later [`flush`](Self::flush), which
+    /// also runs the groups' timers.
+    pub fn join_group(&mut self, request: JoinGroupRequest) -> GroupFuture<JoinGroupResponse> {
+        let partition = self.partition_for(&request.group_id);
+        let refusal = self.group_refusal(&request.group_id, partition);
+        if let Some(error) = refusal {
+            return GroupFuture::resolved(JoinGroupResponse::error(error, request.member_id));
+        }
+        self.group_call(|reply| GroupRequest::Join {
+            offsets_partition: partition,
+            request,
+            reply,
+        })
+    }
+
+    /// SyncGroup; resolves once the leader's assignment is durable (during a later
+    /// [`flush`](Self::flush)).
+    pub fn sync_group(&mut self, request: SyncGroupRequest) -> GroupFuture<SyncGroupResponse> {
+        let partition = self.partition_for(&request.group_id);
+        if let Some(error) = self.group_refusal(&request.group_id, partition) {
+            return GroupFuture::resolved(SyncGroupResponse::error(error));
+        }
+        self.group_call(|reply| GroupRequest::Sync {
+            offsets_partition: partition,
+            request,
+            reply,
+        })
+    }
+
+    /// Heartbeat, answered at once: O(1), no allocation, no disk. `Err(RebalanceInProgress)`
+    /// tells the member to rejoin.
+    pub fn heartbeat(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+    ) -> std::result::Result<(), GroupError> {
+        let partition = self.partition_for(group_id);
+        if let Some(error) = self.group_refusal(group_id, partition) {
+            return Err(error);
+        }
+        let shard = self.shard.as_mut().ok_or(GroupError::NotCoordinator)?;
+        let member = (group_id, member_id, group_instance_id);
+        shard.heartbeat_here(partition, member, generation_id)
+    }
+
+    /// LeaveGroup for one or more members.
+    pub fn leave_group(
+        &mut self,
+        group_id: &str,
+        members: Vec<LeavingMember>,
+    ) -> GroupFuture<LeaveGroupResponse> {
+        let partition = self.partition_for(group_id);
+        if let Some(error) = self.group_refusal(group_id, partition) {
+            return GroupFuture::resolved(LeaveGroupResponse {
+                error: Some(error),
+                members: Vec::new(),
+            });
+        }
+        self.group_call(|reply| GroupRequest::Leave {
+            offsets_partition: partition,
+            group_id: group_id.to_owned(),
+            members,
+            reply,
+        })
+    }
+
+    /// DescribeGroups for groups this shard serves (`None` for a group it holds no state
+    /// of, including groups that only have committed offsets).
+    pub fn describe_group(&self, group_id: &str) -> Result<Option<GroupDescription>> {
+        self.reader_for(group_id)?;
+        let shard = self.shard.as_ref().ok_or(Error::Closed)?;
+        Ok(shard.describe_here(group_id))
+    }
+
+    /// ListGroups: the groups this shard's coordinator holds.
+    pub fn list_groups(&self) -> Result<Vec<ListedGroup>> {
+        let shard = self.shard.as_ref().ok_or(Error::Closed)?;
+        let mut listed = Vec::new();
+        shard.list_here(&mut listed);
+        Ok(listed)
+    }
+
+    /// Why a group call for `group_id` cannot be served here, if it cannot.
+    fn group_refusal(&self, group_id: &str, partition: u32) -> Option<GroupError> {
+        if validate_group(group_id).is_err() {
+            return Some(GroupError::InvalidGroupId);
+        }
+        (self.shard.is_none() || !self.owns(partition)).then_some(GroupError::NotCoordinator)
+    }
+
+    /// Hands a group request to the coordinator on this thread; what it cannot answer at
+    /// once is answered by a later `flush`.
+    fn group_call<T: Abandoned>(
+        &mut self,
+        request: impl FnOnce(Completer<T>) -> GroupRequest,
+    ) -> GroupFuture<T> {
+        let (future, completer) = GroupFuture::pending();
+        if let Some(shard) = self.shard.as_mut() {
+            shard.handle_group(request(completer));
+            shard.service_groups();
         }
         future
     }
@@ -273,18 +414,22 @@ impl LocalShard {
     ///
     /// With nothing batched it does one round of idle maintenance instead — the offset
     /// retention check when due, one bounded compaction step, freeing the offset caches'
-    /// retired memory — so call it when the executor is idle, too.
+    /// retired memory. Either way it then services the groups: due session and rebalance
+    /// timers, GroupMetadata writes, and the joins and syncs they complete. Call it when the
+    /// executor is idle too, and at least every few milliseconds while groups are active.
     pub fn flush(&mut self) -> usize {
         let Some(shard) = self.shard.as_mut() else {
             return 0;
         };
         if shard.batch.is_empty() {
             shard.idle_step();
+            shard.service_groups();
             return 0;
         }
         let answered = shard.batch.requests.len();
         shard.flush();
         shard.after_flush();
+        shard.service_groups();
         answered
     }
 
