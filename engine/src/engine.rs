@@ -22,9 +22,9 @@ use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset,
-    commit_record_bytes_max,
+    commit_record_bytes_max, tombstone_chunks,
 };
-use crate::shard::{RecoveryReport, Request, Shard, ShardMetrics};
+use crate::shard::{GroupRequest, RecoveryReport, Request, Shard, ShardMetrics};
 use crate::storage::{Storage, UringStorage};
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -283,16 +283,21 @@ impl Engine {
             .send(unload)
             .map_err(|_| Error::Closed)?;
         let cache = answer.recv().unwrap_or(Err(Error::Closed))?;
-        let (reply, answer) = bounded(1);
-        let load = Request::Load {
-            partition: offsets_partition,
-            cache,
-            reply,
+        let loaded = load_on(target, offsets_partition, cache);
+        let (error, cache) = match loaded {
+            Ok(report) => {
+                let assigned = &self.inner.assignment[offsets_partition as usize];
+                assigned.store(to_shard as u32, Ordering::Relaxed);
+                return Ok(report);
+            }
+            Err(failed) => failed,
         };
-        target.requests.send(load).map_err(|_| Error::Closed)?;
-        let report = answer.recv().unwrap_or(Err(Error::Closed))?;
-        self.inner.assignment[offsets_partition as usize].store(to_shard as u32, Ordering::Relaxed);
-        Ok(report)
+        // The target could not recover it: the source takes it back (from disk, with the
+        // cache that came back), so the partition is not left served by no shard.
+        if let Some(cache) = cache {
+            let _ = load_on(&self.inner.shards[from], offsets_partition, cache);
+        }
+        Err(error)
     }
 
     /// Commits offsets for a group. The future resolves `Ok` once every offset is durable,
@@ -372,26 +377,35 @@ impl Engine {
     }
 
     /// Deletes a group (Kafka's DeleteGroups): tombstones for every committed offset of the
-    /// group, durable when the future resolves. A group with members is refused with
-    /// `NON_EMPTY_GROUP` (68), as Kafka does.
+    /// group and for its GroupMetadata record; the future resolves once the offsets'
+    /// tombstones are durable. A group with members is refused with `NON_EMPTY_GROUP` (68),
+    /// as Kafka does. The check and the tombstones happen on the shard thread that holds the
+    /// group, so no member can join in between.
     pub fn delete_group(&self, group_id: &str) -> CommitFuture {
-        let has_members = match self.describe_groups(&[group_id]) {
-            Ok(described) => described.iter().any(|d| !d.members.is_empty()),
-            Err(error) => return CommitFuture::resolved(Err(error)),
-        };
-        if has_members {
-            let refused = Error::Group(crate::group::GroupError::NonEmptyGroup);
-            return CommitFuture::resolved(Err(refused));
+        if let Err(error) = validate_group(group_id).and_then(|()| self.ensure_open()) {
+            return CommitFuture::resolved(Err(error));
         }
-        let committed = match self.fetch_all_offsets(group_id) {
-            Ok(committed) => committed,
-            Err(error) => return CommitFuture::resolved(Err(error)),
-        };
-        let tombstones = committed
-            .iter()
-            .map(|c| PendingOffset::tombstone(&c.topic, c.partition))
-            .collect();
-        self.send_tombstones(group_id, tombstones)
+        let config = &self.inner.config;
+        let timeout_ms = config.offsets_commit_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let offsets_partition = self.partition_for(group_id);
+        let (future, completer) =
+            CommitFuture::pending(deadline, timeout_ms, &self.inner.completions);
+        let request = Request::Group(GroupRequest::Delete {
+            offsets_partition,
+            group_id: group_id.to_owned(),
+            deadline,
+            reply: completer,
+        });
+        // A failed send drops the completer, which fails the future.
+        let sent = self
+            .shard_for(offsets_partition)
+            .requests
+            .send_deadline(request, deadline);
+        if let Err(SendTimeoutError::Timeout(_)) = sent {
+            return CommitFuture::resolved(Err(Error::CommitTimeout { timeout_ms }));
+        }
+        future
     }
 
     /// Queues tombstones in as many requests as the batch limits need (a group may have
@@ -407,25 +421,10 @@ impl Engine {
             - crate::format::BATCH_HEADER_BYTES;
         let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
         let mut last = CommitFuture::resolved(Ok(()));
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        let mut tombstones = tombstones.into_iter().peekable();
-        // Bounded: every iteration consumes one tombstone.
-        while let Some(tombstone) = tombstones.next() {
-            chunk_bytes += commit_record_bytes_max(group_id, &tombstone.topic, "");
-            chunk.push(tombstone);
-            let next_bytes = tombstones
-                .peek()
-                .map(|next| commit_record_bytes_max(group_id, &next.topic, ""));
-            let full = chunk.len() == COMMIT_PARTITIONS_MAX
-                || next_bytes.is_none_or(|next| chunk_bytes + next > chunk_bytes_max);
-            if full {
-                let offsets = std::mem::take(&mut chunk);
-                last = self.send_pending(group_id, deadline, |commit, offsets_partition| {
-                    commit.fill_owned(group_id, offsets_partition, offsets, chunk_bytes);
-                });
-                chunk_bytes = 0;
-            }
+        for (offsets, bytes) in tombstone_chunks(group_id, tombstones, chunk_bytes_max) {
+            last = self.send_pending(group_id, deadline, |commit, offsets_partition| {
+                commit.fill_owned(group_id, offsets_partition, offsets, bytes);
+            });
         }
         last
     }
@@ -641,6 +640,29 @@ fn spawn_shard(
         thread: Mutex::new(Some(thread)),
     };
     Ok((handle, opened_rx))
+}
+
+/// Asks `shard` to load an offsets partition with its cache; on failure the cache comes back
+/// (unless the shard is gone).
+fn load_on(
+    shard: &ShardHandle,
+    partition: u32,
+    cache: Box<OffsetCache>,
+) -> std::result::Result<RecoveryReport, (Error, Option<Box<OffsetCache>>)> {
+    let (reply, answer) = bounded(1);
+    let load = Request::Load {
+        partition,
+        cache,
+        reply,
+    };
+    if shard.requests.send(load).is_err() {
+        return Err((Error::Closed, None));
+    }
+    match answer.recv() {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err((error, cache))) => Err((error, Some(cache))),
+        Err(_) => Err((Error::Closed, None)),
+    }
 }
 
 /// Creates and locks the data directory, mapping failures to typed errors.

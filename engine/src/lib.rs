@@ -38,4 +38,6 @@ pub use engine::{Engine, OffsetLookup, OffsetReset, ResetOffset};
 pub use error::{Error, Result};
 pub use events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-pub use shard::{LocalShard, PartitionHandoff, PartitionSpace, RecoveryReport, ShardMetrics};
+pub use shard::{
+    AdoptFailed, LocalShard, PartitionHandoff, PartitionSpace, RecoveryReport, ShardMetrics,
+};

@@ -6,6 +6,7 @@ use crossbeam_channel::bounded;
 
 use super::{Engine, NO_EXPIRE_TIMESTAMP_MS, validate_group};
 use crate::completion::{Abandoned, CommitFuture, GroupFuture};
+use crate::config::KAFKA_STRING_BYTES_MAX;
 use crate::error::{Error, Result};
 use crate::group::{
     CommitFence, GroupDescription, GroupError, GroupState, JoinGroupRequest, JoinGroupResponse,
@@ -140,6 +141,18 @@ impl Engine {
         fence: &CommitFence,
         offsets: &[OffsetCommit<'_>],
     ) -> CommitFuture {
+        let ids = [
+            Some(fence.member_id.as_str()),
+            fence.group_instance_id.as_deref(),
+        ];
+        if ids
+            .into_iter()
+            .flatten()
+            .any(|id| id.len() > KAFKA_STRING_BYTES_MAX)
+        {
+            let error = Error::InvalidRequest("member or instance id longer than 32767 bytes");
+            return CommitFuture::resolved(Err(error));
+        }
         self.commit(group_id, Some(fence), offsets, NO_EXPIRE_TIMESTAMP_MS)
     }
 

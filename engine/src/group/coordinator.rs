@@ -1568,6 +1568,33 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// DeleteGroups for one group: refused with `NON_EMPTY_GROUP` while it has members
+    /// (joined or pending). Otherwise the group is dropped and, if it ever stored metadata, a
+    /// tombstone for its GroupMetadata record is queued (see
+    /// [`take_persists`](Self::take_persists)). A group the coordinator does not hold has no
+    /// stored metadata (recovery restores every stored group), so there is nothing to do.
+    pub fn delete_group(&mut self, group_id: &str) -> Result<(), GroupError> {
+        let Some(g) = self.handle_of(group_id) else {
+            return Ok(());
+        };
+        let group = self.group(g);
+        if !group.members.is_empty() || !group.pending.is_empty() {
+            return Err(GroupError::NonEmptyGroup);
+        }
+        let stored = group.metadata_log_position.is_some() || group.persist_in_flight.is_some();
+        let record = PersistRecord {
+            group_id: group_id.to_owned(),
+            offsets_partition: group.offsets_partition,
+            generation_id: group.generation_id,
+            value: None,
+        };
+        self.unload_group(g, GroupError::GroupIdNotFound);
+        if stored {
+            self.persists.push(record);
+        }
+        Ok(())
+    }
+
     /// Drops every group of an offsets partition (it moves to another shard, whose
     /// recovery restores them from the log); waiting calls get `NOT_COORDINATOR`.
     pub fn unload_partition(&mut self, offsets_partition: u32) {

@@ -92,7 +92,7 @@ pub(crate) struct PendingCommit {
 
 /// Largest number of offsets a pooled commit keeps room for; bigger ones are freed after use.
 const POOLED_COMMIT_OFFSETS_MAX: usize = 64;
-/// Largest string capacity (group, topics, metadata) a pooled commit keeps.
+/// Largest string capacity (group, topics, metadata, fence ids) a pooled commit keeps.
 const POOLED_COMMIT_STRING_BYTES_MAX: usize = 16 * 1024;
 /// Most commits a [`CommitPool`] keeps for reuse.
 pub(crate) const COMMITS_POOLED_MAX: usize = 64 * 1024;
@@ -219,8 +219,12 @@ impl PendingCommit {
             .iter()
             .map(|o| o.topic.capacity() + o.metadata.capacity())
             .sum();
+        let fence = self.fence.as_ref().map_or(0, |fence| {
+            fence.member_id.capacity()
+                + fence.group_instance_id.as_ref().map_or(0, String::capacity)
+        });
         self.offsets.capacity() <= POOLED_COMMIT_OFFSETS_MAX
-            && strings + self.group.capacity() <= POOLED_COMMIT_STRING_BYTES_MAX
+            && strings + fence + self.group.capacity() <= POOLED_COMMIT_STRING_BYTES_MAX
     }
 }
 
@@ -270,7 +274,42 @@ pub(crate) struct GroupCommitBatch {
     entries: Vec<EntryRef>,
 }
 
+/// Splits tombstones into requests each within one commit's limits (`COMMIT_PARTITIONS_MAX`
+/// offsets, `chunk_bytes_max` encoded bytes): a group may have more offsets than one request
+/// may carry. Returns each chunk with the upper bound of its encoded bytes.
+pub(crate) fn tombstone_chunks(
+    group: &str,
+    tombstones: Vec<PendingOffset>,
+    chunk_bytes_max: usize,
+) -> Vec<(Vec<PendingOffset>, usize)> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    let mut tombstones = tombstones.into_iter().peekable();
+    // Bounded: every iteration consumes one tombstone.
+    while let Some(tombstone) = tombstones.next() {
+        chunk_bytes += commit_record_bytes_max(group, &tombstone.topic, "");
+        chunk.push(tombstone);
+        let next_bytes = tombstones
+            .peek()
+            .map(|next| commit_record_bytes_max(group, &next.topic, ""));
+        let full = chunk.len() == crate::config::COMMIT_PARTITIONS_MAX
+            || next_bytes.is_none_or(|next| chunk_bytes + next > chunk_bytes_max);
+        if full {
+            chunks.push((std::mem::take(&mut chunk), chunk_bytes));
+            chunk_bytes = 0;
+        }
+    }
+    chunks
+}
+
 impl GroupCommitBatch {
+    /// The most encoded bytes one commit may carry into this batch (what validation allows).
+    pub(crate) fn commit_bytes_max(&self) -> usize {
+        PARTITION_BATCH_BYTES_MAX.min(self.group_commit_bytes_max)
+            - crate::format::BATCH_HEADER_BYTES
+    }
+
     pub(crate) fn new(partitions: usize, group_commit_bytes_max: usize) -> GroupCommitBatch {
         GroupCommitBatch {
             requests: Vec::new(),

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::group_commit::PendingCommit;
+use super::group_commit::{PendingCommit, PendingOffset, tombstone_chunks};
 use super::{Shard, wall_clock_ms};
-use crate::completion::{Abandoned, Completer};
+use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool};
 use crate::error::{Error, Result};
 use crate::format::{
     BATCH_HEADER_BYTES, BatchParams, BatchWriter, GroupMetadataKey, GroupMetadataValue,
@@ -54,6 +54,14 @@ pub(crate) enum GroupRequest {
         group_id: String,
         members: Vec<LeavingMember>,
         reply: Completer<LeaveGroupResponse>,
+    },
+    /// DeleteGroups: refused while the group has members; otherwise tombstones for its
+    /// offsets (the reply answers once they are durable) and its metadata record.
+    Delete {
+        offsets_partition: u32,
+        group_id: String,
+        deadline: std::time::Instant,
+        reply: Completer,
     },
     Describe {
         group_ids: Vec<String>,
@@ -265,6 +273,23 @@ impl Shard {
                 let response = self.groups.coordinator.leave(&group_id, members, now_ms);
                 reply.complete(response);
             }
+            GroupRequest::Delete {
+                offsets_partition,
+                group_id,
+                deadline,
+                reply,
+            } => {
+                if refused(self, offsets_partition) {
+                    let error = crate::error::Error::NotCoordinator {
+                        partition: offsets_partition,
+                    };
+                    return reply.complete(Err(error));
+                }
+                match self.groups.coordinator.delete_group(&group_id) {
+                    Ok(()) => self.tombstone_offsets(offsets_partition, &group_id, deadline, reply),
+                    Err(error) => reply.complete(Err(Error::Group(error))),
+                }
+            }
             GroupRequest::Describe { group_ids, reply } => {
                 let coordinator = &self.groups.coordinator;
                 let described = group_ids.iter().map(|id| coordinator.describe(id));
@@ -277,6 +302,56 @@ impl Shard {
             }
         }
         self.groups.drain_output();
+    }
+
+    /// Batches tombstones for every committed offset of `group_id` (a deleted group); `reply`
+    /// answers with the last chunk, which succeeds only if every earlier one did (same
+    /// partition, flushed in order, a failure fails the partition closed).
+    fn tombstone_offsets(
+        &mut self,
+        offsets_partition: u32,
+        group_id: &str,
+        deadline: std::time::Instant,
+        reply: Completer,
+    ) {
+        let Some(cache) = self.partitions[offsets_partition as usize].cache.as_ref() else {
+            let error = Error::NotCoordinator {
+                partition: offsets_partition,
+            };
+            return reply.complete(Err(error));
+        };
+        // An admin call: allocating the list of keys is fine here.
+        let mut tombstones = Vec::new();
+        cache
+            .reader()
+            .pin()
+            .for_each_in_group(group_id, |topic, partition, _| {
+                tombstones.push(PendingOffset::tombstone(topic, partition));
+            });
+        let chunks = tombstone_chunks(group_id, tombstones, self.batch.commit_bytes_max());
+        let Some(last) = chunks.len().checked_sub(1) else {
+            return reply.complete(Ok(()));
+        };
+        let throwaway = CompletionPool::new(1);
+        let mut reply = Some(reply);
+        let now = std::time::Instant::now();
+        for (index, (offsets, bytes)) in chunks.into_iter().enumerate() {
+            let own = if index == last { reply.take() } else { None };
+            let completer = match own {
+                Some(reply) => reply,
+                None => CommitFuture::pending(deadline, self.commit_timeout_ms, &throwaway).1,
+            };
+            let mut commit = self.commit_pool.take();
+            commit.fill_owned(group_id, offsets_partition, offsets, bytes);
+            commit.arm(now, deadline, completer);
+            if let Err(commit) = self.batch.try_add(commit) {
+                self.flush();
+                // An empty batch takes any commit within the limits; were it refused,
+                // dropping it fails its future rather than losing it silently.
+                let added = self.batch.try_add(commit);
+                debug_assert!(added.is_ok(), "an empty batch refused a tombstone chunk");
+            }
+        }
     }
 
     /// A heartbeat answered on the calling thread (the shard-local API): no request, no

@@ -101,6 +101,24 @@ pub struct PartitionHandoff {
     cache: Box<OffsetCache>,
 }
 
+/// A partition a shard could not adopt: why, and the handoff to try elsewhere.
+pub struct AdoptFailed {
+    /// What stopped the adoption (the partition's log could not be recovered here).
+    pub error: Error,
+    /// The partition, still carrying its offsets.
+    pub handoff: PartitionHandoff,
+}
+
+impl std::fmt::Debug for AdoptFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "adopting offsets partition {} failed: {}",
+            self.handoff.partition, self.error
+        )
+    }
+}
+
 impl PartitionHandoff {
     /// The offsets partition handed off.
     pub fn partition(&self) -> u32 {
@@ -362,6 +380,32 @@ impl LocalShard {
         })
     }
 
+    /// DeleteGroups (see [`Engine::delete_group`](crate::Engine::delete_group)): refused with
+    /// `NON_EMPTY_GROUP` while the group has members; otherwise tombstones for its offsets
+    /// and metadata, durable after the next [`flush`](Self::flush) resolves the future.
+    pub fn delete_group(&mut self, group_id: &str) -> CommitFuture {
+        if let Err(error) = validate_group(group_id) {
+            return CommitFuture::resolved(Err(error));
+        }
+        let partition = self.partition_for(group_id);
+        if !self.owns(partition) {
+            return CommitFuture::resolved(Err(Error::NotCoordinator { partition }));
+        }
+        let Some(shard) = self.shard.as_mut() else {
+            return CommitFuture::resolved(Err(Error::Closed));
+        };
+        let timeout_ms = self.config.offsets_commit_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let (future, reply) = CommitFuture::pending(deadline, timeout_ms, &self.completions);
+        shard.handle_group(GroupRequest::Delete {
+            offsets_partition: partition,
+            group_id: group_id.to_owned(),
+            deadline,
+            reply,
+        });
+        future
+    }
+
     /// DescribeGroups for groups this shard serves (`None` for a group it holds no state
     /// of, including groups that only have committed offsets).
     pub fn describe_group(&self, group_id: &str) -> Result<Option<GroupDescription>> {
@@ -429,6 +473,7 @@ impl LocalShard {
         let answered = shard.batch.requests.len();
         shard.flush();
         shard.after_flush();
+        shard.retention_if_due();
         shard.service_groups();
         answered
     }
@@ -485,7 +530,9 @@ impl LocalShard {
 
     /// Stops serving an offsets partition (what is batched is flushed first, its log is
     /// trimmed, synced and closed) and hands it off for another shard to
-    /// [`adopt`](Self::adopt_partition). Later commits for it here get `NotCoordinator`.
+    /// [`adopt`](Self::adopt_partition). Later commits for it here get `NotCoordinator`. If
+    /// closing the log fails, the partition stays here failed closed (no retry of a failed
+    /// sync); releasing it again hands it off, and the adopter recovers it from disk.
     pub fn release_partition(&mut self, offsets_partition: u32) -> Result<PartitionHandoff> {
         let shard = self.shard.as_mut().ok_or(Error::Closed)?;
         let cache = shard.unload_partition(offsets_partition)?;
@@ -497,13 +544,24 @@ impl LocalShard {
     }
 
     /// Starts serving a partition another shard released: recovers its log from disk (only
-    /// to check it: its offsets arrive with it) and serves it.
-    pub fn adopt_partition(&mut self, handoff: PartitionHandoff) -> Result<RecoveryReport> {
-        let shard = self.shard.as_mut().ok_or(Error::Closed)?;
+    /// to check it: its offsets arrive with it) and serves it. On failure the handoff comes
+    /// back with the error, so the partition can be adopted elsewhere (or back).
+    pub fn adopt_partition(
+        &mut self,
+        handoff: PartitionHandoff,
+    ) -> std::result::Result<RecoveryReport, AdoptFailed> {
+        let Some(shard) = self.shard.as_mut() else {
+            let error = Error::Closed;
+            return Err(AdoptFailed { error, handoff });
+        };
         let PartitionHandoff { partition, cache } = handoff;
         let reader = cache.reader();
         let mut report = RecoveryReport::default();
-        shard.load_partition(partition, cache, false, &mut report)?;
+        if let Err((error, cache)) = shard.try_load_partition(partition, cache, false, &mut report)
+        {
+            let handoff = PartitionHandoff { partition, cache };
+            return Err(AdoptFailed { error, handoff });
+        }
         self.readers[partition as usize] = Some(reader);
         Ok(report)
     }

@@ -138,13 +138,19 @@ impl Shard {
         }
     }
 
+    /// The retention check, if it is due (a caller-driven shard under sustained load runs
+    /// it between flushes, as the shard thread does between requests).
+    pub(super) fn retention_if_due(&mut self) {
+        if Instant::now() >= self.maintenance.next_retention_check {
+            self.retention_check(super::wall_clock_ms());
+        }
+    }
+
     /// One round of idle work for a shard its caller drives (`LocalShard::flush` with nothing
     /// batched): the retention check when due, one bounded compaction step, and freeing the
     /// caches' retired memory. Returns whether compaction work remains.
     pub(super) fn idle_step(&mut self) -> bool {
-        if Instant::now() >= self.maintenance.next_retention_check {
-            self.retention_check(super::wall_clock_ms());
-        }
+        self.retention_if_due();
         if self.maintenance.has_compaction_work() {
             self.compaction_step(super::wall_clock_ms());
         }
@@ -345,6 +351,11 @@ impl Shard {
     /// commit (flushing at once), counts them and reports each durable one as an event.
     /// Returns how many expired.
     pub(super) fn retention_check(&mut self, now_ms: i64) -> u64 {
+        // Decide expiry only on the durable state with nothing batched: a commit waiting in
+        // the batch would otherwise be acknowledged and then tombstoned by this check.
+        if !self.batch.is_empty() {
+            self.flush();
+        }
         let retention_ms = self.maintenance.offsets_retention_ms;
         let mut expired: Vec<ExpiredOffset> = Vec::new();
         let mut more = false;

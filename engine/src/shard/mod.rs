@@ -14,7 +14,7 @@ mod maintenance;
 mod metrics;
 
 pub(crate) use groups::GroupRequest;
-pub use local::{LocalShard, PartitionHandoff};
+pub use local::{AdoptFailed, LocalShard, PartitionHandoff};
 pub use maintenance::PartitionSpace;
 pub use metrics::ShardMetrics;
 
@@ -83,7 +83,8 @@ pub(crate) enum Request {
     Load {
         partition: u32,
         cache: Box<OffsetCache>,
-        reply: Sender<Result<RecoveryReport>>,
+        /// On failure the cache comes back with the error.
+        reply: Sender<Result<RecoveryReport, (Error, Box<OffsetCache>)>>,
     },
     /// Flush, close and stop serving an offsets partition; the reply hands its cache back.
     Unload {
@@ -235,16 +236,29 @@ impl Shard {
     fn load_partition(
         &mut self,
         partition: u32,
-        mut cache: Box<OffsetCache>,
+        cache: Box<OffsetCache>,
         fill: bool,
         report: &mut RecoveryReport,
     ) -> Result<()> {
-        let slot = self
-            .partitions
-            .get(partition as usize)
-            .ok_or(Error::NotCoordinator { partition })?;
+        self.try_load_partition(partition, cache, fill, report)
+            .map_err(|(error, _cache)| error)
+    }
+
+    /// [`load_partition`](Self::load_partition), handing the cache back with the error so a
+    /// partition that cannot move here can go back to where it came from.
+    fn try_load_partition(
+        &mut self,
+        partition: u32,
+        mut cache: Box<OffsetCache>,
+        fill: bool,
+        report: &mut RecoveryReport,
+    ) -> Result<(), (Error, Box<OffsetCache>)> {
+        let Some(slot) = self.partitions.get(partition as usize) else {
+            return Err((Error::NotCoordinator { partition }, cache));
+        };
         if slot.hosted {
-            return Err(Error::InvalidRequest("offsets partition already loaded"));
+            let error = Error::InvalidRequest("offsets partition already loaded");
+            return Err((error, cache));
         }
         let mut compaction = PartitionCompaction::default();
         let mut group_replay = GroupReplay::new();
@@ -258,14 +272,18 @@ impl Shard {
             };
             replay.batch(report, view)
         };
-        let (log, recovery) = PartitionLog::open(
+        let opened = PartitionLog::open(
             self.storage.as_mut(),
             &self.data_dir,
             partition,
             self.settings,
             &mut self.read_buf,
             &mut visit,
-        )?;
+        );
+        let (log, recovery) = match opened {
+            Ok(opened) => opened,
+            Err(error) => return Err((error, cache)),
+        };
         report.partitions.push(recovery);
         if fill {
             // Replay grew the arrays by 1.5x steps; give back the slack once.
@@ -301,11 +319,18 @@ impl Shard {
         if !slot.hosted {
             return Err(Error::NotCoordinator { partition });
         }
-        let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
-        if let Some(log) = unloaded.log {
-            log.close(self.storage.as_mut())
-                .map_err(|e| Error::io(format!("closing offsets partition {partition}"), e))?;
+        if let Some(log) = slot.log.take()
+            && let Err(error) = log.close(self.storage.as_mut())
+        {
+            // Never retry the failed sync: the partition fails closed here but keeps its
+            // cache, so a later move still hands it on and the target recovers from disk.
+            slot.failure = Some(format!("closing the log: {error}"));
+            return Err(Error::io(
+                format!("closing offsets partition {partition}"),
+                error,
+            ));
         }
+        let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
         unloaded.cache.ok_or(Error::NotCoordinator { partition })
     }
 
@@ -409,7 +434,7 @@ impl Shard {
                 reply,
             } => {
                 let mut report = RecoveryReport::default();
-                let loaded = self.load_partition(partition, cache, false, &mut report);
+                let loaded = self.try_load_partition(partition, cache, false, &mut report);
                 let _ = reply.send(loaded.map(|()| report));
             }
             Request::Unload { partition, reply } => {
