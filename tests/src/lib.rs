@@ -86,3 +86,28 @@ pub fn batch_ranges(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
     }
     ranges
 }
+
+/// A consumer's JoinGroup request for `group` (protocol type "consumer", the "range"
+/// assignor, a 60 s rebalance timeout); `require_known_member_id` as v4+ clients send it.
+pub fn join_request(
+    group: &str,
+    member_id: &str,
+    session_timeout_ms: i32,
+    require_known_member_id: bool,
+) -> coffer::group::JoinGroupRequest {
+    coffer::group::JoinGroupRequest {
+        group_id: group.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        client_id: "consumer".into(),
+        client_host: "/10.0.0.7".into(),
+        session_timeout_ms,
+        rebalance_timeout_ms: 60_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![coffer::group::JoinProtocol {
+            name: "range".into(),
+            metadata: b"orders".to_vec(),
+        }],
+        require_known_member_id,
+    }
+}

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use coffer::group::{
-    CommitFence, GroupError, GroupState, JoinGroupRequest, JoinGroupResponse, JoinProtocol,
-    LeavingMember, SyncGroupRequest,
+    CommitFence, GroupError, GroupState, JoinGroupRequest, JoinGroupResponse, LeavingMember,
+    SyncGroupRequest,
 };
 use coffer::storage::SimDisk;
 use coffer::{Config, Engine, Error, OffsetCommit, OffsetLookup, OffsetReset};
@@ -25,21 +25,7 @@ fn config(shards: usize) -> Config {
 }
 
 fn join_request(member_id: &str, session_timeout_ms: i32) -> JoinGroupRequest {
-    JoinGroupRequest {
-        group_id: GROUP.into(),
-        member_id: member_id.into(),
-        group_instance_id: None,
-        client_id: "consumer".into(),
-        client_host: "/10.0.0.7".into(),
-        session_timeout_ms,
-        rebalance_timeout_ms: 60_000,
-        protocol_type: "consumer".into(),
-        protocols: vec![JoinProtocol {
-            name: "range".into(),
-            metadata: b"orders".to_vec(),
-        }],
-        require_known_member_id: true,
-    }
+    coffer_tests::join_request(GROUP, member_id, session_timeout_ms, true)
 }
 
 /// The v4+ dance: MEMBER_ID_REQUIRED, then the join with the id; one member, generation 1.

@@ -180,21 +180,7 @@ fn two_sets_of_shards_never_share_a_directory() {
 }
 
 fn join(group: &str, member_id: &str) -> coffer::group::JoinGroupRequest {
-    coffer::group::JoinGroupRequest {
-        group_id: group.into(),
-        member_id: member_id.into(),
-        group_instance_id: None,
-        client_id: "consumer".into(),
-        client_host: "/10.0.0.8".into(),
-        session_timeout_ms: 30_000,
-        rebalance_timeout_ms: 60_000,
-        protocol_type: "consumer".into(),
-        protocols: vec![coffer::group::JoinProtocol {
-            name: "range".into(),
-            metadata: Vec::new(),
-        }],
-        require_known_member_id: false,
-    }
+    coffer_tests::join_request(group, member_id, 30_000, false)
 }
 
 /// Drives the shard (as the broker's executor loop would) until `future` resolves.

@@ -55,7 +55,7 @@ fn a_retention_check_mid_batch_never_expires_a_fresh_commit() {
 mod groups {
     use super::*;
     use coffer::group::{
-        GroupError, GroupState, JoinGroupRequest, JoinProtocol, LeavingMember, SyncGroupRequest,
+        GroupError, GroupState, JoinGroupRequest, LeavingMember, SyncGroupRequest,
     };
     use coffer::{Config, Engine, LocalShard};
 
@@ -71,21 +71,7 @@ mod groups {
     }
 
     fn join_request(member_id: &str, session_timeout_ms: i32) -> JoinGroupRequest {
-        JoinGroupRequest {
-            group_id: GROUP.into(),
-            member_id: member_id.into(),
-            group_instance_id: None,
-            client_id: "consumer".into(),
-            client_host: "/10.0.0.7".into(),
-            session_timeout_ms,
-            rebalance_timeout_ms: 60_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![JoinProtocol {
-                name: "range".into(),
-                metadata: b"orders".to_vec(),
-            }],
-            require_known_member_id: true,
-        }
+        coffer_tests::join_request(GROUP, member_id, session_timeout_ms, true)
     }
 
     /// Joins one member and syncs it (its metadata record is durable); returns its id.
