@@ -33,6 +33,21 @@ pub const RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
 /// Upper bound on `offsets_retention_check_interval_ms` (one day).
 pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
 
+/// What one group commit makes its writes durable with. No Kafka name (Kafka leaves syncing
+/// to replication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncScope {
+    /// One `fdatasync` per written segment, all in the flush's one io_uring submission.
+    #[default]
+    File,
+    /// The flush's writes, then one `syncfs` of the data directory's filesystem: one journal
+    /// commit and one device cache flush per group commit instead of one per partition.
+    /// `syncfs` flushes everything dirty on that filesystem, so this is for a data directory
+    /// on a volume of its own; it needs Linux 5.8 or later (from which `syncfs` reports
+    /// writeback errors), and the engine refuses to open with it on older kernels.
+    Filesystem,
+}
+
 /// Engine configuration.
 ///
 /// ```
@@ -69,6 +84,8 @@ pub struct Config {
     pub shards: usize,
     /// No Kafka name. Pin shard `i` to core `i % cores` (default true).
     pub pin_shards: bool,
+    /// No Kafka name. How a group commit is made durable (default: per file).
+    pub fsync_scope: FsyncScope,
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
     pub request_queue_depth_max: usize,
@@ -104,6 +121,7 @@ impl Config {
             group_commit_bytes_max: 4 * 1024 * 1024,
             group_commit_linger_us: 0,
             request_queue_depth_max: 4096,
+            fsync_scope: FsyncScope::File,
             group_partitioner: GroupPartitioner::Kafka,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             pin_shards: true,

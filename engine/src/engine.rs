@@ -117,7 +117,10 @@ impl Engine {
     /// Opens (creating if needed) the data directory in `config`, takes its lock and
     /// recovers every offsets partition (each shard its own, in parallel) before returning.
     pub fn open(config: Config) -> Result<Engine> {
-        let make = || -> std::io::Result<Box<dyn Storage>> { Ok(Box::new(UringStorage::new()?)) };
+        let scope = config.fsync_scope;
+        let make = move || -> std::io::Result<Box<dyn Storage>> {
+            Ok(Box::new(UringStorage::with_fsync_scope(scope)?))
+        };
         Engine::open_with_storage(config, &make)
     }
 

@@ -33,7 +33,7 @@ pub mod storage;
 pub(crate) mod sync;
 
 pub use completion::{Abandoned, CommitFuture, GroupFuture};
-pub use config::Config;
+pub use config::{Config, FsyncScope};
 pub use engine::{Engine, OffsetLookup, OffsetReset, ResetOffset};
 pub use error::{Error, Result};
 pub use events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent};

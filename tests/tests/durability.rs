@@ -90,11 +90,26 @@ fn merge(handles: Vec<std::thread::JoinHandle<Acked>>) -> Acked {
 
 #[test]
 fn concurrent_committers_then_clean_reopen_keep_every_acknowledged_commit() {
+    // Both ways of syncing a group commit: per segment file, and one syncfs per flush.
+    for fsync_scope in [coffer::FsyncScope::File, coffer::FsyncScope::Filesystem] {
+        committers_then_reopen(fsync_scope);
+    }
+}
+
+fn committers_then_reopen(fsync_scope: coffer::FsyncScope) {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path(), 8);
+    let mut config = test_config(dir.path(), 8);
+    config.fsync_scope = fsync_scope;
     let engine = Engine::open(config.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = merge(run_committers(&engine, 8, 300, &stop));
+    let metrics = engine.metrics().unwrap();
+    let sum = |f: fn(&coffer::ShardMetrics) -> u64| metrics.iter().map(f).sum::<u64>();
+    let expected_syncs = match fsync_scope {
+        coffer::FsyncScope::File => sum(|m| m.batches),
+        coffer::FsyncScope::Filesystem => sum(|m| m.flushes),
+    };
+    assert_eq!(sum(|m| m.syncs), expected_syncs, "{fsync_scope:?}");
     engine.close().unwrap();
     drop(engine);
 
@@ -105,7 +120,7 @@ fn concurrent_committers_then_clean_reopen_keep_every_acknowledged_commit() {
         assert_eq!(
             fetch_one(&reopened, group, TOPIC, *partition).unwrap(),
             Some(*last_acked),
-            "{group}/{partition}"
+            "{group}/{partition} with {fsync_scope:?}"
         );
     }
     reopened.close().unwrap();

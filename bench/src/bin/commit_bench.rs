@@ -91,6 +91,10 @@ struct Args {
     /// outstanding. Without it, a closed loop keeps `--in-flight` outstanding.
     #[arg(long)]
     rate: Option<f64>,
+    /// How the engine makes a group commit durable: `file` (one fdatasync per written
+    /// segment, the default) or `filesystem` (one syncfs per flush; a dedicated volume).
+    #[arg(long, default_value = "file")]
+    fsync_scope: String,
     /// Heartbeats per second sent during the engine phase from one more thread (on the
     /// committers' core) by `--heartbeat-members` Stable one-member groups, distinct from
     /// the committing groups (0: none).
@@ -355,6 +359,11 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.pin_shards = true;
     config.offsets_topic_num_partitions = args.offsets_partitions;
     config.group_commit_linger_us = args.linger_us;
+    config.fsync_scope = match args.fsync_scope.as_str() {
+        "file" => coffer::FsyncScope::File,
+        "filesystem" => coffer::FsyncScope::Filesystem,
+        other => return Err(format!("--fsync-scope {other}: expected file or filesystem").into()),
+    };
     config.groups.group_initial_rebalance_delay_ms = 0;
     let engine = Engine::open(config)?;
     let members = if args.heartbeats_per_sec > 0 {

@@ -135,7 +135,10 @@ impl LocalShard {
     ///
     /// [`Engine`]: crate::Engine
     pub fn open_all(config: Config) -> Result<Vec<LocalShard>> {
-        let make = || -> std::io::Result<Box<dyn Storage>> { Ok(Box::new(UringStorage::new()?)) };
+        let scope = config.fsync_scope;
+        let make = move || -> std::io::Result<Box<dyn Storage>> {
+            Ok(Box::new(UringStorage::with_fsync_scope(scope)?))
+        };
         LocalShard::open_all_with_storage(config, &make)
     }
 

@@ -31,7 +31,8 @@ pub struct ShardMetrics {
     pub records: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// Data syncs issued (one per batch).
+    /// Data syncs issued: one per batch (`FsyncScope::File`), or one `syncfs` per flush
+    /// (`FsyncScope::Filesystem`).
     pub syncs: u64,
     /// Requests waiting in the shard's inbox when the snapshot was taken.
     pub queue_depth: usize,

@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::cache::{OffsetCache, OffsetKey, OffsetValueRef};
 use crate::compact::PartitionCompaction;
-use crate::config::Config;
+use crate::config::{Config, FsyncScope};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::format::{
@@ -174,6 +174,8 @@ pub(crate) struct Shard {
     write_ops: Vec<WriteOp<'static>>,
     /// Where answered commits go back for reuse.
     commit_pool: CommitPool,
+    /// How the storage makes a flush durable (for the sync count).
+    fsync_scope: FsyncScope,
     metrics: ShardMetrics,
     /// Compaction and retention (see `maintenance`).
     maintenance: Maintenance,
@@ -217,6 +219,7 @@ impl Shard {
             placed_partitions: Vec::new(),
             write_ops: Vec::new(),
             commit_pool,
+            fsync_scope: config.fsync_scope,
             metrics: ShardMetrics::new(index),
             maintenance: Maintenance::new(config, events),
             groups: ShardGroups::new(&config.groups, index),
@@ -541,6 +544,10 @@ impl Shard {
         self.storage.write_durable(&ops, &mut self.flush_results);
         self.write_ops = recycle_ops(ops);
         debug_assert_eq!(self.flush_results.len(), placed.len());
+        // One syncfs covered the whole flush.
+        if self.fsync_scope == FsyncScope::Filesystem && !placed.is_empty() {
+            self.metrics.syncs += 1;
+        }
         for (result, &partition) in self.flush_results.iter().zip(&placed) {
             let hosted = &mut self.partitions[partition as usize];
             match result {
@@ -551,7 +558,7 @@ impl Shard {
                         let records = last + 1 - log.next_offset();
                         log.commit_append(hosted.encoded.len(), last);
                         self.metrics.batches += 1;
-                        self.metrics.syncs += 1;
+                        self.metrics.syncs += u64::from(self.fsync_scope == FsyncScope::File);
                         self.metrics.records += records as u64;
                         self.metrics.bytes += hosted.encoded.len() as u64;
                     }

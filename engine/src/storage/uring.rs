@@ -4,7 +4,8 @@
 //! [`Storage::write_durable`], pushes for each partition a buffered write linked
 //! (`IOSQE_IO_LINK`) to an `fdatasync` of the same file, submits them all with one
 //! `io_uring_enter`, and waits for every completion. The kernel runs the partitions' syncs in
-//! parallel; the link keeps each sync after its write. See docs/architecture.md for why this
+//! parallel; the link keeps each sync after its write. With `FsyncScope::Filesystem` the
+//! writes go unlinked and one `syncfs` follows them. See docs/architecture.md for why this
 //! and not glommio's DMA files.
 
 use std::fs::{File, OpenOptions};
@@ -16,6 +17,10 @@ use std::path::Path;
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::{FileId, OpenMode, Storage, WriteOp};
+use crate::config::FsyncScope;
+
+/// The first kernel whose `syncfs` reports writeback errors (errseq on the superblock).
+const SYNCFS_ERRORS_KERNEL_MIN: (u32, u32) = (5, 8);
 
 /// Submission queue entries. Two per write (write + sync), so this many / 2 writes go in one
 /// `io_uring_enter`; larger flushes are submitted in chunks of that size.
@@ -30,16 +35,40 @@ pub struct UringStorage {
     files: Vec<Option<File>>,
     free_ids: Vec<u32>,
     dir_lock: Option<File>,
+    fsync_scope: FsyncScope,
 }
 
 impl UringStorage {
-    /// Creates the storage and its io_uring.
+    /// Creates the storage and its io_uring, syncing per file.
     pub fn new() -> io::Result<UringStorage> {
+        UringStorage::with_fsync_scope(FsyncScope::File)
+    }
+
+    /// Creates the storage with the given [`FsyncScope`]; `Filesystem` is refused on
+    /// kernels whose `syncfs` does not report writeback errors.
+    pub fn with_fsync_scope(fsync_scope: FsyncScope) -> io::Result<UringStorage> {
+        if fsync_scope == FsyncScope::Filesystem {
+            let release = kernel_release()?;
+            if release < SYNCFS_ERRORS_KERNEL_MIN {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "fsync_scope Filesystem needs Linux {}.{} or later (syncfs error \
+                         reporting); this kernel is {}.{}",
+                        SYNCFS_ERRORS_KERNEL_MIN.0,
+                        SYNCFS_ERRORS_KERNEL_MIN.1,
+                        release.0,
+                        release.1
+                    ),
+                ));
+            }
+        }
         Ok(UringStorage {
             ring: IoUring::new(RING_ENTRIES)?,
             files: Vec::new(),
             free_ids: Vec::new(),
             dir_lock: None,
+            fsync_scope,
         })
     }
 
@@ -73,7 +102,6 @@ impl UringStorage {
             let write = opcode::Write::new(types::Fd(fd), op.bytes.as_ptr(), op.bytes.len() as u32)
                 .offset(op.position)
                 .build()
-                .flags(squeue::Flags::IO_LINK)
                 .user_data(user_data);
             let sync = opcode::Fsync::new(types::Fd(fd))
                 .flags(types::FsyncFlags::DATASYNC)
@@ -82,10 +110,24 @@ impl UringStorage {
             let mut queue = self.ring.submission();
             // SAFETY: the buffers `op.bytes` point into outlive this call, and this call does
             // not return before every pushed entry has completed (the loop below).
-            let push = unsafe { queue.push_multiple(&[write, sync]) };
+            let push = unsafe {
+                match self.fsync_scope {
+                    FsyncScope::File => {
+                        queue.push_multiple(&[write.flags(squeue::Flags::IO_LINK), sync])
+                    }
+                    // Synced once for the whole flush by `write_durable`.
+                    FsyncScope::Filesystem => queue.push(&write),
+                }
+            };
             drop(queue);
             match push {
-                Ok(()) => pushed += 2,
+                Ok(()) => {
+                    pushed += if self.fsync_scope == FsyncScope::File {
+                        2
+                    } else {
+                        1
+                    }
+                }
                 Err(_) => results[index] = Err(io::Error::other("io_uring submission queue full")),
             }
         }
@@ -129,6 +171,46 @@ impl UringStorage {
                 }
             }
         }
+    }
+}
+
+impl UringStorage {
+    /// `FsyncScope::Filesystem`: one `syncfs` after the flush's writes. Any error (the sync's
+    /// own, or a writeback error anywhere on the filesystem since this file's last check)
+    /// fails every op: none of them may be called durable.
+    fn sync_filesystem(&mut self, ops: &[WriteOp<'_>], results: &mut [io::Result<()>]) {
+        let written = ops
+            .iter()
+            .zip(results.iter())
+            .find(|(_, result)| result.is_ok());
+        let Some((op, _)) = written else {
+            return;
+        };
+        let fd = match self.file(op.file) {
+            Ok(file) => file.as_raw_fd(),
+            Err(_) => return, // its result is already the error
+        };
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::syncfs(fd) } == 0 {
+            return;
+        }
+        let error = io::Error::last_os_error();
+        for result in results.iter_mut().filter(|result| result.is_ok()) {
+            *result = Err(io::Error::new(error.kind(), format!("syncfs: {error}")));
+        }
+    }
+}
+
+/// The running kernel's (major, minor) release.
+fn kernel_release() -> io::Result<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release.trim().split(['.', '-']);
+    let mut number = || parts.next().and_then(|part| part.parse::<u32>().ok());
+    match (number(), number()) {
+        (Some(major), Some(minor)) => Ok((major, minor)),
+        _ => Err(io::Error::other(format!(
+            "unreadable kernel release {release:?}"
+        ))),
     }
 }
 
@@ -267,6 +349,9 @@ impl Storage for UringStorage {
             .zip(results.chunks_mut(WRITES_PER_SUBMIT_MAX))
         {
             self.write_chunk(chunk, chunk_results);
+        }
+        if self.fsync_scope == FsyncScope::Filesystem {
+            self.sync_filesystem(ops, results);
         }
     }
 }
