@@ -132,21 +132,28 @@ impl<T> Slot<T> {
     }
 }
 
-/// The engine's free list of commit completion slots (bounded, see
-/// [`COMPLETIONS_POOLED_MAX`]).
-#[derive(Clone)]
-pub(crate) struct CompletionPool {
-    free: FreeList<Arc<Slot<Result<()>>>>,
+/// A free list of completion slots (bounded, see [`COMPLETIONS_POOLED_MAX`]): commits use
+/// `CompletionPool<Result<()>>`, heartbeats through the engine handle their own.
+pub(crate) struct CompletionPool<T = Result<()>> {
+    free: FreeList<Arc<Slot<T>>>,
 }
 
-impl CompletionPool {
-    pub(crate) fn new(capacity: usize) -> CompletionPool {
+impl<T> Clone for CompletionPool<T> {
+    fn clone(&self) -> Self {
+        CompletionPool {
+            free: self.free.clone(),
+        }
+    }
+}
+
+impl<T> CompletionPool<T> {
+    pub(crate) fn new(capacity: usize) -> CompletionPool<T> {
         CompletionPool {
             free: FreeList::new(capacity.min(COMPLETIONS_POOLED_MAX)),
         }
     }
 
-    fn take(&self) -> Arc<Slot<Result<()>>> {
+    fn take(&self) -> Arc<Slot<T>> {
         // Allocates only while the pool warms up or when every pooled slot is in use.
         self.free.take().unwrap_or_else(|| Arc::new(Slot::new()))
     }
@@ -297,7 +304,7 @@ impl Drop for CommitFuture {
 #[must_use = "the response arrives through the future"]
 pub struct GroupFuture<T> {
     ready: Option<T>,
-    slot: Option<Arc<Slot<T>>>,
+    slot: Option<SlotHandle<T>>,
 }
 
 impl<T: Abandoned> GroupFuture<T> {
@@ -311,10 +318,23 @@ impl<T: Abandoned> GroupFuture<T> {
 
     /// A pending future and the completer that resolves it (an unpooled slot).
     pub(crate) fn pending() -> (GroupFuture<T>, Completer<T>) {
-        let (mine, theirs) = SlotHandle::pair(Arc::new(Slot::new()), None);
+        GroupFuture::with_slot(Arc::new(Slot::new()), None)
+    }
+
+    /// A pending future sharing a slot from `pool` with its completer (heartbeats: no
+    /// allocation once the pool is warm).
+    pub(crate) fn pending_pooled(pool: &CompletionPool<T>) -> (GroupFuture<T>, Completer<T>) {
+        GroupFuture::with_slot(pool.take(), Some(pool.free.clone()))
+    }
+
+    fn with_slot(
+        slot: Arc<Slot<T>>,
+        pool: Option<FreeList<Arc<Slot<T>>>>,
+    ) -> (GroupFuture<T>, Completer<T>) {
+        let (mine, theirs) = SlotHandle::pair(slot, pool);
         let future = GroupFuture {
             ready: None,
-            slot: Some(mine.slot),
+            slot: Some(mine),
         };
         (future, Completer { slot: Some(theirs) })
     }
@@ -324,10 +344,12 @@ impl<T: Abandoned> GroupFuture<T> {
         if let Some(value) = self.ready.take() {
             return value;
         }
-        match self.slot.take() {
-            Some(slot) => slot.wait(None).unwrap_or_else(T::abandoned),
-            None => T::abandoned(),
-        }
+        let Some(handle) = self.slot.take() else {
+            return T::abandoned();
+        };
+        let value = handle.slot.wait(None).unwrap_or_else(T::abandoned);
+        handle.release();
+        value
     }
 }
 
@@ -338,14 +360,24 @@ impl<T: Abandoned + Unpin> Future for GroupFuture<T> {
         if let Some(value) = self.ready.take() {
             return Poll::Ready(value);
         }
-        let Some(slot) = self.slot.as_ref() else {
+        let Some(handle) = self.slot.as_ref() else {
             return Poll::Ready(T::abandoned());
         };
-        let polled = slot.poll(cx);
-        if polled.is_ready() {
-            self.slot = None;
+        let polled = handle.slot.poll(cx);
+        if polled.is_ready()
+            && let Some(handle) = self.slot.take()
+        {
+            handle.release();
         }
         polled
+    }
+}
+
+impl<T> Drop for GroupFuture<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.slot.take() {
+            handle.release();
+        }
     }
 }
 

@@ -24,7 +24,10 @@ use crate::shard::group_commit::{
     COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset,
     commit_record_bytes_max, tombstone_chunks,
 };
-use crate::shard::{GroupRequest, RecoveryReport, Request, Shard, ShardMetrics};
+use crate::shard::{
+    GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request, RequestPools,
+    Shard, ShardMetrics,
+};
 use crate::storage::{Storage, UringStorage};
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -79,10 +82,11 @@ struct EngineInner {
     events: Receiver<EngineEvent>,
     /// The storage holding the data directory's lock, released after every shard stopped.
     dir_lock: Mutex<Option<Box<dyn Storage>>>,
-    /// Recycled commit requests and completion slots: the commit path allocates nothing
-    /// once they are warm.
-    commits: CommitPool,
+    /// Recycled requests and completion slots: the commit and heartbeat paths allocate
+    /// nothing once they are warm.
+    pools: RequestPools,
     completions: CompletionPool,
+    heartbeat_slots: CompletionPool<std::result::Result<(), crate::group::GroupError>>,
 }
 
 /// The engine's end of one shard thread.
@@ -142,8 +146,12 @@ impl Engine {
         // Enough pooled requests and completions for every queue to be full, plus a batch
         // being flushed behind each.
         let pooled = (2 * config.shards * config.request_queue_depth_max).min(COMMITS_POOLED_MAX);
-        let commits = CommitPool::new(pooled);
+        let pools = RequestPools {
+            commits: CommitPool::new(pooled),
+            heartbeats: HeartbeatPool::new(pooled.min(HEARTBEATS_POOLED_MAX)),
+        };
         let completions = CompletionPool::new(pooled);
+        let heartbeat_slots = CompletionPool::new(pooled);
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
@@ -166,7 +174,7 @@ impl Engine {
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spawned = make_storage().map_err(storage_error).and_then(|storage| {
                 let sink = EventSink::new(event_sender.clone());
-                spawn_shard(index, &config, storage, hosted, core, sink, commits.clone())
+                spawn_shard(index, &config, storage, hosted, core, sink, pools.clone())
             });
             match spawned {
                 Ok((handle, opened)) => {
@@ -208,8 +216,9 @@ impl Engine {
                 recovery,
                 events,
                 dir_lock: Mutex::new(Some(dir_lock)),
-                commits,
+                pools,
                 completions,
+                heartbeat_slots,
             }),
         })
     }
@@ -449,7 +458,7 @@ impl Engine {
             &self.inner.completions,
         );
         // Pooled: refilled in place, no allocation once the pool is warm.
-        let mut commit = self.inner.commits.take();
+        let mut commit = self.inner.pools.commits.take();
         fill(&mut commit, offsets_partition);
         commit.arm(now, deadline, completer);
         // A full inbox blocks the caller (backpressure), but never past the commit's
@@ -613,7 +622,7 @@ fn spawn_shard(
     hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
     events: EventSink,
-    commit_pool: CommitPool,
+    pools: RequestPools,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
     let (requests, inbox) = bounded(config.request_queue_depth_max);
@@ -626,7 +635,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, hosted, index, events, commit_pool) {
+            match Shard::open(&shard_config, storage, hosted, index, events, pools) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);

@@ -1,7 +1,8 @@
 //! The steady-state commit path allocates nothing (issue 3): a counting global allocator
 //! watches the whole process — caller, engine handle, shard thread, storage — while a warmed
 //! engine on a real data directory takes thousands of durable commits of a fixed key set.
-//! Heartbeats through the shard-local API allocate nothing either (issue 6).
+//! Heartbeats allocate nothing either, through the engine handle and the shard-local API
+//! (issue 6).
 //!
 //! This file is its own test binary so the counting allocator sees only this test.
 
@@ -149,10 +150,50 @@ fn steady_state_commits_allocate_nothing() {
         .collect();
     assert_eq!(got, vec![Some(last_of_group_0); 2]);
     assert_eq!(engine.metrics().expect("metrics")[0].commit_errors, 0);
+    engine_heartbeats_allocate_nothing(&engine);
     engine.close().expect("clean close");
 
     // One test function, not two: the counter is process-wide and tests run in parallel.
     local_shard_heartbeats_allocate_nothing();
+}
+
+/// Heartbeats through the engine handle (request and completion slot pooled) allocate
+/// nothing once warm.
+fn engine_heartbeats_allocate_nothing(engine: &Engine) {
+    use coffer::group::SyncGroupRequest;
+    let joined = engine
+        .join_group(coffer_tests::join_request("hb-engine", "", 30_000, false))
+        .wait();
+    assert_eq!(joined.error, None);
+    let member = joined.member_id;
+    let sync = SyncGroupRequest {
+        group_id: "hb-engine".into(),
+        member_id: member.clone(),
+        group_instance_id: None,
+        generation_id: joined.generation_id,
+        protocol_type: None,
+        protocol_name: None,
+        assignments: vec![(member.clone(), Vec::new())],
+    };
+    assert_eq!(engine.sync_group(sync).wait().error, None);
+    let beat = || {
+        engine
+            .heartbeat("hb-engine", &member, None, joined.generation_id)
+            .wait()
+    };
+    for _ in 0..1_000 {
+        assert_eq!(beat(), Ok(()));
+    }
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let accepted = (0..10_000).filter(|_| beat().is_ok()).count();
+    COUNTING.store(false, Ordering::Relaxed);
+    assert_eq!(accepted, 10_000);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations over 10,000 engine heartbeats"
+    );
 }
 
 /// Heartbeats through the shard-local API (a thread-per-core broker's path) allocate nothing.

@@ -13,7 +13,7 @@ use crate::group::{
     LeaveGroupResponse, LeavingMember, ListedGroup, SyncGroupRequest, SyncGroupResponse,
 };
 use crate::offsets::OffsetCommit;
-use crate::shard::{GroupRequest, Request};
+use crate::shard::{GroupRequest, HeartbeatCall, Request};
 
 impl Engine {
     /// JoinGroup. The future resolves when the join phase completes (up to the group's
@@ -97,15 +97,19 @@ impl Engine {
         if validate_group(group_id).is_err() {
             return GroupFuture::resolved(Err(GroupError::InvalidGroupId));
         }
+        if self.ensure_open().is_err() {
+            return GroupFuture::resolved(Err(GroupError::NotCoordinator));
+        }
         let offsets_partition = self.partition_for(group_id);
-        self.group_call(offsets_partition, |reply| GroupRequest::Heartbeat {
-            offsets_partition,
-            group_id: group_id.to_owned(),
-            member_id: member_id.to_owned(),
-            group_instance_id: group_instance_id.map(str::to_owned),
-            generation_id,
-            reply,
-        })
+        // Pooled call and completion slot: no allocation once the pools are warm.
+        let (future, reply) = GroupFuture::pending_pooled(&self.inner.heartbeat_slots);
+        let mut call = HeartbeatCall::take(&self.inner.pools.heartbeats);
+        let member = (group_id, member_id, group_instance_id);
+        call.fill(offsets_partition, member, generation_id, reply);
+        let request = Request::Group(GroupRequest::Heartbeat(call));
+        // A failed send drops the call and its completer, which resolves the future.
+        let _ = self.shard_for(offsets_partition).requests.send(request);
+        future
     }
 
     /// LeaveGroup for one or more members (LeaveGroup v3+ batches them).

@@ -41,14 +41,9 @@ pub(crate) enum GroupRequest {
         request: SyncGroupRequest,
         reply: Completer<SyncGroupResponse>,
     },
-    Heartbeat {
-        offsets_partition: u32,
-        group_id: String,
-        member_id: String,
-        group_instance_id: Option<String>,
-        generation_id: i32,
-        reply: Completer<Result<(), GroupError>>,
-    },
+    /// Pooled (see [`HeartbeatCall`]): a heartbeat through the engine handle allocates
+    /// nothing once the pools are warm.
+    Heartbeat(HeartbeatCall),
     Leave {
         offsets_partition: u32,
         group_id: String,
@@ -70,6 +65,74 @@ pub(crate) enum GroupRequest {
     List {
         reply: Sender<Vec<ListedGroup>>,
     },
+}
+
+/// A heartbeat on its way to the shard. The engine takes one from a [`HeartbeatPool`] and
+/// refills its strings in place; the shard gives it back once answered.
+pub(crate) struct HeartbeatCall {
+    offsets_partition: u32,
+    group_id: String,
+    member_id: String,
+    group_instance_id: Option<String>,
+    generation_id: i32,
+    reply: Option<Completer<Result<(), GroupError>>>,
+}
+
+/// Most heartbeat calls a [`HeartbeatPool`] keeps.
+pub(crate) const HEARTBEATS_POOLED_MAX: usize = 64 * 1024;
+/// Largest string capacity a pooled heartbeat call keeps (ids beyond it are freed after use).
+const POOLED_HEARTBEAT_STRING_BYTES_MAX: usize = 4 * 1024;
+
+/// The free list of heartbeat calls shared by the engine handle and the shards.
+pub(crate) type HeartbeatPool = crate::pool::FreeList<HeartbeatCall>;
+
+impl HeartbeatCall {
+    /// A call to fill: a pooled one if any (allocates only while the pool warms up).
+    pub(crate) fn take(pool: &HeartbeatPool) -> HeartbeatCall {
+        pool.take().unwrap_or(HeartbeatCall {
+            offsets_partition: 0,
+            group_id: String::new(),
+            member_id: String::new(),
+            group_instance_id: None,
+            generation_id: 0,
+            reply: None,
+        })
+    }
+
+    /// Copies a heartbeat in, reusing the call's strings.
+    pub(crate) fn fill(
+        &mut self,
+        offsets_partition: u32,
+        (group_id, member_id, group_instance_id): (&str, &str, Option<&str>),
+        generation_id: i32,
+        reply: Completer<Result<(), GroupError>>,
+    ) {
+        self.offsets_partition = offsets_partition;
+        self.group_id.clear();
+        self.group_id.push_str(group_id);
+        self.member_id.clear();
+        self.member_id.push_str(member_id);
+        match (&mut self.group_instance_id, group_instance_id) {
+            (Some(kept), Some(id)) => {
+                kept.clear();
+                kept.push_str(id);
+            }
+            (kept, id) => *kept = id.map(str::to_owned),
+        }
+        self.generation_id = generation_id;
+        self.reply = Some(reply);
+    }
+
+    /// Gives an answered call back, unless its strings grew too large to keep.
+    fn recycle(self, pool: &HeartbeatPool) {
+        debug_assert!(self.reply.is_none(), "recycling an unanswered heartbeat");
+        let kept = self.group_id.capacity()
+            + self.member_id.capacity()
+            + self.group_instance_id.as_ref().map_or(0, String::capacity);
+        if kept <= POOLED_HEARTBEAT_STRING_BYTES_MAX {
+            pool.give_back(self);
+        }
+    }
 }
 
 impl Abandoned for JoinGroupResponse {
@@ -193,7 +256,7 @@ impl Shard {
             Err(error) => {
                 self.metrics.commit_errors += 1;
                 commit.complete(Err(Error::Group(error)));
-                self.commit_pool.recycle(commit);
+                self.pools.commits.recycle(commit);
                 None
             }
         }
@@ -241,25 +304,22 @@ impl Shard {
                     }
                 }
             }
-            GroupRequest::Heartbeat {
-                offsets_partition,
-                group_id,
-                member_id,
-                group_instance_id,
-                generation_id,
-                reply,
-            } => {
-                if refused(self, offsets_partition) {
-                    return reply.complete(Err(GroupError::NotCoordinator));
+            GroupRequest::Heartbeat(mut call) => {
+                let result = if refused(self, call.offsets_partition) {
+                    Err(GroupError::NotCoordinator)
+                } else {
+                    self.groups.coordinator.heartbeat(
+                        &call.group_id,
+                        &call.member_id,
+                        call.group_instance_id.as_deref(),
+                        call.generation_id,
+                        now_ms,
+                    )
+                };
+                if let Some(reply) = call.reply.take() {
+                    reply.complete(result);
                 }
-                let result = self.groups.coordinator.heartbeat(
-                    &group_id,
-                    &member_id,
-                    group_instance_id.as_deref(),
-                    generation_id,
-                    now_ms,
-                );
-                reply.complete(result);
+                call.recycle(&self.pools.heartbeats);
             }
             GroupRequest::Leave {
                 offsets_partition,
@@ -341,7 +401,7 @@ impl Shard {
                 Some(reply) => reply,
                 None => CommitFuture::pending(deadline, self.commit_timeout_ms, &throwaway).1,
             };
-            let mut commit = self.commit_pool.take();
+            let mut commit = self.pools.commits.take();
             commit.fill_owned(group_id, offsets_partition, offsets, bytes);
             commit.arm(now, deadline, completer);
             if let Err(commit) = self.batch.try_add(commit) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, bounded};
 
 use super::group_commit::CommitPool;
-use super::{GroupRequest, RecoveryReport, Shard, ShardMetrics};
+use super::{GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard, ShardMetrics};
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
 use crate::config::Config;
@@ -195,7 +195,12 @@ impl LocalShard {
         // so this many pooled requests covers a full batch.
         let pooled = config.request_queue_depth_max;
         let commits = CommitPool::new(pooled);
-        let (shard, recovery) = Shard::open(config, storage, hosted, index, sink, commits.clone())?;
+        let pools = RequestPools {
+            commits: commits.clone(),
+            // Heartbeats here never cross threads (`LocalShard::heartbeat`): nothing to pool.
+            heartbeats: HeartbeatPool::new(1),
+        };
+        let (shard, recovery) = Shard::open(config, storage, hosted, index, sink, pools)?;
         Ok(LocalShard {
             shard: Some(shard),
             index,

@@ -451,7 +451,7 @@ impl Shard {
             .iter()
             .map(|o| PendingOffset::tombstone(&o.topic, o.partition))
             .collect();
-        let mut commit = self.commit_pool.take();
+        let mut commit = self.pools.commits.take();
         commit.fill_owned(&group, offsets[0].offsets_partition, tombstones, bytes_max);
         commit.arm(now, deadline, completer);
         (commit, future)

@@ -13,7 +13,7 @@ mod local;
 mod maintenance;
 mod metrics;
 
-pub(crate) use groups::GroupRequest;
+pub(crate) use groups::{GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatCall, HeartbeatPool};
 pub use local::{AdoptFailed, LocalShard, PartitionHandoff};
 pub use maintenance::PartitionSpace;
 pub use metrics::ShardMetrics;
@@ -37,6 +37,14 @@ use crate::storage::{Storage, WriteOp};
 use group_commit::{CommitPool, GroupCommitBatch, PendingCommit, encode_partition_batch};
 use groups::{GroupReplay, ShardGroups};
 use maintenance::Maintenance;
+
+/// The free lists the request path recycles through, shared by the callers' side (engine
+/// handle or shard-local API) and the shards.
+#[derive(Clone)]
+pub(crate) struct RequestPools {
+    pub(crate) commits: CommitPool,
+    pub(crate) heartbeats: HeartbeatPool,
+}
 
 /// What recovery found when the engine opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,8 +180,8 @@ pub(crate) struct Shard {
     /// (kept empty between flushes, see `write_partitions`), reused so a flush allocates nothing.
     placed_partitions: Vec<u32>,
     write_ops: Vec<WriteOp<'static>>,
-    /// Where answered commits go back for reuse.
-    commit_pool: CommitPool,
+    /// Where answered commits and heartbeats go back for reuse.
+    pools: RequestPools,
     /// How the storage makes a flush durable (for the sync count).
     fsync_scope: FsyncScope,
     metrics: ShardMetrics,
@@ -197,7 +205,7 @@ impl Shard {
         hosted: Vec<(u32, Box<OffsetCache>)>,
         index: usize,
         events: EventSink,
-        commit_pool: CommitPool,
+        pools: RequestPools,
     ) -> Result<(Shard, RecoveryReport)> {
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
             .map(|_| HostedPartition::not_hosted())
@@ -218,7 +226,7 @@ impl Shard {
             flush_partitions: Vec::new(),
             placed_partitions: Vec::new(),
             write_ops: Vec::new(),
-            commit_pool,
+            pools,
             fsync_scope: config.fsync_scope,
             metrics: ShardMetrics::new(index),
             maintenance: Maintenance::new(config, events),
@@ -481,7 +489,7 @@ impl Shard {
                 });
             self.metrics.commit_errors += 1;
             commit.complete(Err(error));
-            self.commit_pool.recycle(commit);
+            self.pools.commits.recycle(commit);
         }
         self.batch.sort_entries();
         self.flush_partitions.clear();
@@ -648,7 +656,7 @@ impl Shard {
                 }
             };
             commit.complete(result);
-            self.commit_pool.recycle(commit);
+            self.pools.commits.recycle(commit);
         }
         self.batch.clear();
     }
