@@ -16,7 +16,7 @@ use crate::members::{
     Coordination, GroupOps, GroupPacing, MembersPlan, MembersResult, run_members,
 };
 use crate::progress::Progress;
-use crate::run::{self, Measures, Timeline};
+use crate::run::{self, Measures, ThreadShare, Timeline};
 use crate::scenario::{GroupPlan, Plan, Scenario};
 use crate::verify::Expected;
 
@@ -176,24 +176,19 @@ fn merge(
 ) {
     group_ops.merge(&result.group_ops);
     measures.commit.merge(&result.commit);
-    measures.total_acks += result.total_acks;
-    measures.issued_in_window += result.issued_in_window;
-    measures.coalesced += result.coalesced;
-    measures.late_sends += result.late_sends;
-    if let Some(cpu) = &mut measures.generator_cpu {
-        *cpu += result.cpu_in_window;
-    }
-    for (sum, count) in measures
-        .per_offsets_partition
-        .iter_mut()
-        .zip(&result.per_offsets_partition)
-    {
-        *sum += count;
-    }
-    for (position, &member) in result.members.iter().enumerate() {
-        expected.last_acked_seq[member as usize] = result.last_acked_seq[position];
-        if let Some(issued) = &mut expected.last_issued_seq {
-            issued[member as usize] = result.last_issued_seq[position];
-        }
-    }
+    run::merge_thread(
+        measures,
+        expected,
+        ThreadShare {
+            total_acks: result.total_acks,
+            issued_in_window: result.issued_in_window,
+            coalesced: result.coalesced,
+            late_sends: result.late_sends,
+            cpu_in_window: result.cpu_in_window,
+            per_offsets_partition: &result.per_offsets_partition,
+            members: &result.members,
+            last_acked_seq: &result.last_acked_seq,
+            last_issued_seq: &result.last_issued_seq,
+        },
+    );
 }

@@ -510,26 +510,59 @@ fn merge_result(measures: &mut Measures, expected: &mut Expected, result: &Drive
     if let Some(hot) = &mut measures.commit_hot {
         hot.merge(&result.commit_hot);
     }
-    measures.total_acks += result.total_acks;
-    measures.issued_in_window += result.issued_in_window;
-    measures.coalesced += result.coalesced;
     measures.redundant += result.redundant;
-    measures.late_sends += result.late_sends;
     measures.unsent_at_stop += result.unsent_at_stop;
+    merge_thread(
+        measures,
+        expected,
+        ThreadShare {
+            total_acks: result.total_acks,
+            issued_in_window: result.issued_in_window,
+            coalesced: result.coalesced,
+            late_sends: result.late_sends,
+            cpu_in_window: result.cpu_in_window,
+            per_offsets_partition: &result.per_offsets_partition,
+            members: &result.members,
+            last_acked_seq: &result.last_acked_seq,
+            last_issued_seq: &result.last_issued_seq,
+        },
+    );
+}
+
+/// What every kind of generator thread reports in common.
+pub struct ThreadShare<'a> {
+    pub total_acks: u64,
+    pub issued_in_window: u64,
+    pub coalesced: u64,
+    pub late_sends: u64,
+    pub cpu_in_window: Duration,
+    pub per_offsets_partition: &'a [u64],
+    /// Global member indices; the sequence numbers are indexed by position.
+    pub members: &'a [u32],
+    pub last_acked_seq: &'a [i64],
+    pub last_issued_seq: &'a [i64],
+}
+
+/// Adds one generator thread's counts and its members' sequence numbers.
+pub fn merge_thread(measures: &mut Measures, expected: &mut Expected, share: ThreadShare<'_>) {
+    measures.total_acks += share.total_acks;
+    measures.issued_in_window += share.issued_in_window;
+    measures.coalesced += share.coalesced;
+    measures.late_sends += share.late_sends;
     if let Some(cpu) = &mut measures.generator_cpu {
-        *cpu += result.cpu_in_window;
+        *cpu += share.cpu_in_window;
     }
     for (sum, count) in measures
         .per_offsets_partition
         .iter_mut()
-        .zip(&result.per_offsets_partition)
+        .zip(share.per_offsets_partition)
     {
         *sum += count;
     }
-    for (position, &member) in result.members.iter().enumerate() {
-        expected.last_acked_seq[member as usize] = result.last_acked_seq[position];
+    for (position, &member) in share.members.iter().enumerate() {
+        expected.last_acked_seq[member as usize] = share.last_acked_seq[position];
         if let Some(issued) = &mut expected.last_issued_seq {
-            issued[member as usize] = result.last_issued_seq[position];
+            issued[member as usize] = share.last_issued_seq[position];
         }
     }
 }
