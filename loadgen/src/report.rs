@@ -72,6 +72,9 @@ pub struct OpReport {
 #[derive(Serialize)]
 pub struct GroupsReport {
     pub heartbeat_interval_ms: u32,
+    /// Heartbeats per second the fleet offers when every consumer is stable: members ÷
+    /// interval.
+    pub heartbeat_target_per_sec: f64,
     pub session_timeout_ms: u32,
     pub rebalance_timeout_ms: u32,
     pub churn_per_sec: f64,
@@ -289,11 +292,15 @@ fn op_report(stats: &OpStats, secs: f64, latency_from: &'static str) -> OpReport
     }
 }
 
-fn group_report(plan: &Plan, m: &Measures) -> Option<GroupsReport> {
+fn group_report(plan: &Plan, fleet: &Fleet, m: &Measures) -> Option<GroupsReport> {
     let (settings, ops, setup) = (plan.groups?, m.group_ops.as_ref()?, m.setup?);
     let c = &ops.counters;
     Some(GroupsReport {
         heartbeat_interval_ms: settings.heartbeat_interval_ms,
+        heartbeat_target_per_sec: per(
+            fleet.members.len() as f64 * 1000.0,
+            f64::from(settings.heartbeat_interval_ms),
+        ),
         session_timeout_ms: settings.session_timeout_ms,
         rebalance_timeout_ms: settings.rebalance_timeout_ms,
         churn_per_sec: settings.churn_per_sec,
@@ -356,7 +363,7 @@ impl Report {
             .filter(|(name, _)| name.as_str() != "commit_hot")
             .map(|(_, op)| op.requests + op.expected_errors.values().sum::<u64>())
             .sum();
-        let groups = group_report(plan, m);
+        let groups = group_report(plan, fleet, m);
         let issued: u64 = m.per_offsets_partition.iter().sum();
         let busiest = m
             .per_offsets_partition
@@ -548,8 +555,9 @@ impl Report {
             row(
                 "group protocol",
                 format!(
-                    "heartbeat {} ms, session {} ms, rebalance timeout {} ms, churn {}/s, rejoin after {} ms",
+                    "heartbeat {} ms ({:.0}/s offered), session {} ms, rebalance timeout {} ms, churn {}/s, rejoin after {} ms",
                     g.heartbeat_interval_ms,
+                    g.heartbeat_target_per_sec,
                     g.session_timeout_ms,
                     g.rebalance_timeout_ms,
                     g.churn_per_sec,
