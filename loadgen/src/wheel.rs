@@ -10,6 +10,9 @@
 pub const SLOTS_MAX: u64 = 8192;
 /// Narrowest slot, in ns.
 const SLOT_NS_MIN: u64 = 1_000_000;
+/// Slots [`Wheel::next_due_ns`] looks ahead for the next timer, so an idle thread sleeps
+/// through empty slots instead of waking once per slot.
+pub const LOOKAHEAD_SLOTS: u64 = 64;
 
 /// One armed timer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,15 +105,23 @@ impl Wheel {
     }
 
     /// When the next timer may be due: the earliest in the current slot, else the start of
-    /// the next slot; `None` when nothing is armed.
+    /// the first non-empty slot among the next [`LOOKAHEAD_SLOTS`] (or the end of those);
+    /// `None` when nothing is armed. Never later than the earliest timer.
     pub fn next_due_ns(&self) -> Option<u64> {
         if self.len == 0 {
             return None;
         }
-        let index = (self.next_slot % self.count()) as usize;
-        let slot_end = (self.next_slot + 1) * self.slot_ns;
-        let earliest = self.slots[index].iter().map(|t| t.due_ns).min();
-        Some(earliest.map_or(slot_end, |due| due.min(slot_end)))
+        let count = self.count();
+        let current = &self.slots[(self.next_slot % count) as usize];
+        if let Some(earliest) = current.iter().map(|t| t.due_ns).min() {
+            return Some(earliest);
+        }
+        let ahead = LOOKAHEAD_SLOTS.min(count - 1);
+        let first_busy = (1..=ahead)
+            .find(|k| !self.slots[((self.next_slot + k) % count) as usize].is_empty())
+            .unwrap_or(ahead);
+        // Overflow timers are beyond every slot, so they never come earlier than this.
+        Some((self.next_slot + first_busy) * self.slot_ns)
     }
 }
 
@@ -136,6 +147,12 @@ mod tests {
         wheel.take_due(2_200_000, &mut out);
         assert_eq!(out, vec![timer(2_100_000, 2)]);
         assert_eq!(wheel.next_due_ns(), Some(2_500_000));
+        out.clear();
+        wheel.take_due(2_500_000, &mut out);
+        assert_eq!(out, vec![timer(2_500_000, 1)]);
+        // Nothing in the next 64 slots: sleep through them.
+        assert_eq!(wheel.next_due_ns(), Some((2 + 64) * 1_000_000));
+        wheel.arm(timer(2_500_000, 1));
         out.clear();
         wheel.take_due(399_999_999, &mut out);
         assert_eq!(out, vec![timer(2_500_000, 1)]);
