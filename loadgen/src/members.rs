@@ -1122,3 +1122,40 @@ pub fn assignment_bytes(fleet: &Fleet, member: &Member) -> Vec<u8> {
     out.extend_from_slice(&(-1i32).to_be_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{CommitPolicy, FleetSpec, GroupSpec};
+
+    #[test]
+    fn assignment_is_the_members_range_in_consumer_protocol_v0() {
+        let fleet = Fleet::build(FleetSpec {
+            kinds: vec![GroupSpec {
+                prefix: "g".into(),
+                count: 1,
+                members: 2,
+                topics: 2,
+                partitions_per_topic: 3,
+                hot: false,
+            }],
+            policy: CommitPolicy::Auto,
+            auto_commit_interval_ms: 5000,
+            records_per_poll: 500,
+            records_per_sec: 5000.0,
+            metadata_bytes: 0,
+        })
+        .expect("valid fleet");
+        // The second member owns keys 3..6: partitions 0, 1, 2 of the second topic.
+        let bytes = assignment_bytes(&fleet, &fleet.members[1]);
+        let topic = b"g-000000-t1";
+        let mut want = vec![0, 0, 0, 0, 0, 1, 0, topic.len() as u8];
+        want.extend_from_slice(topic);
+        want.extend_from_slice(&[0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]);
+        want.extend_from_slice(&[0xff; 4]);
+        assert_eq!(bytes, want);
+        // The first member's range covers the first topic only.
+        let first = assignment_bytes(&fleet, &fleet.members[0]);
+        assert_eq!(&first[8..8 + topic.len()], b"g-000000-t0");
+    }
+}
