@@ -107,7 +107,7 @@ pub fn run_child(args: &Args) -> Result<(), String> {
         .data_dir
         .as_ref()
         .ok_or("crash-child needs --data-dir")?;
-    let config = run::engine_config(args, data_dir)?;
+    let config = run::engine_config(args, data_dir, None)?;
     let engine = Engine::open(config).map_err(|e| format!("opening the engine: {e}"))?;
     let pipe = Arc::new(AckPipe {
         out: Mutex::new(std::io::stdout()),
@@ -294,6 +294,8 @@ pub fn run_parent(
             .as_secs_f64(),
         commit: heard.commit,
         commit_hot: hot.then_some(heard.commit_hot),
+        group_ops: None,
+        setup: None,
         total_acks: heard.acks,
         total_partition_offsets: heard.partition_offsets,
         issued_in_window: 0,

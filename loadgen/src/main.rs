@@ -5,6 +5,8 @@
 mod crash;
 mod driver;
 mod fleet;
+mod group_run;
+mod members;
 mod progress;
 mod report;
 mod run;
@@ -12,6 +14,7 @@ mod scenario;
 mod stats;
 mod sys;
 mod verify;
+mod wheel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,8 +25,7 @@ use crate::fleet::CommitPolicy;
 use crate::scenario::{Mode, Scenario};
 
 /// Load generator for the embedded coffer engine: a fleet of consumer groups committing
-/// offsets, in named scenarios. Scenarios marked "needs groups" are listed for
-/// completeness and refuse to run in this build.
+/// offsets, joining groups and heartbeating, in named scenarios.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadgen", version, about)]
 pub struct Args {
@@ -102,6 +104,30 @@ pub struct Args {
     /// Seed of the members' phases and visiting orders (and of nothing else).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// heartbeat-flood, rebalance-storm: `heartbeat.interval.ms` [default: 500 in
+    /// heartbeat-flood, 2000 in rebalance-storm].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u32>,
+    /// heartbeat-flood, rebalance-storm: `session.timeout.ms` [default: 45000 (Kafka's) in
+    /// heartbeat-flood, 6000 (Kafka's group.min.session.timeout.ms) in rebalance-storm]. The
+    /// engine's group.min.session.timeout.ms is lowered to it when it is below 6000.
+    #[arg(long, value_name = "MS")]
+    pub session_timeout_ms: Option<u32>,
+    /// heartbeat-flood, rebalance-storm: `max.poll.interval.ms`, the JoinGroup's rebalance
+    /// timeout.
+    #[arg(long, value_name = "MS", default_value_t = 300_000)]
+    pub rebalance_timeout_ms: u32,
+    /// rebalance-storm: consumers leaving or going silent (their session then expires) per
+    /// second, over the fleet, half each [default: 10; 0 in heartbeat-flood].
+    #[arg(long, value_name = "PER_SEC")]
+    pub churn_per_sec: Option<f64>,
+    /// rebalance-storm: how long a consumer that left stays away before rejoining.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub rejoin_delay_ms: u32,
+    /// heartbeat-flood, rebalance-storm: the engine's `group.initial.rebalance.delay.ms`
+    /// (Kafka's default is 3000; 0 forms each group as soon as its members have joined).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub initial_rebalance_delay_ms: u32,
     /// Also write the report as JSON to this file (schema in docs/loadgen.md).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,

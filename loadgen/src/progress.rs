@@ -2,12 +2,14 @@
 //! second otherwise (logs, CI).
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::driver::{LiveCounters, Pacing};
+use crate::members::Coordination;
 use crate::run::Timeline;
 
 /// How often the bar is refreshed.
@@ -24,6 +26,9 @@ pub struct Progress {
     last_at: Instant,
     /// False when the requests in flight are in another process (crash-resume).
     in_flight_known: bool,
+    /// heartbeat-flood, rebalance-storm: heartbeats answered, and consumers stable.
+    groups: Option<Arc<Coordination>>,
+    last_heartbeats: u64,
 }
 
 impl Progress {
@@ -50,7 +55,28 @@ impl Progress {
             last_acks: 0,
             last_at: timeline.start,
             in_flight_known: true,
+            groups: None,
+            last_heartbeats: 0,
         }
+    }
+
+    /// Also shows heartbeats per second and the consumers stable.
+    pub fn with_heartbeats(mut self, groups: Arc<Coordination>) -> Progress {
+        self.last_heartbeats = groups.heartbeats.load(Ordering::Relaxed);
+        self.groups = Some(groups);
+        self
+    }
+
+    /// ", N heartbeats/s, M stable" over the last `secs`, for the group scenarios.
+    fn heartbeats(&mut self, secs: f64) -> String {
+        let Some(groups) = &self.groups else {
+            return String::new();
+        };
+        let heartbeats = groups.heartbeats.load(Ordering::Relaxed);
+        let rate = (heartbeats - self.last_heartbeats) as f64 / secs.max(1e-3);
+        self.last_heartbeats = heartbeats;
+        let stable = groups.stable.load(Ordering::Relaxed);
+        format!(", {rate:.0} heartbeats/s, {stable} consumers stable")
     }
 
     /// For crash-resume, whose requests in flight live in the engine's process.
@@ -87,25 +113,29 @@ impl Progress {
         };
         let elapsed = now.duration_since(self.timeline.start).as_secs_f64();
         match &self.bar {
-            Some(bar) => {
+            Some(_) => {
                 let secs = now.duration_since(self.last_at).as_secs_f64();
                 let rate = (acks - self.last_acks) as f64 / secs.max(1e-3);
+                let heartbeats = self.heartbeats(secs);
                 self.last_acks = acks;
                 self.last_at = now;
-                bar.set_position(now.duration_since(self.timeline.start).as_millis() as u64);
-                bar.set_message(format!(
-                    "{phase}, {}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}",
-                    self.target
-                ));
+                if let Some(bar) = &self.bar {
+                    bar.set_position(now.duration_since(self.timeline.start).as_millis() as u64);
+                    bar.set_message(format!(
+                        "{phase}, {}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}{heartbeats}",
+                        self.target
+                    ));
+                }
             }
             None if now.duration_since(self.last_line) >= LINE_EVERY => {
                 let secs = now.duration_since(self.last_at).as_secs_f64();
                 let rate = (acks - self.last_acks) as f64 / secs.max(1e-3);
+                let heartbeats = self.heartbeats(secs);
                 self.last_acks = acks;
                 self.last_at = now;
                 self.last_line = now;
                 eprintln!(
-                    "[{elapsed:6.1}s] {phase}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}"
+                    "[{elapsed:6.1}s] {phase}: {rate:.0} commits/s, {acks} acked, {errors} errors{in_flight}{heartbeats}"
                 );
             }
             None => {}

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::Args;
 use crate::crash::Crash;
 use crate::fleet::Fleet;
+use crate::members::Op;
 use crate::run::Measures;
 use crate::scenario::{Mode, Plan};
 use crate::stats::{ErrorCounts, OpStats};
@@ -33,9 +34,13 @@ pub struct Inputs<'a> {
 pub struct Report {
     pub schema_version: u32,
     pub scenario: String,
-    /// Per operation type: `commit` always; `commit_hot` (the hot group's subset) in hot-group.
+    /// Per operation type: `commit` always; `commit_hot` (the hot group's subset) in
+    /// hot-group; `join`, `sync`, `heartbeat`, `leave` in heartbeat-flood and rebalance-storm.
     pub ops: BTreeMap<String, OpReport>,
     pub fleet: FleetReport,
+    /// heartbeat-flood and rebalance-storm: the group protocol's settings and life; null in
+    /// the other scenarios.
+    pub groups: Option<GroupsReport>,
     pub storage: Storage,
     pub cpu: Cpu,
     pub env: Env,
@@ -58,8 +63,37 @@ pub struct OpReport {
     pub errors_outside_window: BTreeMap<String, u64>,
     /// One message per error code seen.
     pub error_examples: BTreeMap<String, String>,
+    /// Answers whose error code is the protocol at work, not a failure (a join's
+    /// MEMBER_ID_REQUIRED; rebalance-storm's fenced commits and rejoin signals), in the
+    /// window, by code. Their latency is in `latency_us`; they are not in `requests`.
+    pub expected_errors: BTreeMap<String, u64>,
 }
 
+#[derive(Serialize)]
+pub struct GroupsReport {
+    pub heartbeat_interval_ms: u32,
+    /// Heartbeats per second the fleet offers when every consumer is stable: members ÷
+    /// interval.
+    pub heartbeat_target_per_sec: f64,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub churn_per_sec: f64,
+    pub rejoin_delay_ms: u32,
+    /// Before the timeline: every consumer joins and syncs.
+    pub setup_secs: f64,
+    pub setup_complete: bool,
+    pub setup_stable_members: u64,
+    /// Churn: consumers that sent LeaveGroup, and consumers that went silent.
+    pub leaves: u64,
+    pub expiries: u64,
+    /// Generations advanced after setup, summed over groups: the rebalances.
+    pub rebalances: u64,
+    pub heartbeats_delayed: u64,
+    pub heartbeats_late: u64,
+    pub calls_abandoned_at_stop: u64,
+    pub assignment_mismatches: u64,
+    pub stable_at_stop: u64,
+}
 #[derive(Serialize)]
 pub struct Latency {
     pub p50: u64,
@@ -131,6 +165,9 @@ pub struct Cpu {
     pub scope: &'static str,
     pub process_cpu_secs: f64,
     pub cpu_us_per_commit: f64,
+    /// The same ÷ answers of every operation type in the window (the group scenarios'
+    /// heartbeats outnumber their commits).
+    pub cpu_us_per_op: f64,
     /// The generator threads' own CPU inside the window (null: not known), per request sent,
     /// and as a share of the process's CPU.
     pub generator_cpu_secs: Option<f64>,
@@ -179,6 +216,8 @@ pub struct EngineConfig {
     pub group_commit_linger_us: u64,
     pub request_queue_depth_max: usize,
     pub pin_shards: bool,
+    pub group_min_session_timeout_ms: u32,
+    pub group_initial_rebalance_delay_ms: u32,
 }
 
 #[derive(Serialize)]
@@ -230,7 +269,12 @@ fn latency(h: &Histogram<u64>) -> Latency {
 
 fn op_report(stats: &OpStats, secs: f64, latency_from: &'static str) -> OpReport {
     let mut error_examples = BTreeMap::new();
-    for (code, count) in stats.errors.iter().chain(&stats.errors_outside_window) {
+    let all_errors = stats
+        .errors
+        .iter()
+        .chain(&stats.errors_outside_window)
+        .chain(&stats.expected_errors);
+    for (code, count) in all_errors {
         error_examples
             .entry(code_name(*code))
             .or_insert_with(|| count.example.clone());
@@ -244,7 +288,35 @@ fn op_report(stats: &OpStats, secs: f64, latency_from: &'static str) -> OpReport
         errors: counts(&stats.errors),
         errors_outside_window: counts(&stats.errors_outside_window),
         error_examples,
+        expected_errors: counts(&stats.expected_errors),
     }
+}
+
+fn group_report(plan: &Plan, fleet: &Fleet, m: &Measures) -> Option<GroupsReport> {
+    let (settings, ops, setup) = (plan.groups?, m.group_ops.as_ref()?, m.setup?);
+    let c = &ops.counters;
+    Some(GroupsReport {
+        heartbeat_interval_ms: settings.heartbeat_interval_ms,
+        heartbeat_target_per_sec: per(
+            fleet.members.len() as f64 * 1000.0,
+            f64::from(settings.heartbeat_interval_ms),
+        ),
+        session_timeout_ms: settings.session_timeout_ms,
+        rebalance_timeout_ms: settings.rebalance_timeout_ms,
+        churn_per_sec: settings.churn_per_sec,
+        rejoin_delay_ms: settings.rejoin_delay_ms,
+        setup_secs: setup.secs,
+        setup_complete: setup.complete,
+        setup_stable_members: setup.stable_members,
+        leaves: c.leaves,
+        expiries: c.expiries,
+        rebalances: c.generations_advanced,
+        heartbeats_delayed: c.heartbeats_delayed,
+        heartbeats_late: c.heartbeats_late,
+        calls_abandoned_at_stop: c.calls_abandoned_at_stop,
+        assignment_mismatches: c.assignment_mismatches,
+        stable_at_stop: c.stable_at_stop,
+    })
 }
 
 fn mode_name(mode: Mode) -> &'static str {
@@ -277,6 +349,21 @@ impl Report {
         if let Some(hot) = &m.commit_hot {
             ops.insert("commit_hot".to_string(), op_report(hot, secs, latency_from));
         }
+        if let Some(group_ops) = &m.group_ops {
+            for op in Op::ALL {
+                let stats = &group_ops.stats[op as usize];
+                ops.insert(
+                    op.name().to_string(),
+                    op_report(stats, secs, op.latency_from()),
+                );
+            }
+        }
+        let answered_in_window: u64 = ops
+            .iter()
+            .filter(|(name, _)| name.as_str() != "commit_hot")
+            .map(|(_, op)| op.requests + op.expected_errors.values().sum::<u64>())
+            .sum();
+        let groups = group_report(plan, fleet, m);
         let issued: u64 = m.per_offsets_partition.iter().sum();
         let busiest = m
             .per_offsets_partition
@@ -310,6 +397,7 @@ impl Report {
             schema_version: SCHEMA_VERSION,
             scenario: plan.scenario.name().to_string(),
             ops,
+            groups,
             fleet: FleetReport {
                 groups: fleet.groups.len(),
                 members: fleet.members.len(),
@@ -351,6 +439,7 @@ impl Report {
                 },
                 process_cpu_secs: process_cpu,
                 cpu_us_per_commit: per(process_cpu * 1e6, cpu_commits as f64),
+                cpu_us_per_op: per(process_cpu * 1e6, answered_in_window as f64),
                 generator_cpu_secs: generator_cpu,
                 generator_cpu_us_per_op: generator_cpu
                     .map(|g| per(g * 1e6, m.issued_in_window as f64)),
@@ -390,6 +479,10 @@ impl Report {
                     group_commit_linger_us: config.group_commit_linger_us,
                     request_queue_depth_max: config.request_queue_depth_max,
                     pin_shards: config.pin_shards,
+                    group_min_session_timeout_ms: config.groups.group_min_session_timeout_ms,
+                    group_initial_rebalance_delay_ms: config
+                        .groups
+                        .group_initial_rebalance_delay_ms,
                 },
             },
             verify: Verify {
@@ -448,9 +541,60 @@ impl Report {
                     errors(&op.errors_outside_window),
                 );
             }
+            if !op.expected_errors.is_empty() {
+                row(
+                    &format!("{name} expected (protocol)"),
+                    errors(&op.expected_errors),
+                );
+            }
             for (code, example) in &op.error_examples {
                 row(&format!("{name} code {code} e.g."), example.clone());
             }
+        }
+        if let Some(g) = &self.groups {
+            row(
+                "group protocol",
+                format!(
+                    "heartbeat {} ms ({:.0}/s offered), session {} ms, rebalance timeout {} ms, churn {}/s, rejoin after {} ms",
+                    g.heartbeat_interval_ms,
+                    g.heartbeat_target_per_sec,
+                    g.session_timeout_ms,
+                    g.rebalance_timeout_ms,
+                    g.churn_per_sec,
+                    g.rejoin_delay_ms
+                ),
+            );
+            row(
+                "setup",
+                format!(
+                    "{} consumers stable in {:.2}s{}",
+                    g.setup_stable_members,
+                    g.setup_secs,
+                    if g.setup_complete {
+                        ""
+                    } else {
+                        " (INCOMPLETE)"
+                    }
+                ),
+            );
+            row(
+                "leaves / expiries / rebalances",
+                format!("{} / {} / {}", g.leaves, g.expiries, g.rebalances),
+            );
+            row(
+                "heartbeats delayed / late",
+                format!(
+                    "{} (previous one unanswered) / {} (sent >1 ms after due)",
+                    g.heartbeats_delayed, g.heartbeats_late
+                ),
+            );
+            row(
+                "stable at stop, calls abandoned",
+                format!(
+                    "{} / {} (assignment mismatches {})",
+                    g.stable_at_stop, g.calls_abandoned_at_stop, g.assignment_mismatches
+                ),
+            );
         }
         let f = &self.fleet;
         row(
@@ -523,6 +667,9 @@ impl Report {
                 c.cpu_us_per_commit, c.process_cpu_secs, c.scope
             ),
         );
+        if self.groups.is_some() {
+            row("CPU per operation", format!("{:.2} us", c.cpu_us_per_op));
+        }
         if let (Some(g), Some(per_op), Some(share)) = (
             c.generator_cpu_secs,
             c.generator_cpu_us_per_op,

@@ -12,7 +12,7 @@ use crate::driver::{DriverPlan, DriverResult, LiveCounters, Pacing, run_driver};
 use crate::fleet::Fleet;
 use crate::progress::Progress;
 use crate::report::{self, Report};
-use crate::scenario::{self, Mode, Plan, Scenario};
+use crate::scenario::{self, GroupPlan, Mode, Plan, Scenario};
 use crate::stats::OpStats;
 use crate::sys::{self, Who};
 use crate::verify::{self, Expected, Verification};
@@ -91,6 +91,10 @@ pub struct Measures {
     pub commit: OpStats,
     /// Only for scenarios with hot groups.
     pub commit_hot: Option<OpStats>,
+    /// heartbeat-flood and rebalance-storm: join, sync, heartbeat, leave.
+    pub group_ops: Option<crate::members::GroupOps>,
+    /// heartbeat-flood and rebalance-storm: how the fleet formed before the timeline.
+    pub setup: Option<crate::group_run::Setup>,
     pub total_acks: u64,
     /// Partition offsets in those requests (crash-resume only: in-process runs read the
     /// engine's own counters).
@@ -185,11 +189,23 @@ fn validate_times(args: &Args) -> Result<(), String> {
 }
 
 /// The engine configuration the flags ask for.
-pub fn engine_config(args: &Args, data_dir: &Path) -> Result<Config, String> {
+pub fn engine_config(
+    args: &Args,
+    data_dir: &Path,
+    groups: Option<&GroupPlan>,
+) -> Result<Config, String> {
     let mut config = Config::new(data_dir);
     config.offsets_topic_num_partitions = args.offsets_partitions;
     if let Some(shards) = args.shards {
         config.shards = shards;
+    }
+    if let Some(groups) = groups {
+        config.groups.group_initial_rebalance_delay_ms = groups.initial_rebalance_delay_ms;
+        // A session below Kafka's minimum (tests, quick storms) needs a lower broker minimum.
+        config.groups.group_min_session_timeout_ms = config
+            .groups
+            .group_min_session_timeout_ms
+            .min(groups.session_timeout_ms);
     }
     config
         .validate()
@@ -206,8 +222,12 @@ pub fn engine_config(args: &Args, data_dir: &Path) -> Result<Config, String> {
 /// Resolves the scenario and builds its fleet; shared by the parent and the crash child.
 pub fn prepare(args: &Args) -> Result<(Plan, Arc<Fleet>), String> {
     validate_times(args)?;
-    let plan = scenario::resolve(args)?;
+    let mut plan = scenario::resolve(args)?;
     let fleet = Fleet::build(plan.fleet.clone())?;
+    if plan.groups.is_some() {
+        // One group call and one commit per consumer at most.
+        plan.in_flight = fleet.members.len() * 2;
+    }
     if fleet.members.len() < plan.threads {
         return Err(format!(
             "{} members cannot be shared by {} generator threads",
@@ -291,7 +311,7 @@ pub fn start_drivers(
 pub fn run(args: &Args) -> Result<bool, String> {
     let (plan, fleet) = prepare(args)?;
     let mut dir = prepare_data_dir(args)?;
-    let config = engine_config(args, &dir.path)?;
+    let config = engine_config(args, &dir.path, plan.groups.as_ref())?;
     let env = sys::Env::read(&dir.path);
     eprintln!(
         "loadgen: {} on {} ({} on {}) for {}s after {}s warmup: {} groups, {} members, {} keys, policy {}, {:?} loop",
@@ -309,6 +329,8 @@ pub fn run(args: &Args) -> Result<bool, String> {
     );
     let measures = if plan.scenario == Scenario::CrashResume {
         crate::crash::run_parent(args, &plan, &fleet, &config)?
+    } else if plan.groups.is_some() {
+        crate::group_run::run_in_process(args, &plan, &fleet, &config)?
     } else {
         run_in_process(args, &plan, &fleet, &config)?
     };
@@ -348,6 +370,118 @@ pub fn run(args: &Args) -> Result<bool, String> {
     Ok(ok)
 }
 
+/// Engine and CPU readings at the start and the end of the measured window.
+pub struct WindowReadings {
+    engine_at_measure: EngineCounters,
+    engine_at_stop: EngineCounters,
+    cpu: Duration,
+    shards_cpu: Duration,
+}
+
+/// Shows progress through the timeline and reads the engine's counters and the CPU clocks
+/// at the window's edges.
+pub fn watch_window(
+    engine: &Engine,
+    timeline: Timeline,
+    progress: &mut Progress,
+    live: &LiveCounters,
+) -> Result<WindowReadings, String> {
+    progress.run_until(timeline.measure_from, live);
+    let engine_at_measure = EngineCounters::read(engine)?;
+    let cpu_at_measure = sys::process_cpu(Who::SelfProcess);
+    let shards_cpu_at_measure = sys::threads_cpu(SHARD_THREAD_PREFIX);
+    progress.run_until(timeline.stop_at, live);
+    let engine_at_stop = EngineCounters::read(engine)?;
+    let cpu_at_stop = sys::process_cpu(Who::SelfProcess);
+    let shards_cpu_at_stop = sys::threads_cpu(SHARD_THREAD_PREFIX);
+    progress.finish(live);
+    Ok(WindowReadings {
+        engine_at_measure,
+        engine_at_stop,
+        cpu: cpu_at_stop.saturating_sub(cpu_at_measure),
+        shards_cpu: shards_cpu_at_stop.saturating_sub(shards_cpu_at_measure),
+    })
+}
+
+/// Joins the generator threads.
+pub fn join_all<T>(handles: Vec<std::thread::JoinHandle<T>>) -> Result<Vec<T>, String> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| "a generator thread panicked".to_string())
+        })
+        .collect()
+}
+
+/// Closes the engine after the run and builds the measures of an in-process run, before
+/// the generator threads' results are merged in and the directory is verified.
+pub fn close_and_measure(
+    args: &Args,
+    plan: &Plan,
+    fleet: &Fleet,
+    config: &Config,
+    engine: Engine,
+    window: &WindowReadings,
+) -> Result<Measures, String> {
+    let engine_total = EngineCounters::read(&engine)?;
+    let close_started = Instant::now();
+    engine
+        .close()
+        .map_err(|e| format!("closing the engine: {e}"))?;
+    let close_secs = close_started.elapsed().as_secs_f64();
+    drop(engine);
+    let log_bytes = log_bytes(&config.data_dir)?;
+    Ok(Measures {
+        measured_secs: args.duration,
+        commit: OpStats::default(),
+        commit_hot: fleet.groups.iter().any(|g| g.hot).then(OpStats::default),
+        group_ops: None,
+        setup: None,
+        total_acks: 0,
+        total_partition_offsets: 0,
+        issued_in_window: 0,
+        coalesced: 0,
+        redundant: 0,
+        late_sends: 0,
+        unsent_at_stop: 0,
+        per_offsets_partition: vec![0; config.offsets_topic_num_partitions as usize],
+        engine_window: Some(window.engine_at_stop.since(window.engine_at_measure)),
+        engine_total: Some(engine_total),
+        process_cpu: window.cpu,
+        generator_cpu: Some(Duration::ZERO),
+        shards_cpu: Some(window.shards_cpu),
+        peak_rss_bytes: sys::peak_rss_bytes(Who::SelfProcess),
+        log_bytes,
+        close_secs: Some(close_secs),
+        reopen_secs: 0.0,
+        verification: Verification::default(),
+        crash: None,
+        rate_target_per_sec: target_rate(plan, fleet),
+    })
+}
+
+/// Reopens the directory, checks it against what the threads saw acknowledged and issued.
+pub fn verify_into(
+    measures: &mut Measures,
+    config: &Config,
+    fleet: &Fleet,
+    expected: &Expected,
+) -> Result<(), String> {
+    let (verification, reopen_secs) = reopen_and_verify(config, fleet, expected)?;
+    measures.verification = verification;
+    measures.reopen_secs = reopen_secs;
+    Ok(())
+}
+
+/// Nothing acknowledged or issued yet, for every member.
+pub fn expected_nothing(fleet: &Fleet) -> Expected {
+    Expected {
+        last_acked_seq: vec![-1; fleet.members.len()],
+        last_issued_seq: Some(vec![-1; fleet.members.len()]),
+    }
+}
+
 fn run_in_process(
     args: &Args,
     plan: &Plan,
@@ -359,70 +493,15 @@ fn run_in_process(
     let timeline = Timeline::from_now(args);
     let live = Arc::new(LiveCounters::default());
     let handles = start_drivers(&engine, fleet, plan, timeline, args.seed, &live, None)?;
-
     let mut progress = Progress::new(timeline, pacing(plan, fleet), plan.rate_per_sec);
-    progress.run_until(timeline.measure_from, &live);
-    let engine_at_measure = EngineCounters::read(&engine)?;
-    let cpu_at_measure = sys::process_cpu(Who::SelfProcess);
-    let shards_cpu_at_measure = sys::threads_cpu(SHARD_THREAD_PREFIX);
-    progress.run_until(timeline.stop_at, &live);
-    let engine_at_stop = EngineCounters::read(&engine)?;
-    let cpu_at_stop = sys::process_cpu(Who::SelfProcess);
-    let shards_cpu_at_stop = sys::threads_cpu(SHARD_THREAD_PREFIX);
-    progress.finish(&live);
-
-    let mut results = Vec::with_capacity(handles.len());
-    for handle in handles {
-        results.push(
-            handle
-                .join()
-                .map_err(|_| "a generator thread panicked".to_string())?,
-        );
-    }
-    let engine_total = EngineCounters::read(&engine)?;
-    let close_started = Instant::now();
-    engine
-        .close()
-        .map_err(|e| format!("closing the engine: {e}"))?;
-    let close_secs = close_started.elapsed().as_secs_f64();
-    drop(engine);
-    let log_bytes = log_bytes(&config.data_dir)?;
-
-    let mut expected = Expected {
-        last_acked_seq: vec![-1; fleet.members.len()],
-        last_issued_seq: Some(vec![-1; fleet.members.len()]),
-    };
-    let mut measures = Measures {
-        measured_secs: args.duration,
-        commit: OpStats::default(),
-        commit_hot: fleet.groups.iter().any(|g| g.hot).then(OpStats::default),
-        total_acks: 0,
-        total_partition_offsets: 0,
-        issued_in_window: 0,
-        coalesced: 0,
-        redundant: 0,
-        late_sends: 0,
-        unsent_at_stop: 0,
-        per_offsets_partition: vec![0; config.offsets_topic_num_partitions as usize],
-        engine_window: Some(engine_at_stop.since(engine_at_measure)),
-        engine_total: Some(engine_total),
-        process_cpu: cpu_at_stop.saturating_sub(cpu_at_measure),
-        generator_cpu: Some(Duration::ZERO),
-        shards_cpu: Some(shards_cpu_at_stop.saturating_sub(shards_cpu_at_measure)),
-        peak_rss_bytes: sys::peak_rss_bytes(Who::SelfProcess),
-        log_bytes,
-        close_secs: Some(close_secs),
-        reopen_secs: 0.0,
-        verification: Verification::default(),
-        crash: None,
-        rate_target_per_sec: target_rate(plan, fleet),
-    };
+    let window = watch_window(&engine, timeline, &mut progress, &live)?;
+    let results = join_all(handles)?;
+    let mut measures = close_and_measure(args, plan, fleet, config, engine, &window)?;
+    let mut expected = expected_nothing(fleet);
     for result in &results {
         merge_result(&mut measures, &mut expected, result);
     }
-    let (verification, reopen_secs) = reopen_and_verify(config, fleet, &expected)?;
-    measures.verification = verification;
-    measures.reopen_secs = reopen_secs;
+    verify_into(&mut measures, config, fleet, &expected)?;
     Ok(measures)
 }
 
@@ -431,26 +510,59 @@ fn merge_result(measures: &mut Measures, expected: &mut Expected, result: &Drive
     if let Some(hot) = &mut measures.commit_hot {
         hot.merge(&result.commit_hot);
     }
-    measures.total_acks += result.total_acks;
-    measures.issued_in_window += result.issued_in_window;
-    measures.coalesced += result.coalesced;
     measures.redundant += result.redundant;
-    measures.late_sends += result.late_sends;
     measures.unsent_at_stop += result.unsent_at_stop;
+    merge_thread(
+        measures,
+        expected,
+        ThreadShare {
+            total_acks: result.total_acks,
+            issued_in_window: result.issued_in_window,
+            coalesced: result.coalesced,
+            late_sends: result.late_sends,
+            cpu_in_window: result.cpu_in_window,
+            per_offsets_partition: &result.per_offsets_partition,
+            members: &result.members,
+            last_acked_seq: &result.last_acked_seq,
+            last_issued_seq: &result.last_issued_seq,
+        },
+    );
+}
+
+/// What every kind of generator thread reports in common.
+pub struct ThreadShare<'a> {
+    pub total_acks: u64,
+    pub issued_in_window: u64,
+    pub coalesced: u64,
+    pub late_sends: u64,
+    pub cpu_in_window: Duration,
+    pub per_offsets_partition: &'a [u64],
+    /// Global member indices; the sequence numbers are indexed by position.
+    pub members: &'a [u32],
+    pub last_acked_seq: &'a [i64],
+    pub last_issued_seq: &'a [i64],
+}
+
+/// Adds one generator thread's counts and its members' sequence numbers.
+pub fn merge_thread(measures: &mut Measures, expected: &mut Expected, share: ThreadShare<'_>) {
+    measures.total_acks += share.total_acks;
+    measures.issued_in_window += share.issued_in_window;
+    measures.coalesced += share.coalesced;
+    measures.late_sends += share.late_sends;
     if let Some(cpu) = &mut measures.generator_cpu {
-        *cpu += result.cpu_in_window;
+        *cpu += share.cpu_in_window;
     }
     for (sum, count) in measures
         .per_offsets_partition
         .iter_mut()
-        .zip(&result.per_offsets_partition)
+        .zip(share.per_offsets_partition)
     {
         *sum += count;
     }
-    for (position, &member) in result.members.iter().enumerate() {
-        expected.last_acked_seq[member as usize] = result.last_acked_seq[position];
+    for (position, &member) in share.members.iter().enumerate() {
+        expected.last_acked_seq[member as usize] = share.last_acked_seq[position];
         if let Some(issued) = &mut expected.last_issued_seq {
-            issued[member as usize] = result.last_issued_seq[position];
+            issued[member as usize] = share.last_issued_seq[position];
         }
     }
 }

@@ -26,9 +26,11 @@ pub enum Scenario {
     HotGroup,
     /// The engine process is SIGKILLed mid-run; every acknowledged commit must survive.
     CrashResume,
-    /// 3,200 consumers heartbeating every 500 ms [needs groups (issue 6): not available yet].
+    /// 3,200 consumers in 800 groups, joined through the engine, heartbeating every 500 ms
+    /// (6,400 heartbeats/s) and auto-committing with their generation; --scale 100 for 100×.
     HeartbeatFlood,
-    /// Members joining, leaving and expiring [needs groups (issue 6): not available yet].
+    /// Consumers leaving, expiring (silent until their session times out) and rejoining:
+    /// groups keep rebalancing, stale commits are fenced.
     RebalanceStorm,
 }
 
@@ -54,14 +56,9 @@ impl Scenario {
         }
     }
 
-    /// What the scenario needs that this build lacks, if anything.
-    pub fn missing(self) -> Option<&'static str> {
-        match self {
-            Scenario::HeartbeatFlood | Scenario::RebalanceStorm => Some(
-                "the consumer-groups API (joins, heartbeats, sessions; issue 6), which this build of the engine does not have yet",
-            ),
-            _ => None,
-        }
+    /// Whether the consumers really join groups through the engine (join, sync, heartbeat).
+    pub fn uses_group_protocol(self) -> bool {
+        matches!(self, Scenario::HeartbeatFlood | Scenario::RebalanceStorm)
     }
 
     fn defaults(self) -> Defaults {
@@ -75,9 +72,35 @@ impl Scenario {
             partitions: 4,
             policy: CommitPolicy::Async,
             apps: 0,
+            heartbeat_interval_ms: 3000,
+            session_timeout_ms: 45_000,
+            churn_per_sec: 0.0,
         };
         match self {
-            Scenario::CommitStorm | Scenario::HeartbeatFlood | Scenario::RebalanceStorm => base,
+            Scenario::CommitStorm => base,
+            // 800 groups × 4 consumers = 3,200 consumers at 500 ms: 6,400 heartbeats/s.
+            Scenario::HeartbeatFlood => Defaults {
+                mode: Mode::Open,
+                groups: 800,
+                members: 4,
+                partitions: 8,
+                policy: CommitPolicy::Auto,
+                heartbeat_interval_ms: 500,
+                ..base
+            },
+            // Kafka's minimum session (group.min.session.timeout.ms = 6000) with the usual
+            // heartbeat of a third of it; 10 leaves or expiries per second.
+            Scenario::RebalanceStorm => Defaults {
+                mode: Mode::Open,
+                groups: 200,
+                members: 4,
+                partitions: 8,
+                policy: CommitPolicy::PerPoll,
+                heartbeat_interval_ms: 2000,
+                session_timeout_ms: 6000,
+                churn_per_sec: 10.0,
+                ..base
+            },
             Scenario::CrashResume => Defaults {
                 in_flight: 256,
                 ..base
@@ -118,6 +141,32 @@ struct Defaults {
     policy: CommitPolicy,
     /// hot-group: applications sharing the one hot group.
     apps: usize,
+    heartbeat_interval_ms: u32,
+    session_timeout_ms: u32,
+    churn_per_sec: f64,
+}
+
+/// Most `--churn-per-sec`.
+pub const CHURN_PER_SEC_MAX: f64 = 1_000_000.0;
+/// Longest `--rebalance-timeout-ms` and `--session-timeout-ms` (Kafka's
+/// `group.max.session.timeout.ms` default, 30 minutes).
+pub const GROUP_TIMEOUT_MS_MAX: u32 = 1_800_000;
+
+/// The group-protocol settings of heartbeat-flood and rebalance-storm.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupPlan {
+    /// `heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u32,
+    /// `session.timeout.ms`.
+    pub session_timeout_ms: u32,
+    /// `max.poll.interval.ms` (the JoinGroup's rebalance timeout).
+    pub rebalance_timeout_ms: u32,
+    /// Leaves and expiries per second over the fleet.
+    pub churn_per_sec: f64,
+    /// How long a consumer that left stays away.
+    pub rejoin_delay_ms: u32,
+    /// The engine's `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay_ms: u32,
 }
 
 /// A scenario with every flag resolved.
@@ -130,18 +179,13 @@ pub struct Plan {
     pub rate_per_sec: Option<f64>,
     pub in_flight: usize,
     pub threads: usize,
+    /// heartbeat-flood and rebalance-storm only.
+    pub groups: Option<GroupPlan>,
 }
 
 /// Resolves the scenario's defaults and the flags into a plan, or says why it cannot run.
 pub fn resolve(args: &Args) -> Result<Plan, String> {
     let scenario = args.scenario;
-    if let Some(missing) = scenario.missing() {
-        return Err(format!(
-            "scenario {} needs {missing}; available now: {}",
-            scenario.name(),
-            available().join(", ")
-        ));
-    }
     let d = scenario.defaults();
     let mode = match (args.mode, args.rate) {
         (Some(Mode::Closed), Some(_)) => {
@@ -165,6 +209,12 @@ pub fn resolve(args: &Args) -> Result<Plan, String> {
         return Err(format!("--threads must be in 1..={THREADS_MAX}"));
     }
     let in_flight = args.in_flight.unwrap_or(d.in_flight);
+    if scenario.uses_group_protocol() && args.in_flight.is_some() {
+        return Err(format!(
+            "--in-flight does not apply to {}: each consumer has one group call and one commit in flight at most",
+            scenario.name()
+        ));
+    }
     if in_flight < threads || in_flight > IN_FLIGHT_MAX {
         return Err(format!(
             "--in-flight ({in_flight}) must be in --threads ({threads})..={IN_FLIGHT_MAX}"
@@ -222,6 +272,17 @@ pub fn resolve(args: &Args) -> Result<Plan, String> {
     if !(fleet.records_per_sec.is_finite() && fleet.records_per_sec > 0.0) {
         return Err("--records-per-sec must be positive".into());
     }
+    let groups = if scenario.uses_group_protocol() {
+        if mode == Mode::Closed || args.rate.is_some() {
+            return Err(format!(
+                "{} paces every consumer on its own timers (open loop): --mode closed and --rate do not apply",
+                scenario.name()
+            ));
+        }
+        Some(group_plan(args, &d)?)
+    } else {
+        None
+    };
     Ok(Plan {
         scenario,
         fleet,
@@ -229,14 +290,48 @@ pub fn resolve(args: &Args) -> Result<Plan, String> {
         rate_per_sec: args.rate,
         in_flight,
         threads,
+        groups,
     })
 }
 
-/// Names of the scenarios this build can run.
-pub fn available() -> Vec<&'static str> {
-    Scenario::value_variants()
-        .iter()
-        .filter(|s| s.missing().is_none())
-        .map(|s| s.name())
-        .collect()
+fn group_plan(args: &Args, d: &Defaults) -> Result<GroupPlan, String> {
+    let plan = GroupPlan {
+        heartbeat_interval_ms: args
+            .heartbeat_interval_ms
+            .unwrap_or(d.heartbeat_interval_ms),
+        session_timeout_ms: args.session_timeout_ms.unwrap_or(d.session_timeout_ms),
+        rebalance_timeout_ms: args.rebalance_timeout_ms,
+        churn_per_sec: args.churn_per_sec.unwrap_or(d.churn_per_sec),
+        rejoin_delay_ms: args.rejoin_delay_ms,
+        initial_rebalance_delay_ms: args.initial_rebalance_delay_ms,
+    };
+    if plan.session_timeout_ms == 0 || plan.session_timeout_ms > GROUP_TIMEOUT_MS_MAX {
+        return Err(format!(
+            "--session-timeout-ms must be in 1..={GROUP_TIMEOUT_MS_MAX}"
+        ));
+    }
+    if plan.heartbeat_interval_ms == 0 || plan.heartbeat_interval_ms >= plan.session_timeout_ms {
+        return Err(
+            "--heartbeat-interval-ms must be positive and below --session-timeout-ms".into(),
+        );
+    }
+    if plan.rebalance_timeout_ms == 0 || plan.rebalance_timeout_ms > GROUP_TIMEOUT_MS_MAX {
+        return Err(format!(
+            "--rebalance-timeout-ms must be in 1..={GROUP_TIMEOUT_MS_MAX}"
+        ));
+    }
+    if !(plan.churn_per_sec.is_finite() && (0.0..=CHURN_PER_SEC_MAX).contains(&plan.churn_per_sec))
+    {
+        return Err(format!(
+            "--churn-per-sec must be in 0..={CHURN_PER_SEC_MAX}"
+        ));
+    }
+    if plan.rejoin_delay_ms > GROUP_TIMEOUT_MS_MAX
+        || plan.initial_rebalance_delay_ms > GROUP_TIMEOUT_MS_MAX
+    {
+        return Err(format!(
+            "--rejoin-delay-ms and --initial-rebalance-delay-ms must be at most {GROUP_TIMEOUT_MS_MAX}"
+        ));
+    }
+    Ok(plan)
 }

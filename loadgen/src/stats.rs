@@ -81,6 +81,10 @@ pub struct OpStats {
     pub errors: ErrorCounts,
     /// Failed requests intended outside it (warmup), by code.
     pub errors_outside_window: ErrorCounts,
+    /// Answers with an error code that is the protocol at work, not a failure (a join's
+    /// `MEMBER_ID_REQUIRED`, rebalance-storm's fenced commits and heartbeats), intended
+    /// inside the window, by code.
+    pub expected_errors: ErrorCounts,
 }
 
 impl Default for OpStats {
@@ -91,6 +95,7 @@ impl Default for OpStats {
             partition_offsets_in_window: 0,
             errors: ErrorCounts::new(),
             errors_outside_window: ErrorCounts::new(),
+            expected_errors: ErrorCounts::new(),
         }
     }
 }
@@ -109,7 +114,23 @@ impl OpStats {
 
     /// Accounts one answer; `message` describes a failure (called once per error code).
     pub fn record(&mut self, answer: &Answer, message: impl FnOnce() -> String) {
-        if answer.is_ok() {
+        self.record_classified(answer, false, message);
+    }
+
+    /// Accounts one answer; an `expected` error is a real round trip (its latency counts)
+    /// but is counted apart from the failures.
+    pub fn record_classified(
+        &mut self,
+        answer: &Answer,
+        expected: bool,
+        message: impl FnOnce() -> String,
+    ) {
+        if expected {
+            if answer.in_latency_window {
+                self.record_latency_us(answer.latency_us);
+                record_error(&mut self.expected_errors, answer.kafka_code(), message);
+            }
+        } else if answer.is_ok() {
             if answer.in_latency_window {
                 self.record_latency_us(answer.latency_us);
             }
@@ -137,6 +158,7 @@ impl OpStats {
             &mut self.errors_outside_window,
             &other.errors_outside_window,
         );
+        merge_errors(&mut self.expected_errors, &other.expected_errors);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Runs the `loadgen` binary for each available scenario, briefly, on small data, and
+//! Runs the `loadgen` binary for each scenario, briefly, on small data, and
 //! checks its JSON report: the documented fields are there, nothing failed unexpectedly,
 //! and everything acknowledged was found after the reopen (or after the crash).
 
@@ -172,28 +172,127 @@ fn crash_resume_finds_every_acknowledged_commit() {
     assert_eq!(report["storage"]["close_secs"], serde_json::Value::Null);
 }
 
-#[test]
-fn scenarios_that_need_groups_refuse_clearly() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for scenario in ["heartbeat-flood", "rebalance-storm"] {
-        let output = loadgen(dir.path(), &["--scenario", scenario, "--duration", "1"]);
-        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("issue 6") && stderr.contains(scenario),
-            "stderr: {stderr}"
+/// The group operations' rows: documented fields, no unexpected error anywhere, and only
+/// protocol codes among the expected ones (MEMBER_ID_REQUIRED for joins; the fencing and
+/// rejoin codes where `fencing` is allowed).
+fn check_group_ops(report: &serde_json::Value, fencing: bool) {
+    let text = report.to_string();
+    for op in ["commit", "join", "sync", "heartbeat", "leave"] {
+        let row = &report["ops"][op];
+        assert!(row["per_sec"].is_f64(), "ops.{op}: {text}");
+        assert!(row["latency_us"]["p999"].is_u64(), "ops.{op}: {text}");
+        assert_eq!(row["errors"], serde_json::json!({}), "ops.{op}: {text}");
+        assert_eq!(
+            row["errors_outside_window"],
+            serde_json::json!({}),
+            "ops.{op}: {text}"
         );
+        let expected = row["expected_errors"].as_object().expect("expected_errors");
+        for code in expected.keys() {
+            let allowed = (op == "join" && code == "79")
+                || (fencing && ["22", "25", "27"].contains(&code.as_str()));
+            assert!(allowed, "ops.{op} expected code {code}: {text}");
+        }
+    }
+    let heartbeat = &report["ops"]["heartbeat"];
+    assert_eq!(heartbeat["latency_from"], "intended");
+    assert!(heartbeat["requests"].as_u64().unwrap() > 0, "{text}");
+    assert!(heartbeat["latency_us"]["count"].as_u64().unwrap() > 0);
+    let groups = &report["groups"];
+    assert_eq!(groups["setup_complete"], true, "{text}");
+    assert_eq!(
+        groups["setup_stable_members"], report["fleet"]["members"],
+        "{text}"
+    );
+    assert_eq!(groups["assignment_mismatches"], 0, "{text}");
+    assert!(report["cpu"]["cpu_us_per_op"].as_f64().unwrap() > 0.0);
+    assert!(report["config"]["engine"]["group_min_session_timeout_ms"].is_u64());
+}
+
+#[test]
+fn heartbeat_flood_joins_everyone_and_heartbeats_on_schedule() {
+    // 50 groups × 4 consumers at 200 ms: 1,000 heartbeats/s, commits every 500 ms.
+    let report = run_scenario(
+        "heartbeat-flood",
+        &[
+            "--groups",
+            "50",
+            "--heartbeat-interval-ms",
+            "200",
+            "--auto-commit-interval-ms",
+            "500",
+        ],
+    );
+    check_group_ops(&report, false);
+    assert_eq!(report["fleet"]["members"], 200);
+    assert_eq!(report["groups"]["heartbeat_interval_ms"], 200);
+    // Nobody left, expired or rebalanced: every consumer is still in its generation.
+    assert_eq!(report["groups"]["rebalances"], 0);
+    assert_eq!(report["groups"]["stable_at_stop"], 200);
+    assert_eq!(report["ops"]["join"]["requests"], 0);
+    // An open loop offers its rate whatever the engine does; far below half of it would
+    // mean the pacing is broken.
+    let per_sec = report["ops"]["heartbeat"]["per_sec"].as_f64().unwrap();
+    assert!((500.0..1500.0).contains(&per_sec), "heartbeats/s {per_sec}");
+}
+
+#[test]
+fn rebalance_storm_keeps_groups_rebalancing_and_fences_stale_commits() {
+    let report = run_scenario(
+        "rebalance-storm",
+        &[
+            "--groups",
+            "8",
+            "--members",
+            "3",
+            "--session-timeout-ms",
+            "600",
+            "--heartbeat-interval-ms",
+            "100",
+            "--churn-per-sec",
+            "20",
+            "--rejoin-delay-ms",
+            "100",
+        ],
+    );
+    check_group_ops(&report, true);
+    let text = report.to_string();
+    let members = report["fleet"]["members"].as_u64().unwrap();
+    let joins = report["ops"]["join"]["requests"].as_u64().unwrap();
+    assert!(
+        joins > members,
+        "{joins} joins for {members} members: {text}"
+    );
+    let groups = &report["groups"];
+    assert!(groups["leaves"].as_u64().unwrap() > 0, "{text}");
+    assert!(groups["expiries"].as_u64().unwrap() > 0, "{text}");
+    assert!(groups["rebalances"].as_u64().unwrap() > 0, "{text}");
+    assert!(report["ops"]["sync"]["requests"].as_u64().unwrap() > 0);
+    assert!(report["ops"]["leave"]["requests"].as_u64().unwrap() > 0);
+    // The session below Kafka's 6 s minimum lowered the engine's minimum to it.
+    assert_eq!(
+        report["config"]["engine"]["group_min_session_timeout_ms"],
+        600
+    );
+}
+
+#[test]
+fn group_scenarios_refuse_a_closed_loop() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for flags in [
+        &["--mode", "closed"][..],
+        &["--rate", "100"],
+        &["--in-flight", "8"],
+    ] {
+        let mut args = vec!["--scenario", "heartbeat-flood", "--duration", "1"];
+        args.extend_from_slice(flags);
+        let output = loadgen(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
         assert!(
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),
             "it created a data dir"
         );
     }
-    let help = loadgen(dir.path(), &["--help"]);
-    let help = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help.contains("heartbeat-flood") && help.contains("needs groups (issue 6)"),
-        "{help}"
-    );
 }
 
 #[test]
