@@ -157,24 +157,28 @@ fn steady_state_commits_allocate_nothing() {
     local_shard_heartbeats_allocate_nothing();
 }
 
+/// The SyncGroup of a group's only member (its own leader), assigning it nothing.
+fn sync_alone(group: &str, member: &str, generation_id: i32) -> coffer::group::SyncGroupRequest {
+    coffer::group::SyncGroupRequest {
+        group_id: group.into(),
+        member_id: member.into(),
+        group_instance_id: None,
+        generation_id,
+        protocol_type: None,
+        protocol_name: None,
+        assignments: vec![(member.into(), Vec::new())],
+    }
+}
+
 /// Heartbeats through the engine handle (request and completion slot pooled) allocate
 /// nothing once warm.
 fn engine_heartbeats_allocate_nothing(engine: &Engine) {
-    use coffer::group::SyncGroupRequest;
     let joined = engine
         .join_group(coffer_tests::join_request("hb-engine", "", 30_000, false))
         .wait();
     assert_eq!(joined.error, None);
     let member = joined.member_id;
-    let sync = SyncGroupRequest {
-        group_id: "hb-engine".into(),
-        member_id: member.clone(),
-        group_instance_id: None,
-        generation_id: joined.generation_id,
-        protocol_type: None,
-        protocol_name: None,
-        assignments: vec![(member.clone(), Vec::new())],
-    };
+    let sync = sync_alone("hb-engine", &member, joined.generation_id);
     assert_eq!(engine.sync_group(sync).wait().error, None);
     let beat = || {
         engine
@@ -199,7 +203,7 @@ fn engine_heartbeats_allocate_nothing(engine: &Engine) {
 /// Heartbeats through the shard-local API (a thread-per-core broker's path) allocate nothing.
 fn local_shard_heartbeats_allocate_nothing() {
     use coffer::LocalShard;
-    use coffer::group::{JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+    use coffer::group::{JoinGroupRequest, JoinProtocol};
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::new(dir.path());
     config.offsets_topic_num_partitions = 2;
@@ -226,15 +230,7 @@ fn local_shard_heartbeats_allocate_nothing() {
     };
     let joined = shard.join_group(join).wait();
     let member = joined.member_id;
-    let sync = SyncGroupRequest {
-        group_id: "hb".into(),
-        member_id: member.clone(),
-        group_instance_id: None,
-        generation_id: joined.generation_id,
-        protocol_type: None,
-        protocol_name: None,
-        assignments: vec![(member.clone(), Vec::new())],
-    };
+    let sync = sync_alone("hb", &member, joined.generation_id);
     let synced = shard.sync_group(sync);
     shard.flush(); // writes the group's metadata, which answers the sync
     assert_eq!(synced.wait().error, None);
