@@ -374,7 +374,12 @@ impl CompactionJob {
                 };
                 cache.log_position(key).map(|p| p as i64)
             }
-            RecordKey::GroupMetadata(key) => partition.group_record_offset(key.group),
+            RecordKey::GroupMetadata(key) => match partition.group_record_offset(key.group) {
+                None if record.value.is_some() && partition.keeps_unknown_group_records() => {
+                    return Ok(Fate::Keep);
+                }
+                latest => latest,
+            },
             RecordKey::Unknown { .. } => return Ok(Fate::Keep),
         };
         if record.value.is_some() {

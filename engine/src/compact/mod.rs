@@ -54,6 +54,9 @@ pub const GROUP_RECORDS_MAX: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct PartitionCompaction {
     group_records: HashMap<String, i64>,
+    /// Some group's record went untracked (over `GROUP_RECORDS_MAX`): group metadata values
+    /// this map does not know are then kept, since one of them may be a group's latest.
+    untracked_groups: bool,
     /// Base offsets of segments the compactor could not process.
     pub(crate) quarantined: BTreeSet<i64>,
 }
@@ -76,8 +79,9 @@ impl PartitionCompaction {
             self.group_records.insert(group.to_owned(), offset);
             None
         } else {
-            // Over the bound the record is left counted live: compaction keeps it, which is
-            // safe, only less tidy.
+            // Over the bound the record is left counted live and compaction keeps it (see
+            // `keeps_unknown_group_records`): safe, only less tidy.
+            self.untracked_groups = true;
             None
         };
         if let Some(previous) = previous {
@@ -91,6 +95,12 @@ impl PartitionCompaction {
     /// The offset of `group`'s latest group metadata record.
     pub(crate) fn group_record_offset(&self, group: &str) -> Option<i64> {
         self.group_records.get(group).copied()
+    }
+
+    /// Whether group metadata values of groups the map does not know must be kept (some
+    /// group went untracked over the bound).
+    pub(crate) fn keeps_unknown_group_records(&self) -> bool {
+        self.untracked_groups
     }
 }
 
@@ -115,4 +125,32 @@ pub struct CompactionMetrics {
     pub segments_quarantined: u64,
     /// Wall-clock time of the last finished compaction, ms since the Unix epoch (0: none yet).
     pub last_success_ms: i64,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_over_the_bound_go_untracked_and_unknown_records_are_kept() {
+        let mut table = SegmentTable::default();
+        table.push_segment(0);
+        table.add_records(GROUP_RECORDS_MAX as u64 + 2);
+        let mut compaction = PartitionCompaction::default();
+        for g in 0..GROUP_RECORDS_MAX {
+            compaction.group_record(&format!("g{g}"), g as i64, false, &mut table);
+        }
+        assert!(!compaction.keeps_unknown_group_records());
+        // One group more than the bound: not tracked, so the compactor must keep values of
+        // groups it does not know (one of them is this group's latest).
+        compaction.group_record("late", GROUP_RECORDS_MAX as i64, false, &mut table);
+        assert_eq!(compaction.group_record_offset("late"), None);
+        assert!(compaction.keeps_unknown_group_records());
+        // Tracked groups still follow their latest record.
+        compaction.group_record("g0", GROUP_RECORDS_MAX as i64 + 1, false, &mut table);
+        assert_eq!(
+            compaction.group_record_offset("g0"),
+            Some(GROUP_RECORDS_MAX as i64 + 1)
+        );
+    }
 }
