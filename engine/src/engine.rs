@@ -376,6 +376,9 @@ impl Engine {
     /// resolves once the tombstones are durable; fetches then find nothing, and the deleted
     /// offsets never come back, after compaction or recovery either. Deleting an offset that
     /// is not committed writes a tombstone all the same (harmless; compaction drops it).
+    /// While the group has members it is refused with `GROUP_SUBSCRIBED_TO_TOPIC` (86):
+    /// Kafka refuses it for the topics the members subscribe to, and their subscriptions
+    /// are opaque to the engine.
     pub fn delete_offsets(&self, group_id: &str, partitions: &[(&str, i32)]) -> CommitFuture {
         if partitions.len() > COMMIT_PARTITIONS_MAX {
             let error = Error::InvalidRequest("too many partitions in one delete");

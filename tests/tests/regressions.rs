@@ -138,7 +138,8 @@ mod groups {
         );
     }
 
-    /// DeleteGroups is refused while the group has members, and deletes nothing.
+    /// DeleteGroups and OffsetDelete are refused while the group has members, and delete
+    /// nothing.
     #[test]
     fn delete_group_refuses_a_group_with_members() {
         let disk = SimDisk::new(5);
@@ -153,6 +154,14 @@ mod groups {
             .commit_offsets_fenced(GROUP, &fence, &[commit("orders", 0, 5)])
             .wait()
             .unwrap();
+        let refused = engine.delete_offsets(GROUP, &[("orders", 0)]).wait();
+        assert!(
+            matches!(
+                refused,
+                Err(coffer::Error::Group(GroupError::GroupSubscribedToTopic))
+            ),
+            "{refused:?}"
+        );
         let refused = engine.delete_group(GROUP).wait();
         assert!(
             matches!(

@@ -42,6 +42,10 @@ pub enum GroupError {
     /// `GROUP_ID_NOT_FOUND` (69).
     #[error("GROUP_ID_NOT_FOUND: no such group")]
     GroupIdNotFound,
+    /// `GROUP_SUBSCRIBED_TO_TOPIC` (86): OffsetDelete while the group has active members
+    /// (the engine cannot read their subscriptions, so it refuses for every topic).
+    #[error("GROUP_SUBSCRIBED_TO_TOPIC: the group has active members")]
+    GroupSubscribedToTopic,
     /// `MEMBER_ID_REQUIRED` (79): the first join of a dynamic member (JoinGroup v4+); rejoin
     /// with the member id in the response.
     #[error("MEMBER_ID_REQUIRED: rejoin with the member id given")]
@@ -70,6 +74,7 @@ impl GroupError {
             GroupError::InvalidRequest => 42,
             GroupError::NonEmptyGroup => 68,
             GroupError::GroupIdNotFound => 69,
+            GroupError::GroupSubscribedToTopic => 86,
             GroupError::MemberIdRequired => 79,
             GroupError::GroupMaxSizeReached => 81,
             GroupError::FencedInstanceId => 82,

@@ -247,11 +247,19 @@ impl Shard {
     pub(super) fn fence_commit(&mut self, mut commit: PendingCommit) -> Option<PendingCommit> {
         let simple = CommitFence::simple();
         let fence = commit.fence().unwrap_or(&simple);
-        match self
-            .groups
-            .coordinator
-            .validate_commit(&commit.group, fence)
-        {
+        let coordinator = &self.groups.coordinator;
+        let checked = if commit.is_deletion() {
+            // OffsetDelete: Kafka refuses it per partition of a topic the group's members
+            // subscribe to; their subscriptions are opaque here, so any member refuses it.
+            if coordinator.has_members(&commit.group) {
+                Err(GroupError::GroupSubscribedToTopic)
+            } else {
+                Ok(())
+            }
+        } else {
+            coordinator.validate_commit(&commit.group, fence)
+        };
+        match checked {
             Ok(()) => Some(commit),
             Err(error) => {
                 self.metrics.commit_errors += 1;
