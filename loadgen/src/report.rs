@@ -216,6 +216,8 @@ pub struct EngineConfig {
     pub group_commit_linger_us: u64,
     pub request_queue_depth_max: usize,
     pub pin_shards: bool,
+    /// `file` or `filesystem` (see `--fsync-scope`).
+    pub fsync_scope: String,
     pub group_min_session_timeout_ms: u32,
     pub group_initial_rebalance_delay_ms: u32,
 }
@@ -479,6 +481,10 @@ impl Report {
                     group_commit_linger_us: config.group_commit_linger_us,
                     request_queue_depth_max: config.request_queue_depth_max,
                     pin_shards: config.pin_shards,
+                    fsync_scope: match config.fsync_scope {
+                        coffer::FsyncScope::File => "file".to_string(),
+                        coffer::FsyncScope::Filesystem => "filesystem".to_string(),
+                    },
                     group_min_session_timeout_ms: config.groups.group_min_session_timeout_ms,
                     group_initial_rebalance_delay_ms: config
                         .groups
@@ -756,7 +762,7 @@ impl Report {
         row(
             "engine",
             format!(
-                "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms",
+                "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms, fsync scope {}",
                 g.shards,
                 g.offsets_topic_num_partitions,
                 g.offsets_topic_segment_bytes,
@@ -764,7 +770,8 @@ impl Report {
                 g.group_commit_bytes_max,
                 g.group_commit_linger_us,
                 g.request_queue_depth_max,
-                g.offsets_commit_timeout_ms
+                g.offsets_commit_timeout_ms,
+                g.fsync_scope
             ),
         );
         out
