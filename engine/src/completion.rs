@@ -53,6 +53,9 @@ impl ReleaseGate {
 struct SlotState<T> {
     result: Option<T>,
     waker: Option<Waker>,
+    /// A thread is (about to be) blocked in `wait`: only then does completing need the
+    /// condvar's notify, a futex syscall even when nobody waits.
+    waiting: bool,
 }
 
 struct Slot<T> {
@@ -67,6 +70,7 @@ impl<T> Slot<T> {
             state: Mutex::new(SlotState {
                 result: None,
                 waker: None,
+                waiting: false,
             }),
             ready: Condvar::new(),
             gate: ReleaseGate::new(),
@@ -87,6 +91,8 @@ impl<T> Slot<T> {
             if let Some(result) = state.result.take() {
                 return Some(result);
             }
+            // Set under the lock the completer takes, so it cannot miss this waiter.
+            state.waiting = true;
             state = match deadline {
                 Some(deadline) => {
                     let now = Instant::now();
@@ -120,12 +126,14 @@ impl<T> Slot<T> {
     }
 
     fn complete(&self, result: T) {
-        let waker = {
+        let (waker, waiting) = {
             let mut state = self.lock();
             state.result = Some(result);
-            state.waker.take()
+            (state.waker.take(), std::mem::take(&mut state.waiting))
         };
-        self.ready.notify_all();
+        if waiting {
+            self.ready.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -193,6 +201,7 @@ impl<T> SlotHandle<T> {
             let mut state = self.slot.lock();
             state.result = None;
             state.waker = None;
+            state.waiting = false;
         }
         self.slot.gate.rearm();
         pool.give_back(self.slot);
