@@ -22,7 +22,7 @@ use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset,
-    commit_record_bytes_max, tombstone_chunks,
+    commit_record_bytes_max,
 };
 use crate::shard::{
     GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request, RequestPools,
@@ -388,7 +388,10 @@ impl Engine {
             .iter()
             .map(|(topic, partition)| PendingOffset::tombstone(topic, *partition))
             .collect();
-        self.send_tombstones(group_id, tombstones)
+        if let Err(error) = validate_tombstones(group_id, &tombstones) {
+            return CommitFuture::resolved(Err(error));
+        }
+        self.send_delete(group_id, Some(tombstones))
     }
 
     /// Deletes a group (Kafka's DeleteGroups): tombstones for every committed offset of the
@@ -397,11 +400,19 @@ impl Engine {
     /// as Kafka does. The check and the tombstones happen on the shard thread that holds the
     /// group, so no member can join in between.
     pub fn delete_group(&self, group_id: &str) -> CommitFuture {
-        if let Err(error) = validate_group(group_id).and_then(|()| self.ensure_open()) {
+        if let Err(error) = validate_group(group_id) {
             return CommitFuture::resolved(Err(error));
         }
-        let config = &self.inner.config;
-        let timeout_ms = config.offsets_commit_timeout_ms;
+        self.send_delete(group_id, None)
+    }
+
+    /// Sends a deletion (a whole group, or these tombstones) to the shard holding the
+    /// group, which decides and batches it on its thread.
+    fn send_delete(&self, group_id: &str, tombstones: Option<Vec<PendingOffset>>) -> CommitFuture {
+        if let Err(error) = self.ensure_open() {
+            return CommitFuture::resolved(Err(error));
+        }
+        let timeout_ms = self.inner.config.offsets_commit_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let offsets_partition = self.partition_for(group_id);
         let (future, completer) =
@@ -409,6 +420,7 @@ impl Engine {
         let request = Request::Group(GroupRequest::Delete {
             offsets_partition,
             group_id: group_id.to_owned(),
+            tombstones,
             deadline,
             reply: completer,
         });
@@ -421,27 +433,6 @@ impl Engine {
             return CommitFuture::resolved(Err(Error::CommitTimeout { timeout_ms }));
         }
         future
-    }
-
-    /// Queues tombstones in as many requests as the batch limits need (a group may have
-    /// more offsets than one request may carry). Every request gets the same deadline and
-    /// they are flushed in order, so the last one succeeds only if all did: its future is
-    /// the answer.
-    fn send_tombstones(&self, group_id: &str, tombstones: Vec<PendingOffset>) -> CommitFuture {
-        let config = &self.inner.config;
-        if let Err(error) = validate_tombstones(group_id, &tombstones) {
-            return CommitFuture::resolved(Err(error));
-        }
-        let chunk_bytes_max = PARTITION_BATCH_BYTES_MAX.min(config.group_commit_bytes_max)
-            - crate::format::BATCH_HEADER_BYTES;
-        let deadline = Instant::now() + Duration::from_millis(config.offsets_commit_timeout_ms);
-        let mut last = CommitFuture::resolved(Ok(()));
-        for (offsets, bytes) in tombstone_chunks(group_id, tombstones, chunk_bytes_max) {
-            last = self.send_pending(group_id, deadline, |commit, offsets_partition| {
-                commit.fill_owned(group_id, offsets_partition, offsets, bytes);
-            });
-        }
-        last
     }
 
     /// Queues validated offsets (values or tombstones) for the group commit: `fill` copies

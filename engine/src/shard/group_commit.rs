@@ -200,11 +200,6 @@ impl PendingCommit {
         self.completer = Some(completer);
     }
 
-    /// Whether the request deletes offsets (every entry a tombstone: OffsetDelete).
-    pub(crate) fn is_deletion(&self) -> bool {
-        !self.offsets().is_empty() && self.offsets().iter().all(|o| o.tombstone)
-    }
-
     /// The request's offsets.
     pub(crate) fn offsets(&self) -> &[PendingOffset] {
         &self.offsets[..self.offsets_len]

@@ -50,11 +50,15 @@ pub(crate) enum GroupRequest {
         members: Vec<LeavingMember>,
         reply: Completer<LeaveGroupResponse>,
     },
-    /// DeleteGroups: refused while the group has members; otherwise tombstones for its
-    /// offsets (the reply answers once they are durable) and its metadata record.
+    /// DeleteGroups (`tombstones: None`): refused while the group has members; otherwise
+    /// tombstones for every offset of the group (the reply answers once they are durable)
+    /// and for its metadata record. OffsetDelete (`Some`): these tombstones, refused while
+    /// the group has members. Decided and batched on the shard thread, so no member can join
+    /// in between and every chunk lands in order on the one partition.
     Delete {
         offsets_partition: u32,
         group_id: String,
+        tombstones: Option<Vec<PendingOffset>>,
         deadline: std::time::Instant,
         reply: Completer,
     },
@@ -247,19 +251,11 @@ impl Shard {
     pub(super) fn fence_commit(&mut self, mut commit: PendingCommit) -> Option<PendingCommit> {
         let simple = CommitFence::simple();
         let fence = commit.fence().unwrap_or(&simple);
-        let coordinator = &self.groups.coordinator;
-        let checked = if commit.is_deletion() {
-            // OffsetDelete: Kafka refuses it per partition of a topic the group's members
-            // subscribe to; their subscriptions are opaque here, so any member refuses it.
-            if coordinator.has_members(&commit.group) {
-                Err(GroupError::GroupSubscribedToTopic)
-            } else {
-                Ok(())
-            }
-        } else {
-            coordinator.validate_commit(&commit.group, fence)
-        };
-        match checked {
+        match self
+            .groups
+            .coordinator
+            .validate_commit(&commit.group, fence)
+        {
             Ok(()) => Some(commit),
             Err(error) => {
                 self.metrics.commit_errors += 1;
@@ -344,6 +340,7 @@ impl Shard {
             GroupRequest::Delete {
                 offsets_partition,
                 group_id,
+                tombstones,
                 deadline,
                 reply,
             } => {
@@ -353,9 +350,20 @@ impl Shard {
                     };
                     return reply.complete(Err(error));
                 }
-                match self.groups.coordinator.delete_group(&group_id) {
-                    Ok(()) => self.tombstone_offsets(offsets_partition, &group_id, deadline, reply),
-                    Err(error) => reply.complete(Err(Error::Group(error))),
+                let target = (offsets_partition, group_id.as_str());
+                match tombstones {
+                    None => match self.groups.coordinator.delete_group(&group_id) {
+                        Ok(()) => self.tombstone_group(target, deadline, reply),
+                        Err(error) => reply.complete(Err(Error::Group(error))),
+                    },
+                    // Kafka refuses OffsetDelete per partition of a topic the group's
+                    // members subscribe to; their subscriptions are opaque here, so any
+                    // member refuses it.
+                    Some(_) if self.groups.coordinator.has_members(&group_id) => {
+                        let error = Error::Group(GroupError::GroupSubscribedToTopic);
+                        reply.complete(Err(error));
+                    }
+                    Some(tombstones) => self.batch_tombstones(target, tombstones, deadline, reply),
                 }
             }
             GroupRequest::Describe { group_ids, reply } => {
@@ -372,13 +380,10 @@ impl Shard {
         self.groups.drain_output();
     }
 
-    /// Batches tombstones for every committed offset of `group_id` (a deleted group); `reply`
-    /// answers with the last chunk, which succeeds only if every earlier one did (same
-    /// partition, flushed in order, a failure fails the partition closed).
-    fn tombstone_offsets(
+    /// Batches tombstones for every committed offset of a deleted group.
+    fn tombstone_group(
         &mut self,
-        offsets_partition: u32,
-        group_id: &str,
+        (offsets_partition, group_id): (u32, &str),
         deadline: std::time::Instant,
         reply: Completer,
     ) {
@@ -396,6 +401,19 @@ impl Shard {
             .for_each_in_group(group_id, |topic, partition, _| {
                 tombstones.push(PendingOffset::tombstone(topic, partition));
             });
+        self.batch_tombstones((offsets_partition, group_id), tombstones, deadline, reply);
+    }
+
+    /// Batches tombstones in as many requests as one commit's limits need; `reply` answers
+    /// with the last, which succeeds only if every earlier one did (same partition, flushed
+    /// in order, and a failure fails the partition closed).
+    fn batch_tombstones(
+        &mut self,
+        (offsets_partition, group_id): (u32, &str),
+        tombstones: Vec<PendingOffset>,
+        deadline: std::time::Instant,
+        reply: Completer,
+    ) {
         let chunks = tombstone_chunks(group_id, tombstones, self.batch.commit_bytes_max());
         let Some(last) = chunks.len().checked_sub(1) else {
             return reply.complete(Ok(()));

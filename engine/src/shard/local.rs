@@ -408,6 +408,7 @@ impl LocalShard {
         shard.handle_group(GroupRequest::Delete {
             offsets_partition: partition,
             group_id: group_id.to_owned(),
+            tombstones: None,
             deadline,
             reply,
         });
