@@ -21,6 +21,17 @@ pub fn test_config(data_dir: impl Into<PathBuf>, partitions: u32) -> Config {
     config
 }
 
+/// [`test_config`] for consumer-group tests on the simulated disk: 4 offsets partitions,
+/// `shards` unpinned shards, no initial rebalance delay, sessions down to 10 ms allowed.
+pub fn group_test_config(shards: usize) -> Config {
+    let mut config = test_config(SIM_DATA_DIR, 4);
+    config.shards = shards;
+    config.pin_shards = false;
+    config.groups.group_initial_rebalance_delay_ms = 0;
+    config.groups.group_min_session_timeout_ms = 10;
+    config
+}
+
 /// Opens an engine on a simulated disk.
 pub fn open_sim(disk: &SimDisk, config: &Config) -> Result<Engine> {
     let disk = disk.clone();

@@ -10,18 +10,13 @@ use coffer::group::{
 };
 use coffer::storage::SimDisk;
 use coffer::{Config, Engine, Error, OffsetCommit, OffsetLookup, OffsetReset};
-use coffer_tests::{SIM_DATA_DIR, commit_one, fetch_one, open_sim, test_config};
+use coffer_tests::{commit_one, fetch_one, open_sim};
 
 const GROUP: &str = "payments";
 const TOPIC: &str = "orders";
 
 fn config(shards: usize) -> Config {
-    let mut config = test_config(SIM_DATA_DIR, 4);
-    config.shards = shards;
-    config.pin_shards = false;
-    config.groups.group_initial_rebalance_delay_ms = 0;
-    config.groups.group_min_session_timeout_ms = 10;
-    config
+    coffer_tests::group_test_config(shards)
 }
 
 fn join_request(member_id: &str, session_timeout_ms: i32) -> JoinGroupRequest {

@@ -62,12 +62,7 @@ mod groups {
     pub const GROUP: &str = "payments";
 
     pub fn config() -> Config {
-        let mut config = test_config(SIM_DATA_DIR, 4);
-        config.shards = 1;
-        config.pin_shards = false;
-        config.groups.group_initial_rebalance_delay_ms = 0;
-        config.groups.group_min_session_timeout_ms = 10;
-        config
+        coffer_tests::group_test_config(1)
     }
 
     fn join_request(member_id: &str, session_timeout_ms: i32) -> JoinGroupRequest {
@@ -176,12 +171,10 @@ mod groups {
         engine.close().unwrap();
     }
 
-    /// A LocalShard ticks its group coordinator from `flush`: members restored from the log
-    /// expire, then their group's offsets expire by retention, and a simple commit to the
-    /// now empty group is accepted (the fence is applied on the local path too: see
-    /// local_shard.rs for its refusals while members exist).
-    #[test]
-    fn local_shard_expires_restored_members_and_then_their_offsets() {
+    /// A disk holding a member with a 10 ms session, still joined when its engine closed, and
+    /// an offset of its group whose explicit expiry is 20 ms away; and a config whose
+    /// retention check runs every millisecond.
+    pub fn member_and_expiring_offset_left_on_disk() -> (SimDisk, Config) {
         let disk = SimDisk::new(4);
         let mut config = config();
         config.offsets_retention_check_interval_ms = 1;
@@ -190,9 +183,18 @@ mod groups {
             .commit_offsets_with_expiry(GROUP, &[commit("orders", 0, 5)], wall_ms() + 20)
             .wait()
             .unwrap();
-        // A member with a 10 ms session, still joined when the engine closes.
         join_and_sync(&engine, 10);
         engine.close().unwrap();
+        (disk, config)
+    }
+
+    /// A LocalShard ticks its group coordinator from `flush`: members restored from the log
+    /// expire, then their group's offsets expire by retention, and a simple commit to the
+    /// now empty group is accepted (the fence is applied on the local path too: see
+    /// local_shard.rs for its refusals while members exist).
+    #[test]
+    fn local_shard_expires_restored_members_and_then_their_offsets() {
+        let (disk, config) = member_and_expiring_offset_left_on_disk();
 
         let shared = disk.clone();
         let mut shards =
@@ -226,19 +228,11 @@ mod control {
     use super::groups::*;
     use super::*;
 
-    /// Control for the test above: the Engine, reopened on the same directory, expires the member and then the offset.
+    /// Control for the test above: the Engine, reopened on the same directory, expires the
+    /// member and then the offset.
     #[test]
     fn engine_expires_restored_members_and_then_the_offset() {
-        let disk = SimDisk::new(4);
-        let mut config = config();
-        config.offsets_retention_check_interval_ms = 1;
-        let engine = open_sim(&disk, &config).unwrap();
-        engine
-            .commit_offsets_with_expiry(GROUP, &[commit("orders", 0, 5)], wall_ms() + 20)
-            .wait()
-            .unwrap();
-        join_and_sync(&engine, 10);
-        engine.close().unwrap();
+        let (disk, config) = member_and_expiring_offset_left_on_disk();
         let engine = open_sim(&disk, &config).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(fetch_one(&engine, GROUP, "orders", 0).unwrap(), None);

@@ -21,12 +21,9 @@ fn every_acknowledged_commit_survives_sigkill() {
         // Let it commit for a while (run-dependent), then kill it without warning.
         let until = Instant::now() + Duration::from_millis(300 + 200 * run);
         let mut acked: std::collections::BTreeMap<usize, i64> = Default::default();
+        let mut compactions = 0;
         for line in lines.by_ref() {
-            let line = line.unwrap();
-            let mut fields = line.split(' ');
-            let group: usize = fields.next().unwrap().parse().unwrap();
-            let offset: i64 = fields.next().unwrap().parse().unwrap();
-            acked.insert(group, offset);
+            parse_line(&line.unwrap(), &mut acked, &mut compactions);
             if Instant::now() >= until {
                 break;
             }
@@ -35,33 +32,14 @@ fn every_acknowledged_commit_survives_sigkill() {
         child.wait().unwrap();
         // Lines printed before the kill are acks too.
         for line in lines.map_while(Result::ok) {
-            let mut fields = line.split(' ');
-            if let (Some(g), Some(o)) = (fields.next(), fields.next())
-                && let (Ok(g), Ok(o)) = (g.parse::<usize>(), o.parse::<i64>())
-            {
-                acked.insert(g, o);
-            }
+            parse_line(&line, &mut acked, &mut compactions);
         }
         assert!(
             acked.len() > 4,
             "run {run}: the child committed before it was killed"
         );
 
-        let mut config = Config::new(dir.path());
-        config.offsets_topic_num_partitions = 8;
-        config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
-        let engine = Engine::open(config).unwrap();
-        for (group, offset) in &acked {
-            let group = format!("child-group-{group}");
-            for partition in 0..4 {
-                let found = fetch_one(&engine, &group, "events", partition).unwrap();
-                assert!(
-                    found.is_some_and(|f| f >= *offset),
-                    "run {run}: {group}/{partition}: found {found:?}, acked {offset}"
-                );
-            }
-        }
-        engine.close().unwrap();
+        assert_every_ack_survived(dir.path(), run, &acked);
     }
 }
 
@@ -104,21 +82,7 @@ fn a_process_killed_during_compaction_recovers() {
         if compactions > 0 {
             compacted_runs += 1;
         }
-        let mut config = Config::new(dir.path());
-        config.offsets_topic_num_partitions = 8;
-        config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
-        let engine = Engine::open(config).unwrap();
-        for (group, offset) in &acked {
-            let group = format!("child-group-{group}");
-            for partition in 0..4 {
-                let found = fetch_one(&engine, &group, "events", partition).unwrap();
-                assert!(
-                    found.is_some_and(|f| f >= *offset),
-                    "run {run}: {group}/{partition}: found {found:?}, acked {offset}"
-                );
-            }
-        }
-        engine.close().unwrap();
+        assert_every_ack_survived(dir.path(), run, &acked);
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             for file in std::fs::read_dir(entry.unwrap().path())
                 .into_iter()
@@ -136,6 +100,30 @@ fn a_process_killed_during_compaction_recovers() {
         compacted_runs > 0,
         "the child compacted before it was killed"
     );
+}
+
+/// Reopens the directory the killed child wrote and checks that every key it acknowledged
+/// holds at least the acknowledged offset.
+fn assert_every_ack_survived(
+    dir: &std::path::Path,
+    run: u64,
+    acked: &std::collections::BTreeMap<usize, i64>,
+) {
+    let mut config = Config::new(dir);
+    config.offsets_topic_num_partitions = 8;
+    config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
+    let engine = Engine::open(config).unwrap();
+    for (group, offset) in acked {
+        let group = format!("child-group-{group}");
+        for partition in 0..4 {
+            let found = fetch_one(&engine, &group, "events", partition).unwrap();
+            assert!(
+                found.is_some_and(|f| f >= *offset),
+                "run {run}: {group}/{partition}: found {found:?}, acked {offset}"
+            );
+        }
+    }
+    engine.close().unwrap();
 }
 
 /// `group offset` (an acknowledged commit) or `compactions N`.

@@ -88,6 +88,18 @@ impl DiskState {
         self.one_in(n)
     }
 
+    /// Makes `path`'s written data durable, unless an injected sync fault fails the call
+    /// (`what` names it in the error).
+    fn sync_file(&mut self, path: &Path, what: &str) -> io::Result<()> {
+        if self.sync_fails() {
+            return Err(eio(what));
+        }
+        self.syncs += 1;
+        let file = self.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        file.durable.clone_from(&file.data);
+        Ok(())
+    }
+
     fn sync_fails(&mut self) -> bool {
         if self.fail_next_syncs > 0 {
             self.fail_next_syncs -= 1;
@@ -379,14 +391,7 @@ impl SimStorage {
             std::thread::sleep(stall);
         }
         self.write_cached(op.file, op.position, op.bytes)?;
-        let mut state = self.live()?;
-        if state.sync_fails() {
-            return Err(eio("fdatasync"));
-        }
-        state.syncs += 1;
-        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
-        file.durable.clone_from(&file.data);
-        Ok(())
+        self.live()?.sync_file(&path, "fdatasync")
     }
 }
 
@@ -522,14 +527,7 @@ impl Storage for SimStorage {
 
     fn sync(&mut self, file: FileId) -> io::Result<()> {
         let path = self.path(file)?;
-        let mut state = self.writable()?;
-        if state.sync_fails() {
-            return Err(eio("fsync"));
-        }
-        state.syncs += 1;
-        let file = state.files.get_mut(&path).ok_or_else(|| not_found(&path))?;
-        file.durable.clone_from(&file.data);
-        Ok(())
+        self.writable()?.sync_file(&path, "fsync")
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
