@@ -31,12 +31,11 @@ use clap::Parser;
 use coffer::format::{BatchParams, BatchWriter, OffsetCommitKey, OffsetCommitValue};
 use coffer::routing::GroupPartitioner;
 use coffer::{CommitFuture, Config, Engine, OffsetCommit, ShardMetrics};
+use coffer_bench::{drain_resolved, histogram, record_us};
 use hdrhistogram::Histogram;
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// Highest latency the histograms track (60 s, in µs); longer ones saturate.
-const LATENCY_US_MAX: u64 = 60_000_000;
 /// The topic every commit names.
 const TOPIC: &str = "bench-topic";
 /// Leader epoch every commit carries.
@@ -151,15 +150,6 @@ fn group_names(count: u32) -> Vec<String> {
     (0..count).map(|g| format!("bench-group-{g:06}")).collect()
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
-}
-
-fn record_us(histogram: &mut Histogram<u64>, elapsed: Duration) {
-    let micros = (elapsed.as_micros() as u64).clamp(1, LATENCY_US_MAX);
-    let _ = histogram.record(micros);
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 struct Percentiles {
     p50: u64,
@@ -272,17 +262,7 @@ fn run_committer(
             break;
         };
         complete(issued, future.wait())?;
-        // A flush acknowledges many requests at once: collect every one already done.
-        while let Some((issued, future)) = queue.front_mut() {
-            let issued = *issued;
-            match Pin::new(future).poll(&mut cx) {
-                Poll::Ready(result) => {
-                    queue.pop_front();
-                    complete(issued, result)?;
-                }
-                Poll::Pending => break,
-            }
-        }
+        drain_resolved(&mut queue, &mut cx, &mut complete)?;
     }
     Ok(out)
 }

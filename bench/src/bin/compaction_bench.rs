@@ -17,20 +17,17 @@
 
 use std::collections::VecDeque;
 use std::error::Error;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use coffer::{CommitFuture, Config, Engine, OffsetCommit, ShardMetrics};
+use coffer_bench::{drain_resolved, histogram, record_us};
 use hdrhistogram::Histogram;
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// Highest latency the histogram tracks (60 s, in µs).
-const LATENCY_US_MAX: u64 = 60_000_000;
 /// Reopenings timed for the replay rate.
 const REPLAY_ATTEMPTS: u32 = 3;
 /// The topic every commit names.
@@ -98,7 +95,7 @@ fn config(args: &Args, dir: &Path, compactor: bool) -> Config {
 /// The closed-loop storm: returns what was measured and the engine, still open.
 fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
     let names: Vec<String> = (0..args.groups).map(|g| format!("group-{g}")).collect();
-    let mut latency_us = Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)?;
+    let mut latency_us = histogram();
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
@@ -112,7 +109,7 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
         let now = Instant::now();
         if now >= measure_from && now < stop_at {
             acks += 1;
-            let _ = latency_us.record(((now - issued).as_micros() as u64).clamp(1, LATENCY_US_MAX));
+            record_us(&mut latency_us, now - issued);
         }
         Ok(())
     };
@@ -141,16 +138,7 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
             break;
         };
         complete(issued, future.wait())?;
-        while let Some((issued, future)) = queue.front_mut() {
-            let issued = *issued;
-            match Pin::new(future).poll(&mut cx) {
-                Poll::Ready(result) => {
-                    queue.pop_front();
-                    complete(issued, result)?;
-                }
-                Poll::Pending => break,
-            }
-        }
+        drain_resolved(&mut queue, &mut cx, &mut complete)?;
     }
     let offsets = acks * args.partitions_per_request as u64;
     Ok(RunOut {
