@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::crash::AckPipe;
 use crate::fleet::{CommitPolicy, Fleet};
+use crate::run::ThreadTotals;
 use crate::stats::{Answer, OpStats};
 use crate::sys;
 
@@ -70,28 +71,12 @@ pub struct DriverResult {
     pub commit: OpStats,
     /// The subset of `commit` for hot groups.
     pub commit_hot: OpStats,
-    /// Global member indices, as in the plan; the vectors below are indexed by position.
-    pub members: Vec<u32>,
-    /// Sequence number of the last successfully acknowledged commit per member; -1 if none.
-    pub last_acked_seq: Vec<i64>,
-    /// Sequence number of the last commit issued per member; -1 if none.
-    pub last_issued_seq: Vec<i64>,
-    /// Successful answers over the whole run (warmup and drain included).
-    pub total_acks: u64,
-    /// Requests issued inside the window (for the generator's cost per operation).
-    pub issued_in_window: u64,
-    /// Per-poll commits skipped because the member's previous commit was unanswered.
-    pub coalesced: u64,
+    /// The counts every generator thread keeps (members in plan order).
+    pub thread: ThreadTotals,
     /// Commits issued while the same member had an earlier one unanswered (redundant).
     pub redundant: u64,
-    /// Open-loop requests sent more than 1 ms after their intended instant.
-    pub late_sends: u64,
     /// Open-loop requests intended before the stop but never sent (the window was full).
     pub unsent_at_stop: u64,
-    /// CPU time of this thread inside the window.
-    pub cpu_in_window: Duration,
-    /// Commits issued per offsets partition.
-    pub per_offsets_partition: Vec<u64>,
 }
 
 /// Sends the slot's index to the driver when the engine completes its request.
@@ -223,20 +208,12 @@ impl<'a> Driver<'a> {
             result: DriverResult {
                 commit: OpStats::default(),
                 commit_hot: OpStats::default(),
-                members: plan.members.clone(),
-                last_acked_seq: vec![-1; members],
-                last_issued_seq: vec![-1; members],
-                total_acks: 0,
-                issued_in_window: 0,
-                coalesced: 0,
+                thread: ThreadTotals::new(
+                    plan.members.clone(),
+                    engine.config().offsets_topic_num_partitions as usize,
+                ),
                 redundant: 0,
-                late_sends: 0,
                 unsent_at_stop: 0,
-                cpu_in_window: Duration::ZERO,
-                per_offsets_partition: vec![
-                    0;
-                    engine.config().offsets_topic_num_partitions as usize
-                ],
             },
         }
     }
@@ -264,7 +241,8 @@ impl<'a> Driver<'a> {
             }
         }
         let cpu_end = sys::thread_cpu();
-        self.result.cpu_in_window = cpu_end.saturating_sub(self.cpu_at_measure.unwrap_or(cpu_end));
+        self.result.thread.cpu_in_window =
+            cpu_end.saturating_sub(self.cpu_at_measure.unwrap_or(cpu_end));
         // What is still scheduled before the stop was due but found no free slot: not sent,
         // so not in the histogram either; the report shows how many.
         let stop_ns = self.plan.stop_at.duration_since(self.plan.start).as_nanos() as u64;
@@ -322,7 +300,7 @@ impl<'a> Driver<'a> {
                 self.schedule.push(Reverse((next, local)));
             }
             if policy == CommitPolicy::PerPoll && self.member_in_flight[local as usize] > 0 {
-                self.result.coalesced += 1;
+                self.result.thread.coalesced += 1;
                 continue;
             }
             self.issue(local, intended);
@@ -350,8 +328,8 @@ impl<'a> Driver<'a> {
         let fleet: &'a Fleet = self.fleet;
         let member = fleet.members[self.plan.members[local as usize] as usize];
         let group = fleet.group_of(&member);
-        let seq = (self.result.last_issued_seq[local as usize] + 1) as u64;
-        self.result.last_issued_seq[local as usize] = seq as i64;
+        let seq = (self.result.thread.last_issued_seq[local as usize] + 1) as u64;
+        self.result.thread.last_issued_seq[local as usize] = seq as i64;
         if self.member_in_flight[local as usize] > 0 {
             self.result.redundant += 1;
         }
@@ -371,13 +349,18 @@ impl<'a> Driver<'a> {
         }));
         let sent = Instant::now();
         if sent >= self.plan.measure_from && sent < self.plan.stop_at {
-            self.result.issued_in_window += 1;
+            self.result.thread.issued_in_window += 1;
             if sent.duration_since(intended) > LATE_SEND {
-                self.result.late_sends += 1;
+                self.result.thread.late_sends += 1;
             }
         }
         let offsets_partition = self.engine.partition_for(&group.name) as usize;
-        if let Some(count) = self.result.per_offsets_partition.get_mut(offsets_partition) {
+        if let Some(count) = self
+            .result
+            .thread
+            .per_offsets_partition
+            .get_mut(offsets_partition)
+        {
             *count += 1;
         }
         let mut future = self.engine.commit_offsets(&group.name, &self.request);
@@ -455,9 +438,9 @@ impl<'a> Driver<'a> {
             self.result.commit_hot.record(&answer, message);
         }
         if answer.is_ok() {
-            self.result.total_acks += 1;
+            self.result.thread.total_acks += 1;
             self.live.acks.fetch_add(1, Ordering::Relaxed);
-            let last = &mut self.result.last_acked_seq[local as usize];
+            let last = &mut self.result.thread.last_acked_seq[local as usize];
             *last = (*last).max(seq as i64);
         } else {
             self.live.errors.fetch_add(1, Ordering::Relaxed);
@@ -577,7 +560,7 @@ mod tests {
         let live = LiveCounters::default();
         let result = run_driver(&engine, &fleet, &plan, &live, None);
         engine.close().expect("close");
-        assert!(result.late_sends > 0);
+        assert!(result.thread.late_sends > 0);
         assert!(result.unsent_at_stop > 0);
         assert!(result.commit.errors.is_empty());
         let max_us = result.commit.latency_us.max();
@@ -589,8 +572,8 @@ mod tests {
             "max {max_us} us, stall {STALL:?}"
         );
         // Every intended commit is answered and accounted.
-        let issued: i64 = result.last_issued_seq.iter().map(|s| s + 1).sum();
-        assert_eq!(issued as u64, result.total_acks);
+        let issued: i64 = result.thread.last_issued_seq.iter().map(|s| s + 1).sum();
+        assert_eq!(issued as u64, result.thread.total_acks);
     }
 
     /// The closed loop keeps its window full and measures from the issue: no request waits
@@ -611,13 +594,17 @@ mod tests {
             )
             .expect("fetch");
         engine.close().expect("close");
-        assert!(result.total_acks >= 4, "acks {}", result.total_acks);
+        assert!(
+            result.thread.total_acks >= 4,
+            "acks {}",
+            result.thread.total_acks
+        );
         let max_us = result.commit.latency_us.max();
         assert!(max_us < 4 * STALL.as_micros() as u64, "max {max_us} us");
         assert_eq!(live.in_flight.load(Ordering::Relaxed), 0);
         // The first member's last acknowledged commit is what the engine holds.
         let member = fleet.members[0];
-        let seq = result.last_acked_seq[0];
+        let seq = result.thread.last_acked_seq[0];
         assert!(seq >= 0);
         let want = fleet.offset(&member, member.first_key, seq as u64);
         assert_eq!(stored[0].as_ref().map(|c| c.offset), Some(want));
@@ -640,7 +627,7 @@ mod tests {
             let live = LiveCounters::default();
             let result = run_driver(&engine, &fleet, &plan, &live, None);
             engine.close().expect("close");
-            outcomes.push((result.coalesced, result.redundant));
+            outcomes.push((result.thread.coalesced, result.redundant));
         }
         let (per_poll, async_) = (outcomes[0], outcomes[1]);
         assert!(per_poll.0 > 0 && per_poll.1 == 0, "per-poll {per_poll:?}");

@@ -16,7 +16,7 @@ use crate::members::{
     Coordination, GroupOps, GroupPacing, MembersPlan, MembersResult, run_members,
 };
 use crate::progress::Progress;
-use crate::run::{self, Measures, ThreadShare, Timeline};
+use crate::run::{self, Measures, Timeline};
 use crate::scenario::{GroupPlan, Plan, Scenario};
 use crate::verify::Expected;
 
@@ -176,19 +176,5 @@ fn merge(
 ) {
     group_ops.merge(&result.group_ops);
     measures.commit.merge(&result.commit);
-    run::merge_thread(
-        measures,
-        expected,
-        ThreadShare {
-            total_acks: result.total_acks,
-            issued_in_window: result.issued_in_window,
-            coalesced: result.coalesced,
-            late_sends: result.late_sends,
-            cpu_in_window: result.cpu_in_window,
-            per_offsets_partition: &result.per_offsets_partition,
-            members: &result.members,
-            last_acked_seq: &result.last_acked_seq,
-            last_issued_seq: &result.last_issued_seq,
-        },
-    );
+    run::merge_thread(measures, expected, &result.thread);
 }

@@ -35,6 +35,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::driver::{LiveCounters, SplitMix64};
 use crate::fleet::{Fleet, Member};
+use crate::run::ThreadTotals;
 use crate::run::Timeline;
 use crate::stats::{Answer, OpStats};
 use crate::sys;
@@ -189,20 +190,9 @@ impl GroupOps {
 pub struct MembersResult {
     pub group_ops: GroupOps,
     pub commit: OpStats,
-    /// Global member indices; the vectors below are indexed by position.
-    pub members: Vec<u32>,
-    pub last_acked_seq: Vec<i64>,
-    pub last_issued_seq: Vec<i64>,
-    /// Commits acknowledged over the whole run.
-    pub total_acks: u64,
-    /// Requests of any kind sent inside the window.
-    pub issued_in_window: u64,
-    /// Commits skipped because the consumer's previous one was unanswered.
-    pub coalesced: u64,
-    /// Commits sent more than 1 ms after they were due.
-    pub late_sends: u64,
-    pub cpu_in_window: Duration,
-    pub per_offsets_partition: Vec<u64>,
+    /// The counts every generator thread keeps; its `issued_in_window` counts requests of
+    /// any kind.
+    pub thread: ThreadTotals,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,18 +415,10 @@ impl<'a> Members<'a> {
             result: MembersResult {
                 group_ops: GroupOps::default(),
                 commit: OpStats::default(),
-                members: globals.clone(),
-                last_acked_seq: vec![-1; consumers_count],
-                last_issued_seq: vec![-1; consumers_count],
-                total_acks: 0,
-                issued_in_window: 0,
-                coalesced: 0,
-                late_sends: 0,
-                cpu_in_window: Duration::ZERO,
-                per_offsets_partition: vec![
-                    0;
-                    engine.config().offsets_topic_num_partitions as usize
-                ],
+                thread: ThreadTotals::new(
+                    globals.clone(),
+                    engine.config().offsets_topic_num_partitions as usize,
+                ),
             },
             globals,
             rng,
@@ -470,7 +452,8 @@ impl<'a> Members<'a> {
             self.wait_for_work();
         }
         let cpu_end = sys::thread_cpu();
-        self.result.cpu_in_window = cpu_end.saturating_sub(self.cpu_at_measure.unwrap_or(cpu_end));
+        self.result.thread.cpu_in_window =
+            cpu_end.saturating_sub(self.cpu_at_measure.unwrap_or(cpu_end));
         self.drain();
     }
 
@@ -576,7 +559,7 @@ impl<'a> Members<'a> {
                     let next = due_ns + self.plan.pacing.commit_interval.as_nanos() as u64;
                     self.arm(next, local, TIMER_COMMIT);
                     if self.commits[local as usize].is_some() {
-                        self.result.coalesced += 1;
+                        self.result.thread.coalesced += 1;
                     } else {
                         self.send_commit(local, self.at(due_ns));
                     }
@@ -725,7 +708,7 @@ impl<'a> Members<'a> {
         let sent = Instant::now();
         let in_window = self.in_window(sent);
         if in_window {
-            self.result.issued_in_window += 1;
+            self.result.thread.issued_in_window += 1;
         }
         paced && in_window && sent.duration_since(intended) > LATE_SEND
     }
@@ -820,10 +803,10 @@ impl<'a> Members<'a> {
         let fleet: &'a Fleet = self.fleet;
         let member = fleet.members[self.globals[local as usize] as usize];
         let group = fleet.group_of(&member);
-        let seq = (self.result.last_issued_seq[local as usize] + 1) as u64;
-        self.result.last_issued_seq[local as usize] = seq as i64;
+        let seq = (self.result.thread.last_issued_seq[local as usize] + 1) as u64;
+        self.result.thread.last_issued_seq[local as usize] = seq as i64;
         if self.note_issue(intended, true) {
-            self.result.late_sends += 1;
+            self.result.thread.late_sends += 1;
         }
         // The request borrows the fleet's names and reuses its buffer: no allocation here.
         self.request.clear();
@@ -839,7 +822,12 @@ impl<'a> Members<'a> {
             }
         }));
         let offsets_partition = self.engine.partition_for(&group.name) as usize;
-        if let Some(count) = self.result.per_offsets_partition.get_mut(offsets_partition) {
+        if let Some(count) = self
+            .result
+            .thread
+            .per_offsets_partition
+            .get_mut(offsets_partition)
+        {
             *count += 1;
         }
         let fence = &self.consumers[local as usize].fence;
@@ -1045,9 +1033,9 @@ impl<'a> Members<'a> {
             .commit
             .record_classified(&answer, expected, message);
         if answer.is_ok() {
-            self.result.total_acks += 1;
+            self.result.thread.total_acks += 1;
             self.live.acks.fetch_add(1, Ordering::Relaxed);
-            let last = &mut self.result.last_acked_seq[local as usize];
+            let last = &mut self.result.thread.last_acked_seq[local as usize];
             *last = (*last).max(seq as i64);
         } else if !expected {
             self.live.errors.fetch_add(1, Ordering::Relaxed);

@@ -516,39 +516,52 @@ fn merge_result(measures: &mut Measures, expected: &mut Expected, result: &Drive
     }
     measures.redundant += result.redundant;
     measures.unsent_at_stop += result.unsent_at_stop;
-    merge_thread(
-        measures,
-        expected,
-        ThreadShare {
-            total_acks: result.total_acks,
-            issued_in_window: result.issued_in_window,
-            coalesced: result.coalesced,
-            late_sends: result.late_sends,
-            cpu_in_window: result.cpu_in_window,
-            per_offsets_partition: &result.per_offsets_partition,
-            members: &result.members,
-            last_acked_seq: &result.last_acked_seq,
-            last_issued_seq: &result.last_issued_seq,
-        },
-    );
+    merge_thread(measures, expected, &result.thread);
 }
 
-/// What every kind of generator thread reports in common.
-pub struct ThreadShare<'a> {
+/// What every kind of generator thread counts (the commit drivers and the consumer
+/// drivers), merged the same way.
+pub struct ThreadTotals {
+    /// Successful commit answers over the whole run (warmup and drain included).
     pub total_acks: u64,
+    /// Requests issued inside the window (for the generator's cost per operation).
     pub issued_in_window: u64,
+    /// Commits skipped because the member's previous commit was unanswered.
     pub coalesced: u64,
+    /// Requests sent more than 1 ms after they were due.
     pub late_sends: u64,
+    /// The thread's CPU time inside the window.
     pub cpu_in_window: Duration,
-    pub per_offsets_partition: &'a [u64],
+    /// Commits per offsets partition.
+    pub per_offsets_partition: Vec<u64>,
     /// Global member indices; the sequence numbers are indexed by position.
-    pub members: &'a [u32],
-    pub last_acked_seq: &'a [i64],
-    pub last_issued_seq: &'a [i64],
+    pub members: Vec<u32>,
+    /// Sequence number of the last successfully acknowledged commit per member; -1 if none.
+    pub last_acked_seq: Vec<i64>,
+    /// Sequence number of the last commit issued per member; -1 if none.
+    pub last_issued_seq: Vec<i64>,
+}
+
+impl ThreadTotals {
+    /// Zero counts for `members` (global indices), with `offsets_partitions` partitions.
+    pub fn new(members: Vec<u32>, offsets_partitions: usize) -> ThreadTotals {
+        let count = members.len();
+        ThreadTotals {
+            total_acks: 0,
+            issued_in_window: 0,
+            coalesced: 0,
+            late_sends: 0,
+            cpu_in_window: Duration::ZERO,
+            per_offsets_partition: vec![0; offsets_partitions],
+            members,
+            last_acked_seq: vec![-1; count],
+            last_issued_seq: vec![-1; count],
+        }
+    }
 }
 
 /// Adds one generator thread's counts and its members' sequence numbers.
-pub fn merge_thread(measures: &mut Measures, expected: &mut Expected, share: ThreadShare<'_>) {
+pub fn merge_thread(measures: &mut Measures, expected: &mut Expected, share: &ThreadTotals) {
     measures.total_acks += share.total_acks;
     measures.issued_in_window += share.issued_in_window;
     measures.coalesced += share.coalesced;
@@ -559,7 +572,7 @@ pub fn merge_thread(measures: &mut Measures, expected: &mut Expected, share: Thr
     for (sum, count) in measures
         .per_offsets_partition
         .iter_mut()
-        .zip(share.per_offsets_partition)
+        .zip(&share.per_offsets_partition)
     {
         *sum += count;
     }
