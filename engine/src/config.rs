@@ -27,6 +27,9 @@ pub const GROUP_COMMIT_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 /// Most shards an engine runs.
 pub const SHARDS_MAX: usize = 256;
 
+/// Largest accepted `journal_file_bytes`.
+pub const JOURNAL_FILE_BYTES_LIMIT: u64 = 1 << 30;
+
 /// Upper bound on `offsets_retention_minutes` (about 100 years, far inside i64 ms).
 pub const RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
 
@@ -38,7 +41,6 @@ pub const RETENTION_CHECK_INTERVAL_MS_MAX: u64 = 86_400_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsyncScope {
     /// One `fdatasync` per written segment, all in the flush's one io_uring submission.
-    #[default]
     File,
     /// The flush's writes, then one `syncfs` of the data directory's filesystem: one journal
     /// commit and one device cache flush per group commit instead of one per partition.
@@ -46,6 +48,43 @@ pub enum FsyncScope {
     /// on a volume of its own; it needs Linux 5.8 or later (from which `syncfs` reports
     /// writeback errors), and the engine refuses to open with it on older kernels.
     Filesystem,
+    /// The segments' writes unsynced, and the same batches appended to the shard's journal
+    /// file with one `fdatasync`: one sync per group commit on any filesystem. The segments
+    /// are synced when the journal file fills (`journal_file_bytes`) and at close; recovery
+    /// writes the journal's entries back into the segments first. See `coffer::journal`.
+    #[default]
+    Journal,
+}
+
+impl FsyncScope {
+    /// The scope's name on command lines and in reports: `file`, `filesystem` or `journal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FsyncScope::File => "file",
+            FsyncScope::Filesystem => "filesystem",
+            FsyncScope::Journal => "journal",
+        }
+    }
+}
+
+impl std::str::FromStr for FsyncScope {
+    type Err = String;
+
+    /// Parses [`FsyncScope::name`]'s names.
+    ///
+    /// ```
+    /// assert_eq!("journal".parse(), Ok(coffer::FsyncScope::Journal));
+    /// ```
+    fn from_str(name: &str) -> std::result::Result<FsyncScope, String> {
+        [
+            FsyncScope::File,
+            FsyncScope::Filesystem,
+            FsyncScope::Journal,
+        ]
+        .into_iter()
+        .find(|scope| scope.name() == name)
+        .ok_or_else(|| format!("fsync scope {name:?}: expected file, filesystem or journal"))
+    }
 }
 
 /// Engine configuration.
@@ -84,8 +123,12 @@ pub struct Config {
     pub shards: usize,
     /// No Kafka name. Pin shard `i` to core `i % cores` (default true).
     pub pin_shards: bool,
-    /// No Kafka name. How a group commit is made durable (default: per file).
+    /// No Kafka name. How a group commit is made durable (default: the shard journal).
     pub fsync_scope: FsyncScope,
+    /// No Kafka name. Capacity of one shard journal file with `FsyncScope::Journal` (64 MiB):
+    /// when full, the shard syncs the segments written meanwhile and starts a new file. At
+    /// least twice `group_commit_bytes_max`; bounds what recovery redoes per shard.
+    pub journal_file_bytes: u64,
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
     pub request_queue_depth_max: usize,
@@ -121,7 +164,8 @@ impl Config {
             group_commit_bytes_max: 4 * 1024 * 1024,
             group_commit_linger_us: 0,
             request_queue_depth_max: 4096,
-            fsync_scope: FsyncScope::File,
+            fsync_scope: FsyncScope::Journal,
+            journal_file_bytes: 64 * 1024 * 1024,
             group_partitioner: GroupPartitioner::Kafka,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             pin_shards: true,
@@ -167,6 +211,18 @@ impl Config {
         {
             return fail(format!(
                 "group_commit_bytes_max must be in {GROUP_COMMIT_BYTES_MIN}..={GROUP_COMMIT_BYTES_LIMIT}"
+            ));
+        }
+        // A whole flush (every partition's entry header, and batches that may exceed the
+        // byte cap by the one request that crossed it) must fit in an empty journal file.
+        let journal_bytes_min = 2 * self.group_commit_bytes_max as u64
+            + u64::from(PARTITIONS_MAX) * crate::journal::ENTRY_HEADER_BYTES as u64;
+        if self.journal_file_bytes < journal_bytes_min
+            || self.journal_file_bytes > JOURNAL_FILE_BYTES_LIMIT
+        {
+            return fail(format!(
+                "journal_file_bytes must be in {journal_bytes_min}..={JOURNAL_FILE_BYTES_LIMIT} \
+                 (at least twice group_commit_bytes_max)"
             ));
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {

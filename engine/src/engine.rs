@@ -19,6 +19,7 @@ use crate::completion::{CommitFuture, CompletionPool};
 use crate::config::{COMMIT_PARTITIONS_MAX, Config, KAFKA_STRING_BYTES_MAX};
 use crate::error::{Error, Result};
 use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
+use crate::journal::FlushSequence;
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::shard::group_commit::{
     COMMITS_POOLED_MAX, CommitPool, PARTITION_BATCH_BYTES_MAX, PendingCommit, PendingOffset,
@@ -26,7 +27,7 @@ use crate::shard::group_commit::{
 };
 use crate::shard::{
     GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request, RequestPools,
-    Shard, ShardMetrics,
+    Shard, ShardMetrics, ShardShared,
 };
 use crate::storage::{Storage, UringStorage};
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -138,6 +139,9 @@ impl Engine {
         let storage_error = |e| Error::io("creating a storage", e);
         let mut dir_lock = make_storage().map_err(storage_error)?;
         lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
+        // Before any partition is read: the journals' entries go back into the segments.
+        let journal_recovery = crate::journal::redo(dir_lock.as_mut(), &config.data_dir)?;
+        let flush_sequence = crate::sync::Arc::new(FlushSequence::new());
         let cores = if config.pin_shards {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -173,8 +177,12 @@ impl Engine {
                 .collect();
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
             let spawned = make_storage().map_err(storage_error).and_then(|storage| {
-                let sink = EventSink::new(event_sender.clone());
-                spawn_shard(index, &config, storage, hosted, core, sink, pools.clone())
+                let shared = ShardShared {
+                    events: EventSink::new(event_sender.clone()),
+                    pools: pools.clone(),
+                    flush_sequence: flush_sequence.clone(),
+                };
+                spawn_shard(index, &config, storage, hosted, core, shared)
             });
             match spawned {
                 Ok((handle, opened)) => {
@@ -203,6 +211,7 @@ impl Engine {
             return Err(error);
         }
         recovery.partitions.sort_by_key(|p| p.partition);
+        recovery.journal = journal_recovery;
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 assignment: (0..config.offsets_topic_num_partitions)
@@ -615,8 +624,7 @@ fn spawn_shard(
     storage: Box<dyn Storage>,
     hosted: Vec<(u32, Box<OffsetCache>)>,
     core: Option<core_affinity::CoreId>,
-    events: EventSink,
-    pools: RequestPools,
+    shared: ShardShared,
 ) -> Result<(ShardHandle, Receiver<Result<RecoveryReport>>)> {
     // Bounded so callers block instead of memory growing when the disk falls behind.
     let (requests, inbox) = bounded(config.request_queue_depth_max);
@@ -629,7 +637,7 @@ fn spawn_shard(
                 // Best effort: an unpinned shard is slower, not wrong.
                 core_affinity::set_for_current(core);
             }
-            match Shard::open(&shard_config, storage, hosted, index, events, pools) {
+            match Shard::open(&shard_config, storage, hosted, index, shared) {
                 Ok((shard, report)) => {
                     if opened_tx.send(Ok(report)).is_ok() {
                         shard.run(inbox);

@@ -8,6 +8,7 @@
 //! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
 //!   seeded, fault-injecting in-memory twin for tests.
 //! * [`log`] — per-partition segmented logs and their crash recovery.
+//! * [`journal`] — the shard journal: one sync per group commit (`FsyncScope::Journal`).
 //! * [`group`] — consumer groups: Kafka's classic group protocol, one coordinator per shard.
 //! * [`Engine`] — the public API: open a data directory, commit and fetch offsets, close.
 //! * [`LocalShard`] — the same engine for thread-per-core brokers: one shard per executor,
@@ -24,6 +25,7 @@ pub mod error;
 mod events;
 pub mod format;
 pub mod group;
+pub mod journal;
 pub mod log;
 mod offsets;
 mod pool;

@@ -101,10 +101,10 @@ pub struct Args {
     /// Engine shard threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// How the engine makes a group commit durable: `file` (one fdatasync per written
-    /// segment) or `filesystem` (one syncfs per group commit; for a data directory on a
-    /// volume of its own).
-    #[arg(long, value_name = "SCOPE", default_value = "file", value_parser = ["file", "filesystem"])]
+    /// How the engine makes a group commit durable: `journal` (one fdatasync of the shard
+    /// journal per group commit, the default), `file` (one fdatasync per written segment) or
+    /// `filesystem` (one syncfs per group commit; for a data directory on a volume of its own).
+    #[arg(long, value_name = "SCOPE", default_value = "journal", value_parser = ["file", "filesystem", "journal"])]
     pub fsync_scope: String,
     /// Seed of the members' phases and visiting orders (and of nothing else).
     #[arg(long, default_value_t = 1)]

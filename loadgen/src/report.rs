@@ -481,10 +481,7 @@ impl Report {
                     group_commit_linger_us: config.group_commit_linger_us,
                     request_queue_depth_max: config.request_queue_depth_max,
                     pin_shards: config.pin_shards,
-                    fsync_scope: match config.fsync_scope {
-                        coffer::FsyncScope::File => "file".to_string(),
-                        coffer::FsyncScope::Filesystem => "filesystem".to_string(),
-                    },
+                    fsync_scope: config.fsync_scope.name().to_string(),
                     group_min_session_timeout_ms: config.groups.group_min_session_timeout_ms,
                     group_initial_rebalance_delay_ms: config
                         .groups

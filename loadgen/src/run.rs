@@ -199,10 +199,7 @@ pub fn engine_config(
     if let Some(shards) = args.shards {
         config.shards = shards;
     }
-    config.fsync_scope = match args.fsync_scope.as_str() {
-        "filesystem" => coffer::FsyncScope::Filesystem,
-        _ => coffer::FsyncScope::File,
-    };
+    config.fsync_scope = args.fsync_scope.parse()?;
     if let Some(groups) = groups {
         config.groups.group_initial_rebalance_delay_ms = groups.initial_rebalance_delay_ms;
         // A session below Kafka's minimum (tests, quick storms) needs a lower broker minimum.

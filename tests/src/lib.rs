@@ -18,8 +18,18 @@ pub fn test_config(data_dir: impl Into<PathBuf>, partitions: u32) -> Config {
     config.offsets_topic_segment_bytes = coffer::config::SEGMENT_BYTES_MIN;
     config.log_preallocate = false;
     config.log_cleaner_enable = false;
+    // Small journal files: the simulated disk holds every reserved byte in memory, and
+    // tests should see journal rotations and checkpoints.
+    config.group_commit_bytes_max = TEST_GROUP_COMMIT_BYTES_MAX;
+    config.journal_file_bytes = TEST_JOURNAL_FILE_BYTES;
     config
 }
+
+/// `group_commit_bytes_max` in [`test_config`].
+pub const TEST_GROUP_COMMIT_BYTES_MAX: usize = 1024 * 1024;
+/// `journal_file_bytes` in [`test_config`]: the smallest a 1 MiB flush cap allows, rounded
+/// up to 4 MiB.
+pub const TEST_JOURNAL_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// [`test_config`] for consumer-group tests on the simulated disk: 4 offsets partitions,
 /// `shards` unpinned shards, no initial rebalance delay, sessions down to 10 ms allowed.

@@ -90,8 +90,13 @@ fn merge(handles: Vec<std::thread::JoinHandle<Acked>>) -> Acked {
 
 #[test]
 fn concurrent_committers_then_clean_reopen_keep_every_acknowledged_commit() {
-    // Both ways of syncing a group commit: per segment file, and one syncfs per flush.
-    for fsync_scope in [coffer::FsyncScope::File, coffer::FsyncScope::Filesystem] {
+    // Every way of syncing a group commit: per segment file, one syncfs per flush, and one
+    // journal fdatasync per flush.
+    for fsync_scope in [
+        coffer::FsyncScope::File,
+        coffer::FsyncScope::Filesystem,
+        coffer::FsyncScope::Journal,
+    ] {
         committers_then_reopen(fsync_scope);
     }
 }
@@ -108,7 +113,10 @@ fn committers_then_reopen(fsync_scope: coffer::FsyncScope) {
     let expected_syncs = match fsync_scope {
         coffer::FsyncScope::File => sum(|m| m.batches),
         coffer::FsyncScope::Filesystem => sum(|m| m.flushes),
+        // No checkpoint at this size: the journal file never fills.
+        coffer::FsyncScope::Journal => sum(|m| m.flushes),
     };
+    assert_eq!(sum(|m| m.journal_checkpoints), 0);
     assert_eq!(sum(|m| m.syncs), expected_syncs, "{fsync_scope:?}");
     engine.close().unwrap();
     drop(engine);
@@ -204,24 +212,35 @@ fn an_injected_sync_error_fails_the_request_and_the_partition_closed() {
 
 #[test]
 fn an_injected_write_error_fails_the_request_and_keeps_the_log_readable() {
-    let disk = SimDisk::new(22);
-    let config = test_config(SIM_DATA_DIR, 1);
-    let engine = open_sim(&disk, &config).unwrap();
-    commit_one(&engine, "g", TOPIC, 0, 1).unwrap();
-    disk.fail_next_writes(1);
-    assert!(matches!(
-        commit_one(&engine, "g", TOPIC, 0, 2),
-        Err(Error::PartitionFailed { .. })
-    ));
-    drop(engine);
-    // Without a crash, what the page cache holds is read back: the partial write is a torn
-    // tail that recovery cuts.
-    let reopened = open_sim(&disk, &config).unwrap();
-    assert_eq!(fetch_one(&reopened, "g", TOPIC, 0).unwrap(), Some(1));
-    commit_one(&reopened, "g", TOPIC, 0, 3).unwrap();
-    reopened.close().unwrap();
-    let again = open_sim(&disk, &config).unwrap();
-    assert_eq!(fetch_one(&again, "g", TOPIC, 0).unwrap(), Some(3));
+    for fsync_scope in [coffer::FsyncScope::File, coffer::FsyncScope::Journal] {
+        let disk = SimDisk::new(22);
+        let mut config = test_config(SIM_DATA_DIR, 1);
+        config.fsync_scope = fsync_scope;
+        let engine = open_sim(&disk, &config).unwrap();
+        commit_one(&engine, "g", TOPIC, 0, 1).unwrap();
+        // The flush's first write is the segment's: it fails part way.
+        disk.fail_next_writes(1);
+        assert!(matches!(
+            commit_one(&engine, "g", TOPIC, 0, 2),
+            Err(Error::PartitionFailed { .. })
+        ));
+        drop(engine);
+        // Without a crash, what the page cache holds is read back: the partial write is a
+        // torn tail that recovery cuts. With the journal, its entry for offset 2 was
+        // written and synced, so recovery writes the batch again: never acknowledged, but
+        // committed, as a Kafka commit that timed out may be.
+        let reopened = open_sim(&disk, &config).unwrap();
+        let expected = match fsync_scope {
+            coffer::FsyncScope::Journal => 2,
+            _ => 1,
+        };
+        let found = fetch_one(&reopened, "g", TOPIC, 0).unwrap();
+        assert_eq!(found, Some(expected), "{fsync_scope:?}");
+        commit_one(&reopened, "g", TOPIC, 0, 3).unwrap();
+        reopened.close().unwrap();
+        let again = open_sim(&disk, &config).unwrap();
+        assert_eq!(fetch_one(&again, "g", TOPIC, 0).unwrap(), Some(3));
+    }
 }
 
 #[test]

@@ -91,8 +91,9 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// How the engine makes a group commit durable: `file` (one fdatasync per written
-    /// segment, the default) or `filesystem` (one syncfs per flush; a dedicated volume).
-    #[arg(long, default_value = "file")]
+    /// segment), `filesystem` (one syncfs per flush; a dedicated volume) or `journal` (one
+    /// fdatasync of the shard journal per flush, the default).
+    #[arg(long, default_value = "journal")]
     fsync_scope: String,
     /// Heartbeats per second sent during the engine phase from one more thread (on the
     /// committers' core) by `--heartbeat-members` Stable one-member groups, distinct from
@@ -339,11 +340,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.pin_shards = true;
     config.offsets_topic_num_partitions = args.offsets_partitions;
     config.group_commit_linger_us = args.linger_us;
-    config.fsync_scope = match args.fsync_scope.as_str() {
-        "file" => coffer::FsyncScope::File,
-        "filesystem" => coffer::FsyncScope::Filesystem,
-        other => return Err(format!("--fsync-scope {other}: expected file or filesystem").into()),
-    };
+    config.fsync_scope = args.fsync_scope.parse()?;
     config.groups.group_initial_rebalance_delay_ms = 0;
     let engine = Engine::open(config)?;
     let members = if args.heartbeats_per_sec > 0 {

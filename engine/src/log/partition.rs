@@ -286,6 +286,11 @@ impl PartitionLog {
         self.active.base_offset
     }
 
+    /// The active segment's open file (for a journal checkpoint's sync).
+    pub fn active_file(&self) -> FileId {
+        self.active.file
+    }
+
     /// Live/dead record counts per segment, sealed then active.
     pub fn table(&self) -> &SegmentTable {
         &self.table

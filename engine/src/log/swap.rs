@@ -163,6 +163,7 @@ mod tests {
             file,
             position: 0,
             bytes,
+            sync: true,
         };
         storage.write_durable(&[op], &mut results);
         results.pop().unwrap().unwrap();

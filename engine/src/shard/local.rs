@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, bounded};
 
 use super::group_commit::CommitPool;
-use super::{GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard, ShardMetrics};
+use super::{
+    GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard, ShardMetrics, ShardShared,
+};
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
 use crate::config::Config;
@@ -32,6 +34,7 @@ use crate::group::{
     CommitFence, GroupDescription, GroupError, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupResponse, LeavingMember, ListedGroup, SyncGroupRequest, SyncGroupResponse,
 };
+use crate::journal::FlushSequence;
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 use crate::storage::{Storage, UringStorage};
 
@@ -86,12 +89,14 @@ pub struct LocalShard {
 /// The storage holding a data directory's lock, shared by the shards opened together.
 type DirLock = Arc<Mutex<Box<dyn Storage>>>;
 
-/// What one shard opens with: its index, storage, partitions with their caches, event sink.
+/// What one shard opens with: its index, storage, partitions with their caches, event sink
+/// and the flush counter all the shards share.
 type ShardPlan = (
     usize,
     Box<dyn Storage>,
     Vec<(u32, Box<OffsetCache>)>,
     EventSink,
+    crate::sync::Arc<FlushSequence>,
 );
 
 /// An offsets partition on its way from one [`LocalShard`] to another (a leadership change
@@ -152,6 +157,9 @@ impl LocalShard {
         let storage_error = |e| Error::io("creating a storage", e);
         let mut dir_lock = make_storage().map_err(storage_error)?;
         lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
+        // Before any partition is read: the journals' entries go back into the segments.
+        let journal_recovery = crate::journal::redo(dir_lock.as_mut(), &config.data_dir)?;
+        let flush_sequence = crate::sync::Arc::new(FlushSequence::new());
         let dir_lock = Arc::new(Mutex::new(dir_lock));
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let partitions = config.offsets_topic_num_partitions;
@@ -163,7 +171,7 @@ impl LocalShard {
                 .map(|p| (p, Box::new(OffsetCache::new())))
                 .collect();
             let sink = EventSink::new(event_sender.clone());
-            plans.push((index, storage, hosted, sink));
+            plans.push((index, storage, hosted, sink, flush_sequence.clone()));
         }
         let opened: Vec<Result<LocalShard>> = std::thread::scope(|scope| {
             let config = &config;
@@ -177,12 +185,17 @@ impl LocalShard {
                 .map(|thread| thread.join().unwrap_or(Err(Error::Closed)))
                 .collect()
         });
-        opened.into_iter().collect()
+        let mut shards: Vec<LocalShard> = opened.into_iter().collect::<Result<_>>()?;
+        // The journals were redone once for all the shards; the first reports it.
+        if let Some(first) = shards.first_mut() {
+            first.recovery.journal = journal_recovery;
+        }
+        Ok(shards)
     }
 
     fn open_one(
         config: &Config,
-        (index, storage, hosted, sink): ShardPlan,
+        (index, storage, hosted, events_sink, flush_sequence): ShardPlan,
         (dir_lock, events): (&DirLock, &Receiver<EngineEvent>),
     ) -> Result<LocalShard> {
         let mut readers: Vec<Option<OffsetCacheReader>> = (0..config.offsets_topic_num_partitions)
@@ -200,7 +213,12 @@ impl LocalShard {
             // Heartbeats here never cross threads (`LocalShard::heartbeat`): nothing to pool.
             heartbeats: HeartbeatPool::new(1),
         };
-        let (shard, recovery) = Shard::open(config, storage, hosted, index, sink, pools)?;
+        let shared = ShardShared {
+            events: events_sink,
+            pools,
+            flush_sequence,
+        };
+        let (shard, recovery) = Shard::open(config, storage, hosted, index, shared)?;
         Ok(LocalShard {
             shard: Some(shard),
             index,

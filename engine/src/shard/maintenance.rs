@@ -150,6 +150,9 @@ impl Shard {
     /// batched): the retention check when due, one bounded compaction step, and freeing the
     /// caches' retired memory. Returns whether compaction work remains.
     pub(super) fn idle_step(&mut self) -> bool {
+        if self.checkpoint_in_progress() {
+            self.sync_checkpoint_now();
+        }
         self.retention_if_due();
         if self.maintenance.has_compaction_work() {
             self.compaction_step(super::wall_clock_ms());

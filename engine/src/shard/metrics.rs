@@ -31,9 +31,12 @@ pub struct ShardMetrics {
     pub records: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// Data syncs issued: one per batch (`FsyncScope::File`), or one `syncfs` per flush
-    /// (`FsyncScope::Filesystem`).
+    /// Data syncs issued: one per batch (`FsyncScope::File`), one `syncfs` per flush
+    /// (`FsyncScope::Filesystem`), or one journal `fdatasync` per flush plus one per segment
+    /// at each journal checkpoint (`FsyncScope::Journal`).
     pub syncs: u64,
+    /// Journal checkpoints: segments synced and a new journal file started.
+    pub journal_checkpoints: u64,
     /// Requests waiting in the shard's inbox when the snapshot was taken.
     pub queue_depth: usize,
     /// Retired offset-cache memory (old metadata strings, replaced arrays and tables) not yet
@@ -83,6 +86,7 @@ impl ShardMetrics {
             records: 0,
             bytes: 0,
             syncs: 0,
+            journal_checkpoints: 0,
             queue_depth: 0,
             cache_garbage_pending: 0,
             flush_latency_us: histogram(),

@@ -9,6 +9,7 @@
 
 pub(crate) mod group_commit;
 mod groups;
+mod journaling;
 mod local;
 mod maintenance;
 mod metrics;
@@ -31,6 +32,7 @@ use crate::events::EventSink;
 use crate::format::{
     BatchView, FormatError, GroupMetadataValue, OffsetCommitValue, RecordKey, decode_key,
 };
+use crate::journal::{FlushSequence, JournalWriter};
 use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
@@ -44,6 +46,16 @@ use maintenance::Maintenance;
 pub(crate) struct RequestPools {
     pub(crate) commits: CommitPool,
     pub(crate) heartbeats: HeartbeatPool,
+}
+
+/// What a shard shares with the engine (or the other local shards) it was opened with.
+pub(crate) struct ShardShared {
+    /// Where the shard's events go.
+    pub(crate) events: EventSink,
+    /// Where answered requests go back for reuse.
+    pub(crate) pools: RequestPools,
+    /// Numbers every flush of every shard (the journal's entry order).
+    pub(crate) flush_sequence: crate::sync::Arc<FlushSequence>,
 }
 
 /// What recovery found when the engine opened.
@@ -61,6 +73,9 @@ pub struct RecoveryReport {
     pub group_metadata_records: u64,
     /// Records in transactional or control batches, not yet interpreted.
     pub transactional_records: u64,
+    /// What the shard journals held (`FsyncScope::Journal`), redone before the partitions
+    /// were read.
+    pub journal: crate::journal::JournalRecovery,
 }
 
 impl RecoveryReport {
@@ -72,6 +87,11 @@ impl RecoveryReport {
         self.unknown_records += other.unknown_records;
         self.group_metadata_records += other.group_metadata_records;
         self.transactional_records += other.transactional_records;
+        let journal = &mut self.journal;
+        journal.files += other.journal.files;
+        journal.entries += other.journal.entries;
+        journal.entries_redone += other.journal.entries_redone;
+        journal.torn_bytes += other.journal.torn_bytes;
     }
 
     /// The tails recovery cut off.
@@ -189,6 +209,18 @@ pub(crate) struct Shard {
     maintenance: Maintenance,
     /// The classic groups of the hosted partitions (`groups.rs`).
     groups: ShardGroups,
+    /// The shard's journal with `FsyncScope::Journal` (see `crate::journal`).
+    journal: Option<JournalWriter>,
+    /// Per partition: written since the current journal file began, so its active segment
+    /// needs a sync before that file may go.
+    journal_dirty: Vec<bool>,
+    /// Why no journal can be written (a new file could not be created): every flush fails.
+    journal_unavailable: Option<String>,
+    /// Partitions whose segment still needs its sync before the previous journal file may
+    /// go (the checkpoint in progress), a few per flush.
+    checkpoint_pending: Vec<u32>,
+    /// This flush's checkpoint syncs: (partition, index of its op), reused.
+    checkpoint_ops: Vec<(u32, usize)>,
 }
 
 enum Step {
@@ -201,15 +233,31 @@ impl Shard {
     /// locked the data directory).
     pub(crate) fn open(
         config: &Config,
-        storage: Box<dyn Storage>,
+        mut storage: Box<dyn Storage>,
         hosted: Vec<(u32, Box<OffsetCache>)>,
         index: usize,
-        events: EventSink,
-        pools: RequestPools,
+        shared: ShardShared,
     ) -> Result<(Shard, RecoveryReport)> {
+        let ShardShared {
+            events,
+            pools,
+            flush_sequence,
+        } = shared;
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
             .map(|_| HostedPartition::not_hosted())
             .collect();
+        let journal = match config.fsync_scope {
+            FsyncScope::Journal => Some(
+                JournalWriter::create(
+                    storage.as_mut(),
+                    &config.data_dir,
+                    config.journal_file_bytes,
+                    flush_sequence,
+                )
+                .map_err(|e| Error::io("creating the shard journal", e))?,
+            ),
+            FsyncScope::File | FsyncScope::Filesystem => None,
+        };
         let mut shard = Shard {
             storage,
             data_dir: config.data_dir.clone(),
@@ -231,6 +279,11 @@ impl Shard {
             metrics: ShardMetrics::new(index),
             maintenance: Maintenance::new(config, events),
             groups: ShardGroups::new(&config.groups, index),
+            journal,
+            journal_dirty: vec![false; config.offsets_topic_num_partitions as usize],
+            journal_unavailable: None,
+            checkpoint_pending: Vec::with_capacity(config.offsets_topic_num_partitions as usize),
+            checkpoint_ops: Vec::with_capacity(journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
@@ -341,6 +394,9 @@ impl Shard {
                 error,
             ));
         }
+        // Closed means synced: its journal entries are no longer needed.
+        self.journal_dirty[partition as usize] = false;
+        self.checkpoint_pending.retain(|&p| p != partition);
         let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
         unloaded.cache.ok_or(Error::NotCoordinator { partition })
     }
@@ -519,12 +575,30 @@ impl Shard {
         self.apply_and_ack(timestamp_ms);
     }
 
-    /// Places each partition's batch (rolling segments as needed) and writes them all.
+    /// Places each partition's batch (rolling segments as needed) and writes them all, with
+    /// the journal's entries when there is a journal.
     fn write_partitions(&mut self) {
+        if self.journal.is_none() || self.prepare_journal() {
+            self.write_placed();
+        }
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            if hosted.failure.is_some()
+                && let Some(log) = hosted.log.take()
+            {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+    }
+
+    /// The storage submission of a flush and its outcome per partition.
+    fn write_placed(&mut self) {
         // The ops borrow this flush's buffers; the vector itself is the shard's, reused.
         let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
         let mut placed = std::mem::take(&mut self.placed_partitions);
         debug_assert!(ops.is_empty() && placed.is_empty());
+        // With a journal only its write is synced; the segments catch up at checkpoints.
+        let sync_segments = self.journal.is_none();
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
@@ -539,6 +613,7 @@ impl Shard {
                         file,
                         position,
                         bytes: &[],
+                        sync: sync_segments,
                     });
                 }
                 Err(error) => {
@@ -549,16 +624,49 @@ impl Shard {
         for (op, &partition) in ops.iter_mut().zip(&placed) {
             op.bytes = &self.partitions[partition as usize].encoded;
         }
+        if let Some(journal) = self.journal.as_mut() {
+            journal.begin_flush();
+            for (op, &partition) in ops.iter().zip(&placed) {
+                let Some(log) = self.partitions[partition as usize].log.as_ref() else {
+                    continue; // placed partitions have a log
+                };
+                journal.add(partition, log.active_base_offset(), op.position, op.bytes);
+                self.journal_dirty[partition as usize] = true;
+            }
+        }
+        let mut lost_checkpoint = false;
+        if let Some(journal) = self.journal.as_ref() {
+            ops.push(journal.write_op());
+            lost_checkpoint = journaling::add_checkpoint_syncs(
+                &mut ops,
+                &placed,
+                &mut self.checkpoint_pending,
+                &mut self.checkpoint_ops,
+                &self.partitions,
+            );
+        }
         self.storage.write_durable(&ops, &mut self.flush_results);
         self.write_ops = recycle_ops(ops);
-        debug_assert_eq!(self.flush_results.len(), placed.len());
+        if lost_checkpoint && let Some(journal) = self.journal.as_mut() {
+            // A pending partition failed closed: the data it acked lives in that file.
+            journal.retain_previous();
+        }
+        let journaled = match self.journal.is_some() {
+            true => self.journal_written(placed.len()),
+            false => Ok(()),
+        };
         // One syncfs covered the whole flush.
         if self.fsync_scope == FsyncScope::Filesystem && !placed.is_empty() {
             self.metrics.syncs += 1;
         }
         for (result, &partition) in self.flush_results.iter().zip(&placed) {
             let hosted = &mut self.partitions[partition as usize];
-            match result {
+            let durable = match (result, &journaled) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(error), _) => Err(format!("{error}")),
+                (Ok(()), Err(reason)) => Err(reason.clone()),
+            };
+            match durable {
                 Ok(()) => {
                     if let (Some(log), Some(last)) =
                         (hosted.log.as_mut(), hosted.encoded_last_offset)
@@ -573,19 +681,11 @@ impl Shard {
                 }
                 // Never retry a failed write or fdatasync: the page cache may already have
                 // dropped the data. Fail the partition closed; recovery reads the disk.
-                Err(error) => hosted.failure = Some(format!("{error}")),
+                Err(reason) => hosted.failure = Some(reason),
             }
         }
         placed.clear();
         self.placed_partitions = placed;
-        for &partition in &self.flush_partitions {
-            let hosted = &mut self.partitions[partition as usize];
-            if hosted.failure.is_some()
-                && let Some(log) = hosted.log.take()
-            {
-                log.abandon(self.storage.as_mut());
-            }
-        }
     }
 
     /// Applies durable partitions' commits to their tables, then acks every request.
@@ -661,14 +761,22 @@ impl Shard {
         self.batch.clear();
     }
 
-    /// Trims and syncs every healthy partition's active segment; releases the directory.
+    /// Trims and syncs every healthy partition's active segment, then removes the journal
+    /// file if every partition it covers is synced; releases the directory.
     fn close(mut self) -> Result<()> {
         self.abandon_any_compaction();
         let mut first_error = None;
-        for hosted in &mut self.partitions {
+        let mut synced = true;
+        for (index, hosted) in self.partitions.iter_mut().enumerate() {
+            let covered =
+                self.journal_dirty[index] || self.checkpoint_pending.contains(&(index as u32));
+            if covered && hosted.log.is_none() {
+                synced = false;
+            }
             if let Some(log) = hosted.log.take() {
                 let partition = log.partition();
                 if let Err(error) = log.close(self.storage.as_mut()) {
+                    synced = false;
                     first_error.get_or_insert(Error::io(
                         format!(
                             "closing offsets partition {partition} in {}",
@@ -678,6 +786,11 @@ impl Shard {
                     ));
                 }
             }
+        }
+        if let Some(journal) = self.journal.take()
+            && let Err(error) = journal.close(self.storage.as_mut(), synced)
+        {
+            first_error.get_or_insert(Error::io("closing the shard journal", error));
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -35,7 +35,8 @@ pub enum OpenMode {
     CreateNew,
 }
 
-/// One write of a group commit: `bytes` at `position` of `file`.
+/// One write of a group commit: `bytes` at `position` of `file`, then, if `sync`, an
+/// `fdatasync` of the file. Empty `bytes` with `sync` is a sync alone.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteOp<'a> {
     /// The file to write.
@@ -44,6 +45,9 @@ pub struct WriteOp<'a> {
     pub position: u64,
     /// What to write.
     pub bytes: &'a [u8],
+    /// Make the file's data durable after the write (`FsyncScope::Journal` leaves the
+    /// segments' writes unsynced and syncs only the journal's).
+    pub sync: bool,
 }
 
 /// The engine's view of a disk. One instance belongs to one shard thread.
@@ -80,8 +84,8 @@ pub trait Storage: Send + 'static {
     /// `rename`). Like a creation or a removal, the new name is durable only after
     /// [`Storage::sync_dir`]; a crash before that may leave the old name.
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Writes every op and makes each op's file durable (data only), as one submission.
+    /// Writes every op and makes each op with `sync` durable (data only), as one submission.
     /// `results` is cleared and receives one result per op, in order. A file appears at most
-    /// once in `ops`. An op is durable only if its result is `Ok`.
+    /// once in `ops`. A synced op is durable only if its result is `Ok`.
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>);
 }

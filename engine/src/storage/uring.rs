@@ -107,27 +107,25 @@ impl UringStorage {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()
                 .user_data(user_data | 1);
+            // With `FsyncScope::Filesystem` one syncfs covers the whole flush (`write_durable`).
+            let sync_here = op.sync && self.fsync_scope != FsyncScope::Filesystem;
             let mut queue = self.ring.submission();
             // SAFETY: the buffers `op.bytes` point into outlive this call, and this call does
             // not return before every pushed entry has completed (the loop below).
-            let push = unsafe {
-                match self.fsync_scope {
-                    FsyncScope::File => {
-                        queue.push_multiple(&[write.flags(squeue::Flags::IO_LINK), sync])
-                    }
-                    // Synced once for the whole flush by `write_durable`.
-                    FsyncScope::Filesystem => queue.push(&write),
+            let (push, entries) = unsafe {
+                match (op.bytes.is_empty(), sync_here) {
+                    (false, true) => (
+                        queue.push_multiple(&[write.flags(squeue::Flags::IO_LINK), sync]),
+                        2,
+                    ),
+                    (false, false) => (queue.push(&write), 1),
+                    (true, true) => (queue.push(&sync), 1),
+                    (true, false) => (Ok(()), 0),
                 }
             };
             drop(queue);
             match push {
-                Ok(()) => {
-                    pushed += if self.fsync_scope == FsyncScope::File {
-                        2
-                    } else {
-                        1
-                    }
-                }
+                Ok(()) => pushed += entries,
                 Err(_) => results[index] = Err(io::Error::other("io_uring submission queue full")),
             }
         }
