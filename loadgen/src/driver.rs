@@ -525,6 +525,9 @@ mod tests {
         config.log_preallocate = false;
         config.shards = 1;
         config.pin_shards = false;
+        // A small journal file: the simulated disk holds every reserved byte in memory.
+        config.group_commit_bytes_max = 1024 * 1024;
+        config.journal_file_bytes = 4 * 1024 * 1024;
         let disk = disk.clone();
         Engine::open_with_storage(config, &move || Ok(Box::new(disk.storage()))).expect("open")
     }

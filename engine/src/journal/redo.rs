@@ -241,3 +241,68 @@ fn newest_path(paths: &[PathBuf], entries: &[Located]) -> PathBuf {
         .cloned()
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::entry::append_entry;
+    use crate::journal::journal_file_name;
+    use crate::storage::SimDisk;
+
+    const DATA_DIR: &str = "/data";
+
+    fn entry(sequence: u64, segment_base_offset: i64, position: u64, payload: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let header = EntryHeader {
+            sequence,
+            partition: 0,
+            segment_base_offset,
+            position,
+        };
+        append_entry(&mut buf, &header, payload);
+        buf
+    }
+
+    fn setup(journal: &[u8]) -> (SimDisk, PathBuf, PathBuf) {
+        let disk = SimDisk::new(5);
+        let data_dir = Path::new(DATA_DIR);
+        let segment = partition_dir(data_dir, 0).join(segment_file_name(100));
+        disk.put_file_bytes(&segment, b"AAAA");
+        let journal_path = journal_dir(data_dir).join(journal_file_name(1));
+        disk.put_file_bytes(&journal_path, journal);
+        (disk, segment, journal_path)
+    }
+
+    #[test]
+    fn entries_are_written_into_the_active_segment_and_the_journal_removed() {
+        let mut journal = entry(1, 100, 4, b"BBBB");
+        journal.extend(entry(2, 100, 8, b"CC"));
+        journal.extend(entry(2, 50, 0, b"sealed segments are skipped"));
+        // A torn flush after the valid entries, then zeros.
+        journal.extend_from_slice(&[7, 7, 7]);
+        journal.extend_from_slice(&[0; 64]);
+        let (disk, segment, journal_path) = setup(&journal);
+        let mut storage = disk.storage();
+        let report = redo(&mut storage, Path::new(DATA_DIR)).unwrap();
+        assert_eq!(
+            report,
+            JournalRecovery {
+                files: 1,
+                entries: 3,
+                entries_redone: 2,
+                torn_bytes: 3,
+            }
+        );
+        disk.crash();
+        assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAABBBBCC");
+        assert!(disk.file_bytes(&journal_path).is_none());
+    }
+
+    #[test]
+    fn an_entry_for_a_segment_newer_than_any_on_disk_is_corruption() {
+        let (disk, _, _) = setup(&entry(1, 200, 0, b"lost segment"));
+        let mut storage = disk.storage();
+        let error = redo(&mut storage, Path::new(DATA_DIR)).unwrap_err();
+        assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    }
+}

@@ -94,14 +94,21 @@ impl Shard {
     }
 
     /// Finishes the checkpoint in progress at once: every pending segment synced in one
-    /// submission (when the next rotation comes first, and when the shard is idle).
-    pub(super) fn sync_checkpoint_now(&mut self) {
+    /// submission (when the next rotation comes before it is done).
+    fn sync_checkpoint_now(&mut self) {
+        self.checkpoint_step(self.checkpoint_pending.len());
+    }
+
+    /// Syncs up to `syncs_max` pending segments in one submission, and removes the previous
+    /// journal file when none is left. An idle shard calls this between looks at its inbox.
+    pub(super) fn checkpoint_step(&mut self, syncs_max: usize) {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
         let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
         self.checkpoint_ops.clear();
-        for partition in self.checkpoint_pending.drain(..) {
+        let first = self.checkpoint_pending.len().saturating_sub(syncs_max);
+        for partition in self.checkpoint_pending.drain(first..) {
             match sync_op(&self.partitions[partition as usize]) {
                 Some(op) => {
                     self.checkpoint_ops.push((partition, ops.len()));
@@ -113,7 +120,9 @@ impl Shard {
         self.storage.write_durable(&ops, &mut self.flush_results);
         self.write_ops = recycle_ops(ops);
         self.checkpoint_outcome(0);
-        finish_previous(self);
+        if self.checkpoint_pending.is_empty() {
+            finish_previous(self);
+        }
     }
 
     /// The outcome of a flush's journal write (its result at `journal_index`, after the

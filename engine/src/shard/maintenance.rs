@@ -117,6 +117,11 @@ impl Shard {
             if let Ok(request) = requests.try_recv() {
                 return Ok(request);
             }
+            if self.checkpoint_in_progress() {
+                // Idle: a few of the checkpoint's syncs, then look at the inbox again.
+                self.checkpoint_step(super::journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX);
+                continue;
+            }
             let now = Instant::now();
             let mut deadline = self.maintenance.next_retention_check;
             if self.collect_caches() {
@@ -151,7 +156,7 @@ impl Shard {
     /// caches' retired memory. Returns whether compaction work remains.
     pub(super) fn idle_step(&mut self) -> bool {
         if self.checkpoint_in_progress() {
-            self.sync_checkpoint_now();
+            self.checkpoint_step(super::journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX);
         }
         self.retention_if_due();
         if self.maintenance.has_compaction_work() {
