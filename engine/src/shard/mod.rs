@@ -651,9 +651,10 @@ impl Shard {
             // A pending partition failed closed: the data it acked lives in that file.
             journal.retain_previous();
         }
-        let journaled = match self.journal.is_some() {
-            true => self.journal_written(placed.len()),
-            false => Ok(()),
+        let journaled = if self.journal.is_some() {
+            self.journal_written(placed.len())
+        } else {
+            Ok(())
         };
         // One syncfs covered the whole flush.
         if self.fsync_scope == FsyncScope::Filesystem && !placed.is_empty() {
