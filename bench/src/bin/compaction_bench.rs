@@ -246,12 +246,18 @@ fn replay_rate(args: &Args, dir: &Path) -> BoxResult<()> {
         // time the shard spent preempted by other work on a shared machine is left out.
         let cpu = process_cpu_s() - cpu_started;
         let records = engine.recovery_report().records;
+        let batches: u64 = engine
+            .recovery_report()
+            .partitions
+            .iter()
+            .map(|p| p.batches)
+            .sum();
         let log_bytes = log_bytes(&engine)?;
         let replay = (seconds - fixed).max(1e-9);
         let replay_cpu = (cpu - fixed_cpu).max(1e-9);
         print!("attempt {attempt}: ");
         println!(
-            "replay (1 shard, compacted log of {:.1} MiB): {records} records; open {:.3} s, of an \
+            "replay (1 shard, compacted log of {:.1} MiB): {records} records in {batches} batches; open {:.3} s, of an \
          empty dir {:.3} s; replay {:.2} M records/s (open time: {:.2} M records/s); \
          CPU {:.3} s, of an empty dir {:.3} s: {:.2} M records/s per CPU second",
             log_bytes as f64 / 1048576.0,
