@@ -1,5 +1,6 @@
 //! Offset cache micro benchmarks: lookup latency, lookups per second per reader thread with
-//! an idle writer and with a writer updating at full speed, and the cost of an update.
+//! an idle writer and with a writer updating at full speed, the cost of an update, and
+//! loading a whole partition at recovery (the writer path against the bulk load).
 //!
 //! `cargo bench -p coffer-bench --bench cache -- --warm-up-time 1 --measurement-time 3`
 
@@ -191,5 +192,66 @@ fn bench_cache(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_cache);
+/// Groups × partitions of one topic loaded by the `load` benches.
+const LOAD_GROUPS: usize = 4000;
+const LOAD_PARTITIONS: i32 = 64;
+/// Partitions per commit: the records of one commit sit together in the log.
+const LOAD_PARTITIONS_PER_COMMIT: i32 = 4;
+
+/// Every key once, in the order a compacted log holds them after a storm of commits that
+/// cycles over the groups, each commit naming `LOAD_PARTITIONS_PER_COMMIT` partitions (as
+/// `compaction_bench` commits).
+fn load_order() -> Vec<(usize, i32)> {
+    let slices = LOAD_PARTITIONS / LOAD_PARTITIONS_PER_COMMIT;
+    let commits = LOAD_GROUPS * slices as usize;
+    (0..commits)
+        .flat_map(|commit| {
+            let group = commit % LOAD_GROUPS;
+            let slice = (commit / LOAD_GROUPS) as i32;
+            let first = slice * LOAD_PARTITIONS_PER_COMMIT;
+            (first..first + LOAD_PARTITIONS_PER_COMMIT).map(move |p| (group, p))
+        })
+        .collect()
+}
+
+/// Recovery's fill of an empty cache: the writer path (`replace`, then `shrink_to_fit`)
+/// against a bulk load. The caches are dropped outside the measurement.
+fn bench_load(c: &mut Criterion) {
+    let groups: Vec<String> = (0..LOAD_GROUPS).map(|g| format!("group-{g}")).collect();
+    let order = load_order();
+    let key = |&(g, p): &(usize, i32)| OffsetKey {
+        group: &groups[g],
+        topic: "bench-topic",
+        partition: p,
+    };
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(order.len() as u64));
+    group.bench_function("writer_path", |b| {
+        b.iter_with_large_drop(|| {
+            let mut cache = OffsetCache::new();
+            for (i, k) in order.iter().enumerate() {
+                cache
+                    .replace(key(k), value(1), i as u64)
+                    .expect("valid key");
+            }
+            cache.shrink_to_fit();
+            cache
+        })
+    });
+    group.bench_function("bulk_load", |b| {
+        b.iter_with_large_drop(|| {
+            let mut cache = OffsetCache::new();
+            let mut load = cache.bulk_load();
+            for (i, k) in order.iter().enumerate() {
+                load.replace(key(k), value(1), i as u64).expect("valid key");
+            }
+            load.finish();
+            cache
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_cache, bench_load);
 criterion_main!(benches);

@@ -13,6 +13,10 @@
 //! Then, on the last `on` run's directory: `Engine::compact` to the end, close, and reopen
 //! with one shard and the compactor off; replay rate = records replayed / open time.
 //!
+//! With `--replay-dir DIR` only the replay is measured, on a log kept in `DIR`: made there
+//! once (one storm with the compactor on, compacted to the end) if `DIR` does not exist, and
+//! reused as is otherwise, so builds can be compared on the very same bytes.
+//!
 //! `cargo run --release -p coffer-bench --bin compaction_bench -- --duration 10 --rounds 2`
 
 use std::collections::VecDeque;
@@ -28,8 +32,6 @@ use hdrhistogram::Histogram;
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
-/// Reopenings timed for the replay rate.
-const REPLAY_ATTEMPTS: u32 = 3;
 /// The topic every commit names.
 const TOPIC: &str = "bench-topic";
 
@@ -69,6 +71,13 @@ struct Args {
     /// Data directory (created, and removed at the end).
     #[arg(long, default_value = "./tmp/compaction_bench")]
     dir: PathBuf,
+    /// Measure only the replay, on the compacted log kept in this directory (made by one
+    /// `on` storm first if it does not exist; never removed).
+    #[arg(long)]
+    replay_dir: Option<PathBuf>,
+    /// Reopenings timed for the replay rate.
+    #[arg(long, default_value_t = 3)]
+    replay_attempts: u32,
 }
 
 fn wall_ms() -> i64 {
@@ -181,17 +190,37 @@ fn report(mode: &str, round: u32, out: &RunOut) {
     );
 }
 
-/// Compacts what is left, closes, reopens with one shard and times the replay.
-fn replay_rate(args: &Args, dir: &Path, engine: Engine) -> BoxResult<()> {
+/// Compacts what is left and closes.
+fn compact_and_close(engine: Engine) -> BoxResult<()> {
     engine.compact(wall_ms())?;
-    let log_bytes: u64 = engine
-        .metrics()?
+    engine.close()?;
+    Ok(())
+}
+
+/// Bytes of the engine's logs.
+fn log_bytes(engine: &Engine) -> BoxResult<u64> {
+    let metrics = engine.metrics()?;
+    Ok(metrics
         .iter()
         .flat_map(|m| &m.partitions)
         .map(|p| p.log_bytes)
-        .sum();
-    engine.close()?;
-    drop(engine);
+        .sum())
+}
+
+/// User plus system CPU seconds of this process so far.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, which is plain old data.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Reopens `dir` with one shard, `--replay-attempts` times, and times the replay.
+fn replay_rate(args: &Args, dir: &Path) -> BoxResult<()> {
     let mut config = config(args, dir, false);
     config.shards = 1;
     // The fixed cost of an open (thread, io_uring, one directory and active segment per
@@ -200,33 +229,60 @@ fn replay_rate(args: &Args, dir: &Path, engine: Engine) -> BoxResult<()> {
     let mut empty_config = config.clone();
     empty_config.data_dir = empty.clone();
     Engine::open(empty_config.clone())?.close()?;
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), process_cpu_s());
     Engine::open(empty_config)?.close()?;
     let fixed = started.elapsed().as_secs_f64();
+    let fixed_cpu = process_cpu_s() - cpu_started;
     std::fs::remove_dir_all(&empty)?;
-    for attempt in 0..REPLAY_ATTEMPTS {
+    for attempt in 0..args.replay_attempts {
         // Open syncs the active segments; without this they wait behind the writeback of
         // everything the storm left dirty, and the figure measures the disk, not replay.
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
-        let started = Instant::now();
+        let (started, cpu_started) = (Instant::now(), process_cpu_s());
         let engine = Engine::open(config.clone())?;
         let seconds = started.elapsed().as_secs_f64();
+        // CPU time of the process: the shard thread replaying (the caller only waits), so
+        // time the shard spent preempted by other work on a shared machine is left out.
+        let cpu = process_cpu_s() - cpu_started;
         let records = engine.recovery_report().records;
+        let batches: u64 = engine
+            .recovery_report()
+            .partitions
+            .iter()
+            .map(|p| p.batches)
+            .sum();
+        let log_bytes = log_bytes(&engine)?;
         let replay = (seconds - fixed).max(1e-9);
+        let replay_cpu = (cpu - fixed_cpu).max(1e-9);
         print!("attempt {attempt}: ");
         println!(
-            "replay (1 shard, compacted log of {:.1} MiB): {records} records; open {:.3} s, of an \
-         empty dir {:.3} s; replay {:.2} M records/s (open time: {:.2} M records/s)",
+            "replay (1 shard, compacted log of {:.1} MiB): {records} records in {batches} batches; open {:.3} s, of an \
+         empty dir {:.3} s; replay {:.2} M records/s (open time: {:.2} M records/s); \
+         CPU {:.3} s, of an empty dir {:.3} s: {:.2} M records/s per CPU second",
             log_bytes as f64 / 1048576.0,
             seconds,
             fixed,
             records as f64 / replay / 1e6,
             records as f64 / seconds / 1e6,
+            cpu,
+            fixed_cpu,
+            records as f64 / replay_cpu / 1e6,
         );
         engine.close()?;
     }
     Ok(())
+}
+
+/// `--replay-dir`: makes the compacted log in `dir` unless it exists, then times replays.
+fn replay_only(args: &Args, dir: &Path) -> BoxResult<()> {
+    if !dir.exists() {
+        let engine = Engine::open(config(args, dir, true))?;
+        let out = storm(args, &engine)?;
+        report("on", 0, &out);
+        compact_and_close(engine)?;
+    }
+    replay_rate(args, dir)
 }
 
 fn main() -> BoxResult<()> {
@@ -237,6 +293,9 @@ fn main() -> BoxResult<()> {
         );
     }
     println!("{args:?}");
+    if let Some(dir) = &args.replay_dir {
+        return replay_only(&args, dir);
+    }
     let root = args.dir.join(format!("run-{}", std::process::id()));
     let result = (|| -> BoxResult<()> {
         let mut last_on = None;
@@ -259,7 +318,8 @@ fn main() -> BoxResult<()> {
             }
         }
         if let Some((dir, engine)) = last_on {
-            replay_rate(&args, &dir, engine)?;
+            compact_and_close(engine)?;
+            replay_rate(&args, &dir)?;
         }
         Ok(())
     })();

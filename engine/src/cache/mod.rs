@@ -53,6 +53,7 @@
 //! # Ok::<(), coffer::Error>(())
 //! ```
 
+mod bulk;
 mod epoch;
 mod intern;
 mod slot;
@@ -69,6 +70,7 @@ use crate::sync::atomic::{AtomicPtr, Ordering};
 use crate::sync::{Arc, Canary, Mutex};
 use crate::{Error, Result};
 
+pub use bulk::BulkLoad;
 use epoch::{Collector, Guard, Reclaimer};
 use intern::Interner;
 use slot::{Fields, Meta, NO_EXPIRE_TIMESTAMP_MS, Slot, Stash};
@@ -135,6 +137,20 @@ impl OffsetValueRef<'_> {
             commit_timestamp_ms: self.commit_timestamp_ms,
             expire_timestamp_ms: self.expire_timestamp_ms,
             metadata: self.metadata.to_owned(),
+        }
+    }
+}
+
+impl OffsetValueRef<'_> {
+    /// The slot fields of this value, present, with its log position and metadata pointer.
+    fn fields(&self, log_position: u64, meta: *mut slot::Meta) -> Fields {
+        Fields {
+            present: true,
+            offset: self.offset,
+            leader_epoch: self.leader_epoch,
+            commit_timestamp_ms: self.commit_timestamp_ms,
+            log_position,
+            meta,
         }
     }
 }
@@ -346,15 +362,7 @@ impl OffsetCache {
         let slot = &parts.slots[p];
         let old = slot.load_own();
         let meta = self.meta_for(old.meta, value.metadata, value.expire_timestamp_ms);
-        let new = Fields {
-            present: true,
-            offset: value.offset,
-            leader_epoch: value.leader_epoch,
-            commit_timestamp_ms: value.commit_timestamp_ms,
-            log_position,
-            meta,
-        };
-        slot.write(&self.shared.stash, &new);
+        slot.write(&self.shared.stash, &value.fields(log_position, meta));
         if !old.meta.is_null() && old.meta != meta {
             // SAFETY: unlinked from the slot just now (and from the stash once the writer
             // stashes anything else; readers that could see the stash copy are pinned no
@@ -473,11 +481,7 @@ impl OffsetCache {
             // SAFETY: writer access; live topic.
             let t = unsafe { &*t };
             let parts = unsafe { t.parts() };
-            let used = parts
-                .slots
-                .iter()
-                .rposition(|s| s.load_own().present)
-                .map_or(0, |i| i + 1);
+            let used = parts.used_len();
             if used < parts.slots.len() {
                 self.resize_parts(t, used);
             }
@@ -579,22 +583,13 @@ impl OffsetCache {
 
     fn new_topic(&mut self, topic: &str, p: usize) -> NonNull<TopicNode> {
         self.group_topics += 1;
-        let node = Box::new(TopicNode {
-            canary: Canary::new(),
-            name: self.interner.acquire(topic),
-            parts: AtomicPtr::new(Box::into_raw(Box::new(PartArray::absent(p + 1)))),
-            live: crate::sync::cell::UnsafeCell::new(0),
-        });
-        NonNull::from(Box::leak(node))
+        TopicNode::new_unlinked(self.interner.acquire(topic), p + 1)
     }
 
     fn add_topic(&mut self, group: &GroupNode, topic: &str, p: usize) -> *const TopicNode {
         let node = self.new_topic(topic, p);
         // SAFETY: writer access.
-        let old = unsafe { group.topics() };
-        let mut topics = Vec::with_capacity(old.topics.len() + 1);
-        topics.extend_from_slice(&old.topics);
-        topics.push(node);
+        let topics = unsafe { group.topics() }.with_topic(node);
         self.replace_topics(group, topics);
         node.as_ptr()
     }
@@ -658,16 +653,9 @@ impl OffsetCache {
         let new = GroupTable::with_capacity(cap);
         for slot in self.table().slots.iter() {
             let g = slot.load(Ordering::Relaxed);
-            if !is_node(g) {
-                continue;
+            if is_node(g) {
+                new.place_unpublished(g);
             }
-            // SAFETY: writer access.
-            let hash = unsafe { (*g).hash };
-            let mut i = hash as usize & new.mask;
-            while !new.slots[i].load(Ordering::Relaxed).is_null() {
-                i = (i + 1) & new.mask;
-            }
-            new.slots[i].store(g, Ordering::Relaxed);
         }
         // Release: readers that load the new table see its slots filled.
         let old = self
@@ -697,17 +685,7 @@ impl OffsetCache {
     /// every live partition), published with Release; the old array is retired.
     fn resize_parts(&mut self, topic: &TopicNode, new_len: usize) {
         // SAFETY: writer access.
-        let parts = unsafe { topic.parts() };
-        let slots: Box<[Slot]> = (0..new_len)
-            .map(|i| match parts.slots.get(i) {
-                Some(s) => Slot::new(&s.load_own()),
-                None => Slot::new(&Fields::ABSENT),
-            })
-            .collect();
-        let new = Box::into_raw(Box::new(PartArray {
-            canary: Canary::new(),
-            slots,
-        }));
+        let new = Box::into_raw(unsafe { topic.parts() }.copy_with_len(new_len));
         // Release: readers that load the new array see the copied values. The writer no
         // longer writes the old one, so readers still on it see values frozen at the copy,
         // which were current when they loaded its pointer.

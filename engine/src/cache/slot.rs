@@ -162,6 +162,14 @@ impl Slot {
         self.seq.store(s.wrapping_add(2), Ordering::Release);
     }
 
+    /// Writer only, and only for a slot no reader can reach yet (see `bulk`): replaces the
+    /// value without the seqlock or the stash. The Release store that later publishes the
+    /// structure holding the slot makes the value visible.
+    #[inline]
+    pub(crate) fn write_unpublished(&self, f: &Fields) {
+        self.words.store(f);
+    }
+
     /// Reader: a consistent value, never torn, never older than one this thread saw before.
     #[inline]
     pub(crate) fn read(&self, stash: &Stash) -> Fields {

@@ -127,6 +127,19 @@ impl GroupTable {
     }
 }
 
+impl GroupTable {
+    /// Places `node` in this table, which is not yet published and holds no tombstone.
+    pub(crate) fn place_unpublished(&self, node: *mut GroupNode) {
+        // SAFETY: nodes placed in a table are live.
+        let hash = unsafe { (*node).hash };
+        let mut i = hash as usize & self.mask;
+        while !self.slots[i].load(Ordering::Relaxed).is_null() {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i].store(node, Ordering::Relaxed);
+    }
+}
+
 impl GroupNode {
     /// The topic list. Safety as for [`GroupTable::find`].
     #[inline]
@@ -139,6 +152,14 @@ impl GroupNode {
 }
 
 impl TopicList {
+    /// A copy of this list's topics with `topic` added.
+    pub(crate) fn with_topic(&self, topic: NonNull<TopicNode>) -> Vec<NonNull<TopicNode>> {
+        let mut topics = Vec::with_capacity(self.topics.len() + 1);
+        topics.extend_from_slice(&self.topics);
+        topics.push(topic);
+        topics
+    }
+
     /// The node of `topic` in this list. Safety as for [`GroupTable::find`].
     #[inline]
     pub(crate) unsafe fn find(&self, topic: &str) -> Option<&TopicNode> {
@@ -156,6 +177,16 @@ impl TopicList {
 }
 
 impl TopicNode {
+    /// A new topic node named `name` with `len` absent partitions, not yet linked anywhere.
+    pub(crate) fn new_unlinked(name: NonNull<Interned>, len: usize) -> NonNull<TopicNode> {
+        NonNull::from(Box::leak(Box::new(TopicNode {
+            canary: Canary::new(),
+            name,
+            parts: AtomicPtr::new(Box::into_raw(Box::new(PartArray::absent(len)))),
+            live: UnsafeCell::new(0),
+        })))
+    }
+
     /// The topic name. Safety as for [`GroupTable::find`].
     #[inline]
     pub(crate) unsafe fn name(&self) -> &str {
@@ -191,6 +222,31 @@ impl PartArray {
             slots: (0..len).map(|_| Slot::new(&Fields::ABSENT)).collect(),
         }
     }
+
+    /// Slots up to and including the highest present one: the length `shrink_to_fit` trims
+    /// to.
+    pub(crate) fn used_len(&self) -> usize {
+        self.slots
+            .iter()
+            .rposition(|s| s.load_own().present)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// A copy `len` slots long (writer only): the values of the first `len` slots, absent
+    /// beyond this array's end. The metadata pointers are shared with this array, which
+    /// must then be dropped without freeing them (dropping a `PartArray` frees none).
+    pub(crate) fn copy_with_len(&self, len: usize) -> Box<PartArray> {
+        let slots: Box<[Slot]> = (0..len)
+            .map(|i| match self.slots.get(i) {
+                Some(s) => Slot::new(&s.load_own()),
+                None => Slot::new(&Fields::ABSENT),
+            })
+            .collect();
+        Box::new(PartArray {
+            canary: Canary::new(),
+            slots,
+        })
+    }
 }
 
 /// Frees a whole group-table tree. Only for the last owner of the cache (no readers left).
@@ -204,20 +260,42 @@ pub(crate) fn free_tree(table: *mut GroupTable) {
         let table = Box::from_raw(table);
         for slot in table.slots.iter() {
             let g = slot.load(Ordering::Acquire);
-            if !is_node(g) {
-                continue;
+            if is_node(g) {
+                free_group(g);
             }
-            let g = Box::from_raw(g);
-            let list = Box::from_raw(g.topics.load(Ordering::Acquire));
-            for t in list.topics.iter() {
-                let t = Box::from_raw(t.as_ptr());
-                let parts = Box::from_raw(t.parts.load(Ordering::Acquire));
-                for s in parts.slots.iter() {
-                    let meta = s.load_own().meta;
-                    if !meta.is_null() {
-                        drop(Box::from_raw(meta));
-                    }
-                }
+        }
+    }
+}
+
+/// Frees a group node with its topic list, topic nodes, partition arrays and metadata (not
+/// the interned topic names, which the interner owns).
+///
+/// # Safety
+/// `g` came from `Box::into_raw`, and no reader can reach it or anything under it.
+pub(crate) unsafe fn free_group(g: *mut GroupNode) {
+    // SAFETY: exclusive ownership, per the contract; each object is freed once.
+    unsafe {
+        let g = Box::from_raw(g);
+        let list = Box::from_raw(g.topics.load(Ordering::Acquire));
+        for t in list.topics.iter() {
+            free_topic(t.as_ptr());
+        }
+    }
+}
+
+/// Frees a topic node, its partition array and the metadata its slots hold.
+///
+/// # Safety
+/// As for [`free_group`].
+pub(crate) unsafe fn free_topic(t: *mut TopicNode) {
+    // SAFETY: exclusive ownership, per the contract.
+    unsafe {
+        let t = Box::from_raw(t);
+        let parts = Box::from_raw(t.parts.load(Ordering::Acquire));
+        for s in parts.slots.iter() {
+            let meta = s.load_own().meta;
+            if !meta.is_null() {
+                drop(Box::from_raw(meta));
             }
         }
     }

@@ -331,3 +331,145 @@ fn reader_outlives_writer() {
     drop(c);
     assert_eq!(r.get("g", "t", 0).unwrap().metadata, "other");
 }
+
+/// Applies an upsert or remove to the writer path or to a bulk load; returns what the call
+/// returned (the replaced or removed log position).
+fn apply_op(
+    op: &Op,
+    mut apply: impl FnMut(OffsetKey<'_>, Option<OffsetValueRef<'_>>) -> Option<u64>,
+) -> Option<Option<u64>> {
+    match *op {
+        Op::Upsert(g, t, p, o, m) => {
+            let (g, t) = (format!("g{g}"), format!("t{t}"));
+            Some(apply(
+                key(&g, &t, p as i32),
+                Some(val(o, METAS[m as usize])),
+            ))
+        }
+        Op::Remove(g, t, p) => {
+            let (g, t) = (format!("g{g}"), format!("t{t}"));
+            Some(apply(key(&g, &t, p as i32), None))
+        }
+        Op::Get(..) | Op::Collect => None,
+    }
+}
+
+/// The writer path's replace or take.
+fn write(
+    c: &mut OffsetCache,
+    k: OffsetKey<'_>,
+    v: Option<OffsetValueRef<'_>>,
+    i: u64,
+) -> Option<u64> {
+    match v {
+        Some(v) => c.replace(k, v, i).unwrap(),
+        None => c.take(k).unwrap(),
+    }
+}
+
+/// Every key either cache could hold, with its value and log position.
+fn contents(c: &OffsetCache) -> Vec<(String, String, i32, OffsetValue, Option<u64>)> {
+    let r = c.reader();
+    let mut out = Vec::new();
+    for g in r.groups() {
+        for o in r.group_offsets(&g) {
+            let position = c.log_position(key(&g, &o.topic, o.partition));
+            out.push((g.clone(), o.topic, o.partition, o.value, position));
+        }
+    }
+    out.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    out
+}
+
+fn comparable(s: CacheStats) -> (usize, usize, usize, usize, usize) {
+    (
+        s.live_keys,
+        s.groups,
+        s.group_topics,
+        s.topic_names,
+        s.metadata_bytes,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// A bulk load returns what the writer path returns for every call, publishes nothing
+    /// before `finish`, then holds exactly what the writer path holds, and serves as an
+    /// ordinary cache afterwards.
+    #[test]
+    fn bulk_load_matches_the_writer_path(
+        load in proptest::collection::vec(op(), 1..400),
+        after in proptest::collection::vec(op(), 0..100),
+    ) {
+        let mut plain = OffsetCache::new();
+        let mut bulk = OffsetCache::new();
+        let reader = bulk.reader();
+        let mut loading = bulk.bulk_load();
+        for (i, op) in load.iter().enumerate() {
+            let i = i as u64;
+            let want = apply_op(op, |k, v| write(&mut plain, k, v, i));
+            let got = apply_op(op, |k, v| match v {
+                Some(v) => loading.replace(k, v, i).unwrap(),
+                None => loading.take(k).unwrap(),
+            });
+            prop_assert_eq!(got, want);
+        }
+        prop_assert!(reader.groups().is_empty(), "published before finish");
+        loading.finish();
+        plain.shrink_to_fit();
+        prop_assert_eq!(contents(&bulk), contents(&plain));
+        prop_assert_eq!(bulk.len(), plain.len());
+        prop_assert_eq!(comparable(bulk.stats()), comparable(plain.stats()));
+        for (i, op) in after.iter().enumerate() {
+            let i = (load.len() + i) as u64;
+            let want = apply_op(op, |k, v| write(&mut plain, k, v, i));
+            let got = apply_op(op, |k, v| write(&mut bulk, k, v, i));
+            prop_assert_eq!(got, want);
+        }
+        prop_assert_eq!(contents(&bulk), contents(&plain));
+        prop_assert_eq!(comparable(bulk.stats()), comparable(plain.stats()));
+    }
+}
+
+#[test]
+fn an_abandoned_bulk_load_leaves_the_cache_empty_and_usable() {
+    let mut c = OffsetCache::new();
+    let r = c.reader();
+    let mut loading = c.bulk_load();
+    for p in 0..20 {
+        loading
+            .replace(key("g", "t", p), val(7, "meta"), p as u64)
+            .unwrap();
+    }
+    assert_eq!(loading.take(key("g", "t", 3)).unwrap(), Some(3));
+    drop(loading);
+    assert!(c.is_empty());
+    assert_eq!(comparable(c.stats()), (0, 0, 0, 0, 0));
+    assert!(r.get("g", "t", 0).is_none());
+    c.upsert(key("g", "t", 0), val(8, ""), 100).unwrap();
+    assert_eq!(r.get("g", "t", 0).map(|v| v.offset), Some(8));
+    // And a later bulk load of an emptied cache works too.
+    assert!(c.remove(key("g", "t", 0)).unwrap());
+    let mut loading = c.bulk_load();
+    loading.replace(key("h", "u", 2), val(9, ""), 5).unwrap();
+    loading.finish();
+    assert_eq!(r.get("h", "u", 2).map(|v| v.offset), Some(9));
+    assert_eq!(c.stats().group_topics, 1);
+}
+
+#[test]
+fn a_bulk_load_rejects_partitions_as_the_writer_does() {
+    let mut c = OffsetCache::with_max_partitions(4);
+    let mut loading = c.bulk_load();
+    assert!(loading.replace(key("g", "t", -1), val(1, ""), 0).is_err());
+    assert!(loading.replace(key("g", "t", 4), val(1, ""), 0).is_err());
+    assert!(loading.take(key("g", "t", 4)).is_err());
+    // Arrays never grow past max_partitions, even though loads round lengths up.
+    assert_eq!(
+        loading.replace(key("g", "t", 3), val(1, ""), 0).unwrap(),
+        None
+    );
+    loading.finish();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.reader().get("g", "t", 3).map(|v| v.offset), Some(1));
+}

@@ -22,8 +22,8 @@ pub use batch::{
 };
 pub use control::{ControlRecordType, EndTransactionMarker};
 pub use schema::{
-    GroupMetadataKey, GroupMetadataValue, MemberMetadata, OffsetCommitKey, OffsetCommitValue,
-    RecordKey, decode_key,
+    GroupMetadataKey, GroupMetadataValue, KeyDecoder, MemberMetadata, OffsetCommitKey,
+    OffsetCommitValue, RecordKey, decode_key,
 };
 
 /// Why bytes could not be decoded as Kafka's format.

@@ -319,6 +319,45 @@ pub fn decode_key(bytes: &[u8]) -> Result<RecordKey<'_>, FormatError> {
     Ok(key)
 }
 
+/// Bytes of an OffsetCommitValue v3 with empty metadata: version, offset, leader epoch,
+/// metadata length, commit timestamp.
+const V3_WITHOUT_METADATA_BYTES: usize =
+    INT16_BYTES + INT64_BYTES + INT32_BYTES + INT16_BYTES + INT64_BYTES;
+
+/// Decodes the keys of a batch in order, like [`decode_key`], but checks an offset commit
+/// key's group and topic only when they differ from the previous offset commit key's: the
+/// records of one commit name one group and topic, so most keys repeat the previous key's
+/// bytes up to the partition (its last four bytes), and identical bytes decode identically.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyDecoder<'a> {
+    /// The previous offset commit key and its bytes.
+    previous: Option<(&'a [u8], OffsetCommitKey<'a>)>,
+}
+
+impl<'a> KeyDecoder<'a> {
+    /// Decodes `bytes` as [`decode_key`] does.
+    pub fn decode(&mut self, bytes: &'a [u8]) -> Result<RecordKey<'a>, FormatError> {
+        if let Some((previous_bytes, previous)) = self.previous {
+            let len = bytes.len();
+            // A decoded offset commit key ends with its partition and has nothing after it.
+            let prefix = len.saturating_sub(INT32_BYTES);
+            if len == previous_bytes.len() && bytes[..prefix] == previous_bytes[..prefix] {
+                let partition = std::array::from_fn(|i| bytes[prefix + i]);
+                return Ok(RecordKey::OffsetCommit(OffsetCommitKey {
+                    partition: i32::from_be_bytes(partition),
+                    ..previous
+                }));
+            }
+        }
+        let key = decode_key(bytes)?;
+        self.previous = match key {
+            RecordKey::OffsetCommit(decoded) => Some((bytes, decoded)),
+            _ => None,
+        };
+        Ok(key)
+    }
+}
+
 /// Key of a committed offset: `(group, topic, partition)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OffsetCommitKey<'a> {
@@ -530,6 +569,44 @@ impl<'a> OffsetCommitValue<'a> {
 
     /// Decodes a value of any version 0–4. Returns the version it was written with.
     pub fn decode(bytes: &'a [u8]) -> Result<(i16, Self), FormatError> {
+        match Self::decode_v3_without_metadata(bytes) {
+            Some(value) => Ok((Self::VERSION_DEFAULT, value)),
+            None => Self::decode_any(bytes),
+        }
+    }
+
+    /// The commonest value, v3 (what Kafka and Coffer write unless an expire timestamp or
+    /// topic id needs another version) with empty metadata, has a fixed layout: version,
+    /// offset, leader epoch, metadata length 0, commit timestamp; 24 bytes, nothing else.
+    /// Recovery decodes one per record, so it skips the general decoder's branches. `None`
+    /// for anything else, which [`decode_any`](Self::decode_any) then decodes (and
+    /// `decode_any` yields exactly this value for these bytes, see the tests).
+    #[inline]
+    fn decode_v3_without_metadata(bytes: &'a [u8]) -> Option<Self> {
+        if bytes.len() != V3_WITHOUT_METADATA_BYTES {
+            return None;
+        }
+        let mut r = Reader::new(bytes);
+        let version = r.i16().ok()?;
+        let offset = r.i64().ok()?;
+        let leader_epoch = r.i32().ok()?;
+        let metadata_len = r.i16().ok()?;
+        let commit_timestamp = r.i64().ok()?;
+        if version != Self::VERSION_DEFAULT || metadata_len != 0 {
+            return None;
+        }
+        Some(Self {
+            offset,
+            leader_epoch,
+            metadata: "",
+            commit_timestamp,
+            expire_timestamp: NO_TIMESTAMP,
+            topic_id: None,
+        })
+    }
+
+    /// [`decode`](Self::decode) without the fast path.
+    fn decode_any(bytes: &'a [u8]) -> Result<(i16, Self), FormatError> {
         let mut r = Reader::new(bytes);
         let version = r.i16()?;
         check_version(
@@ -1221,6 +1298,56 @@ mod tests {
             };
             let bytes = encode_value(&v, version);
             prop_assert_eq!(OffsetCommitValue::decode(&bytes), Ok((version, as_seen_at(v, version))));
+        }
+
+        #[test]
+        fn the_v3_fast_path_agrees_with_the_general_decoder(
+            bytes in proptest::collection::vec(any::<u8>(), 24),
+            offset: i64,
+            leader_epoch: i32,
+            commit_timestamp: i64,
+        ) {
+            // Random 24-byte inputs, and well-formed v3 values without metadata.
+            prop_assert_eq!(OffsetCommitValue::decode(&bytes), OffsetCommitValue::decode_any(&bytes));
+            let v = OffsetCommitValue {
+                offset, leader_epoch, metadata: "", commit_timestamp,
+                expire_timestamp: NO_TIMESTAMP, topic_id: None,
+            };
+            let encoded = encode_value(&v, OffsetCommitValue::VERSION_DEFAULT);
+            prop_assert!(OffsetCommitValue::decode_v3_without_metadata(&encoded).is_some());
+            prop_assert_eq!(OffsetCommitValue::decode(&encoded), OffsetCommitValue::decode_any(&encoded));
+            prop_assert_eq!(OffsetCommitValue::decode(&encoded), Ok((3, v)));
+        }
+
+        #[test]
+        fn key_decoder_agrees_with_decode_key(
+            keys in proptest::collection::vec((0usize..3, 0usize..3, any::<i32>(), 0u8..4), 1..12),
+        ) {
+            // Runs of keys sharing group and topic, other key types in between, and keys
+            // whose prefix matches the previous one but whose length does not.
+            const GROUPS: [&str; 3] = ["g", "group-1", "h"];
+            const TOPICS: [&str; 3] = ["t", "topic-1", "u"];
+            let encoded: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|&(g, t, partition, kind)| {
+                    let mut out = Vec::new();
+                    match kind {
+                        0 => GroupMetadataKey { group: GROUPS[g] }.encode_into(&mut out),
+                        1 => {
+                            let key = OffsetCommitKey { group: GROUPS[g], topic: TOPICS[t], partition };
+                            key.encode_into(&mut out);
+                            out.push(0); // one trailing byte: malformed
+                        }
+                        _ => OffsetCommitKey { group: GROUPS[g], topic: TOPICS[t], partition }
+                            .encode_into(&mut out),
+                    }
+                    out
+                })
+                .collect();
+            let mut decoder = KeyDecoder::default();
+            for bytes in &encoded {
+                prop_assert_eq!(decoder.decode(bytes), decode_key(bytes));
+            }
         }
 
         #[test]

@@ -108,6 +108,13 @@ pub fn put_varlong(out: &mut Vec<u8>, v: i64) {
 /// Returns the value and the number of bytes consumed.
 #[inline]
 fn read_uleb(buf: &[u8], max_bytes: usize, width_bits: u32) -> Result<(u64, usize), FormatError> {
+    // One byte (values below 64 in magnitude, most lengths and deltas in a record) fits
+    // every width: no overflow check needed.
+    if let Some(&byte) = buf.first()
+        && byte & CONTINUATION == 0
+    {
+        return Ok((u64::from(byte), 1));
+    }
     let mut value: u64 = 0;
     for i in 0..max_bytes {
         let Some(&byte) = buf.get(i) else {

@@ -24,13 +24,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-use crate::cache::{OffsetCache, OffsetKey, OffsetValueRef};
+use crate::cache::{BulkLoad, OffsetCache, OffsetKey, OffsetValueRef};
 use crate::compact::PartitionCompaction;
 use crate::config::{Config, FsyncScope};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::format::{
-    BatchView, FormatError, GroupMetadataValue, OffsetCommitValue, RecordKey, decode_key,
+    BatchView, FormatError, GroupMetadataValue, KeyDecoder, OffsetCommitValue, RecordKey,
 };
 use crate::journal::{FlushSequence, JournalWriter};
 use crate::log::liveness::SegmentTable;
@@ -326,10 +326,15 @@ impl Shard {
         }
         let mut compaction = PartitionCompaction::default();
         let mut group_replay = GroupReplay::new();
+        let mut into = if fill {
+            // At open every cache is new: empty, as a bulk load requires.
+            ReplayInto::Fill(cache.bulk_load())
+        } else {
+            ReplayInto::Check(&cache)
+        };
         let mut visit = |view: &BatchView<'_>, _position: u64, table: &mut SegmentTable| {
             let mut replay = Replay {
-                cache: cache.as_mut(),
-                fill,
+                into: &mut into,
                 table,
                 compaction: &mut compaction,
                 groups: &mut group_replay,
@@ -345,14 +350,17 @@ impl Shard {
             &mut visit,
         );
         let (log, recovery) = match opened {
-            Ok(opened) => opened,
-            Err(error) => return Err((error, cache)),
+            Ok(opened) => {
+                into.finish();
+                opened
+            }
+            Err(error) => {
+                // An unfinished load leaves the cache as empty as it came.
+                drop(into);
+                return Err((error, cache));
+            }
         };
         report.partitions.push(recovery);
-        if fill {
-            // Replay grew the arrays by 1.5x steps; give back the slack once.
-            cache.shrink_to_fit();
-        }
         self.partitions[partition as usize] = HostedPartition {
             hosted: true,
             log: Some(log),
@@ -807,19 +815,35 @@ fn recycle_ops(mut ops: Vec<WriteOp<'_>>) -> Vec<WriteOp<'static>> {
         .collect()
 }
 
+/// Where recovery puts the offset commits it replays.
+enum ReplayInto<'c> {
+    /// At open: the records fill the empty cache (published when the log is replayed).
+    Fill(BulkLoad<'c>),
+    /// A partition moving between shards: the cache already holds the final state and is
+    /// only read, to tell live records from dead.
+    Check(&'c OffsetCache),
+}
+
+impl ReplayInto<'_> {
+    /// After a complete replay: publishes the loaded offsets to the readers.
+    fn finish(self) {
+        match self {
+            ReplayInto::Fill(load) => load.finish(),
+            ReplayInto::Check(_) => {}
+        }
+    }
+}
+
 /// Recovery's view of one partition while its log is replayed.
-struct Replay<'r> {
-    cache: &'r mut OffsetCache,
-    /// Apply the records to the cache (at open); otherwise the cache already holds the
-    /// final state (a partition moving between shards) and is only read.
-    fill: bool,
+struct Replay<'r, 'c> {
+    into: &'r mut ReplayInto<'c>,
     table: &'r mut SegmentTable,
     compaction: &'r mut PartitionCompaction,
     /// Each group's latest GroupMetadata record, restored into the coordinator afterwards.
     groups: &'r mut GroupReplay,
 }
 
-impl Replay<'_> {
+impl Replay<'_, '_> {
     /// Checks one replayed batch's records, applies them to the cache when filling it, and
     /// charges every record they make dead to its segment.
     fn batch(
@@ -831,6 +855,7 @@ impl Replay<'_> {
             report.transactional_records += view.header.records_count.max(0) as u64;
             return Ok(());
         }
+        let mut keys = KeyDecoder::default();
         for record in view.records() {
             let record = record?;
             report.records += 1;
@@ -838,7 +863,7 @@ impl Replay<'_> {
             let key = record
                 .key
                 .ok_or(FormatError::Malformed("record without a key"))?;
-            match decode_key(key)? {
+            match keys.decode(key)? {
                 RecordKey::OffsetCommit(key) => {
                     let cache_key = OffsetKey {
                         group: key.group,
@@ -883,15 +908,18 @@ impl Replay<'_> {
         offset: i64,
     ) -> Result<(), FormatError> {
         let out_of_range = |_| FormatError::Malformed("offset commit key out of range");
-        if !self.fill {
-            // The cache holds the final state: a value record is live iff it points here.
-            if value.is_some() && self.cache.log_position(key) != Some(offset as u64) {
-                self.table.mark_dead(offset);
+        let load = match self.into {
+            ReplayInto::Fill(load) => load,
+            ReplayInto::Check(cache) => {
+                // The cache holds the final state: a value record is live iff it points here.
+                if value.is_some() && cache.log_position(key) != Some(offset as u64) {
+                    self.table.mark_dead(offset);
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+        };
         let replaced = match value {
-            None => self.cache.take(key).map_err(out_of_range)?,
+            None => load.take(key).map_err(out_of_range)?,
             Some(value) => {
                 let value = OffsetValueRef {
                     offset: value.offset,
@@ -900,8 +928,7 @@ impl Replay<'_> {
                     expire_timestamp_ms: value.expire_timestamp,
                     metadata: value.metadata,
                 };
-                self.cache
-                    .replace(key, value, offset as u64)
+                load.replace(key, value, offset as u64)
                     .map_err(out_of_range)?
             }
         };
