@@ -161,8 +161,20 @@ impl<T> CompletionPool<T> {
         }
     }
 
+    /// A pool holding `capacity` slots from the start (everything allocated up front): a
+    /// slot is back in the pool only once both its future and its completer let go, and
+    /// the completer's side can lag behind the woken caller's next request, so a pool that
+    /// grows on demand could still allocate after any warm-up.
+    pub(crate) fn prefilled(capacity: usize) -> CompletionPool<T> {
+        let pool = CompletionPool::new(capacity);
+        for _ in 0..capacity.min(COMPLETIONS_POOLED_MAX) {
+            pool.free.give_back(Arc::new(Slot::new()));
+        }
+        pool
+    }
+
     fn take(&self) -> Arc<Slot<T>> {
-        // Allocates only while the pool warms up or when every pooled slot is in use.
+        // Allocates only when every pooled slot is in use (or for a pool not prefilled).
         self.free.take().unwrap_or_else(|| Arc::new(Slot::new()))
     }
 

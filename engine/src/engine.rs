@@ -154,8 +154,8 @@ impl Engine {
             commits: CommitPool::new(pooled),
             heartbeats: HeartbeatPool::new(pooled.min(HEARTBEATS_POOLED_MAX)),
         };
-        let completions = CompletionPool::new(pooled);
-        let heartbeat_slots = CompletionPool::new(pooled);
+        let completions = CompletionPool::prefilled(pooled);
+        let heartbeat_slots = CompletionPool::prefilled(pooled);
         let mut shards = Vec::with_capacity(config.shards);
         let mut opening = Vec::with_capacity(config.shards);
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);

@@ -268,6 +268,16 @@ impl CommitPool {
         self.free.take().unwrap_or_else(PendingCommit::empty)
     }
 
+    /// Answers a commit and gives it back. It goes back first, so the caller, woken by the
+    /// answer, finds it in the pool for its next request instead of allocating a new one.
+    pub(crate) fn answer(&self, mut commit: PendingCommit, result: crate::error::Result<()>) {
+        let completer = commit.completer.take();
+        self.recycle(commit);
+        if let Some(completer) = completer {
+            completer.complete(result);
+        }
+    }
+
     /// Gives an answered commit back; a full pool, or an oversized commit, frees it instead.
     pub(crate) fn recycle(&self, mut commit: PendingCommit) {
         debug_assert!(commit.completer.is_none(), "recycling an unanswered commit");

@@ -248,7 +248,7 @@ impl Shard {
 
     /// Rejects a commit the group's generation fences (on the shard thread, where the group
     /// lives); otherwise hands it back to be batched.
-    pub(super) fn fence_commit(&mut self, mut commit: PendingCommit) -> Option<PendingCommit> {
+    pub(super) fn fence_commit(&mut self, commit: PendingCommit) -> Option<PendingCommit> {
         let simple = CommitFence::simple();
         let fence = commit.fence().unwrap_or(&simple);
         match self
@@ -259,8 +259,7 @@ impl Shard {
             Ok(()) => Some(commit),
             Err(error) => {
                 self.metrics.commit_errors += 1;
-                commit.complete(Err(Error::Group(error)));
-                self.pools.commits.recycle(commit);
+                self.pools.commits.answer(commit, Err(Error::Group(error)));
                 None
             }
         }
@@ -320,10 +319,13 @@ impl Shard {
                         now_ms,
                     )
                 };
-                if let Some(reply) = call.reply.take() {
+                // Back in the pool before the answer wakes the caller (see
+                // `CommitPool::answer`).
+                let reply = call.reply.take();
+                call.recycle(&self.pools.heartbeats);
+                if let Some(reply) = reply {
                     reply.complete(result);
                 }
-                call.recycle(&self.pools.heartbeats);
             }
             GroupRequest::Leave {
                 offsets_partition,

@@ -225,7 +225,7 @@ impl LocalShard {
             config: config.clone(),
             readers,
             commits,
-            completions: CompletionPool::new(pooled),
+            completions: CompletionPool::prefilled(pooled),
             recovery,
             events: events.clone(),
             _dir_lock: Arc::clone(dir_lock),

@@ -540,7 +540,7 @@ impl Shard {
                 .is_none_or(|hosted| hosted.refusal(commit.offsets_partition).is_some());
             refused || commit.deadline <= now
         });
-        for mut commit in refused {
+        for commit in refused {
             let partition = commit.offsets_partition;
             let error = self
                 .partitions
@@ -552,8 +552,7 @@ impl Shard {
                     timeout_ms: commit_timeout_ms,
                 });
             self.metrics.commit_errors += 1;
-            commit.complete(Err(error));
-            self.pools.commits.recycle(commit);
+            self.pools.commits.answer(commit, Err(error));
         }
         self.batch.sort_entries();
         self.flush_partitions.clear();
@@ -746,7 +745,7 @@ impl Shard {
             self.maintenance.note_maybe_dirty();
         }
         let now = Instant::now();
-        for mut commit in self.batch.requests.drain(..) {
+        for commit in self.batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
             let result = match &hosted.failure {
                 None => {
@@ -764,8 +763,7 @@ impl Shard {
                     })
                 }
             };
-            commit.complete(result);
-            self.pools.commits.recycle(commit);
+            self.pools.commits.answer(commit, result);
         }
         self.batch.clear();
     }
