@@ -95,6 +95,10 @@ struct Args {
     /// fdatasync of the shard journal per flush, the default).
     #[arg(long, default_value = "journal")]
     fsync_scope: String,
+    /// Engine journal_file_bytes in MiB (journal scope): how much is written between
+    /// checkpoints.
+    #[arg(long, default_value_t = 64)]
+    journal_file_mib: u64,
     /// Heartbeats per second sent during the engine phase from one more thread (on the
     /// committers' core) by `--heartbeat-members` Stable one-member groups, distinct from
     /// the committing groups (0: none).
@@ -341,6 +345,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.offsets_topic_num_partitions = args.offsets_partitions;
     config.group_commit_linger_us = args.linger_us;
     config.fsync_scope = args.fsync_scope.parse()?;
+    config.journal_file_bytes = args.journal_file_mib << 20;
     config.groups.group_initial_rebalance_delay_ms = 0;
     let engine = Engine::open(config)?;
     let members = if args.heartbeats_per_sec > 0 {

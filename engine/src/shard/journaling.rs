@@ -1,15 +1,14 @@
 //! The shard's side of the journal (`FsyncScope::Journal`, see [`crate::journal`]): room for
-//! each flush, the checkpoint spread over the flushes that follow a rotation, and what a
-//! failed journal write or segment sync means for the partitions.
+//! each flush, the checkpoint that syncs the segments in the background after a rotation,
+//! and what a failed journal write or segment sync means for the partitions.
 
-use super::{HostedPartition, Shard, recycle_ops};
-use crate::storage::WriteOp;
+use super::Shard;
+use crate::storage::BACKGROUND_SYNCS_MAX;
 
-/// Segment syncs of a checkpoint one flush carries. A full journal file leaves up to one
-/// segment per partition to sync; spreading them keeps any one flush from waiting on all of
-/// them (the file that follows takes many flushes to fill, so the checkpoint ends long
-/// before the next rotation).
-pub(super) const CHECKPOINT_SYNCS_PER_FLUSH_MAX: usize = 2;
+/// How long an idle shard waits on its inbox while checkpoint syncs are in flight before it
+/// looks at their completions again.
+pub(super) const CHECKPOINT_POLL_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(1);
 
 impl Shard {
     /// Makes room in the journal for this flush, rotating when the file is full or failed
@@ -48,22 +47,19 @@ impl Shard {
     }
 
     /// Starts a new journal file (the first, at the first flush). A checkpoint still in
-    /// progress is finished first. The
-    /// segments written while the full file was current become the new checkpoint's work;
-    /// a failed file needs none (it is kept for the next open instead).
+    /// progress is finished first (waiting for its syncs). The segments written while the
+    /// full file was current become the new checkpoint's work; a failed file needs none (it
+    /// is kept for the next open instead).
     fn rotate_journal(&mut self) {
-        let Some(journal) = self.journal.as_ref() else {
-            return;
-        };
-        if journal.has_previous() {
-            self.sync_checkpoint_now();
+        if self.checkpoint_in_progress() {
+            self.finish_checkpoint();
         }
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
         let failed = journal.failed();
         let checkpoint = journal.has_file();
-        debug_assert!(self.checkpoint_pending.is_empty());
+        debug_assert!(self.checkpoint_pending.is_empty() && self.checkpoint_syncing.is_empty());
         for (partition, dirty) in self.journal_dirty.iter_mut().enumerate() {
             if !std::mem::take(dirty) {
                 continue;
@@ -81,53 +77,104 @@ impl Shard {
             self.journal_unavailable = Some(format!("starting a new journal file: {error}"));
             return;
         }
-        if self.checkpoint_pending.is_empty() {
-            finish_previous(self);
-        }
+        self.advance_checkpoint(false);
     }
 
-    /// Whether a checkpoint is in progress (an idle shard finishes it).
+    /// Whether a checkpoint is in progress (the previous journal file still exists).
     pub(super) fn checkpoint_in_progress(&self) -> bool {
         self.journal
             .as_ref()
             .is_some_and(|journal| journal.has_previous())
     }
 
-    /// Finishes the checkpoint in progress at once: every pending segment synced in one
-    /// submission (when the next rotation comes before it is done).
-    fn sync_checkpoint_now(&mut self) {
-        self.checkpoint_step(self.checkpoint_pending.len());
+    /// Whether checkpoint syncs are running in the background (an idle shard polls them).
+    pub(super) fn checkpoint_syncing(&self) -> bool {
+        !self.checkpoint_syncing.is_empty()
     }
 
-    /// Syncs up to `syncs_max` pending segments in one submission, and removes the previous
-    /// journal file when none is left. An idle shard calls this between looks at its inbox.
-    pub(super) fn checkpoint_step(&mut self, syncs_max: usize) {
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
-        self.checkpoint_ops.clear();
-        let first = self.checkpoint_pending.len().saturating_sub(syncs_max);
-        for partition in self.checkpoint_pending.drain(first..) {
-            match sync_op(&self.partitions[partition as usize]) {
-                Some(op) => {
-                    self.checkpoint_ops.push((partition, ops.len()));
-                    ops.push(op);
-                }
-                None => journal.retain_previous(),
+    /// Finishes the checkpoint in progress, waiting for its syncs.
+    fn finish_checkpoint(&mut self) {
+        // Bounded: each round starts up to BACKGROUND_SYNCS_MAX pending syncs and waits for
+        // every one started, so the pending list shrinks every round.
+        while self.checkpoint_in_progress() {
+            let before = self.checkpoint_pending.len() + self.checkpoint_syncing.len();
+            self.advance_checkpoint(true);
+            let after = self.checkpoint_pending.len() + self.checkpoint_syncing.len();
+            if after >= before && after > 0 {
+                break; // cannot progress (a storage that refuses syncs): leave it to close
             }
         }
-        self.storage.write_durable(&ops, &mut self.flush_results);
-        self.write_ops = recycle_ops(ops);
-        self.checkpoint_outcome(0);
-        if self.checkpoint_pending.is_empty() {
+    }
+
+    /// Moves the checkpoint on without blocking (unless `wait`): takes the outcomes of the
+    /// segment syncs that finished, starts pending ones up to [`BACKGROUND_SYNCS_MAX`], and
+    /// removes the previous journal file when every segment it covered is synced. The
+    /// shard's flushes and commits never wait for these syncs. Called after every flush and
+    /// by an idle shard.
+    pub(super) fn advance_checkpoint(&mut self, wait: bool) {
+        if !self.checkpoint_in_progress() {
+            return;
+        }
+        self.start_checkpoint_syncs();
+        let mut done = std::mem::take(&mut self.checkpoint_done);
+        self.storage.reap_background_syncs(wait, &mut done);
+        for (token, result) in done.drain(..) {
+            let partition = token as u32;
+            let Some(index) = self.checkpoint_syncing.iter().position(|&p| p == partition) else {
+                continue; // unloaded meanwhile (closing synced it)
+            };
+            self.checkpoint_syncing.swap_remove(index);
+            if let Err(error) = result {
+                self.checkpoint_failed(partition, &error.to_string());
+            }
+        }
+        self.checkpoint_done = done;
+        if self.checkpoint_pending.is_empty() && self.checkpoint_syncing.is_empty() {
             finish_previous(self);
         }
     }
 
+    /// Starts background syncs of pending segments, up to the storage's bound.
+    fn start_checkpoint_syncs(&mut self) {
+        while self.checkpoint_syncing.len() < BACKGROUND_SYNCS_MAX {
+            let Some(partition) = self.checkpoint_pending.pop() else {
+                break;
+            };
+            let Some(log) = self.partitions[partition as usize].log.as_ref() else {
+                // Failed closed: the data it acked while the file was current lives there.
+                if let Some(journal) = self.journal.as_mut() {
+                    journal.retain_previous();
+                }
+                continue;
+            };
+            match self
+                .storage
+                .start_background_sync(log.active_file(), u64::from(partition))
+            {
+                Ok(()) => {
+                    self.metrics.syncs += 1;
+                    self.checkpoint_syncing.push(partition);
+                }
+                Err(error) => self.checkpoint_failed(partition, &error.to_string()),
+            }
+        }
+    }
+
+    /// A segment's checkpoint sync failed: never retried, the partition fails closed and
+    /// the previous journal file is kept for the next open.
+    fn checkpoint_failed(&mut self, partition: u32, reason: &str) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal.retain_previous();
+        }
+        let hosted = &mut self.partitions[partition as usize];
+        hosted.failure = Some(format!("journal checkpoint: {reason}"));
+        if let Some(log) = hosted.log.take() {
+            log.abandon(self.storage.as_mut());
+        }
+    }
+
     /// The outcome of a flush's journal write (its result at `journal_index`, after the
-    /// partitions' writes) and of the checkpoint syncs the flush carried. Leaves only the
-    /// partitions' results in `flush_results`.
+    /// partitions' writes). Leaves only the partitions' results in `flush_results`.
     pub(super) fn journal_written(&mut self, journal_index: usize) -> Result<(), String> {
         let result = match self.flush_results.get(journal_index) {
             Some(Ok(())) => Ok(()),
@@ -138,37 +185,8 @@ impl Shard {
         if let Some(journal) = self.journal.as_mut() {
             journal.written(&result);
         }
-        self.checkpoint_outcome(journal_index + 1);
         self.flush_results.truncate(journal_index);
-        if self.checkpoint_pending.is_empty() {
-            finish_previous(self);
-        }
         result.map_err(|error| format!("journal: {error}"))
-    }
-
-    /// Applies the results of this flush's checkpoint syncs. Ops from `own_ops_from` on
-    /// were syncs alone: a failure there fails the partition closed (a partition's own
-    /// write with its sync fails it on the write path already). Any failure keeps the
-    /// previous journal file for the next open.
-    fn checkpoint_outcome(&mut self, own_ops_from: usize) {
-        for &(partition, index) in &self.checkpoint_ops {
-            let failed = self.flush_results.get(index).is_none_or(Result::is_err);
-            self.metrics.syncs += 1;
-            if !failed {
-                continue;
-            }
-            if let Some(journal) = self.journal.as_mut() {
-                journal.retain_previous();
-            }
-            if index >= own_ops_from {
-                let hosted = &mut self.partitions[partition as usize];
-                hosted.failure = Some("journal checkpoint: segment sync failed".to_string());
-                if let Some(log) = hosted.log.take() {
-                    log.abandon(self.storage.as_mut());
-                }
-            }
-        }
-        self.checkpoint_ops.clear();
     }
 }
 
@@ -180,47 +198,4 @@ fn finish_previous(shard: &mut Shard) {
     {
         let _kept_for_the_next_open = journal.finish_previous(shard.storage.as_mut());
     }
-}
-
-/// A segment's sync alone, if the partition still has its log.
-fn sync_op(hosted: &HostedPartition) -> Option<WriteOp<'static>> {
-    hosted.log.as_ref().map(|log| WriteOp {
-        file: log.active_file(),
-        position: 0,
-        bytes: &[],
-        sync: true,
-    })
-}
-
-/// Adds up to [`CHECKPOINT_SYNCS_PER_FLUSH_MAX`] pending checkpoint syncs to a flush's ops
-/// (after its journal write): a pending partition in the flush has its write synced, any
-/// other gets a sync alone. Records each as (partition, op index) in `checkpoint_ops`.
-/// Returns whether a pending partition had failed closed (the previous file must be kept).
-pub(super) fn add_checkpoint_syncs(
-    ops: &mut Vec<WriteOp<'_>>,
-    placed: &[u32],
-    pending: &mut Vec<u32>,
-    checkpoint_ops: &mut Vec<(u32, usize)>,
-    partitions: &[HostedPartition],
-) -> bool {
-    debug_assert!(checkpoint_ops.is_empty());
-    let mut lost = false;
-    for _ in 0..CHECKPOINT_SYNCS_PER_FLUSH_MAX {
-        let Some(partition) = pending.pop() else {
-            break;
-        };
-        if let Some(index) = placed.iter().position(|&p| p == partition) {
-            ops[index].sync = true;
-            checkpoint_ops.push((partition, index));
-            continue;
-        }
-        match sync_op(&partitions[partition as usize]) {
-            Some(op) => {
-                checkpoint_ops.push((partition, ops.len()));
-                ops.push(op);
-            }
-            None => lost = true,
-        }
-    }
-    lost
 }

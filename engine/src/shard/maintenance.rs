@@ -117,11 +117,7 @@ impl Shard {
             if let Ok(request) = requests.try_recv() {
                 return Ok(request);
             }
-            if self.checkpoint_in_progress() {
-                // Idle: a few of the checkpoint's syncs, then look at the inbox again.
-                self.checkpoint_step(super::journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX);
-                continue;
-            }
+            self.advance_checkpoint(false);
             let now = Instant::now();
             let mut deadline = self.maintenance.next_retention_check;
             if self.collect_caches() {
@@ -131,6 +127,10 @@ impl Shard {
             }
             if let Some(bound) = group_bound {
                 deadline = deadline.min(now + bound);
+            }
+            if self.checkpoint_syncing() {
+                // Syncs in flight: look at their completions again soon.
+                deadline = deadline.min(now + super::journaling::CHECKPOINT_POLL_INTERVAL);
             }
             match requests.recv_deadline(deadline) {
                 Ok(request) => return Ok(request),
@@ -155,9 +155,7 @@ impl Shard {
     /// batched): the retention check when due, one bounded compaction step, and freeing the
     /// caches' retired memory. Returns whether compaction work remains.
     pub(super) fn idle_step(&mut self) -> bool {
-        if self.checkpoint_in_progress() {
-            self.checkpoint_step(super::journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX);
-        }
+        self.advance_checkpoint(false);
         self.retention_if_due();
         if self.maintenance.has_compaction_work() {
             self.compaction_step(super::wall_clock_ms());

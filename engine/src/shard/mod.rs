@@ -217,10 +217,13 @@ pub(crate) struct Shard {
     /// Why no journal can be written (a new file could not be created): every flush fails.
     journal_unavailable: Option<String>,
     /// Partitions whose segment still needs its sync before the previous journal file may
-    /// go (the checkpoint in progress), a few per flush.
+    /// go (the checkpoint in progress), not yet started.
     checkpoint_pending: Vec<u32>,
-    /// This flush's checkpoint syncs: (partition, index of its op), reused.
-    checkpoint_ops: Vec<(u32, usize)>,
+    /// Partitions whose checkpoint sync runs in the background (at most
+    /// `storage::BACKGROUND_SYNCS_MAX`).
+    checkpoint_syncing: Vec<u32>,
+    /// Finished background syncs, (partition, outcome); reused.
+    checkpoint_done: Vec<(u64, std::io::Result<()>)>,
 }
 
 enum Step {
@@ -283,7 +286,8 @@ impl Shard {
             journal_dirty: vec![false; config.offsets_topic_num_partitions as usize],
             journal_unavailable: None,
             checkpoint_pending: Vec::with_capacity(config.offsets_topic_num_partitions as usize),
-            checkpoint_ops: Vec::with_capacity(journaling::CHECKPOINT_SYNCS_PER_FLUSH_MAX),
+            checkpoint_syncing: Vec::with_capacity(crate::storage::BACKGROUND_SYNCS_MAX),
+            checkpoint_done: Vec::with_capacity(crate::storage::BACKGROUND_SYNCS_MAX),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
@@ -405,6 +409,7 @@ impl Shard {
         // Closed means synced: its journal entries are no longer needed.
         self.journal_dirty[partition as usize] = false;
         self.checkpoint_pending.retain(|&p| p != partition);
+        self.checkpoint_syncing.retain(|&p| p != partition);
         let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
         unloaded.cache.ok_or(Error::NotCoordinator { partition })
     }
@@ -588,6 +593,7 @@ impl Shard {
         if self.journal.is_none() || self.prepare_journal() {
             self.write_placed();
         }
+        self.advance_checkpoint(false);
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             if hosted.failure.is_some()
@@ -641,23 +647,11 @@ impl Shard {
                 self.journal_dirty[partition as usize] = true;
             }
         }
-        let mut lost_checkpoint = false;
         if let Some(journal) = self.journal.as_ref() {
             ops.push(journal.write_op());
-            lost_checkpoint = journaling::add_checkpoint_syncs(
-                &mut ops,
-                &placed,
-                &mut self.checkpoint_pending,
-                &mut self.checkpoint_ops,
-                &self.partitions,
-            );
         }
         self.storage.write_durable(&ops, &mut self.flush_results);
         self.write_ops = recycle_ops(ops);
-        if lost_checkpoint && let Some(journal) = self.journal.as_mut() {
-            // A pending partition failed closed: the data it acked lives in that file.
-            journal.retain_previous();
-        }
         let journaled = if self.journal.is_some() {
             self.journal_written(placed.len())
         } else {
@@ -772,11 +766,16 @@ impl Shard {
     /// file if every partition it covers is synced; releases the directory.
     fn close(mut self) -> Result<()> {
         self.abandon_any_compaction();
+        // No sync left running behind the files about to close.
+        self.storage
+            .reap_background_syncs(true, &mut self.checkpoint_done);
         let mut first_error = None;
         let mut synced = true;
         for (index, hosted) in self.partitions.iter_mut().enumerate() {
-            let covered =
-                self.journal_dirty[index] || self.checkpoint_pending.contains(&(index as u32));
+            let partition = index as u32;
+            let covered = self.journal_dirty[index]
+                || self.checkpoint_pending.contains(&partition)
+                || self.checkpoint_syncing.contains(&partition);
             if covered && hosted.log.is_none() {
                 synced = false;
             }

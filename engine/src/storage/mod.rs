@@ -88,4 +88,15 @@ pub trait Storage: Send + 'static {
     /// `results` is cleared and receives one result per op, in order. A file appears at most
     /// once in `ops`. A synced op is durable only if its result is `Ok`.
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>);
+    /// Starts an `fdatasync` of `file` and returns without waiting for it; its outcome comes
+    /// back from a later [`reap_background_syncs`](Self::reap_background_syncs), tagged with
+    /// `token`. At most [`BACKGROUND_SYNCS_MAX`] may be outstanding. The file may be closed
+    /// meanwhile; the sync still completes.
+    fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()>;
+    /// Appends the outcomes of background syncs that have finished to `done`; with `wait`,
+    /// first waits until every started one has.
+    fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>);
 }
+
+/// Most background syncs ([`Storage::start_background_sync`]) outstanding at once.
+pub const BACKGROUND_SYNCS_MAX: usize = 32;

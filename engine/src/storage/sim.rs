@@ -228,6 +228,7 @@ impl SimDisk {
             disk: self.clone(),
             files: Vec::new(),
             lock: None,
+            background: Vec::new(),
         }
     }
 
@@ -319,6 +320,8 @@ pub struct SimStorage {
     generation: u64,
     files: Vec<Option<PathBuf>>,
     lock: Option<(PathBuf, u64)>,
+    /// Background syncs started and not yet run: (file, token).
+    background: Vec<(PathBuf, u64)>,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -611,6 +614,27 @@ impl Storage for SimStorage {
             },
         );
         Ok(())
+    }
+
+    fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()> {
+        if self.background.len() >= super::BACKGROUND_SYNCS_MAX {
+            return Err(io::Error::other("too many background syncs"));
+        }
+        let path = self.path(file)?;
+        drop(self.live()?);
+        self.background.push((path, token));
+        Ok(())
+    }
+
+    /// Background syncs run at the next reap, waiting or not: a crash before it loses them,
+    /// as it would lose a real one still in flight.
+    fn reap_background_syncs(&mut self, _wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
+        for (path, token) in std::mem::take(&mut self.background) {
+            let result = self
+                .live()
+                .and_then(|mut state| state.sync_file(&path, "fdatasync"));
+            done.push((token, result));
+        }
     }
 
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {

@@ -28,6 +28,9 @@ const RING_ENTRIES: u32 = 256;
 const WRITES_PER_SUBMIT_MAX: usize = (RING_ENTRIES / 2) as usize;
 /// Most bytes one write SQE carries (the SQE length field is 32 bits).
 const WRITE_BYTES_MAX: usize = u32::MAX as usize;
+/// `user_data` bit of a background sync's completion; the rest is its token. A flush's
+/// entries use the low bits (op index and write/sync), far below it.
+const BACKGROUND_BIT: u64 = 1 << 63;
 
 /// The production storage: std files plus one io_uring per instance (per shard).
 pub struct UringStorage {
@@ -36,6 +39,11 @@ pub struct UringStorage {
     free_ids: Vec<u32>,
     dir_lock: Option<File>,
     fsync_scope: FsyncScope,
+    /// Tokens of the background syncs submitted and not yet completed.
+    background_in_flight: Vec<u64>,
+    /// Background syncs completed (seen while waiting for a flush, or reaped) and not yet
+    /// handed out.
+    background_done: Vec<(u64, io::Result<()>)>,
 }
 
 impl UringStorage {
@@ -69,6 +77,8 @@ impl UringStorage {
             free_ids: Vec::new(),
             dir_lock: None,
             fsync_scope,
+            background_in_flight: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
+            background_done: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
         })
     }
 
@@ -147,6 +157,15 @@ impl UringStorage {
                 return;
             }
             for cqe in self.ring.completion() {
+                if cqe.user_data() & BACKGROUND_BIT != 0 {
+                    background_completed(
+                        &mut self.background_in_flight,
+                        &mut self.background_done,
+                        cqe.user_data(),
+                        cqe.result(),
+                    );
+                    continue;
+                }
                 reaped += 1;
                 let index = (cqe.user_data() >> 1) as usize;
                 let is_sync = cqe.user_data() & 1 == 1;
@@ -197,6 +216,29 @@ impl UringStorage {
             *result = Err(io::Error::new(error.kind(), format!("syncfs: {error}")));
         }
     }
+}
+
+/// Records a background sync's completion for the next reap.
+fn background_completed(
+    in_flight: &mut Vec<u64>,
+    done: &mut Vec<(u64, io::Result<()>)>,
+    user_data: u64,
+    code: i32,
+) {
+    let token = user_data & !BACKGROUND_BIT;
+    if let Some(index) = in_flight.iter().position(|&t| t == token) {
+        in_flight.swap_remove(index);
+        done.push((token, sync_result(code)));
+    }
+}
+
+/// A background `fdatasync`'s completion code as a result.
+fn sync_result(code: i32) -> io::Result<()> {
+    if code >= 0 {
+        return Ok(());
+    }
+    let error = io::Error::from_raw_os_error(-code);
+    Err(io::Error::new(error.kind(), format!("fdatasync: {error}")))
 }
 
 /// The running kernel's (major, minor) release.
@@ -351,5 +393,61 @@ impl Storage for UringStorage {
         if self.fsync_scope == FsyncScope::Filesystem {
             self.sync_filesystem(ops, results);
         }
+    }
+
+    fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()> {
+        if self.background_in_flight.len() >= super::BACKGROUND_SYNCS_MAX
+            || token & BACKGROUND_BIT != 0
+        {
+            return Err(io::Error::other("too many background syncs"));
+        }
+        let fd = self.file(file)?.as_raw_fd();
+        let sync = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(BACKGROUND_BIT | token);
+        // SAFETY: an fsync carries no buffer; the kernel holds its own reference to the
+        // file from submission, so closing the fd before it completes is safe.
+        unsafe { self.ring.submission().push(&sync) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.background_in_flight.push(token);
+        // On an error the entry stays queued and goes with the next submission; the caller
+        // counts this sync as failed and ignores its completion.
+        self.ring.submit()?;
+        Ok(())
+    }
+
+    fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
+        loop {
+            for cqe in self.ring.completion() {
+                // Only background syncs can be outstanding between flushes.
+                debug_assert!(cqe.user_data() & BACKGROUND_BIT != 0);
+                if cqe.user_data() & BACKGROUND_BIT != 0 {
+                    background_completed(
+                        &mut self.background_in_flight,
+                        &mut self.background_done,
+                        cqe.user_data(),
+                        cqe.result(),
+                    );
+                }
+            }
+            if !wait || self.background_in_flight.is_empty() {
+                break;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                // The ring cannot wait: report every outstanding sync as failed, so no
+                // caller counts on it.
+                Err(error) => {
+                    let message = format!("waiting for background syncs: {error}");
+                    for token in self.background_in_flight.drain(..) {
+                        let failed = Err(io::Error::other(message.clone()));
+                        self.background_done.push((token, failed));
+                    }
+                }
+            }
+        }
+        done.append(&mut self.background_done);
     }
 }
