@@ -39,6 +39,25 @@ struct Fleet {
     records: Vec<coffer::group::PersistRecord>,
 }
 
+/// A consumer's JoinGroup (JoinGroup v3: no `MEMBER_ID_REQUIRED` round trip).
+fn join_request(group_id: &str, member_id: &str, client_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest {
+        group_id: group_id.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        client_id: client_id.into(),
+        client_host: "/10.1.2.3".into(),
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        rebalance_timeout_ms: 300_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![JoinProtocol {
+            name: "range".into(),
+            metadata: vec![0; 32],
+        }],
+        require_known_member_id: false,
+    }
+}
+
 /// `groups` Stable groups of `MEMBERS / groups` members each, joined through the
 /// coordinator (JoinGroup, then the leader's SyncGroup) and brought to generation 7.
 fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
@@ -54,21 +73,8 @@ fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
     let mut ticket = 0;
     for g in 0..groups {
         let group_id = format!("consumer-group-{g:05}");
-        let join = |member_id: &str| JoinGroupRequest {
-            group_id: group_id.clone(),
-            member_id: member_id.into(),
-            group_instance_id: None,
-            client_id: format!("consumer-{g}"),
-            client_host: "/10.1.2.3".into(),
-            session_timeout_ms: SESSION_TIMEOUT_MS,
-            rebalance_timeout_ms: 300_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![JoinProtocol {
-                name: "range".into(),
-                metadata: vec![0; 32],
-            }],
-            require_known_member_id: false,
-        };
+        let client_id = format!("consumer-{g}");
+        let join = |member_id: &str| join_request(&group_id, member_id, &client_id);
         // All members join one rebalance: the first join completes generation 1 alone, the
         // others wait; the first member's rejoin completes the next generation with all.
         let mut ids = Vec::with_capacity(per_group);
@@ -266,21 +272,7 @@ struct Rebalancing {
 }
 
 fn rebalance_join(member_id: &str) -> JoinGroupRequest {
-    JoinGroupRequest {
-        group_id: "rebalancing".into(),
-        member_id: member_id.into(),
-        group_instance_id: None,
-        client_id: "consumer".into(),
-        client_host: "/10.1.2.3".into(),
-        session_timeout_ms: SESSION_TIMEOUT_MS,
-        rebalance_timeout_ms: 300_000,
-        protocol_type: "consumer".into(),
-        protocols: vec![JoinProtocol {
-            name: "range".into(),
-            metadata: vec![0; 32],
-        }],
-        require_known_member_id: false,
-    }
+    join_request("rebalancing", member_id, "consumer")
 }
 
 impl Rebalancing {

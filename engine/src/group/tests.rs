@@ -75,6 +75,28 @@ fn sync_request(
     }
 }
 
+/// A stored GroupMetadata value: a Stable group of `ids` (the first leads) at `generation`,
+/// as a restore reads it.
+fn stored_group<S: AsRef<str>>(ids: &[S], generation: i32) -> crate::format::GroupMetadataValue {
+    let members = ids
+        .iter()
+        .map(|id| crate::format::MemberMetadata {
+            member_id: id.as_ref().into(),
+            session_timeout: SESSION_MS,
+            rebalance_timeout: REBALANCE_MS,
+            ..crate::format::MemberMetadata::default()
+        })
+        .collect();
+    crate::format::GroupMetadataValue {
+        protocol_type: "consumer".into(),
+        generation,
+        protocol: Some("range".into()),
+        leader: ids.first().map(|id| id.as_ref().into()),
+        current_state_timestamp: 0,
+        members,
+    }
+}
+
 impl Harness {
     fn new() -> Harness {
         Harness::with(config())
@@ -977,25 +999,10 @@ fn a_new_generation_does_not_wait_for_the_previous_generations_write() {
 
 #[test]
 fn a_mass_expiry_is_spread_over_bounded_ticks_and_empties_the_group() {
-    use crate::format::{GroupMetadataValue, MemberMetadata};
     let mut coordinator = GroupCoordinator::new(config(), 1, 0);
     let count = EXPIRIES_PER_TICK_MAX + 904;
-    let members: Vec<MemberMetadata> = (0..count)
-        .map(|m| MemberMetadata {
-            member_id: format!("m-{m}"),
-            session_timeout: SESSION_MS,
-            rebalance_timeout: REBALANCE_MS,
-            ..MemberMetadata::default()
-        })
-        .collect();
-    let value = GroupMetadataValue {
-        protocol_type: "consumer".into(),
-        generation: 9,
-        protocol: Some("range".into()),
-        leader: Some("m-0".into()),
-        current_state_timestamp: 0,
-        members,
-    };
+    let ids: Vec<String> = (0..count).map(|m| format!("m-{m}")).collect();
+    let value = stored_group(&ids, 9);
     coordinator.load(GROUP, 0, Some(value), 5, 0).unwrap();
     assert_eq!(coordinator.counts(), (1, count));
     let expiry_ms = SESSION_MS as u64;
@@ -1267,7 +1274,6 @@ fn a_duplicate_join_replaces_the_waiting_one() {
 
 #[test]
 fn foreign_ids_heartbeat_through_the_fingerprint_index() {
-    use crate::format::{GroupMetadataValue, MemberMetadata};
     let mut h = Harness::new();
     let ids = [
         "kafka-consumer-1-5f1c2a9e-6f0b-4d5e-9a3c-1b2d3e4f5a6b",
@@ -1275,23 +1281,7 @@ fn foreign_ids_heartbeat_through_the_fingerprint_index() {
         "kafka-consumer-2-00000002-6f0b-4d5e-9a3c-1b2d3e4f5a6c",
         "short",
     ];
-    let members = ids
-        .iter()
-        .map(|id| MemberMetadata {
-            member_id: (*id).into(),
-            session_timeout: SESSION_MS,
-            rebalance_timeout: REBALANCE_MS,
-            ..MemberMetadata::default()
-        })
-        .collect();
-    let value = GroupMetadataValue {
-        protocol_type: "consumer".into(),
-        generation: 4,
-        protocol: Some("range".into()),
-        leader: Some(ids[0].into()),
-        current_state_timestamp: 0,
-        members,
-    };
+    let value = stored_group(&ids, 4);
     h.coordinator
         .load(GROUP, 0, Some(value), 1, h.now_ms)
         .unwrap();
@@ -1335,29 +1325,12 @@ fn foreign_ids_heartbeat_through_the_fingerprint_index() {
 
 #[test]
 fn restored_foreign_ids_are_placed_by_fingerprint() {
-    use crate::format::{GroupMetadataValue, MemberMetadata};
     let mut h = Harness::new();
     let count = 1000;
     let ids: Vec<String> = (0..count)
         .map(|m| format!("consumer-{m}-5f1c2a9e-6f0b-4d5e-9a3c-1b2d3e4f5a6b"))
         .collect();
-    let members = ids
-        .iter()
-        .map(|id| MemberMetadata {
-            member_id: id.clone(),
-            session_timeout: SESSION_MS,
-            rebalance_timeout: REBALANCE_MS,
-            ..MemberMetadata::default()
-        })
-        .collect();
-    let value = GroupMetadataValue {
-        protocol_type: "consumer".into(),
-        generation: 4,
-        protocol: Some("range".into()),
-        leader: Some(ids[0].clone()),
-        current_state_timestamp: 0,
-        members,
-    };
+    let value = stored_group(&ids, 4);
     h.coordinator.expect_restored_members(count);
     h.coordinator
         .load(GROUP, 0, Some(value), 1, h.now_ms)
@@ -1384,4 +1357,29 @@ fn restored_foreign_ids_are_placed_by_fingerprint() {
     let (joined, _) = h.join_new(&["range"]);
     assert!(h.coordinator.takes_fast_path(GROUP, &joined));
     assert!(!h.coordinator.indexed(GROUP, &joined));
+}
+
+#[test]
+fn an_expiry_that_completes_the_join_spares_the_members_it_answered() {
+    let mut h = Harness::new();
+    let value = stored_group(&["m-a", "m-s"], 4);
+    h.coordinator
+        .load(GROUP, 0, Some(value), 1, h.now_ms)
+        .unwrap();
+    // The leader rejoins; "m-s" stays silent. Both sessions fall due in one tick: "m-s"
+    // expires, which completes the join and answers (and re-arms) "m-a", due in the same
+    // tick but no longer expired.
+    let Joined::Waiting(t) = h.join(join_request("m-a", None, &["range"])) else {
+        panic!()
+    };
+    h.advance(SESSION_MS as u64);
+    let joined = h.join_reply(t).expect("the join completed");
+    assert_eq!((joined.generation_id, joined.members.len()), (5, 1));
+    assert_eq!(h.coordinator.counts().1, 1, "m-a is still a member");
+    assert_eq!(h.state(), Some(GroupState::CompletingRebalance));
+    let Err(sync) = h.sync(sync_request("m-a", 5, &[("m-a", b"all")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert_eq!(h.sync_reply(sync).unwrap().assignment, b"all");
 }
