@@ -1096,6 +1096,10 @@ impl GroupCoordinator {
         if group_instance_id.is_some() {
             return None;
         }
+        // The decoded handle's wheel entry is read before the fingerprint is computed, so its
+        // likely cache miss overlaps the hashing.
+        let decoded = handle_in_member_id(member_id)
+            .and_then(|m| Some((m, self.sessions.armed_payload(m)?)));
         let tag = self.fingerprint(group_id, member_id);
         let armed_with_tag = |m: u32| {
             self.sessions
@@ -1103,8 +1107,9 @@ impl GroupCoordinator {
                 .filter(|payload| payload.tag == tag)
                 .map(|payload| (payload.group, m))
         };
-        let (g, m) = handle_in_member_id(member_id)
-            .and_then(armed_with_tag)
+        let (g, m) = decoded
+            .filter(|(_, payload)| payload.tag == tag)
+            .map(|(m, payload)| (payload.group, m))
             .or_else(|| self.hashed_handle(tag).and_then(armed_with_tag))
             .or_else(|| self.foreign_ids.get(tag).and_then(armed_with_tag))?;
         debug_assert_eq!(
