@@ -1098,8 +1098,8 @@ impl GroupCoordinator {
         }
         // The decoded handle's wheel entry is read before the fingerprint is computed, so its
         // likely cache miss overlaps the hashing.
-        let decoded = handle_in_member_id(member_id)
-            .and_then(|m| Some((m, self.sessions.armed_payload(m)?)));
+        let decoded =
+            handle_in_member_id(member_id).and_then(|m| Some((m, self.sessions.armed_payload(m)?)));
         let tag = self.fingerprint(group_id, member_id);
         let armed_with_tag = |m: u32| {
             self.sessions
