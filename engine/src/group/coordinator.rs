@@ -761,15 +761,28 @@ impl GroupCoordinator {
         self.rebalances.cancel(g);
         self.group_mut(g).timer = GroupTimer::None;
         self.group_mut(g).in_initial_delay = false;
+        // max.poll.interval.ms semantics: dynamic members that did not rejoin within the
+        // rebalance timeout are removed. Static ones stay, as in Kafka: only their session
+        // (or the next sync deadline) removes them.
         let stragglers: Vec<u32> = self
             .group(g)
             .order
             .iter()
-            .filter(|&m| self.member(m).join_ticket.is_none())
+            .filter(|&m| {
+                let member = self.member(m);
+                member.join_ticket.is_none() && member.instance_id.is_none()
+            })
             .collect();
         for m in stragglers {
-            // max.poll.interval.ms semantics: not rejoined within the rebalance timeout.
             self.remove_member(g, m, GroupError::UnknownMemberId);
+        }
+        if !self.group(g).members.is_empty() && !self.elect_joined_leader(g) {
+            // Only static members that have not rejoined are left: wait another rebalance
+            // timeout for them (or for their sessions to end), as Kafka does.
+            let timeout_ms = self.rebalance_timeout_ms(g);
+            self.group_mut(g).timer = GroupTimer::Join;
+            self.rebalances.schedule(g, now_ms + u64::from(timeout_ms));
+            return;
         }
         if self.group(g).members.is_empty() {
             let group = self.group_mut(g);
@@ -807,6 +820,21 @@ impl GroupCoordinator {
         self.group_mut(g).timer = GroupTimer::Sync;
         self.rebalances
             .schedule(g, now_ms + u64::from(sync_timeout_ms));
+    }
+
+    /// Kafka's `maybeElectNewJoinedLeader`: keeps the leader if it rejoined, else makes the
+    /// first member (in join order) that rejoined the leader. False if no member rejoined.
+    fn elect_joined_leader(&mut self, g: u32) -> bool {
+        let group = self.group(g);
+        let joined = |m: u32| self.member(m).join_ticket.is_some();
+        if group.leader.is_some_and(joined) {
+            return true;
+        }
+        let Some(leader) = group.order.iter().find(|&m| joined(m)) else {
+            return false;
+        };
+        self.group_mut(g).leader = Some(leader);
+        true
     }
 
     /// Kafka's `selectProtocol`: among the protocols every member supports, each member

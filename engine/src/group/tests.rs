@@ -1383,3 +1383,110 @@ fn an_expiry_that_completes_the_join_spares_the_members_it_answered() {
     h.persist_all(Ok(()));
     assert_eq!(h.sync_reply(sync).unwrap().assignment, b"all");
 }
+
+/// The static member "i-1" Stable alone at generation 1: returns its member id.
+fn stable_static(h: &mut Harness) -> String {
+    let Joined::Waiting(t) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let s = h.join_reply(t).unwrap().member_id;
+    let Err(sync) = h.sync(sync_request(&s, 1, &[(&s, b"s1")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(sync).is_some());
+    s
+}
+
+#[test]
+fn a_static_member_not_rejoining_stays_in_the_next_generation() {
+    let mut h = Harness::new();
+    // s (static, the leader) and d (dynamic), Stable at generation 2.
+    let s = stable_static(&mut h);
+    let (d, Joined::Waiting(d_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Waiting(s_ticket) = h.join(join_request(&s, Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    assert_eq!(h.join_reply(s_ticket).unwrap().generation_id, 2);
+    assert_eq!(h.join_reply(d_ticket).unwrap().generation_id, 2);
+    let mut s_sync = sync_request(&s, 2, &[(&s, b"s2"), (&d, b"d2")]);
+    s_sync.group_instance_id = Some("i-1".into());
+    let (Err(a), Err(b)) = (h.sync(s_sync), h.sync(sync_request(&d, 2, &[]))) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(a).is_some() && h.sync_reply(b).is_some());
+    // d changes its subscription: a rebalance. s keeps heartbeating but does not rejoin.
+    let Joined::Waiting(d_ticket) = h.join(join_request(&d, None, &["range", "sticky"])) else {
+        panic!()
+    };
+    for _ in 1..(REBALANCE_MS / 5_000) {
+        h.advance(5_000);
+        let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 2, h.now_ms);
+        assert_eq!(beat, Err(GroupError::RebalanceInProgress));
+    }
+    // At the rebalance timeout the generation completes with d as leader and s still in it.
+    h.advance(5_000);
+    let joined = h.join_reply(d_ticket).expect("the join phase ended");
+    assert_eq!(joined.generation_id, 3);
+    assert_eq!(joined.leader, d);
+    let listed: Vec<&str> = joined
+        .members
+        .iter()
+        .map(|m| m.member_id.as_str())
+        .collect();
+    assert_eq!(listed, vec![s.as_str(), d.as_str()]);
+    assert_eq!(h.coordinator.counts().1, 2);
+    let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 2, h.now_ms);
+    assert_eq!(
+        beat,
+        Err(GroupError::IllegalGeneration),
+        "s learns it must rejoin"
+    );
+}
+
+#[test]
+fn a_join_phase_with_only_absent_static_members_waits_another_timeout() {
+    let mut h = Harness::new();
+    let s = stable_static(&mut h);
+    // A dynamic member joins and leaves again before the join phase ends: only s, absent,
+    // is left when the rebalance timeout fires.
+    let (d, Joined::Waiting(d_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: d,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    h.collect();
+    assert_eq!(
+        h.join_reply(d_ticket).unwrap().error,
+        Some(GroupError::UnknownMemberId)
+    );
+    for _ in 0..(REBALANCE_MS / 5_000) {
+        h.advance(5_000);
+        let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 1, h.now_ms);
+        assert_eq!(beat, Err(GroupError::RebalanceInProgress));
+    }
+    assert_eq!(
+        h.state(),
+        Some(GroupState::PreparingRebalance),
+        "no generation without s"
+    );
+    assert_eq!(h.coordinator.generation(GROUP), Some(1));
+    // s rejoins: the generation completes with it.
+    let Joined::Waiting(t) = h.join(join_request(&s, Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let joined = h.join_reply(t).unwrap();
+    assert_eq!(
+        (joined.generation_id, joined.leader.as_str()),
+        (2, s.as_str())
+    );
+}
