@@ -3,7 +3,14 @@
 //! they would under real load (or in join order). Members either joined through this
 //! coordinator (their generated ids let a heartbeat find them without a map lookup), were
 //! restored after a restart from the records the joined fleet wrote, or were restored from
-//! records with ids some other coordinator made (those go through the maps).
+//! records with ids some other coordinator made (found by their fingerprint).
+//!
+//!
+//! `rebalance/*`: one group of N members, Stable; one iteration is a full rebalance (the
+//! leader rejoins, every member rejoins, the leader's SyncGroup with every assignment, the
+//! GroupMetadata record acknowledged, every follower's SyncGroup). Per member it should cost
+//! the same at 1,000 and 10,000 members: any per-request scan of the group shows as a cost per
+//! member growing with N.
 //!
 //! `cargo bench -p coffer-bench --bench groups -- --warm-up-time 1 --measurement-time 3`
 
@@ -14,6 +21,9 @@ use coffer::group::{
     GroupConfig, GroupCoordinator, GroupReply, JoinGroupRequest, JoinProtocol, SyncGroupRequest,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Members of the groups the `rebalance` benchmark rebalances.
+const REBALANCE_GROUP_SIZES: [usize; 2] = [1_000, 10_000];
 
 const MEMBERS: usize = 100_000;
 /// Heartbeats per measured iteration.
@@ -27,6 +37,25 @@ struct Fleet {
     generation: i32,
     /// The GroupMetadata records the fleet's groups wrote.
     records: Vec<coffer::group::PersistRecord>,
+}
+
+/// A consumer's JoinGroup (JoinGroup v3: no `MEMBER_ID_REQUIRED` round trip).
+fn join_request(group_id: &str, member_id: &str, client_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest {
+        group_id: group_id.into(),
+        member_id: member_id.into(),
+        group_instance_id: None,
+        client_id: client_id.into(),
+        client_host: "/10.1.2.3".into(),
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        rebalance_timeout_ms: 300_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![JoinProtocol {
+            name: "range".into(),
+            metadata: vec![0; 32],
+        }],
+        require_known_member_id: false,
+    }
 }
 
 /// `groups` Stable groups of `MEMBERS / groups` members each, joined through the
@@ -44,21 +73,8 @@ fn joined_fleet(groups: usize, shuffle: bool) -> Fleet {
     let mut ticket = 0;
     for g in 0..groups {
         let group_id = format!("consumer-group-{g:05}");
-        let join = |member_id: &str| JoinGroupRequest {
-            group_id: group_id.clone(),
-            member_id: member_id.into(),
-            group_instance_id: None,
-            client_id: format!("consumer-{g}"),
-            client_host: "/10.1.2.3".into(),
-            session_timeout_ms: SESSION_TIMEOUT_MS,
-            rebalance_timeout_ms: 300_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![JoinProtocol {
-                name: "range".into(),
-                metadata: vec![0; 32],
-            }],
-            require_known_member_id: false,
-        };
+        let client_id = format!("consumer-{g}");
+        let join = |member_id: &str| join_request(&group_id, member_id, &client_id);
         // All members join one rebalance: the first join completes generation 1 alone, the
         // others wait; the first member's rejoin completes the next generation with all.
         let mut ids = Vec::with_capacity(per_group);
@@ -153,11 +169,13 @@ fn shuffle_in_place(order: &mut Vec<(String, String)>, shuffle: bool) {
 
 /// `groups` Stable groups of `MEMBERS / groups` members each, restored at generation 7 from
 /// records whose member ids this coordinator did not generate (another coordinator's, as
-/// after a migration from Kafka): they take the map path. Visited in a shuffled order, or in
-/// join order when `shuffle` is false.
+/// after a migration from Kafka), after `expect_restored_members` as a shard does at open:
+/// their ids encode no handle, so they are placed by fingerprint (or indexed by it). Visited
+/// in a shuffled order, or in join order when `shuffle` is false.
 fn foreign_fleet(groups: usize, shuffle: bool) -> Fleet {
     let now_ms = 1_000;
     let mut coordinator = GroupCoordinator::new(GroupConfig::default(), 1, now_ms);
+    coordinator.expect_restored_members(MEMBERS);
     let per_group = MEMBERS / groups;
     let mut order = Vec::with_capacity(MEMBERS);
     for g in 0..groups {
@@ -243,5 +261,135 @@ fn heartbeats(c: &mut Criterion) {
     bench.finish();
 }
 
-criterion_group!(benches, heartbeats);
+/// One Stable group rebalanced over and over (see the module docs).
+struct Rebalancing {
+    coordinator: GroupCoordinator,
+    leader: String,
+    followers: Vec<String>,
+    generation: i32,
+    ticket: u64,
+    now_ms: u64,
+}
+
+fn rebalance_join(member_id: &str) -> JoinGroupRequest {
+    join_request("rebalancing", member_id, "consumer")
+}
+
+impl Rebalancing {
+    /// `members` join (the first completes generation 1 alone, the others wait); the first
+    /// member's rejoin completes generation 2 with all of them, and the leader syncs.
+    fn new(members: usize) -> Rebalancing {
+        let config = GroupConfig {
+            group_initial_rebalance_delay_ms: 0,
+            ..GroupConfig::default()
+        };
+        let mut group = Rebalancing {
+            coordinator: GroupCoordinator::new(config, 3, 1_000),
+            leader: String::new(),
+            followers: Vec::with_capacity(members),
+            generation: 0,
+            ticket: 0,
+            now_ms: 1_000,
+        };
+        for _ in 0..members {
+            group.ticket += 1;
+            let answered = group
+                .coordinator
+                .join(rebalance_join(""), 0, group.ticket, 1_000);
+            assert!(answered.is_none());
+        }
+        let member_ids = |coordinator: &mut GroupCoordinator| -> Vec<String> {
+            let replies = coordinator.take_replies();
+            replies
+                .filter_map(|reply| match reply {
+                    GroupReply::Join(_, response) => Some(response.member_id),
+                    GroupReply::Sync(..) => None,
+                })
+                .collect()
+        };
+        group.leader = member_ids(&mut group.coordinator).remove(0);
+        group.ticket += 1;
+        let rejoin = rebalance_join(&group.leader);
+        group.coordinator.join(rejoin, 0, group.ticket, 1_000);
+        let leader = group.leader.clone();
+        group.followers = member_ids(&mut group.coordinator);
+        group.followers.retain(|id| *id != leader);
+        assert_eq!(group.followers.len(), members - 1);
+        group.generation = 2;
+        group.sync_leader();
+        group
+    }
+
+    /// One full rebalance (see the module docs).
+    fn rebalance(&mut self) {
+        self.now_ms += 1;
+        for member_id in std::iter::once(&self.leader).chain(&self.followers) {
+            self.ticket += 1;
+            let request = rebalance_join(member_id);
+            let answered = self.coordinator.join(request, 0, self.ticket, self.now_ms);
+            assert!(answered.is_none());
+        }
+        let joined = self.coordinator.take_replies().count();
+        assert_eq!(joined, self.followers.len() + 1);
+        self.generation += 1;
+        self.sync_leader();
+        for member_id in &self.followers {
+            self.ticket += 1;
+            let sync = SyncGroupRequest {
+                group_id: "rebalancing".into(),
+                member_id: member_id.clone(),
+                group_instance_id: None,
+                generation_id: self.generation,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: Vec::new(),
+            };
+            let answered = self.coordinator.sync(sync, self.ticket, self.now_ms);
+            assert!(answered.is_some_and(|response| response.error.is_none()));
+        }
+    }
+
+    /// The leader's SyncGroup with every member's assignment, and the record acknowledged.
+    fn sync_leader(&mut self) {
+        self.ticket += 1;
+        let assignments = std::iter::once(&self.leader)
+            .chain(&self.followers)
+            .map(|id| (id.clone(), vec![0; 64]))
+            .collect();
+        let sync = SyncGroupRequest {
+            group_id: "rebalancing".into(),
+            member_id: self.leader.clone(),
+            group_instance_id: None,
+            generation_id: self.generation,
+            protocol_type: None,
+            protocol_name: None,
+            assignments,
+        };
+        assert!(
+            self.coordinator
+                .sync(sync, self.ticket, self.now_ms)
+                .is_none()
+        );
+        let records: Vec<_> = self.coordinator.take_persists().collect();
+        for record in records {
+            let (group_id, generation) = (record.group_id, record.generation_id);
+            self.coordinator
+                .persisted(&group_id, generation, Ok(1), self.now_ms);
+        }
+        assert_eq!(self.coordinator.take_replies().count(), 1);
+    }
+}
+
+fn rebalances(c: &mut Criterion) {
+    let mut bench = c.benchmark_group("rebalance");
+    for members in REBALANCE_GROUP_SIZES {
+        let mut group = Rebalancing::new(members);
+        bench.throughput(Throughput::Elements(members as u64));
+        let name = format!("one_group_{members}_members");
+        bench.bench_function(name, |b| b.iter(|| group.rebalance()));
+    }
+    bench.finish();
+}
+
+criterion_group!(benches, heartbeats, rebalances);
 criterion_main!(benches);

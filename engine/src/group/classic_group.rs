@@ -49,10 +49,9 @@ pub(crate) struct Group {
     pub initial_delay_left_ms: u32,
     /// A member joined during the current initial-delay step.
     pub new_member_added: bool,
-    /// The generation whose GroupMetadata record is being written after the leader's sync.
+    /// The generation whose GroupMetadata record is being written after the leader's sync
+    /// (the leader's assignment waits in each member's `proposed`).
     pub persist_in_flight: Option<i32>,
-    /// The leader's assignment waiting for that write: (member handle, assignment).
-    pub proposed: Vec<(u32, Vec<u8>)>,
     /// Record offset of the group's latest durable GroupMetadata record: the compactor keeps
     /// that record live.
     pub metadata_log_position: Option<u64>,
@@ -83,7 +82,6 @@ impl Group {
             initial_delay_left_ms: 0,
             new_member_added: false,
             persist_in_flight: None,
-            proposed: Vec::new(),
             metadata_log_position: None,
             empty_since_ms: Some(now_ms),
         }

@@ -10,6 +10,7 @@
 
 use super::classic_group::{Group, GroupTimer};
 use super::error::GroupError;
+use super::fingerprint_index::FingerprintIndex;
 use super::id_hash::{IdMap, id_map};
 use super::member::{Member, Ticket};
 use super::protocol::{
@@ -60,6 +61,10 @@ pub struct GroupCoordinator {
     member_count: usize,
     /// Session deadlines by member handle, each with the member's fingerprint and group.
     sessions: TimerWheel<SessionPayload>,
+    /// Fingerprint → handle of joined members whose id does not encode their handle.
+    foreign_ids: FingerprintIndex,
+    /// Pending members (issued an id with `MEMBER_ID_REQUIRED`, not rejoined yet).
+    pending_count: usize,
     /// Join and sync deadlines by group handle.
     rebalances: TimerWheel,
     replies: Vec<GroupReply>,
@@ -71,6 +76,10 @@ pub struct GroupCoordinator {
     fingerprint_seed: u64,
     /// Restored members may take the handle their id encodes below this bound.
     restore_handle_limit: usize,
+    /// Restored members whose id encodes no usable handle go to a handle derived from their
+    /// fingerprint, below this bound (fixed by the first restore that expects members; 0:
+    /// none), so their heartbeats find them without the index.
+    hashed_handle_range: u32,
 }
 
 /// Kept next to a member's session deadline, so a heartbeat with a member id this
@@ -96,6 +105,8 @@ impl GroupCoordinator {
             free_members: Vec::new(),
             member_count: 0,
             sessions: TimerWheel::new(now_ms),
+            foreign_ids: FingerprintIndex::default(),
+            pending_count: 0,
             rebalances: TimerWheel::new(now_ms),
             replies: Vec::new(),
             persists: Vec::new(),
@@ -104,6 +115,7 @@ impl GroupCoordinator {
             member_id_counter: 0,
             fingerprint_seed: super::id_hash::random_seed(),
             restore_handle_limit: 0,
+            hashed_handle_range: 0,
         }
     }
 
@@ -179,18 +191,32 @@ impl GroupCoordinator {
     pub fn expect_restored_members(&mut self, count: usize) {
         let limit = self.members.len().max(self.restore_handle_limit) + 2 * count;
         self.restore_handle_limit = limit.min(self.config.members_max);
+        if count > 0 && self.hashed_handle_range == 0 {
+            // Fixed from now on: a heartbeat recomputes a member's hashed handle with it.
+            self.hashed_handle_range = self.restore_handle_limit as u32;
+        }
     }
 
-    /// A restored member goes to the handle its id encodes when that slot is free and within
-    /// the restore bound, so its heartbeats take the fast path; else anywhere.
-    fn new_member_at(&mut self, member: Member, preferred: Option<u32>) -> u32 {
-        let Some(h) = preferred.filter(|&h| (h as usize) < self.restore_handle_limit) else {
+    /// The handle a restored member with fingerprint `tag` is placed at when its id encodes
+    /// none (Lemire's multiply-shift range reduction of the fingerprint).
+    #[inline]
+    fn hashed_handle(&self, tag: u64) -> Option<u32> {
+        let range = u64::from(self.hashed_handle_range);
+        (range > 0).then(|| ((u128::from(tag) * u128::from(range)) >> 64) as u32)
+    }
+
+    /// A restored member goes to the first of `candidates` (the handle its id encodes, then
+    /// its hashed handle) whose slot is free and within the restore bound, so its heartbeats
+    /// take the fast path; else anywhere.
+    fn new_member_at(&mut self, member: Member, candidates: [Option<u32>; 2]) -> u32 {
+        let free = |h: u32| {
+            (h as usize) < self.restore_handle_limit
+                && self.members.get(h as usize).is_none_or(Option::is_none)
+        };
+        let Some(h) = candidates.into_iter().flatten().find(|&h| free(h)) else {
             return self.new_member(member);
         };
         let h_index = h as usize;
-        if h_index < self.members.len() && self.members[h_index].is_some() {
-            return self.new_member(member);
-        }
         while self.members.len() < h_index {
             // The skipped slots are free.
             self.free_members.push(self.members.len() as u32);
@@ -207,11 +233,23 @@ impl GroupCoordinator {
     }
 
     /// What the session wheel keeps next to member `m`'s deadline: its fingerprint and group.
+    /// A member whose id does not encode its handle is also indexed by that fingerprint, so
+    /// its heartbeats skip the maps too.
     fn set_session_payload(&mut self, m: u32) {
         let member = self.member(m);
         let group = member.group;
         let tag = self.fingerprint(&self.group(group).id, &member.member_id);
+        if handle_in_member_id(&member.member_id) != Some(m) {
+            self.foreign_ids.insert(tag, m);
+        }
         self.sessions.set_payload(m, SessionPayload { tag, group });
+    }
+
+    /// Drops joined member `m` from the fingerprint index (before its id changes or it goes).
+    fn unindex_member(&mut self, m: u32) {
+        let member = self.member(m);
+        let tag = self.fingerprint(&self.group(member.group).id, &member.member_id);
+        self.foreign_ids.remove(tag, m);
     }
 
     /// A seeded 64-bit fingerprint of (group id, member id); never 0 (the empty payload).
@@ -362,8 +400,12 @@ impl GroupCoordinator {
             .as_ref()
             .expect("live member handle");
         let group = self.groups[g as usize].as_mut().expect("live group handle");
-        for protocol in &member.protocols {
+        for (i, protocol) in member.protocols.iter().enumerate() {
             let name = protocol.name.as_str();
+            if member.protocols[..i].iter().any(|p| p.name == name) {
+                // A name listed twice is one protocol: counts must not exceed the members.
+                continue;
+            }
             if joined {
                 *group.protocol_support.entry(name.into()).or_insert(0) += 1;
             } else if let Some(count) = group.protocol_support.get_mut(name) {
@@ -419,6 +461,7 @@ impl GroupCoordinator {
             self.group_mut(g)
                 .pending
                 .insert(member_id.clone().into(), m);
+            self.pending_count += 1;
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);
             return Some(JoinGroupResponse::error(
                 GroupError::MemberIdRequired,
@@ -438,6 +481,7 @@ impl GroupCoordinator {
     ) -> Option<JoinGroupResponse> {
         if let Some(m) = self.group_mut(g).pending.remove(request.member_id.as_str()) {
             // The second half of the MEMBER_ID_REQUIRED dance.
+            self.pending_count -= 1;
             self.sessions.cancel(m);
             self.free_member(m);
             let member_id = request.member_id.clone().into();
@@ -488,9 +532,17 @@ impl GroupCoordinator {
         let protocol_type = request.protocol_type.clone();
         let mut member = member_from(g, member_id.clone(), request);
         member.join_ticket = Some(ticket);
+        member.is_new = true;
         let instance_id = member.instance_id.clone();
         let m = self.new_member(member);
+        // A new member cannot heartbeat while its JoinGroup waits, and a client that gave up
+        // on it (request timeout) joins again as another new member: so a new member's join
+        // times out, not its session (Kafka's `CLASSIC_GROUP_NEW_MEMBER_JOIN_TIMEOUT_MS`).
+        // The session timeout stays the period a heartbeat renews.
         self.sessions.schedule_in(m, now_ms, session_timeout_ms);
+        let join_timeout_ms = self.config.new_member_join_timeout_ms;
+        self.sessions
+            .schedule(m, now_ms + u64::from(join_timeout_ms));
         self.set_session_payload(m);
         let group = self.group_mut(g);
         if group.members.is_empty() {
@@ -521,7 +573,13 @@ impl GroupCoordinator {
         let g = self.member(m).group;
         let replaced = self.member_mut(m).join_ticket.replace(ticket);
         match replaced {
-            // A duplicate JoinGroup: the earlier one is answered so no caller waits forever.
+            // A duplicate JoinGroup while the earlier one waits: the new one takes its place
+            // (Kafka's `updateMember`). Kafka never completes the replaced future: its broker
+            // reads one request per connection at a time, so a duplicate means the client
+            // gave up on the first (request timeout, reconnect) and nobody reads that answer.
+            // An embedder may still hold the earlier caller, so it is answered now, with the
+            // error Kafka's client treats as "retry the JoinGroup, keep the member id"
+            // (REBALANCE_IN_PROGRESS), and it stays out of the awaiting-join count.
             Some(old) => self.reply_join_error(old, GroupError::RebalanceInProgress, m),
             None => self.group_mut(g).awaiting_join += 1,
         }
@@ -546,7 +604,10 @@ impl GroupCoordinator {
         now_ms: u64,
     ) -> Option<JoinGroupResponse> {
         let new_id: Box<str> = self.generate_member_id(&request.client_id, m).into();
+        self.unindex_member(m);
         let old_id = std::mem::replace(&mut self.member_mut(m).member_id, new_id.clone());
+        // Kafka replaces the member with a fresh one: not new, whatever the old one was.
+        self.member_mut(m).is_new = false;
         if let Some(old) = self.member_mut(m).join_ticket.take() {
             self.group_mut(g).awaiting_join -= 1;
             self.reply_join_error(old, GroupError::FencedInstanceId, m);
@@ -700,15 +761,28 @@ impl GroupCoordinator {
         self.rebalances.cancel(g);
         self.group_mut(g).timer = GroupTimer::None;
         self.group_mut(g).in_initial_delay = false;
+        // max.poll.interval.ms semantics: dynamic members that did not rejoin within the
+        // rebalance timeout are removed. Static ones stay, as in Kafka: only their session
+        // (or the next sync deadline) removes them.
         let stragglers: Vec<u32> = self
             .group(g)
             .order
             .iter()
-            .filter(|&m| self.member(m).join_ticket.is_none())
+            .filter(|&m| {
+                let member = self.member(m);
+                member.join_ticket.is_none() && member.instance_id.is_none()
+            })
             .collect();
         for m in stragglers {
-            // max.poll.interval.ms semantics: not rejoined within the rebalance timeout.
             self.remove_member(g, m, GroupError::UnknownMemberId);
+        }
+        if !self.group(g).members.is_empty() && !self.elect_joined_leader(g) {
+            // Only static members that have not rejoined are left: wait another rebalance
+            // timeout for them (or for their sessions to end), as Kafka does.
+            let timeout_ms = self.rebalance_timeout_ms(g);
+            self.group_mut(g).timer = GroupTimer::Join;
+            self.rebalances.schedule(g, now_ms + u64::from(timeout_ms));
+            return;
         }
         if self.group(g).members.is_empty() {
             let group = self.group_mut(g);
@@ -734,6 +808,7 @@ impl GroupCoordinator {
             let response = self.join_response(g, m, false);
             let member = self.member_mut(m);
             member.awaiting_sync = true;
+            member.is_new = false;
             let session_ms = member.session_timeout_ms;
             if let Some(ticket) = member.join_ticket.take() {
                 self.replies.push(GroupReply::Join(ticket, response));
@@ -747,20 +822,37 @@ impl GroupCoordinator {
             .schedule(g, now_ms + u64::from(sync_timeout_ms));
     }
 
+    /// Kafka's `maybeElectNewJoinedLeader`: keeps the leader if it rejoined, else makes the
+    /// first member (in join order) that rejoined the leader. False if no member rejoined.
+    fn elect_joined_leader(&mut self, g: u32) -> bool {
+        let group = self.group(g);
+        let joined = |m: u32| self.member(m).join_ticket.is_some();
+        if group.leader.is_some_and(joined) {
+            return true;
+        }
+        let Some(leader) = group.order.iter().find(|&m| joined(m)) else {
+            return false;
+        };
+        self.group_mut(g).leader = Some(leader);
+        true
+    }
+
     /// Kafka's `selectProtocol`: among the protocols every member supports, each member
     /// votes for its most preferred; most votes wins (ties: the earlier candidate in the
     /// first member's order).
     fn select_protocol(&self, g: u32) -> String {
         let group = self.group(g);
-        let Some(&first) = group.order.to_vec().first() else {
+        let Some(first) = group.order.iter().next() else {
             return String::new();
         };
         let first = self.member(first);
+        // Supported by every member iff its support count is the group's size: O(protocols).
+        let members = group.members.len() as u32;
         let candidates: Vec<&str> = first
             .protocols
             .iter()
             .map(|p| p.name.as_str())
-            .filter(|name| group.order.iter().all(|m| self.member(m).supports(name)))
+            .filter(|name| group.protocol_support.get(*name) == Some(&members))
             .collect();
         let mut votes = vec![0usize; candidates.len()];
         for m in group.order.iter() {
@@ -798,6 +890,7 @@ impl GroupCoordinator {
         for m in order {
             let member = self.member_mut(m);
             member.assignment.clear();
+            member.proposed = None;
             if let Some(ticket) = member.sync_ticket.take() {
                 self.replies
                     .push(GroupReply::Sync(ticket, SyncGroupResponse::error(error)));
@@ -805,9 +898,7 @@ impl GroupCoordinator {
         }
         // A write still in flight belongs to a generation that is over: the next leader's
         // sync must not wait for it.
-        let group = self.group_mut(g);
-        group.proposed.clear();
-        group.persist_in_flight = None;
+        self.group_mut(g).persist_in_flight = None;
     }
 
     // -----------------------------------------------------------------------------------
@@ -870,15 +961,14 @@ impl GroupCoordinator {
                         debug_assert!(ticket.is_some());
                         return Some(SyncGroupResponse::error(GroupError::InvalidRequest));
                     }
-                    let proposed: Vec<(u32, Vec<u8>)> = request
-                        .assignments
-                        .into_iter()
-                        .filter_map(|(id, a)| Some((*group.members.get(id.as_str())?, a)))
-                        .collect();
                     let generation = group.generation_id;
-                    let group = self.group_mut(g);
-                    group.proposed = proposed;
-                    group.persist_in_flight = Some(generation);
+                    for (id, assignment) in request.assignments {
+                        // Ids that are not members get nothing, as in Kafka.
+                        if let Some(&h) = self.group(g).members.get(id.as_str()) {
+                            self.member_mut(h).proposed = Some(assignment);
+                        }
+                    }
+                    self.group_mut(g).persist_in_flight = Some(generation);
                     self.persist_group(g, now_ms);
                 }
                 None
@@ -936,7 +1026,9 @@ impl GroupCoordinator {
         let current =
             group.state == GroupState::CompletingRebalance && group.generation_id == generation_id;
         if !current {
-            group.proposed.clear();
+            for m in self.group(g).order.to_vec() {
+                self.member_mut(m).proposed = None;
+            }
             return;
         }
         match result {
@@ -950,18 +1042,10 @@ impl GroupCoordinator {
 
     /// The leader's assignment is durable: every member gets its part; the group is Stable.
     fn propagate_assignment(&mut self, g: u32, now_ms: u64) {
-        let proposed = std::mem::take(&mut self.group_mut(g).proposed);
         let order = self.group(g).order.to_vec();
         for &m in &order {
-            self.member_mut(m).assignment.clear();
-        }
-        for (m, assignment) in proposed {
-            if let Some(member) = self.members[m as usize].as_mut()
-                && member.group == g
-                && !member.pending
-            {
-                member.assignment = assignment;
-            }
+            let member = self.member_mut(m);
+            member.assignment = member.proposed.take().unwrap_or_default();
         }
         self.group_mut(g).transition(GroupState::Stable, now_ms);
         let (protocol_type, protocol_name) = {
@@ -1022,11 +1106,14 @@ impl GroupCoordinator {
         }
     }
 
-    /// The fast path of a heartbeat from a dynamic member whose id this coordinator
-    /// generated: the id's UUID starts with the member's handle, and the handle's wheel entry
-    /// holds the fingerprint of (group id, member id) and the group: a match is that member
-    /// (a different id or group would need a 64-bit fingerprint collision under a random
-    /// seed). Anything else (restored ids, static members, mismatches) takes the map path.
+    /// The fast path of a heartbeat from a dynamic member: the wheel entry of the member's
+    /// handle holds the fingerprint of (group id, member id) and the group, so a match is that
+    /// member (a different id or group would need a 64-bit fingerprint collision under a
+    /// random seed). The handle comes from the id when this coordinator generated it (the
+    /// UUID starts with it), else from the fingerprint: the hashed handle a restored member
+    /// was placed at when free, else the fingerprint index (ids made elsewhere, as after a
+    /// migration from Kafka). Anything else (static members, unknown ids, a fingerprint two
+    /// members share) takes the map path.
     #[inline]
     fn fast_member(
         &self,
@@ -1037,23 +1124,50 @@ impl GroupCoordinator {
         if group_instance_id.is_some() {
             return None;
         }
-        let m = handle_in_member_id(member_id)?;
-        let payload = self.sessions.armed_payload(m)?;
-        if payload.tag != self.fingerprint(group_id, member_id) {
-            return None;
-        }
+        // The decoded handle's wheel entry is read before the fingerprint is computed, so its
+        // likely cache miss overlaps the hashing.
+        let decoded =
+            handle_in_member_id(member_id).and_then(|m| Some((m, self.sessions.armed_payload(m)?)));
+        let tag = self.fingerprint(group_id, member_id);
+        let armed_with_tag = |m: u32| {
+            self.sessions
+                .armed_payload(m)
+                .filter(|payload| payload.tag == tag)
+                .map(|payload| (payload.group, m))
+        };
+        let (g, m) = decoded
+            .filter(|(_, payload)| payload.tag == tag)
+            .map(|(m, payload)| (payload.group, m))
+            .or_else(|| self.hashed_handle(tag).and_then(armed_with_tag))
+            .or_else(|| self.foreign_ids.get(tag).and_then(armed_with_tag))?;
         debug_assert_eq!(
             self.handle_of(group_id)
                 .and_then(|g| self.validate_member(g, member_id, None).ok()),
             Some(m)
         );
-        Some((payload.group, m))
+        Some((g, m))
     }
 
     /// Whether a heartbeat from this member would take the fast path.
     #[cfg(test)]
     pub(crate) fn takes_fast_path(&self, group_id: &str, member_id: &str) -> bool {
         self.fast_member(group_id, member_id, None).is_some()
+    }
+
+    /// Whether this member sits at its hashed handle (found without the index).
+    #[cfg(test)]
+    pub(crate) fn at_hashed_handle(&self, group_id: &str, member_id: &str) -> bool {
+        let g = self.handle_of(group_id).expect("group");
+        let m = self.validate_member(g, member_id, None).expect("member");
+        self.hashed_handle(self.fingerprint(group_id, member_id)) == Some(m)
+    }
+
+    /// Whether this member's heartbeats find it through the fingerprint index.
+    #[cfg(test)]
+    pub(crate) fn indexed(&self, group_id: &str, member_id: &str) -> bool {
+        self.foreign_ids
+            .get(self.fingerprint(group_id, member_id))
+            .is_some()
     }
 
     /// Slots in the member slab (taken or free).
@@ -1145,6 +1259,7 @@ impl GroupCoordinator {
     fn remove_pending(&mut self, g: u32, m: u32, now_ms: u64) {
         let member_id = self.member(m).member_id.clone();
         self.group_mut(g).pending.remove(&member_id);
+        self.pending_count -= 1;
         self.sessions.cancel(m);
         self.free_member(m);
         self.maybe_complete_join(g, now_ms);
@@ -1164,6 +1279,7 @@ impl GroupCoordinator {
 
     /// Removes a joined member; its waiting calls are answered with `error`.
     fn remove_member(&mut self, g: u32, m: u32, error: GroupError) {
+        self.unindex_member(m);
         self.sessions.cancel(m);
         self.count_protocols(g, m, false);
         let member = self.members[m as usize].take().expect("live member handle");
@@ -1189,7 +1305,6 @@ impl GroupCoordinator {
         if member.awaiting_sync {
             group.awaiting_sync -= 1;
         }
-        group.proposed.retain(|(h, _)| *h != m);
         if group.leader == Some(m) {
             group.leader = group.order.first();
         }
@@ -1233,17 +1348,29 @@ impl GroupCoordinator {
     }
 
     fn session_expired(&mut self, m: u32, now_ms: u64) {
+        if self.members[m as usize].is_none() || self.sessions.deadline_ms(m).is_some() {
+            // An earlier expiry of the same tick removed this member, or re-armed its session
+            // (its group's join completed and answered it): it is not expired any more.
+            return;
+        }
         let member = self.member(m);
         let g = member.group;
         if member.pending {
             self.remove_pending(g, m, now_ms);
             return;
         }
-        if member.join_ticket.is_some() || member.sync_ticket.is_some() {
-            // A member waiting on us is alive (Kafka's `shouldKeepAlive`).
+        if !member.is_new && (member.join_ticket.is_some() || member.sync_ticket.is_some()) {
+            // A member waiting on us is alive (Kafka's `hasSatisfiedHeartbeat`).
             let session_ms = member.session_timeout_ms;
             self.sessions.schedule_in(m, now_ms, session_ms);
             return;
+        }
+        if let Some(ticket) = self.member_mut(m).join_ticket.take() {
+            // A new member's join timed out. As Kafka, the answer names no member id: a client
+            // still there joins afresh.
+            self.group_mut(g).awaiting_join -= 1;
+            let response = JoinGroupResponse::error(GroupError::UnknownMemberId, String::new());
+            self.replies.push(GroupReply::Join(ticket, response));
         }
         self.remove_member_and_rebalance(g, m, now_ms);
     }
@@ -1331,12 +1458,7 @@ impl GroupCoordinator {
             .map(|m| {
                 let member = self.member(m);
                 let assignment = match group.persist_in_flight {
-                    Some(_) => group
-                        .proposed
-                        .iter()
-                        .find(|(h, _)| *h == m)
-                        .map(|(_, a)| a.clone())
-                        .unwrap_or_default(),
+                    Some(_) => member.proposed.clone().unwrap_or_default(),
                     None => member.assignment.clone(),
                 };
                 MemberMetadata {
@@ -1477,10 +1599,9 @@ impl GroupCoordinator {
         self.group(self.handle_of(group_id)?).metadata_log_position
     }
 
-    /// Groups held, and joined members over all of them.
+    /// Groups held, and joined members over all of them. O(1).
     pub fn counts(&self) -> (usize, usize) {
-        let pending: usize = self.groups.iter().flatten().map(|g| g.pending.len()).sum();
-        (self.ids.len(), self.member_count - pending)
+        (self.ids.len(), self.member_count - self.pending_count)
     }
 
     // -----------------------------------------------------------------------------------
@@ -1531,14 +1652,20 @@ impl GroupCoordinator {
                     metadata: stored.subscription,
                 }],
                 assignment: stored.assignment,
+                proposed: None,
                 join_ticket: None,
                 sync_ticket: None,
                 awaiting_sync: false,
                 pending: false,
+                is_new: false,
             };
             let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
-            let preferred = handle_in_member_id(&member.member_id);
-            let m = self.new_member_at(member, preferred);
+            let tag = self.fingerprint(group_id, &member.member_id);
+            let candidates = [
+                handle_in_member_id(&member.member_id),
+                self.hashed_handle(tag),
+            ];
+            let m = self.new_member_at(member, candidates);
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);
             self.set_session_payload(m);
             let group = self.group_mut(g);
@@ -1618,6 +1745,7 @@ impl GroupCoordinator {
             self.remove_member(g, m, error);
         }
         let pending: Vec<u32> = self.group(g).pending.values().copied().collect();
+        self.pending_count -= pending.len();
         for m in pending {
             self.sessions.cancel(m);
             self.free_member(m);
@@ -1681,9 +1809,11 @@ fn member_from(g: u32, member_id: Box<str>, request: JoinGroupRequest) -> Member
         client_host: request.client_host,
         protocols: request.protocols,
         assignment: Vec::new(),
+        proposed: None,
         join_ticket: None,
         sync_ticket: None,
         awaiting_sync: false,
         pending: false,
+        is_new: false,
     }
 }

@@ -21,6 +21,10 @@ pub(crate) struct Member {
     /// Supported protocols in preference order.
     pub protocols: Vec<JoinProtocol>,
     pub assignment: Vec<u8>,
+    /// The leader's assignment for this member while its group's record is being written
+    /// (`Group::persist_in_flight`); `None` otherwise. Kept on the member so writing the
+    /// record, and removing a member meanwhile, cost O(1) per member.
+    pub proposed: Option<Vec<u8>>,
     /// A JoinGroup waiting for the join phase to complete: the member is awaiting join.
     pub join_ticket: Option<Ticket>,
     /// A SyncGroup waiting for the leader's assignment.
@@ -29,6 +33,10 @@ pub(crate) struct Member {
     pub awaiting_sync: bool,
     /// Issued a member id with `MEMBER_ID_REQUIRED`; not a member until it rejoins.
     pub pending: bool,
+    /// Joined during the current join phase and has not yet been answered a generation
+    /// (Kafka's `isNew`): its session deadline is the new-member join timeout, and waiting
+    /// in JoinGroup does not keep it alive.
+    pub is_new: bool,
 }
 
 impl Member {
@@ -38,10 +46,6 @@ impl Member {
             .iter()
             .find(|p| p.name == protocol)
             .map(|p| p.metadata.as_slice())
-    }
-
-    pub fn supports(&self, protocol: &str) -> bool {
-        self.metadata_for(protocol).is_some()
     }
 
     /// Whether a rejoin carries exactly the protocols the member already has (Kafka's

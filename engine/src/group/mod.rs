@@ -15,6 +15,7 @@
 mod classic_group;
 mod coordinator;
 mod error;
+mod fingerprint_index;
 mod id_hash;
 mod join_order;
 mod member;
@@ -53,6 +54,9 @@ pub const GROUP_MAX_SIZE_LIMIT: u32 = 1 << 20;
 pub const GROUPS_PER_SHARD_MAX: usize = 1 << 20;
 /// Most members (joined and pending) one shard's coordinator holds.
 pub const MEMBERS_PER_SHARD_MAX: usize = 1 << 22;
+/// How long a new member's JoinGroup may wait before the member is removed (Kafka's
+/// `CLASSIC_GROUP_NEW_MEMBER_JOIN_TIMEOUT_MS`, KIP-394): 5 minutes.
+pub const NEW_MEMBER_JOIN_TIMEOUT_MS: u32 = 5 * 60 * 1000;
 
 /// Group settings, with Kafka's broker config names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +74,10 @@ pub struct GroupConfig {
     pub groups_max: usize,
     /// No Kafka name: members per shard, at most [`MEMBERS_PER_SHARD_MAX`].
     pub members_max: usize,
+    /// No Kafka config (Kafka's constant `CLASSIC_GROUP_NEW_MEMBER_JOIN_TIMEOUT_MS`): how
+    /// long a member joining for the first time may wait in JoinGroup before it is removed
+    /// and answered `UNKNOWN_MEMBER_ID` ([`NEW_MEMBER_JOIN_TIMEOUT_MS`]).
+    pub new_member_join_timeout_ms: u32,
 }
 
 impl Default for GroupConfig {
@@ -81,6 +89,7 @@ impl Default for GroupConfig {
             group_max_size: GROUP_MAX_SIZE_LIMIT,
             groups_max: GROUPS_PER_SHARD_MAX,
             members_max: MEMBERS_PER_SHARD_MAX,
+            new_member_join_timeout_ms: NEW_MEMBER_JOIN_TIMEOUT_MS,
         }
     }
 }
@@ -107,6 +116,9 @@ impl GroupConfig {
             return Err(format!(
                 "members_max must be in 1..={MEMBERS_PER_SHARD_MAX}"
             ));
+        }
+        if self.new_member_join_timeout_ms == 0 {
+            return Err("new_member_join_timeout_ms must be positive".into());
         }
         Ok(())
     }

@@ -75,6 +75,28 @@ fn sync_request(
     }
 }
 
+/// A stored GroupMetadata value: a Stable group of `ids` (the first leads) at `generation`,
+/// as a restore reads it.
+fn stored_group<S: AsRef<str>>(ids: &[S], generation: i32) -> crate::format::GroupMetadataValue {
+    let members = ids
+        .iter()
+        .map(|id| crate::format::MemberMetadata {
+            member_id: id.as_ref().into(),
+            session_timeout: SESSION_MS,
+            rebalance_timeout: REBALANCE_MS,
+            ..crate::format::MemberMetadata::default()
+        })
+        .collect();
+    crate::format::GroupMetadataValue {
+        protocol_type: "consumer".into(),
+        generation,
+        protocol: Some("range".into()),
+        leader: ids.first().map(|id| id.as_ref().into()),
+        current_state_timestamp: 0,
+        members,
+    }
+}
+
 impl Harness {
     fn new() -> Harness {
         Harness::with(config())
@@ -977,25 +999,10 @@ fn a_new_generation_does_not_wait_for_the_previous_generations_write() {
 
 #[test]
 fn a_mass_expiry_is_spread_over_bounded_ticks_and_empties_the_group() {
-    use crate::format::{GroupMetadataValue, MemberMetadata};
     let mut coordinator = GroupCoordinator::new(config(), 1, 0);
     let count = EXPIRIES_PER_TICK_MAX + 904;
-    let members: Vec<MemberMetadata> = (0..count)
-        .map(|m| MemberMetadata {
-            member_id: format!("m-{m}"),
-            session_timeout: SESSION_MS,
-            rebalance_timeout: REBALANCE_MS,
-            ..MemberMetadata::default()
-        })
-        .collect();
-    let value = GroupMetadataValue {
-        protocol_type: "consumer".into(),
-        generation: 9,
-        protocol: Some("range".into()),
-        leader: Some("m-0".into()),
-        current_state_timestamp: 0,
-        members,
-    };
+    let ids: Vec<String> = (0..count).map(|m| format!("m-{m}")).collect();
+    let value = stored_group(&ids, 9);
     coordinator.load(GROUP, 0, Some(value), 5, 0).unwrap();
     assert_eq!(coordinator.counts(), (1, count));
     let expiry_ms = SESSION_MS as u64;
@@ -1062,9 +1069,16 @@ fn restored_members_keep_the_fast_path_within_the_restore_bound() {
     };
     assert!(restored.coordinator.takes_fast_path(GROUP, &c));
     assert_eq!(restored.coordinator.counts(), (1, 3));
+    for id in [&a, &b, &c] {
+        assert!(
+            !restored.coordinator.indexed(GROUP, id),
+            "the id finds {id}"
+        );
+    }
 
-    // Without the expectation (or beyond its bound) members are placed anywhere and take
-    // the map path; a record naming a huge handle does not grow the slab.
+    // Without the expectation (or beyond its bound) members are placed anywhere and are
+    // found through the fingerprint index; a record naming a huge handle does not grow the
+    // slab.
     let mut unexpected = Harness::new();
     let mut value = record.value.unwrap();
     let far = "c-00ffffff-0000-0000-0000-000000000000".to_owned();
@@ -1075,6 +1089,404 @@ fn restored_members_keep_the_fast_path_within_the_restore_bound() {
         .load(GROUP, 0, Some(value), 1, 0)
         .unwrap();
     assert!(unexpected.coordinator.member_slots() <= 4);
-    assert!(!unexpected.coordinator.takes_fast_path(GROUP, &far));
+    assert!(unexpected.coordinator.indexed(GROUP, &far));
+    assert!(unexpected.coordinator.takes_fast_path(GROUP, &far));
     assert_eq!(unexpected.heartbeat(&far, 2), Ok(()));
+}
+
+/// A join request with a rebalance timeout longer than the new-member join timeout, so a
+/// join phase can outlast it.
+fn long_join_request(member_id: &str) -> JoinGroupRequest {
+    JoinGroupRequest {
+        rebalance_timeout_ms: 2 * NEW_MEMBER_JOIN_TIMEOUT_MS as i32,
+        ..join_request(member_id, None, &["range"])
+    }
+}
+
+/// One member Stable alone at generation 1, with a 10-minute rebalance timeout.
+fn stable_long(h: &mut Harness) -> String {
+    let Joined::Now(first) = h.join(long_join_request("")) else {
+        panic!()
+    };
+    let a = first.member_id;
+    let Joined::Waiting(t) = h.join(long_join_request(&a)) else {
+        panic!()
+    };
+    assert_eq!(h.join_reply(t).unwrap().generation_id, 1);
+    let Err(sync) = h.sync(sync_request(&a, 1, &[(&a, b"a1")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(sync).is_some());
+    a
+}
+
+#[test]
+fn a_new_members_join_times_out_while_the_rebalance_waits() {
+    let mut h = Harness::new();
+    let a = stable_long(&mut h);
+    // b joins for the first time: its JoinGroup waits for a, which keeps heartbeating but
+    // does not rejoin for 6 minutes (a slow poll loop within max.poll.interval.ms).
+    let Joined::Now(first) = h.join(long_join_request("")) else {
+        panic!()
+    };
+    let b = first.member_id;
+    let Joined::Waiting(b_ticket) = h.join(long_join_request(&b)) else {
+        panic!()
+    };
+    let step_ms = 4_000;
+    let join_timeout_ms = u64::from(NEW_MEMBER_JOIN_TIMEOUT_MS);
+    while h.now_ms + step_ms < 1_000 + join_timeout_ms {
+        h.advance(step_ms);
+        assert_eq!(h.heartbeat(&a, 1), Err(GroupError::RebalanceInProgress));
+    }
+    assert!(
+        h.join_reply(b_ticket).is_none(),
+        "b waits within the timeout"
+    );
+    h.advance(step_ms);
+    // Past the new-member join timeout: b is removed and told so, with no member id (a
+    // client still there joins afresh), as Kafka answers.
+    let expired = h.join_reply(b_ticket).expect("b's join timed out");
+    assert_eq!(expired.error, Some(GroupError::UnknownMemberId));
+    assert_eq!(expired.member_id, "");
+    assert_eq!(h.heartbeat(&b, 1), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.coordinator.counts(), (1, 1));
+    // a rejoins at 6 minutes: the generation completes with a alone.
+    for _ in 0..14 {
+        h.advance(step_ms);
+        assert_eq!(h.heartbeat(&a, 1), Err(GroupError::RebalanceInProgress));
+    }
+    let Joined::Waiting(a_ticket) = h.join(long_join_request(&a)) else {
+        panic!()
+    };
+    let joined = h.join_reply(a_ticket).expect("all members joined");
+    assert_eq!((joined.generation_id, joined.members.len()), (2, 1));
+}
+
+#[test]
+fn a_new_member_answered_a_generation_lives_by_its_session() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    // b was new until generation 2 answered it; from then on its session counts, not the
+    // join timeout: silent, it expires after one session timeout.
+    h.advance(SESSION_MS as u64 - 1_000);
+    assert_eq!(h.heartbeat(&a, 2), Ok(()));
+    h.advance(1_000);
+    assert_eq!(h.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+    // An existing member waiting in JoinGroup is kept alive past the new-member timeout
+    // (only the rebalance timeout ends its wait).
+    let mut h = Harness::new();
+    let a = stable_long(&mut h);
+    let (c, Joined::Waiting(c_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Waiting(a_ticket) = h.join(long_join_request(&a)) else {
+        panic!()
+    };
+    assert_eq!(h.join_reply(a_ticket).unwrap().members.len(), 2);
+    assert_eq!(h.join_reply(c_ticket).unwrap().member_id, c);
+    let Err(c_sync) = h.sync(sync_request(&c, 2, &[])) else {
+        panic!()
+    };
+    let Err(a_sync) = h.sync(sync_request(&a, 2, &[(&a, b"a"), (&c, b"c")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(a_sync).is_some() && h.sync_reply(c_sync).is_some());
+    let Joined::Waiting(a_again) = h.join(long_join_request(&a)) else {
+        panic!("the leader's rejoin starts a rebalance")
+    };
+    // c heartbeats (and is told to rejoin) but does not rejoin for over 5 minutes.
+    while h.now_ms < 1_000 + u64::from(NEW_MEMBER_JOIN_TIMEOUT_MS) + 4_000 {
+        h.advance(4_000);
+        assert_eq!(h.heartbeat(&c, 2), Err(GroupError::RebalanceInProgress));
+    }
+    assert!(
+        h.join_reply(a_again).is_none(),
+        "a is not new: it keeps waiting"
+    );
+    assert_eq!(h.coordinator.counts().1, 2);
+}
+
+#[test]
+fn a_duplicate_join_replaces_the_waiting_one() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    let Joined::Waiting(first) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    // The client gave up on its first JoinGroup and sent it again.
+    let Joined::Waiting(second) = h.join(join_request(&a, None, &["range"])) else {
+        panic!()
+    };
+    let replaced = h
+        .join_reply(first)
+        .expect("the replaced join is answered at once");
+    assert_eq!(replaced.error, Some(GroupError::RebalanceInProgress));
+    assert_eq!(
+        (replaced.member_id.as_str(), replaced.generation_id),
+        (a.as_str(), -1)
+    );
+    // a is counted once: the generation still waits for b.
+    assert!(h.join_reply(second).is_none());
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    let Joined::Waiting(b_ticket) = h.join(join_request(&b, None, &["range"])) else {
+        panic!()
+    };
+    let leader = h
+        .join_reply(second)
+        .expect("the replacement gets the generation");
+    assert_eq!((leader.generation_id, leader.members.len()), (3, 2));
+    assert_eq!(h.join_reply(b_ticket).unwrap().generation_id, 3);
+
+    // A new member's duplicate keeps the join deadline of its first join (Kafka's
+    // `updateMember` leaves the heartbeat deadline alone).
+    let mut h = Harness::new();
+    let a = stable_long(&mut h);
+    let Joined::Now(first) = h.join(long_join_request("")) else {
+        panic!()
+    };
+    let c = first.member_id;
+    let Joined::Waiting(c1) = h.join(long_join_request(&c)) else {
+        panic!()
+    };
+    let half_ms = u64::from(NEW_MEMBER_JOIN_TIMEOUT_MS) / 2;
+    while h.now_ms < 1_000 + half_ms {
+        h.advance(4_000);
+        assert_eq!(h.heartbeat(&a, 1), Err(GroupError::RebalanceInProgress));
+    }
+    let Joined::Waiting(c2) = h.join(long_join_request(&c)) else {
+        panic!()
+    };
+    assert_eq!(
+        h.join_reply(c1).unwrap().error,
+        Some(GroupError::RebalanceInProgress)
+    );
+    while h.now_ms < 1_000 + 2 * half_ms {
+        assert!(h.join_reply(c2).is_none());
+        h.advance(4_000);
+        assert_eq!(h.heartbeat(&a, 1), Err(GroupError::RebalanceInProgress));
+    }
+    let expired = h.join_reply(c2).expect("the first join's deadline holds");
+    assert_eq!(expired.error, Some(GroupError::UnknownMemberId));
+}
+
+#[test]
+fn foreign_ids_heartbeat_through_the_fingerprint_index() {
+    let mut h = Harness::new();
+    let ids = [
+        "kafka-consumer-1-5f1c2a9e-6f0b-4d5e-9a3c-1b2d3e4f5a6b",
+        // Looks generated, and names the handle "short" gets: the index still finds it.
+        "kafka-consumer-2-00000002-6f0b-4d5e-9a3c-1b2d3e4f5a6c",
+        "short",
+    ];
+    let value = stored_group(&ids, 4);
+    h.coordinator
+        .load(GROUP, 0, Some(value), 1, h.now_ms)
+        .unwrap();
+    for id in ids {
+        assert!(h.coordinator.indexed(GROUP, id), "{id}");
+        assert!(h.coordinator.takes_fast_path(GROUP, id), "{id}");
+        assert_eq!(h.heartbeat(id, 4), Ok(()));
+        assert_eq!(h.heartbeat(id, 3), Err(GroupError::IllegalGeneration));
+    }
+    // Another id, or the right id in another group, is not found.
+    assert_eq!(
+        h.heartbeat("kafka-consumer-1", 4),
+        Err(GroupError::UnknownMemberId)
+    );
+    let elsewhere = h.coordinator.heartbeat("other", ids[0], None, 4, h.now_ms);
+    assert_eq!(elsewhere, Err(GroupError::UnknownMemberId));
+    // A member that leaves is dropped from the index; the others stay.
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: ids[1].into(),
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    assert!(!h.coordinator.indexed(GROUP, ids[1]));
+    assert_eq!(h.heartbeat(ids[1], 4), Err(GroupError::UnknownMemberId));
+    assert!(h.coordinator.indexed(GROUP, ids[0]));
+    // Expired members too: the group rebalances; only a rejoins, b and "short" expire.
+    let Joined::Waiting(t) = h.join(join_request(ids[0], None, &["range"])) else {
+        panic!()
+    };
+    h.advance(REBALANCE_MS as u64);
+    // (In that tick "short" expired first and completed the join, which re-armed a's
+    // session: a, due in the same tick, is not expired.)
+    assert_eq!(h.join_reply(t).unwrap().members.len(), 1);
+    assert!(!h.coordinator.indexed(GROUP, ids[2]));
+    assert!(h.coordinator.indexed(GROUP, ids[0]));
+    assert_eq!(h.heartbeat(ids[0], 5), Ok(()));
+}
+
+#[test]
+fn restored_foreign_ids_are_placed_by_fingerprint() {
+    let mut h = Harness::new();
+    let count = 1000;
+    let ids: Vec<String> = (0..count)
+        .map(|m| format!("consumer-{m}-5f1c2a9e-6f0b-4d5e-9a3c-1b2d3e4f5a6b"))
+        .collect();
+    let value = stored_group(&ids, 4);
+    h.coordinator.expect_restored_members(count);
+    h.coordinator
+        .load(GROUP, 0, Some(value), 1, h.now_ms)
+        .unwrap();
+    // 1000 fingerprints into 2000 handles: about 4 in 5 find their slot free.
+    let hashed = ids
+        .iter()
+        .filter(|id| h.coordinator.at_hashed_handle(GROUP, id))
+        .count();
+    assert!(
+        hashed > count * 7 / 10,
+        "{hashed} of {count} at their hashed handle"
+    );
+    assert!(h.coordinator.member_slots() <= 2 * count);
+    for id in &ids {
+        assert!(h.coordinator.takes_fast_path(GROUP, id), "{id}");
+        assert!(
+            h.coordinator.indexed(GROUP, id),
+            "the index covers every foreign id"
+        );
+        assert_eq!(h.heartbeat(id, 4), Ok(()));
+    }
+    // A member joining now gets a generated id that encodes its (free) handle.
+    let (joined, _) = h.join_new(&["range"]);
+    assert!(h.coordinator.takes_fast_path(GROUP, &joined));
+    assert!(!h.coordinator.indexed(GROUP, &joined));
+}
+
+#[test]
+fn an_expiry_that_completes_the_join_spares_the_members_it_answered() {
+    let mut h = Harness::new();
+    let value = stored_group(&["m-a", "m-s"], 4);
+    h.coordinator
+        .load(GROUP, 0, Some(value), 1, h.now_ms)
+        .unwrap();
+    // The leader rejoins; "m-s" stays silent. Both sessions fall due in one tick: "m-s"
+    // expires, which completes the join and answers (and re-arms) "m-a", due in the same
+    // tick but no longer expired.
+    let Joined::Waiting(t) = h.join(join_request("m-a", None, &["range"])) else {
+        panic!()
+    };
+    h.advance(SESSION_MS as u64);
+    let joined = h.join_reply(t).expect("the join completed");
+    assert_eq!((joined.generation_id, joined.members.len()), (5, 1));
+    assert_eq!(h.coordinator.counts().1, 1, "m-a is still a member");
+    assert_eq!(h.state(), Some(GroupState::CompletingRebalance));
+    let Err(sync) = h.sync(sync_request("m-a", 5, &[("m-a", b"all")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert_eq!(h.sync_reply(sync).unwrap().assignment, b"all");
+}
+
+/// The static member "i-1" Stable alone at generation 1: returns its member id.
+fn stable_static(h: &mut Harness) -> String {
+    let Joined::Waiting(t) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let s = h.join_reply(t).unwrap().member_id;
+    let Err(sync) = h.sync(sync_request(&s, 1, &[(&s, b"s1")])) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(sync).is_some());
+    s
+}
+
+#[test]
+fn a_static_member_not_rejoining_stays_in_the_next_generation() {
+    let mut h = Harness::new();
+    // s (static, the leader) and d (dynamic), Stable at generation 2.
+    let s = stable_static(&mut h);
+    let (d, Joined::Waiting(d_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    let Joined::Waiting(s_ticket) = h.join(join_request(&s, Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    assert_eq!(h.join_reply(s_ticket).unwrap().generation_id, 2);
+    assert_eq!(h.join_reply(d_ticket).unwrap().generation_id, 2);
+    let mut s_sync = sync_request(&s, 2, &[(&s, b"s2"), (&d, b"d2")]);
+    s_sync.group_instance_id = Some("i-1".into());
+    let (Err(a), Err(b)) = (h.sync(s_sync), h.sync(sync_request(&d, 2, &[]))) else {
+        panic!()
+    };
+    h.persist_all(Ok(()));
+    assert!(h.sync_reply(a).is_some() && h.sync_reply(b).is_some());
+    // d changes its subscription: a rebalance. s keeps heartbeating but does not rejoin.
+    let Joined::Waiting(d_ticket) = h.join(join_request(&d, None, &["range", "sticky"])) else {
+        panic!()
+    };
+    for _ in 1..(REBALANCE_MS / 5_000) {
+        h.advance(5_000);
+        let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 2, h.now_ms);
+        assert_eq!(beat, Err(GroupError::RebalanceInProgress));
+    }
+    // At the rebalance timeout the generation completes with d as leader and s still in it.
+    h.advance(5_000);
+    let joined = h.join_reply(d_ticket).expect("the join phase ended");
+    assert_eq!(joined.generation_id, 3);
+    assert_eq!(joined.leader, d);
+    let listed: Vec<&str> = joined
+        .members
+        .iter()
+        .map(|m| m.member_id.as_str())
+        .collect();
+    assert_eq!(listed, vec![s.as_str(), d.as_str()]);
+    assert_eq!(h.coordinator.counts().1, 2);
+    let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 2, h.now_ms);
+    assert_eq!(
+        beat,
+        Err(GroupError::IllegalGeneration),
+        "s learns it must rejoin"
+    );
+}
+
+#[test]
+fn a_join_phase_with_only_absent_static_members_waits_another_timeout() {
+    let mut h = Harness::new();
+    let s = stable_static(&mut h);
+    // A dynamic member joins and leaves again before the join phase ends: only s, absent,
+    // is left when the rebalance timeout fires.
+    let (d, Joined::Waiting(d_ticket)) = h.join_new(&["range"]) else {
+        panic!()
+    };
+    h.coordinator.leave(
+        GROUP,
+        vec![LeavingMember {
+            member_id: d,
+            group_instance_id: None,
+        }],
+        h.now_ms,
+    );
+    h.collect();
+    assert_eq!(
+        h.join_reply(d_ticket).unwrap().error,
+        Some(GroupError::UnknownMemberId)
+    );
+    for _ in 0..(REBALANCE_MS / 5_000) {
+        h.advance(5_000);
+        let beat = h.coordinator.heartbeat(GROUP, &s, Some("i-1"), 1, h.now_ms);
+        assert_eq!(beat, Err(GroupError::RebalanceInProgress));
+    }
+    assert_eq!(
+        h.state(),
+        Some(GroupState::PreparingRebalance),
+        "no generation without s"
+    );
+    assert_eq!(h.coordinator.generation(GROUP), Some(1));
+    // s rejoins: the generation completes with it.
+    let Joined::Waiting(t) = h.join(join_request(&s, Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let joined = h.join_reply(t).unwrap();
+    assert_eq!(
+        (joined.generation_id, joined.leader.as_str()),
+        (2, s.as_str())
+    );
 }
