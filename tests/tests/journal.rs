@@ -26,6 +26,33 @@ fn segment_files(disk: &SimDisk) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Commits `round` as the offset of topic partition 0 for every group at once, then waits:
+/// each group's outcome.
+fn commit_round(
+    engine: &Engine,
+    groups: &[String],
+    round: i64,
+    metadata: &str,
+) -> Vec<(String, coffer::Result<()>)> {
+    let futures: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            let offsets = [coffer::OffsetCommit {
+                topic: TOPIC,
+                partition: 0,
+                offset: round,
+                leader_epoch: None,
+                metadata,
+            }];
+            (group.clone(), engine.commit_offsets(group, &offsets))
+        })
+        .collect();
+    futures
+        .into_iter()
+        .map(|(group, future)| (group, future.wait()))
+        .collect()
+}
+
 fn journal_config(partitions: u32, shards: usize) -> coffer::Config {
     let mut config = test_config(SIM_DATA_DIR, partitions);
     config.fsync_scope = FsyncScope::Journal;
@@ -94,21 +121,8 @@ fn checkpoints_bound_the_journal_and_lose_nothing_they_removed() {
     let groups: Vec<String> = (0..16).map(|g| format!("group-{g}")).collect();
     let mut most_files = 0;
     for round in 0..300i64 {
-        let futures: Vec<_> = groups
-            .iter()
-            .map(|group| {
-                let offsets = [coffer::OffsetCommit {
-                    topic: TOPIC,
-                    partition: 0,
-                    offset: round,
-                    leader_epoch: None,
-                    metadata: &metadata,
-                }];
-                engine.commit_offsets(group, &offsets)
-            })
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
+        for (_, result) in commit_round(&engine, &groups, round, &metadata) {
+            result.unwrap();
         }
         most_files = most_files.max(journal_files(&disk).len());
     }
@@ -231,22 +245,9 @@ fn sync_failures_during_checkpoints_then_a_power_cut_lose_no_acknowledged_commit
         let groups: Vec<String> = (0..16).map(|g| format!("group-{g}")).collect();
         let mut acked = std::collections::HashMap::new();
         for round in 0..200i64 {
-            let futures: Vec<_> = groups
-                .iter()
-                .map(|group| {
-                    let offsets = [coffer::OffsetCommit {
-                        topic: TOPIC,
-                        partition: 0,
-                        offset: round,
-                        leader_epoch: None,
-                        metadata: &metadata,
-                    }];
-                    (group, engine.commit_offsets(group, &offsets))
-                })
-                .collect();
-            for (group, future) in futures {
-                if future.wait().is_ok() {
-                    acked.insert(group.clone(), round);
+            for (group, result) in commit_round(&engine, &groups, round, &metadata) {
+                if result.is_ok() {
+                    acked.insert(group, round);
                 }
             }
         }

@@ -157,13 +157,11 @@ impl UringStorage {
                 return;
             }
             for cqe in self.ring.completion() {
-                if cqe.user_data() & BACKGROUND_BIT != 0 {
-                    background_completed(
-                        &mut self.background_in_flight,
-                        &mut self.background_done,
-                        cqe.user_data(),
-                        cqe.result(),
-                    );
+                if take_background(
+                    &mut self.background_in_flight,
+                    &mut self.background_done,
+                    &cqe,
+                ) {
                     continue;
                 }
                 reaped += 1;
@@ -218,18 +216,21 @@ impl UringStorage {
     }
 }
 
-/// Records a background sync's completion for the next reap.
-fn background_completed(
+/// Keeps a background sync's completion for the next reap; false for a flush's entry.
+fn take_background(
     in_flight: &mut Vec<u64>,
     done: &mut Vec<(u64, io::Result<()>)>,
-    user_data: u64,
-    code: i32,
-) {
-    let token = user_data & !BACKGROUND_BIT;
+    cqe: &io_uring::cqueue::Entry,
+) -> bool {
+    if cqe.user_data() & BACKGROUND_BIT == 0 {
+        return false;
+    }
+    let token = cqe.user_data() & !BACKGROUND_BIT;
     if let Some(index) = in_flight.iter().position(|&t| t == token) {
         in_flight.swap_remove(index);
-        done.push((token, sync_result(code)));
+        done.push((token, sync_result(cqe.result())));
     }
+    true
 }
 
 /// A background `fdatasync`'s completion code as a result.
@@ -420,16 +421,13 @@ impl Storage for UringStorage {
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
         loop {
             for cqe in self.ring.completion() {
+                let background = take_background(
+                    &mut self.background_in_flight,
+                    &mut self.background_done,
+                    &cqe,
+                );
                 // Only background syncs can be outstanding between flushes.
-                debug_assert!(cqe.user_data() & BACKGROUND_BIT != 0);
-                if cqe.user_data() & BACKGROUND_BIT != 0 {
-                    background_completed(
-                        &mut self.background_in_flight,
-                        &mut self.background_done,
-                        cqe.user_data(),
-                        cqe.result(),
-                    );
-                }
+                debug_assert!(background);
             }
             if !wait || self.background_in_flight.is_empty() {
                 break;
