@@ -50,10 +50,13 @@ pub(crate) fn journal_file_name(sequence: u64) -> String {
     format!("{sequence:020}{JOURNAL_SUFFIX}")
 }
 
-/// Whether a directory entry is a journal file.
-pub(crate) fn is_journal_file_name(name: &str) -> bool {
-    name.strip_suffix(JOURNAL_SUFFIX)
-        .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+/// The sequence a journal file's name carries, if the directory entry is a journal file.
+pub(crate) fn journal_file_sequence(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(JOURNAL_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The engine-wide flush counter: every flush of every shard, and every journal file, draws

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::entry::{
     ENTRY_HEADER_BYTES, ENTRY_PAYLOAD_BYTES_MAX, EntryEnd, EntryHeader, parse_entry,
 };
-use super::{is_journal_file_name, journal_dir};
+use super::{journal_dir, journal_file_sequence};
 use crate::error::{Error, Result};
 use crate::log::segment::{parse_segment_file_name, partition_dir, segment_file_name};
 use crate::storage::{FileId, OpenMode, Storage};
@@ -47,12 +47,12 @@ pub(crate) fn redo(storage: &mut dyn Storage, data_dir: &Path) -> Result<Journal
         }
         Err(error) => return Err(Error::io(format!("listing {}", dir.display()), error)),
     };
-    let mut paths: Vec<PathBuf> = names
+    let mut files_named: Vec<(PathBuf, u64)> = names
         .iter()
-        .filter(|name| is_journal_file_name(name))
-        .map(|name| dir.join(name))
+        .filter_map(|name| Some((dir.join(name), journal_file_sequence(name)?)))
         .collect();
-    paths.sort();
+    files_named.sort();
+    let (paths, name_sequences): (Vec<PathBuf>, Vec<u64>) = files_named.into_iter().unzip();
     let mut report = JournalRecovery {
         files: paths.len() as u32,
         ..JournalRecovery::default()
@@ -65,7 +65,8 @@ pub(crate) fn redo(storage: &mut dyn Storage, data_dir: &Path) -> Result<Journal
                 .open(path, OpenMode::Existing)
                 .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
             files.push(file);
-            report.torn_bytes += read_entries(storage, file, index, path, &mut entries)?;
+            let floor = name_sequences[index];
+            report.torn_bytes += read_entries(storage, file, (index, floor), path, &mut entries)?;
         }
         report.entries = entries.len() as u64;
         entries.sort_by_key(|e: &Located| (e.header.partition, e.header.sequence));
@@ -89,11 +90,13 @@ pub(crate) fn redo(storage: &mut dyn Storage, data_dir: &Path) -> Result<Journal
     Ok(report)
 }
 
-/// Collects a file's valid entries; returns the non-zero bytes after them (a torn flush).
+/// Collects a file's valid entries, those from its name's sequence on (older ones are what a
+/// reused file held before); returns the non-zero bytes after them (a torn flush, or the
+/// older entries of a reused file).
 fn read_entries(
     storage: &mut dyn Storage,
     file: FileId,
-    index: usize,
+    (index, name_sequence): (usize, u64),
     path: &Path,
     entries: &mut Vec<Located>,
 ) -> Result<u64> {
@@ -103,7 +106,7 @@ fn read_entries(
     let mut buf_start = 0u64;
     let mut buf_len = 0usize;
     let mut position = 0u64;
-    let mut last_sequence = 0u64;
+    let mut last_sequence = name_sequence;
     loop {
         let window_end = buf_start + buf_len as u64;
         let wanted = (ENTRY_HEADER_BYTES + ENTRY_PAYLOAD_BYTES_MAX) as u64;
@@ -124,10 +127,11 @@ fn read_entries(
                 });
                 position += total as u64;
             }
-            Ok(_) | Err(EntryEnd::Invalid(_)) => {
+            Err(EntryEnd::Invalid(_)) => {
                 return torn_bytes(storage, file, position, file_len).map_err(io);
             }
-            Err(EntryEnd::Unwritten) => return Ok(0),
+            // An older entry: what a reused file held before its new name.
+            Ok(_) | Err(EntryEnd::Unwritten) => return Ok(0),
         }
     }
 }
@@ -264,11 +268,15 @@ mod tests {
     }
 
     fn setup(journal: &[u8]) -> (SimDisk, PathBuf, PathBuf) {
+        setup_named(journal, 1)
+    }
+
+    fn setup_named(journal: &[u8], name_sequence: u64) -> (SimDisk, PathBuf, PathBuf) {
         let disk = SimDisk::new(5);
         let data_dir = Path::new(DATA_DIR);
         let segment = partition_dir(data_dir, 0).join(segment_file_name(100));
         disk.put_file_bytes(&segment, b"AAAA");
-        let journal_path = journal_dir(data_dir).join(journal_file_name(1));
+        let journal_path = journal_dir(data_dir).join(journal_file_name(name_sequence));
         disk.put_file_bytes(&journal_path, journal);
         (disk, segment, journal_path)
     }
@@ -296,6 +304,23 @@ mod tests {
         disk.crash();
         assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAABBBBCC");
         assert!(disk.file_bytes(&journal_path).is_none());
+    }
+
+    #[test]
+    fn a_reused_file_is_read_up_to_its_older_entries() {
+        // Renamed to sequence 10 and written again: a new entry, then what it held before.
+        let mut journal = entry(12, 100, 4, b"NEW!");
+        journal.extend(entry(5, 100, 4, b"OLD!"));
+        let (disk, segment, _) = setup_named(&journal, 10);
+        let report = redo(&mut disk.storage(), Path::new(DATA_DIR)).unwrap();
+        assert_eq!((report.entries, report.torn_bytes), (1, 0));
+        assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAANEW!");
+
+        // Renamed, then a crash before its first new write: nothing of it is redone.
+        let (disk, segment, _) = setup_named(&entry(5, 100, 4, b"OLD!"), 10);
+        let report = redo(&mut disk.storage(), Path::new(DATA_DIR)).unwrap();
+        assert_eq!(report.entries, 0);
+        assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAA");
     }
 
     #[test]

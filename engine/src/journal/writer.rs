@@ -10,18 +10,23 @@ use crate::sync::Arc;
 
 /// The journal file a shard appends each group commit to, and that flush's entries.
 ///
-/// A file is written front to back, one write per flush, and never reused: unwritten space
-/// reads as zeros, which is where recovery stops. The first file is created by the first
-/// flush (an engine opened only to read creates none). When it is full the shard
-/// [`rotate`](Self::rotate)s: the full file becomes the *previous* one, and a new file takes
-/// the writes. The previous file goes ([`finish_previous`](Self::finish_previous)) once every
-/// segment written while it was current has been synced, a few per flush (the checkpoint).
+/// A file is written front to back, one write per flush. The first file is created by the
+/// first flush (an engine opened only to read creates none). When it is full the shard
+/// [`rotate`](Self::rotate)s: the full file becomes the *previous* one, and another takes
+/// the writes. The previous file is done with ([`finish_previous`](Self::finish_previous))
+/// once every segment written while it was current has been synced in the background (the
+/// checkpoint), and becomes the *spare*: the next rotation renames it to a new sequence
+/// number and writes it again from the start, instead of removing one file and creating
+/// another (unlinking a full file took about 18 ms here, on the flush path). Its old entries
+/// are older than its new name, which is where recovery stops reading them (format.md).
 pub(crate) struct JournalWriter {
     dir: PathBuf,
     /// `None` until the first flush.
     current: Option<JournalFile>,
     /// The full file whose checkpoint is in progress.
     previous: Option<JournalFile>,
+    /// A checkpointed file, kept open to be written again by the next rotation.
+    spare: Option<JournalFile>,
     capacity_bytes: u64,
     /// This flush's entries, reused from flush to flush.
     buf: Vec<u8>,
@@ -61,6 +66,7 @@ impl JournalWriter {
             dir,
             current: None,
             previous: None,
+            spare: None,
             capacity_bytes,
             buf: Vec::new(),
             sequence,
@@ -179,7 +185,10 @@ impl JournalWriter {
                  the engine to recover them"
             )));
         }
-        let next = create_file(storage, &self.dir, self.capacity_bytes, &self.sequence)?;
+        let next = match self.spare.take() {
+            Some(spare) => reuse_file(storage, &self.dir, spare, &self.sequence)?,
+            None => create_file(storage, &self.dir, self.capacity_bytes, &self.sequence)?,
+        };
         let Some(old) = self.current.replace(next) else {
             return Ok(());
         };
@@ -193,13 +202,20 @@ impl JournalWriter {
         Ok(())
     }
 
-    /// Ends the previous file's checkpoint: removed, unless retained.
+    /// Ends the previous file's checkpoint: it becomes the spare, unless retained (then it
+    /// is closed and kept for the next open).
     pub(crate) fn finish_previous(&mut self, storage: &mut dyn Storage) -> io::Result<()> {
         let Some(previous) = self.previous.take() else {
             return Ok(());
         };
-        self.retained_files += usize::from(previous.retain);
-        release_files(storage, &self.dir, [previous], true)
+        if previous.retain {
+            self.retained_files += 1;
+            return release_files(storage, &self.dir, [previous], false);
+        }
+        match self.spare.replace(previous) {
+            Some(extra) => release_files(storage, &self.dir, [extra], true),
+            None => Ok(()),
+        }
     }
 
     /// Closes the files at shutdown: each removed when every partition it covers was
@@ -209,7 +225,11 @@ impl JournalWriter {
         storage: &mut dyn Storage,
         partitions_synced: bool,
     ) -> io::Result<()> {
-        let files = self.previous.into_iter().chain(self.current);
+        let files = self
+            .previous
+            .into_iter()
+            .chain(self.current)
+            .chain(self.spare);
         release_files(storage, &self.dir, files, partitions_synced)
     }
 }
@@ -236,6 +256,29 @@ fn release_files(
         result = result.and(storage.sync_dir(dir));
     }
     result
+}
+
+/// Makes a checkpointed file the next current one: renamed to a newly drawn sequence (so
+/// its old entries, all older, are where recovery stops) and the name made durable before
+/// the first write. A crash before that leaves the old name: the new entries, newer than
+/// the old ones after them, are still read first, and the old ones are stopped at.
+fn reuse_file(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    spare: JournalFile,
+    sequence: &FlushSequence,
+) -> io::Result<JournalFile> {
+    storage.close(spare.file);
+    let path = dir.join(journal_file_name(sequence.next()));
+    storage.rename(&spare.path, &path)?;
+    storage.sync_dir(dir)?;
+    let file = storage.open(&path, OpenMode::Existing)?;
+    Ok(JournalFile {
+        path,
+        file,
+        len: 0,
+        retain: false,
+    })
 }
 
 /// Creates an empty journal file, reserved to `capacity_bytes` so each flush's fdatasync
