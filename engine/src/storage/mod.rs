@@ -98,5 +98,8 @@ pub trait Storage: Send + 'static {
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>);
 }
 
-/// Most background syncs ([`Storage::start_background_sync`]) outstanding at once.
-pub const BACKGROUND_SYNCS_MAX: usize = 32;
+/// Most background syncs ([`Storage::start_background_sync`]) outstanding at once. Small on
+/// purpose: io_uring runs fsyncs on a bounded pool of kernel workers (a few per CPU), and a
+/// flush's journal sync queued behind a pool full of checkpoint syncs waited tens of
+/// milliseconds (flush p99.9 35 ms with 32 here, 5–7 ms with 4; benchmarks.md).
+pub const BACKGROUND_SYNCS_MAX: usize = 4;
