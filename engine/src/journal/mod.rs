@@ -7,9 +7,10 @@
 //! succeeds: the journal makes them durable, the segments catch up later.
 //!
 //! * **Checkpoint.** A journal file has a fixed capacity. When the next flush would not fit,
-//!   the shard syncs every partition segment written since the file began (all in one
-//!   submission) and only then starts a new file and removes the old one. So every byte a
-//!   segment holds before the current file's first entry for it is durable in the segment.
+//!   the shard switches to another file and syncs, in the background, every segment written
+//!   while the full one was current; only then is the full file given up (kept as the spare,
+//!   which a later switch renames and writes again). So every byte a segment holds before
+//!   the first entry for it in a journal file still in use is durable in the segment.
 //! * **Failure.** A failed journal write or sync fails every partition of that flush closed,
 //!   as a failed segment sync does with per-file syncing; the file takes no more writes and
 //!   is kept for the next open, and the shard continues on a new file.
