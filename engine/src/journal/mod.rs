@@ -2,7 +2,7 @@
 //!
 //! With [`FsyncScope::Journal`](crate::FsyncScope::Journal) a flush writes each dirty
 //! partition's batch to its segment *without* syncing it, and the same batches, each framed
-//! as an [`entry`] naming its partition, segment and position, to the shard's journal file in
+//! as an entry (`entry.rs`) naming its partition, segment and position, to the shard's journal file in
 //! one write followed by one `fdatasync`. The commits are acknowledged when that sync
 //! succeeds: the journal makes them durable, the segments catch up later.
 //!
@@ -14,7 +14,7 @@
 //! * **Failure.** A failed journal write or sync fails every partition of that flush closed,
 //!   as a failed segment sync does with per-file syncing; the file takes no more writes and
 //!   is kept for the next open, and the shard continues on a new file.
-//! * **Recovery** ([`redo`]). At open, before any partition is read, every journal file's
+//! * **Recovery** (`redo.rs`). At open, before any partition is read, every journal file's
 //!   valid entries are written again at their positions in their partitions' active
 //!   segments, in sequence order, the segments synced and the journal files removed. Then the
 //!   partitions recover as usual. Entries for sealed segments are skipped: a segment is
