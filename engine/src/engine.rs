@@ -633,9 +633,15 @@ fn spawn_shard(
     let thread = std::thread::Builder::new()
         .name(format!("coffer-shard-{index}"))
         .spawn(move || {
+            let mut storage = storage;
             if let Some(core) = core {
                 // Best effort: an unpinned shard is slower, not wrong.
-                core_affinity::set_for_current(core);
+                if core_affinity::set_for_current(core) {
+                    // The ring's kernel workers (write copies, sync waits) run on this core
+                    // while the shard waits for them, not on the committers' cores. Best
+                    // effort too: older kernels lack the call.
+                    let _unconfined_is_slower_not_wrong = storage.confine_workers_to_this_thread();
+                }
             }
             match Shard::open(&shard_config, storage, hosted, index, shared) {
                 Ok((shard, report)) => {

@@ -96,6 +96,13 @@ pub trait Storage: Send + 'static {
     /// Appends the outcomes of background syncs that have finished to `done`; with `wait`,
     /// first waits until every started one has.
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>);
+    /// Keeps the kernel threads that run this storage's asynchronous I/O on the CPUs the
+    /// calling thread may run on. A pinned shard calls it so its writes' copies and its
+    /// syncs' waits run on its own core, while it waits for them, instead of preempting
+    /// another core's work. Storages without such threads do nothing.
+    fn confine_workers_to_this_thread(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Most background syncs ([`Storage::start_background_sync`]) outstanding at once. Small on

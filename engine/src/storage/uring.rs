@@ -396,6 +396,18 @@ impl Storage for UringStorage {
         }
     }
 
+    fn confine_workers_to_this_thread(&mut self) -> io::Result<()> {
+        // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity fills it for
+        // the calling thread (pid 0) and reports failure through its return value.
+        let mut cpus: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: `cpus` is a valid, writable cpu_set_t of `size` bytes.
+        if unsafe { libc::sched_getaffinity(0, size, &mut cpus) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.ring.submitter().register_iowq_aff(&cpus)
+    }
+
     fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()> {
         if self.background_in_flight.len() >= super::BACKGROUND_SYNCS_MAX
             || token & BACKGROUND_BIT != 0
