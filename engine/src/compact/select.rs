@@ -134,6 +134,8 @@ mod tests {
         .unwrap();
         for _ in 0..=segments {
             log.prepare_append(&mut storage, BATCH_BYTES).unwrap();
+            // Only the sizes matter here; the bytes are placeholders.
+            log.stage(&[0; BATCH_BYTES]);
             let last = log.next_offset() + RECORDS_PER_BATCH - 1;
             log.commit_append(BATCH_BYTES, last);
         }

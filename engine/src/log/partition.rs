@@ -57,6 +57,12 @@ pub struct PartitionLog {
     next_offset: i64,
     /// Live/dead record counts of `sealed` and `active`, in the same order.
     table: SegmentTable,
+    /// Bytes of the active segment written to its file; the rest of its batches are in
+    /// `staged` (`FsyncScope::Journal`: the journal holds them durably, and the segment
+    /// gets them in larger writes).
+    written: u64,
+    /// Batches appended but not yet written to the file, from `written` on.
+    staged: Vec<u8>,
 }
 
 /// Called by recovery with every valid batch, its byte position, and the segment table to
@@ -217,6 +223,8 @@ impl PartitionLog {
             },
             next_offset,
             table,
+            written: valid_len,
+            staged: Vec::new(),
         };
         Ok((log, report))
     }
@@ -240,6 +248,8 @@ impl PartitionLog {
             active,
             next_offset: 0,
             table,
+            written: 0,
+            staged: Vec::new(),
         })
     }
 
@@ -329,6 +339,33 @@ impl PartitionLog {
         Ok((self.active.file, self.active.len))
     }
 
+    /// Adds a batch placed by [`prepare_append`](Self::prepare_append) to the bytes not yet
+    /// written to the file.
+    pub fn stage(&mut self, batch: &[u8]) {
+        self.staged.extend_from_slice(batch);
+    }
+
+    /// The staged bytes' write: (file, position, bytes).
+    pub fn staged_write(&self) -> (FileId, u64, &[u8]) {
+        (self.active.file, self.written, &self.staged)
+    }
+
+    /// Records that the staged bytes were written (not synced).
+    pub fn staged_written(&mut self) {
+        self.written += self.staged.len() as u64;
+        self.staged.clear();
+    }
+
+    /// Writes the staged bytes (before a sync of the active segment: a checkpoint, a roll,
+    /// a close).
+    pub fn write_staged(&mut self, storage: &mut dyn Storage) -> std::io::Result<()> {
+        if !self.staged.is_empty() {
+            storage.write_at(self.active.file, self.written, &self.staged)?;
+            self.staged_written();
+        }
+        Ok(())
+    }
+
     /// Records that a batch prepared with [`prepare_append`](Self::prepare_append) is
     /// durable.
     pub fn commit_append(&mut self, batch_bytes: usize, last_offset: i64) {
@@ -341,12 +378,15 @@ impl PartitionLog {
 
     /// Seals the active segment (trimmed to its data, synced) and starts a new one.
     fn roll(&mut self, storage: &mut dyn Storage) -> std::io::Result<()> {
+        self.write_staged(storage)?;
+        debug_assert_eq!(self.written, self.active.len);
         storage.set_len(self.active.file, self.active.len)?;
         storage.sync(self.active.file)?;
         let next = create_segment(storage, &self.dir, self.next_offset, self.settings)?;
         let old = std::mem::replace(&mut self.active, next);
         storage.close(old.file);
         self.table.push_segment(self.next_offset);
+        self.written = 0;
         self.sealed.push(SealedSegment {
             base_offset: old.base_offset,
             path: old.path,
@@ -355,10 +395,12 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Trims the active segment's preallocated space, syncs and closes it.
-    pub fn close(self, storage: &mut dyn Storage) -> std::io::Result<()> {
-        let result = storage
-            .set_len(self.active.file, self.active.len)
+    /// Writes what is staged, trims the active segment's preallocated space, syncs and
+    /// closes it.
+    pub fn close(mut self, storage: &mut dyn Storage) -> std::io::Result<()> {
+        let result = self
+            .write_staged(storage)
+            .and_then(|()| storage.set_len(self.active.file, self.active.len))
             .and_then(|()| storage.sync(self.active.file));
         storage.close(self.active.file);
         result

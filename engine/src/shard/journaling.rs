@@ -64,9 +64,19 @@ impl Shard {
             if !std::mem::take(dirty) {
                 continue;
             }
-            if self.partitions[partition].log.is_none() {
+            let hosted = &mut self.partitions[partition];
+            let Some(log) = hosted.log.as_mut() else {
                 // Failed closed: the data it acked meanwhile lives only in this file.
                 journal.retain_current();
+                continue;
+            };
+            // The checkpoint syncs what the segment file holds: its staged batches first.
+            if let Err(error) = log.write_staged(self.storage.as_mut()) {
+                journal.retain_current();
+                hosted.failure = Some(format!("journal checkpoint: {error}"));
+                if let Some(log) = hosted.log.take() {
+                    log.abandon(self.storage.as_mut());
+                }
             } else if !failed {
                 self.checkpoint_pending.push(partition as u32);
             }

@@ -181,6 +181,12 @@ impl HostedPartition {
     }
 }
 
+/// With the journal, a segment's staged batches are written once they reach this many
+/// bytes (or at a checkpoint, roll or close): one larger write every few flushes instead of
+/// one small write per flush per partition. Bounds the memory staged per partition (plus
+/// one batch).
+const SEGMENT_WRITE_BYTES_MIN: usize = 64 * 1024;
+
 /// How often an idle shard retries freeing cache memory a pinned reader held back.
 const IDLE_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -200,6 +206,8 @@ pub(crate) struct Shard {
     /// (kept empty between flushes, see `write_partitions`), reused so a flush allocates nothing.
     placed_partitions: Vec<u32>,
     write_ops: Vec<WriteOp<'static>>,
+    /// The placed partitions whose staged bytes this flush writes, in op order.
+    writing_partitions: Vec<u32>,
     /// Where answered commits and heartbeats go back for reuse.
     pools: RequestPools,
     /// How the storage makes a flush durable (for the sync count).
@@ -277,6 +285,7 @@ impl Shard {
             flush_partitions: Vec::new(),
             placed_partitions: Vec::new(),
             write_ops: Vec::new(),
+            writing_partitions: Vec::new(),
             pools,
             fsync_scope: config.fsync_scope,
             metrics: ShardMetrics::new(index),
@@ -606,45 +615,31 @@ impl Shard {
 
     /// The storage submission of a flush and its outcome per partition.
     fn write_placed(&mut self) {
-        // The ops borrow this flush's buffers; the vector itself is the shard's, reused.
+        let placed = self.place_and_journal();
+        // The ops borrow the logs' staged bytes; the vector itself is the shard's, reused.
         let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
-        let mut placed = std::mem::take(&mut self.placed_partitions);
-        debug_assert!(ops.is_empty() && placed.is_empty());
-        // With a journal only its write is synced; the segments catch up at checkpoints.
-        let sync_segments = self.journal.is_none();
-        for &partition in &self.flush_partitions {
-            let hosted = &mut self.partitions[partition as usize];
-            // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
-            assert!(hosted.encoded.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
-            let Some(log) = hosted.log.as_mut() else {
+        let mut writing = std::mem::take(&mut self.writing_partitions);
+        debug_assert!(ops.is_empty() && writing.is_empty());
+        // With a journal only its write is synced, and a segment gets its staged batches
+        // once they add up to SEGMENT_WRITE_BYTES_MIN (fewer, larger writes; the journal
+        // holds them durably meanwhile). Without one, every batch is written and synced.
+        let (sync_segments, segment_write_min) = match self.journal {
+            Some(_) => (false, SEGMENT_WRITE_BYTES_MIN),
+            None => (true, 0),
+        };
+        for &partition in &placed {
+            let Some(log) = self.partitions[partition as usize].log.as_ref() else {
                 continue;
             };
-            match log.prepare_append(self.storage.as_mut(), hosted.encoded.len()) {
-                Ok((file, position)) => {
-                    placed.push(partition);
-                    ops.push(WriteOp {
-                        file,
-                        position,
-                        bytes: &[],
-                        sync: sync_segments,
-                    });
-                }
-                Err(error) => {
-                    hosted.failure = Some(format!("rolling a segment: {error}"));
-                }
-            }
-        }
-        for (op, &partition) in ops.iter_mut().zip(&placed) {
-            op.bytes = &self.partitions[partition as usize].encoded;
-        }
-        if let Some(journal) = self.journal.as_mut() {
-            journal.begin_flush();
-            for (op, &partition) in ops.iter().zip(&placed) {
-                let Some(log) = self.partitions[partition as usize].log.as_ref() else {
-                    continue; // placed partitions have a log
-                };
-                journal.add(partition, log.active_base_offset(), op.position, op.bytes);
-                self.journal_dirty[partition as usize] = true;
+            let (file, position, bytes) = log.staged_write();
+            if !bytes.is_empty() && bytes.len() >= segment_write_min {
+                writing.push(partition);
+                ops.push(WriteOp {
+                    file,
+                    position,
+                    bytes,
+                    sync: sync_segments,
+                });
             }
         }
         if let Some(journal) = self.journal.as_ref() {
@@ -653,41 +648,81 @@ impl Shard {
         self.storage.write_durable(&ops, &mut self.flush_results);
         self.write_ops = recycle_ops(ops);
         let journaled = if self.journal.is_some() {
-            self.journal_written(placed.len())
+            self.journal_written(writing.len())
         } else {
             Ok(())
         };
         // One syncfs covered the whole flush.
-        if self.fsync_scope == FsyncScope::Filesystem && !placed.is_empty() {
+        if self.fsync_scope == FsyncScope::Filesystem && !writing.is_empty() {
             self.metrics.syncs += 1;
         }
-        for (result, &partition) in self.flush_results.iter().zip(&placed) {
+        for (result, &partition) in self.flush_results.iter().zip(&writing) {
             let hosted = &mut self.partitions[partition as usize];
-            let durable = match (result, &journaled) {
-                (Ok(()), Ok(())) => Ok(()),
-                (Err(error), _) => Err(format!("{error}")),
-                (Ok(()), Err(reason)) => Err(reason.clone()),
-            };
-            match durable {
+            match result {
                 Ok(()) => {
-                    if let (Some(log), Some(last)) =
-                        (hosted.log.as_mut(), hosted.encoded_last_offset)
-                    {
-                        let records = last + 1 - log.next_offset();
-                        log.commit_append(hosted.encoded.len(), last);
-                        self.metrics.batches += 1;
-                        self.metrics.syncs += u64::from(self.fsync_scope == FsyncScope::File);
-                        self.metrics.records += records as u64;
-                        self.metrics.bytes += hosted.encoded.len() as u64;
+                    if let Some(log) = hosted.log.as_mut() {
+                        log.staged_written();
                     }
+                    self.metrics.syncs += u64::from(self.fsync_scope == FsyncScope::File);
                 }
                 // Never retry a failed write or fdatasync: the page cache may already have
                 // dropped the data. Fail the partition closed; recovery reads the disk.
-                Err(reason) => hosted.failure = Some(reason),
+                Err(error) => hosted.failure = Some(format!("{error}")),
             }
         }
-        placed.clear();
+        writing.clear();
+        self.writing_partitions = writing;
+        for &partition in &placed {
+            let hosted = &mut self.partitions[partition as usize];
+            if let Err(reason) = &journaled {
+                hosted.failure.get_or_insert_with(|| reason.clone());
+            }
+            if hosted.failure.is_some() {
+                continue;
+            }
+            if let (Some(log), Some(last)) = (hosted.log.as_mut(), hosted.encoded_last_offset) {
+                let records = last + 1 - log.next_offset();
+                log.commit_append(hosted.encoded.len(), last);
+                self.metrics.batches += 1;
+                self.metrics.records += records as u64;
+                self.metrics.bytes += hosted.encoded.len() as u64;
+            }
+        }
         self.placed_partitions = placed;
+    }
+
+    /// Places each partition's batch in its log (rolling segments as needed) and stages it
+    /// there, and with a journal adds its entry. Returns the partitions placed (the shard's
+    /// reused vector; `write_placed` gives it back).
+    fn place_and_journal(&mut self) -> Vec<u32> {
+        let mut placed = std::mem::take(&mut self.placed_partitions);
+        placed.clear();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.begin_flush();
+        }
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
+            assert!(hosted.encoded.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
+            let Some(log) = hosted.log.as_mut() else {
+                continue;
+            };
+            match log.prepare_append(self.storage.as_mut(), hosted.encoded.len()) {
+                Ok((_file, position)) => {
+                    log.stage(&hosted.encoded);
+                    placed.push(partition);
+                    if let Some(journal) = self.journal.as_mut() {
+                        let segment = log.active_base_offset();
+                        journal.add(partition, segment, position, &hosted.encoded);
+                        self.journal_dirty[partition as usize] = true;
+                    }
+                }
+                Err(error) => {
+                    hosted.failure = Some(format!("rolling a segment: {error}"));
+                }
+            }
+        }
+        placed
     }
 
     /// Applies durable partitions' commits to their tables, then acks every request.
