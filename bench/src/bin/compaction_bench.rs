@@ -78,6 +78,10 @@ struct Args {
     /// Reopenings timed for the replay rate.
     #[arg(long, default_value_t = 3)]
     replay_attempts: u32,
+    /// Engine journal_file_bytes in MiB: a shard's journal files (at most two) are part of
+    /// the data directory's bytes on disk.
+    #[arg(long, default_value_t = 64)]
+    journal_file_mib: u64,
 }
 
 fn wall_ms() -> i64 {
@@ -98,7 +102,25 @@ fn config(args: &Args, dir: &Path, compactor: bool) -> Config {
     config.offsets_topic_segment_bytes = args.segment_bytes;
     config.shards = args.shards;
     config.log_cleaner_enable = compactor;
+    config.journal_file_bytes = args.journal_file_mib << 20;
     config
+}
+
+/// Bytes the data directory takes on disk (allocated blocks, as `du` counts them): segments,
+/// preallocated space and journal files.
+fn dir_bytes_on_disk(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let metadata = entry.metadata()?;
+        total += if metadata.is_dir() {
+            dir_bytes_on_disk(&entry.path())?
+        } else {
+            metadata.blocks() * 512
+        };
+    }
+    Ok(total)
 }
 
 /// The closed-loop storm: returns what was measured and the engine, still open.
@@ -157,7 +179,7 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
     })
 }
 
-fn report(mode: &str, round: u32, out: &RunOut) {
+fn report(mode: &str, round: u32, out: &RunOut, dir_bytes: u64) {
     let space = out.metrics.iter().flat_map(|m| &m.partitions);
     let (log, live) = space.fold((0u64, 0u64), |(l, v), p| {
         (l + p.log_bytes, v + p.live_bytes_estimate)
@@ -173,7 +195,7 @@ fn report(mode: &str, round: u32, out: &RunOut) {
     let h = &out.latency_us;
     println!(
         "{mode:>3} round {round}: {:>10.0} offsets/s  ack p50 {:>6} p99 {:>6} p999 {:>6} µs  \
-         log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  step p50 {} p99 {} max {} µs",
+         log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  on disk {:.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  step p50 {} p99 {} max {} µs",
         out.offsets_per_s,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
@@ -181,6 +203,8 @@ fn report(mode: &str, round: u32, out: &RunOut) {
         log as f64 / 1048576.0,
         live as f64 / 1048576.0,
         log as f64 / live.max(1) as f64,
+        dir_bytes as f64 / 1048576.0,
+        dir_bytes as f64 / live.max(1) as f64,
         sum(|m| m.compaction.compactions),
         sum(|m| m.compaction.bytes_read) as f64 / 1048576.0,
         sum(|m| m.compaction.bytes_written) as f64 / 1048576.0,
@@ -279,7 +303,7 @@ fn replay_only(args: &Args, dir: &Path) -> BoxResult<()> {
     if !dir.exists() {
         let engine = Engine::open(config(args, dir, true))?;
         let out = storm(args, &engine)?;
-        report("on", 0, &out);
+        report("on", 0, &out, dir_bytes_on_disk(dir)?);
         compact_and_close(engine)?;
     }
     replay_rate(args, dir)
@@ -304,7 +328,8 @@ fn main() -> BoxResult<()> {
                 let dir = root.join(format!("{round}-{compactor}"));
                 let engine = Engine::open(config(&args, &dir, compactor))?;
                 let out = storm(&args, &engine)?;
-                report(if compactor { "on" } else { "off" }, round, &out);
+                let dir_bytes = dir_bytes_on_disk(&dir)?;
+                report(if compactor { "on" } else { "off" }, round, &out, dir_bytes);
                 if compactor {
                     if let Some((old_dir, old)) = last_on.replace((dir.clone(), engine)) {
                         drop::<Engine>(old);

@@ -47,20 +47,18 @@ pub(crate) struct PendingOffset {
     pub expire_timestamp_ms: i64,
     /// Write a tombstone (null value) for the key instead of a value.
     pub tombstone: bool,
-    /// Hash of (group, topic, partition), computed on the caller's thread so the shard sorts
-    /// a flush's keys by integer (see [`key_hash`]).
-    pub key_hash: u64,
+    /// Hash of the topic, computed on the caller's thread so the shard sorts a flush's keys
+    /// by integers (see [`string_hash`]).
+    pub topic_hash: u64,
 }
 
-/// The hash a flush sorts keys by. Equal keys hash equally; two keys that collide only lose
-/// their coalescing (both are written, in arrival order, and the later wins on replay).
-pub(crate) fn key_hash(group_hash: u64, topic: &str, partition: i32) -> u64 {
-    xxhash_rust::xxh64::xxh64(topic.as_bytes(), group_hash ^ u64::from(partition as u32))
-}
-
-/// The per-request half of [`key_hash`].
-pub(crate) fn group_hash(group: &str) -> u64 {
-    xxhash_rust::xxh64::xxh64(group.as_bytes(), 0)
+/// The hash a flush sorts groups and topics by: (group hash, topic hash, partition) keeps
+/// one group's, and one topic's, records together in a batch (recovery decodes a run of
+/// records of one group and topic once) without comparing strings. Equal strings hash
+/// equally; two keys whose hashes collide only lose their coalescing (both are written, in
+/// arrival order, and the later wins on replay).
+pub(crate) fn string_hash(string: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(string.as_bytes(), 0)
 }
 
 impl PendingOffset {
@@ -74,7 +72,7 @@ impl PendingOffset {
             metadata: String::new(),
             expire_timestamp_ms: -1,
             tombstone: true,
-            key_hash: 0,
+            topic_hash: 0,
         }
     }
 }
@@ -86,6 +84,8 @@ impl PendingOffset {
 /// nothing once their strings' capacities have grown to fit.
 pub(crate) struct PendingCommit {
     pub group: String,
+    /// Hash of `group` ([`string_hash`]), computed on the caller's thread.
+    group_hash: u64,
     pub offsets_partition: u32,
     /// The request's offsets are `offsets[..offsets_len]`; entries past that are kept only
     /// for their string capacity.
@@ -118,6 +118,7 @@ impl PendingCommit {
         let now = Instant::now();
         PendingCommit {
             group: String::new(),
+            group_hash: 0,
             offsets_partition: 0,
             offsets: Vec::new(),
             offsets_len: 0,
@@ -142,7 +143,7 @@ impl PendingCommit {
         self.group.clear();
         self.group.push_str(group);
         self.offsets_partition = offsets_partition;
-        let group_hash = group_hash(group);
+        self.group_hash = string_hash(group);
         for (index, commit) in offsets.iter().enumerate() {
             if index == self.offsets.len() {
                 // Grows only until the pooled commits have seen the largest requests.
@@ -158,7 +159,7 @@ impl PendingCommit {
             slot.metadata.push_str(commit.metadata);
             slot.expire_timestamp_ms = expire_timestamp_ms;
             slot.tombstone = false;
-            slot.key_hash = key_hash(group_hash, commit.topic, commit.partition);
+            slot.topic_hash = string_hash(commit.topic);
         }
         self.offsets_len = offsets.len();
         self.bytes_max = bytes_max;
@@ -176,9 +177,9 @@ impl PendingCommit {
         self.group.clear();
         self.group.push_str(group);
         self.offsets_partition = offsets_partition;
-        let group_hash = group_hash(group);
+        self.group_hash = string_hash(group);
         for offset in &mut offsets {
-            offset.key_hash = key_hash(group_hash, &offset.topic, offset.partition);
+            offset.topic_hash = string_hash(&offset.topic);
         }
         self.offsets_len = offsets.len();
         self.offsets = offsets;
@@ -294,7 +295,9 @@ struct EntryRef {
     offsets_partition: u32,
     request: u32,
     offset: u32,
-    key_hash: u64,
+    partition: i32,
+    group_hash: u64,
+    topic_hash: u64,
 }
 
 /// The commits of one flush.
@@ -387,12 +390,16 @@ impl GroupCommitBatch {
                     offsets_partition: request.offsets_partition,
                     request: request_index as u32,
                     offset: offset_index as u32,
-                    key_hash: offset.key_hash,
+                    partition: offset.partition,
+                    group_hash: request.group_hash,
+                    topic_hash: offset.topic_hash,
                 });
             }
         }
-        self.entries
-            .sort_unstable_by_key(|e| (e.offsets_partition, e.key_hash, e.request, e.offset));
+        self.entries.sort_unstable_by_key(|e| {
+            let key = (e.group_hash, e.topic_hash, e.partition);
+            (e.offsets_partition, key, e.request, e.offset)
+        });
     }
 
     /// Calls `f` with each offsets partition in the batch and the latest offset of each key
@@ -430,7 +437,7 @@ impl GroupCommitBatch {
     }
 
     fn same_key(&self, a: EntryRef, b: EntryRef) -> bool {
-        if a.key_hash != b.key_hash {
+        if (a.group_hash, a.topic_hash, a.partition) != (b.group_hash, b.topic_hash, b.partition) {
             return false;
         }
         let (ra, rb) = (self.request(a), self.request(b));
@@ -548,17 +555,22 @@ mod tests {
     #[test]
     fn keys_whose_hashes_collide_are_written_in_arrival_order_not_coalesced() {
         let mut batch = GroupCommitBatch::new(1, 1 << 20);
-        let mut first = pending("g", vec![value(0, 5), value(1, 6)]);
+        let other_topic = |offset| PendingOffset {
+            topic: "u".into(),
+            ..value(0, offset)
+        };
+        // Topics "t" and "u", partition 0 of each, made to hash alike.
+        let mut first = pending("g", vec![value(0, 5), other_topic(6)]);
         let mut second = pending("g", vec![value(0, 7)]);
         for offset in first.offsets.iter_mut().chain(second.offsets.iter_mut()) {
-            offset.key_hash = 42;
+            offset.topic_hash = 42;
         }
         assert!(batch.try_add(first).is_ok());
         assert!(batch.try_add(second).is_ok());
-        // Partition 0 twice, the later last: replay and the cache keep 7.
+        // t/0 twice, the later last (replay and the cache keep 7), u/0 between them.
         assert_eq!(
             encoded(&mut batch),
-            vec![(0, Some(5)), (1, Some(6)), (0, Some(7))]
+            vec![(0, Some(5)), (0, Some(6)), (0, Some(7))]
         );
     }
 
