@@ -245,32 +245,52 @@ mod control {
 }
 
 /// A failed fdatasync while a partition is unloaded for a move fails the move and the
-/// partition closed, but keeps its cache: a later move (disk healthy again) recovers it from
-/// disk on the target, and commits work again.
+/// partition closed, but keeps its cache. With per-file syncs a later move (disk healthy
+/// again) recovers it from disk on the target, and commits work again. With the journal its
+/// acknowledged commits may be only in the journal, so it stays put (refused, retriable)
+/// until a reopen redoes the journal; nothing acknowledged is lost either way.
 #[test]
-fn a_failed_sync_during_a_move_leaves_the_partition_movable() {
-    let disk = SimDisk::new(9);
-    let mut config = test_config(SIM_DATA_DIR, 2);
-    config.shards = 2;
-    config.pin_shards = false;
-    let engine = open_sim(&disk, &config).unwrap();
-    let group = (0..100)
-        .map(|i| format!("g{i}"))
-        .find(|g| engine.partition_for(g) == 0)
-        .unwrap();
-    engine
-        .commit_offsets(&group, &[commit("t", 0, 7)])
-        .wait()
-        .unwrap();
-    disk.fail_next_syncs(1);
-    let first = engine.move_partition(0, 1);
-    assert!(first.is_err(), "{first:?}");
-    // The disk is healthy again: a second move should recover the partition from disk.
-    let second = engine.move_partition(0, 1);
-    let after = engine.commit_offsets(&group, &[commit("t", 0, 8)]).wait();
-    engine.close().unwrap();
-    assert!(
-        second.is_ok() && after.is_ok(),
-        "partition stranded: second move {second:?}, commit {after:?}"
-    );
+fn a_failed_sync_during_a_move_leaves_the_partition_recoverable() {
+    for fsync_scope in [coffer::FsyncScope::File, coffer::FsyncScope::Journal] {
+        let disk = SimDisk::new(9);
+        let mut config = test_config(SIM_DATA_DIR, 2);
+        config.shards = 2;
+        config.pin_shards = false;
+        config.fsync_scope = fsync_scope;
+        let engine = open_sim(&disk, &config).unwrap();
+        let group = (0..100)
+            .map(|i| format!("g{i}"))
+            .find(|g| engine.partition_for(g) == 0)
+            .unwrap();
+        engine
+            .commit_offsets(&group, &[commit("t", 0, 7)])
+            .wait()
+            .unwrap();
+        disk.fail_next_syncs(1);
+        let first = engine.move_partition(0, 1);
+        assert!(first.is_err(), "{first:?}");
+        // The disk is healthy again.
+        let second = engine.move_partition(0, 1);
+        let after = engine.commit_offsets(&group, &[commit("t", 0, 8)]).wait();
+        engine.close().unwrap_or(());
+        drop(engine);
+        match fsync_scope {
+            coffer::FsyncScope::Journal => {
+                assert!(
+                    matches!(second, Err(coffer::Error::PartitionFailed { .. })),
+                    "{second:?}"
+                );
+                let reopened = open_sim(&disk, &config).unwrap();
+                assert_eq!(fetch_one(&reopened, &group, "t", 0).unwrap(), Some(7));
+                reopened
+                    .commit_offsets(&group, &[commit("t", 0, 9)])
+                    .wait()
+                    .unwrap();
+            }
+            _ => assert!(
+                second.is_ok() && after.is_ok(),
+                "partition stranded: second move {second:?}, commit {after:?}"
+            ),
+        }
+    }
 }

@@ -216,7 +216,9 @@ fn active_segment(
     entries: &[Located],
     paths: &[PathBuf],
 ) -> Result<i64> {
-    let names = storage.list_dir(dir).unwrap_or_default();
+    let names = storage
+        .list_dir(dir)
+        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
     let active = names
         .iter()
         .filter_map(|name| parse_segment_file_name(name))
@@ -321,6 +323,17 @@ mod tests {
         let report = redo(&mut disk.storage(), Path::new(DATA_DIR)).unwrap();
         assert_eq!(report.entries, 0);
         assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAA");
+    }
+
+    #[test]
+    fn entries_for_the_same_bytes_in_two_files_are_redone_in_sequence_order() {
+        // The file named first holds the later write: sequence, not file, decides.
+        let (disk, segment, _) = setup_named(&entry(5, 100, 4, b"LATE"), 1);
+        let other = journal_dir(Path::new(DATA_DIR)).join(journal_file_name(2));
+        disk.put_file_bytes(&other, &entry(3, 100, 4, b"EARL"));
+        let report = redo(&mut disk.storage(), Path::new(DATA_DIR)).unwrap();
+        assert_eq!((report.files, report.entries_redone), (2, 2));
+        assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAALATE");
     }
 
     #[test]

@@ -177,7 +177,11 @@ impl JournalWriter {
     /// Starts a new file. The current one becomes the previous (its checkpoint starts), or,
     /// if it failed, is simply kept for the next open. Requires no previous file.
     pub(crate) fn rotate(&mut self, storage: &mut dyn Storage) -> io::Result<()> {
-        assert!(self.previous.is_none(), "a checkpoint is still in progress");
+        if self.previous.is_some() {
+            return Err(io::Error::other(
+                "a journal checkpoint is still in progress",
+            ));
+        }
         let retain = self.current.as_ref().is_some_and(|current| current.retain);
         if retain && self.retained_files >= JOURNAL_FILES_RETAINED_MAX {
             return Err(io::Error::other(format!(

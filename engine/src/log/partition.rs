@@ -11,6 +11,9 @@ use crate::log::segment::{
 };
 use crate::storage::{FileId, OpenMode, Storage};
 
+/// Most staging capacity a partition keeps between segment writes.
+const STAGED_BYTES_KEPT_MAX: usize = 256 * 1024;
+
 /// Settings a partition log needs from the engine config.
 #[derive(Debug, Clone, Copy)]
 pub struct LogSettings {
@@ -354,6 +357,11 @@ impl PartitionLog {
     pub fn staged_written(&mut self) {
         self.written += self.staged.len() as u64;
         self.staged.clear();
+        // A large batch grew the buffer: give the memory back rather than keep it per
+        // partition (rare; a new allocation only after another large batch).
+        if self.staged.capacity() > STAGED_BYTES_KEPT_MAX {
+            self.staged.shrink_to(STAGED_BYTES_KEPT_MAX);
+        }
     }
 
     /// Writes the staged bytes (before a sync of the active segment: a checkpoint, a roll,

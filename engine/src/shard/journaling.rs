@@ -54,6 +54,10 @@ impl Shard {
         if self.checkpoint_in_progress() {
             self.finish_checkpoint();
         }
+        if self.checkpoint_in_progress() {
+            self.journal_unavailable = Some("a journal checkpoint could not finish".into());
+            return;
+        }
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
@@ -83,6 +87,9 @@ impl Shard {
         }
         self.metrics.journal_checkpoints += u64::from(checkpoint);
         if let Err(error) = journal.rotate(self.storage.as_mut()) {
+            // The full file stays current and holds what its segments have not synced: keep
+            // it for the next open.
+            journal.retain_current();
             self.checkpoint_pending.clear();
             self.journal_unavailable = Some(format!("starting a new journal file: {error}"));
             return;
@@ -103,7 +110,7 @@ impl Shard {
     }
 
     /// Finishes the checkpoint in progress, waiting for its syncs.
-    fn finish_checkpoint(&mut self) {
+    pub(super) fn finish_checkpoint(&mut self) {
         // Bounded: each round starts up to BACKGROUND_SYNCS_MAX pending syncs and waits for
         // every one started, so the pending list shrinks every round.
         while self.checkpoint_in_progress() {

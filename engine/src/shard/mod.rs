@@ -395,6 +395,9 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        if let Some(refused) = self.unload_refusal(partition) {
+            return Err(refused);
+        }
         self.abandon_compaction(partition);
         self.unload_groups(partition);
         let slot = self
@@ -408,19 +411,40 @@ impl Shard {
             && let Err(error) = log.close(self.storage.as_mut())
         {
             // Never retry the failed sync: the partition fails closed here but keeps its
-            // cache, so a later move still hands it on and the target recovers from disk.
+            // cache. Without a journal a later move hands it on and the target recovers from
+            // disk; with one, only a reopen does (see `unload_refusal`).
             slot.failure = Some(format!("closing the log: {error}"));
             return Err(Error::io(
                 format!("closing offsets partition {partition}"),
                 error,
             ));
         }
-        // Closed means synced: its journal entries are no longer needed.
+        // Closed means synced: its journal entries are no longer needed. A checkpoint sync
+        // still running for it stays counted until reaped (the storage counts it too).
         self.journal_dirty[partition as usize] = false;
         self.checkpoint_pending.retain(|&p| p != partition);
-        self.checkpoint_syncing.retain(|&p| p != partition);
         let unloaded = std::mem::replace(slot, HostedPartition::not_hosted());
         unloaded.cache.ok_or(Error::NotCoordinator { partition })
+    }
+
+    /// Why a partition may not leave this shard now. With the journal, a partition that failed
+    /// closed may hold acknowledged commits only in this shard's journal files (its segment
+    /// never got them, or never durably): recovering it elsewhere from its segment would lose
+    /// them, and the other shard's writes would overlap them. Only a reopen, which redoes the
+    /// journals first, brings it back.
+    fn unload_refusal(&self, partition: u32) -> Option<Error> {
+        let hosted = self.partitions.get(partition as usize)?;
+        if self.journal.is_none() || !hosted.hosted || hosted.log.is_some() {
+            return None;
+        }
+        Some(Error::PartitionFailed {
+            partition,
+            reason: format!(
+                "{}; with the journal it cannot move to another shard, reopen the engine to \
+                 recover it",
+                hosted.failure.as_deref().unwrap_or("failed closed")
+            ),
+        })
     }
 
     /// Serves requests until closed or every sender is gone, then closes the logs.
@@ -801,11 +825,13 @@ impl Shard {
     /// file if every partition it covers is synced; releases the directory.
     fn close(mut self) -> Result<()> {
         self.abandon_any_compaction();
-        // No sync left running behind the files about to close.
+        // The checkpoint's outcomes count (a failed sync keeps its journal file; the logs'
+        // own syncs below must not stand in for it), and no sync is left running.
+        self.finish_checkpoint();
         self.storage
             .reap_background_syncs(true, &mut self.checkpoint_done);
+        let mut synced = self.journal_unavailable.is_none() && !self.checkpoint_in_progress();
         let mut first_error = None;
-        let mut synced = true;
         for (index, hosted) in self.partitions.iter_mut().enumerate() {
             let partition = index as u32;
             let covered = self.journal_dirty[index]
