@@ -24,7 +24,9 @@ pub struct JournalRecovery {
     /// Entries written again into their partition's active segment.
     pub entries_redone: u64,
     /// Bytes after the last valid entry of a file that were not zeros: the flush a crash
-    /// tore, never acknowledged.
+    /// tore, never acknowledged. In a reused file the older entries past the new ones can
+    /// count here too (the bytes where the new entries end rarely start an older entry), so
+    /// this overstates a tear there; it is a report, never used to decide anything.
     pub torn_bytes: u64,
 }
 
