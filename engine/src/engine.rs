@@ -122,10 +122,7 @@ impl Engine {
     /// Opens (creating if needed) the data directory in `config`, takes its lock and
     /// recovers every offsets partition (each shard its own, in parallel) before returning.
     pub fn open(config: Config) -> Result<Engine> {
-        let scope = config.fsync_scope;
-        let make = move || -> std::io::Result<Box<dyn Storage>> {
-            Ok(Box::new(UringStorage::with_fsync_scope(scope)?))
-        };
+        let make = uring_storages(config.fsync_scope);
         Engine::open_with_storage(config, &make)
     }
 
@@ -135,13 +132,12 @@ impl Engine {
         config: Config,
         make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
     ) -> Result<Engine> {
-        config.validate()?;
+        let DataDir {
+            dir_lock,
+            journal_recovery,
+            flush_sequence,
+        } = open_data_dir(&config, make_storage)?;
         let storage_error = |e| Error::io("creating a storage", e);
-        let mut dir_lock = make_storage().map_err(storage_error)?;
-        lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
-        // Before any partition is read: the journals' entries go back into the segments.
-        let journal_recovery = crate::journal::redo(dir_lock.as_mut(), &config.data_dir)?;
-        let flush_sequence = crate::sync::Arc::new(FlushSequence::new());
         let cores = if config.pin_shards {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -685,8 +681,43 @@ fn load_on(
     }
 }
 
+/// Makes the production storages: one io_uring each, syncing with `scope`.
+pub(crate) fn uring_storages(
+    scope: crate::config::FsyncScope,
+) -> impl Fn() -> std::io::Result<Box<dyn Storage>> {
+    move || Ok(Box::new(UringStorage::with_fsync_scope(scope)?))
+}
+
+/// A data directory made ready for shards to open in it.
+pub(crate) struct DataDir {
+    /// The storage holding the directory's lock.
+    pub(crate) dir_lock: Box<dyn Storage>,
+    /// What the journals held; already written back into the segments.
+    pub(crate) journal_recovery: crate::journal::JournalRecovery,
+    /// The flush counter the shards opened in it share.
+    pub(crate) flush_sequence: crate::sync::Arc<FlushSequence>,
+}
+
+/// What both ways in ([`Engine`], `LocalShard`) do before any shard opens: check the config,
+/// create and lock the data directory, and redo the journals into the segments, before any
+/// partition is read.
+pub(crate) fn open_data_dir(
+    config: &Config,
+    make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
+) -> Result<DataDir> {
+    config.validate()?;
+    let mut dir_lock = make_storage().map_err(|e| Error::io("creating a storage", e))?;
+    lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
+    let journal_recovery = crate::journal::redo(dir_lock.as_mut(), &config.data_dir)?;
+    Ok(DataDir {
+        dir_lock,
+        journal_recovery,
+        flush_sequence: crate::sync::Arc::new(FlushSequence::new()),
+    })
+}
+
 /// Creates and locks the data directory, mapping failures to typed errors.
-pub(crate) fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
+fn lock_data_dir(storage: &mut dyn Storage, data_dir: &Path) -> Result<()> {
     let unusable = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
             Error::DataDirUnwritable {

@@ -25,8 +25,8 @@ use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
 use crate::config::Config;
 use crate::engine::{
-    NO_EXPIRE_TIMESTAMP_MS, fetch_all_from, fetch_from, lock_data_dir, validate_commit,
-    validate_group,
+    DataDir, NO_EXPIRE_TIMESTAMP_MS, fetch_all_from, fetch_from, open_data_dir, uring_storages,
+    validate_commit, validate_group,
 };
 use crate::error::{Error, Result};
 use crate::events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent, EventSink};
@@ -36,7 +36,7 @@ use crate::group::{
 };
 use crate::journal::FlushSequence;
 use crate::offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
-use crate::storage::{Storage, UringStorage};
+use crate::storage::Storage;
 
 /// One shard of the engine, owned and driven by the calling thread.
 ///
@@ -140,10 +140,7 @@ impl LocalShard {
     ///
     /// [`Engine`]: crate::Engine
     pub fn open_all(config: Config) -> Result<Vec<LocalShard>> {
-        let scope = config.fsync_scope;
-        let make = move || -> std::io::Result<Box<dyn Storage>> {
-            Ok(Box::new(UringStorage::with_fsync_scope(scope)?))
-        };
+        let make = uring_storages(config.fsync_scope);
         LocalShard::open_all_with_storage(config, &make)
     }
 
@@ -153,13 +150,12 @@ impl LocalShard {
         config: Config,
         make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
     ) -> Result<Vec<LocalShard>> {
-        config.validate()?;
+        let DataDir {
+            dir_lock,
+            journal_recovery,
+            flush_sequence,
+        } = open_data_dir(&config, make_storage)?;
         let storage_error = |e| Error::io("creating a storage", e);
-        let mut dir_lock = make_storage().map_err(storage_error)?;
-        lock_data_dir(dir_lock.as_mut(), &config.data_dir)?;
-        // Before any partition is read: the journals' entries go back into the segments.
-        let journal_recovery = crate::journal::redo(dir_lock.as_mut(), &config.data_dir)?;
-        let flush_sequence = crate::sync::Arc::new(FlushSequence::new());
         let dir_lock = Arc::new(Mutex::new(dir_lock));
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let partitions = config.offsets_topic_num_partitions;
