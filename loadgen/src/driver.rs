@@ -333,20 +333,7 @@ impl<'a> Driver<'a> {
         if self.member_in_flight[local as usize] > 0 {
             self.result.redundant += 1;
         }
-        // The request borrows the fleet's names and reuses its buffer: nothing here allocates
-        // per commit (the engine copies what it keeps).
-        self.request.clear();
-        self.request.extend((0..member.keys as usize).map(|k| {
-            let key = member.first_key + k;
-            let (topic, partition) = group.topic_partition(key - group.first_key);
-            OffsetCommit {
-                topic,
-                partition,
-                offset: fleet.offset(&member, key, seq),
-                leader_epoch: None,
-                metadata: fleet.metadata.as_str(),
-            }
-        }));
+        fleet.fill_commit(&mut self.request, &member, seq);
         let sent = Instant::now();
         if sent >= self.plan.measure_from && sent < self.plan.stop_at {
             self.result.thread.issued_in_window += 1;

@@ -189,6 +189,30 @@ impl Fleet {
         key_origin(key) + (seq as i64 + 1) * member.step
     }
 
+    /// Fills `request` with member `member`'s `seq`-th commit, one offset per key it owns.
+    /// The offsets borrow the fleet's names and the buffer is reused: nothing here allocates
+    /// per commit (the engine copies what it keeps).
+    pub fn fill_commit<'f>(
+        &'f self,
+        request: &mut Vec<coffer::OffsetCommit<'f>>,
+        member: &Member,
+        seq: u64,
+    ) {
+        let group = self.group_of(member);
+        request.clear();
+        request.extend((0..member.keys as usize).map(|k| {
+            let key = member.first_key + k;
+            let (topic, partition) = group.topic_partition(key - group.first_key);
+            coffer::OffsetCommit {
+                topic,
+                partition,
+                offset: self.offset(member, key, seq),
+                leader_epoch: None,
+                metadata: self.metadata.as_str(),
+            }
+        }));
+    }
+
     /// Whether `offset` is one that [`Fleet::offset`] produces for `key` at some sequence
     /// number ≥ `seq_min`.
     pub fn is_offset_at_or_after(

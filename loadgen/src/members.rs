@@ -808,19 +808,7 @@ impl<'a> Members<'a> {
         if self.note_issue(intended, true) {
             self.result.thread.late_sends += 1;
         }
-        // The request borrows the fleet's names and reuses its buffer: no allocation here.
-        self.request.clear();
-        self.request.extend((0..member.keys as usize).map(|k| {
-            let key = member.first_key + k;
-            let (topic, partition) = group.topic_partition(key - group.first_key);
-            OffsetCommit {
-                topic,
-                partition,
-                offset: fleet.offset(&member, key, seq),
-                leader_epoch: None,
-                metadata: fleet.metadata.as_str(),
-            }
-        }));
+        fleet.fill_commit(&mut self.request, &member, seq);
         let offsets_partition = self.engine.partition_for(&group.name) as usize;
         if let Some(count) = self
             .result
