@@ -125,9 +125,12 @@ pub struct Config {
     pub pin_shards: bool,
     /// No Kafka name. How a group commit is made durable (default: the shard journal).
     pub fsync_scope: FsyncScope,
-    /// No Kafka name. Capacity of one shard journal file with `FsyncScope::Journal` (64 MiB):
-    /// when full, the shard syncs the segments written meanwhile and starts a new file. At
-    /// least twice `group_commit_bytes_max`; bounds what recovery redoes per shard.
+    /// No Kafka name. Largest shard journal file with `FsyncScope::Journal` (64 MiB): when
+    /// a file is full, the shard syncs the segments written meanwhile and starts a new file.
+    /// Each new file is sized to a quarter of the shard's live bytes, between
+    /// [`journal_file_bytes_min`](Self::journal_file_bytes_min) and this, so the journal's
+    /// two files stay within half the live data once it is large. Bounds what recovery
+    /// redoes per shard.
     pub journal_file_bytes: u64,
     /// No Kafka name. Bound of the inbound request queue: callers wait when it is full, so
     /// memory does not grow when the disk is slower than the load.
@@ -152,6 +155,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The smallest journal file: one whole flush (every partition's entry header, and
+    /// batches that may exceed `group_commit_bytes_max` by the one request that crossed it)
+    /// must fit in an empty file. A shard never makes a file smaller than this.
+    pub fn journal_file_bytes_min(&self) -> u64 {
+        2 * self.group_commit_bytes_max as u64
+            + u64::from(PARTITIONS_MAX) * crate::journal::ENTRY_HEADER_BYTES as u64
+    }
+
     /// A configuration with Kafka's defaults, storing under `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Config {
         Config {
@@ -215,8 +226,7 @@ impl Config {
         }
         // A whole flush (every partition's entry header, and batches that may exceed the
         // byte cap by the one request that crossed it) must fit in an empty journal file.
-        let journal_bytes_min = 2 * self.group_commit_bytes_max as u64
-            + u64::from(PARTITIONS_MAX) * crate::journal::ENTRY_HEADER_BYTES as u64;
+        let journal_bytes_min = self.journal_file_bytes_min();
         if self.journal_file_bytes < journal_bytes_min
             || self.journal_file_bytes > JOURNAL_FILE_BYTES_LIMIT
         {

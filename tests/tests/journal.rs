@@ -156,6 +156,81 @@ fn checkpoints_bound_the_journal_and_lose_nothing_they_removed() {
     assert_eq!(fetch_one(&again, &groups[0], TOPIC, 0).unwrap(), Some(300));
 }
 
+/// Length of the largest journal file on the disk now.
+fn largest_journal_file(disk: &SimDisk) -> u64 {
+    let files = journal_files(disk).into_iter();
+    let lens = files.filter_map(|path| disk.file_bytes(&path).map(|bytes| bytes.len() as u64));
+    lens.max().unwrap_or(0)
+}
+
+/// Journal files are sized to the shard's live data: the smallest size while it holds
+/// little, larger files once it holds more, and cut back when most of it is deleted. A
+/// power cut after all that loses nothing acknowledged and brings back nothing deleted.
+#[test]
+fn journal_files_follow_the_live_data_and_resizing_loses_nothing() {
+    let disk = SimDisk::new(33);
+    let mut config = journal_config(4, 1);
+    config.group_commit_bytes_max = coffer::config::GROUP_COMMIT_BYTES_MIN;
+    let (file_min, file_max) = (config.journal_file_bytes_min(), config.journal_file_bytes);
+    assert!(8 * file_min < file_max);
+    let engine = open_sim(&disk, &config).unwrap();
+    let metadata = "x".repeat(4000);
+    let few: Vec<String> = (0..8).map(|g| format!("kept-{g}")).collect();
+    let many: Vec<String> = (0..2000).map(|g| format!("deleted-{g}")).collect();
+    let commit_all = |groups: &[String], round: i64| {
+        for (group, result) in commit_round(&engine, groups, round, &metadata) {
+            result.unwrap_or_else(|e| panic!("{group} round {round}: {e}"));
+        }
+    };
+
+    // ~32 KB live: every file has the smallest size (after many rotations).
+    for round in 0..100 {
+        commit_all(&few, round);
+    }
+    assert!(engine.metrics().unwrap()[0].journal_checkpoints >= 5);
+    assert_eq!(largest_journal_file(&disk), file_min);
+
+    // ~8 MB live: new files are a quarter of it.
+    for round in 0..3 {
+        commit_all(&many, round);
+    }
+    let grown = largest_journal_file(&disk);
+    assert!(grown > 4 * file_min && grown <= file_max, "{grown}");
+
+    // Most of it deleted: rotations cut the files back.
+    for group in &many {
+        engine.delete_group(group).wait().unwrap();
+    }
+    let mut round = 100;
+    while largest_journal_file(&disk) > 2 * file_min {
+        assert!(
+            round < 1000,
+            "journal files not cut back: {}",
+            largest_journal_file(&disk)
+        );
+        commit_all(&few, round);
+        round += 1;
+    }
+
+    disk.crash();
+    drop(engine);
+    let reopened = open_sim(&disk, &config).unwrap();
+    for group in &few {
+        assert_eq!(
+            fetch_one(&reopened, group, TOPIC, 0).unwrap(),
+            Some(round - 1),
+            "{group}"
+        );
+    }
+    for group in &many {
+        assert_eq!(
+            fetch_one(&reopened, group, TOPIC, 0).unwrap(),
+            None,
+            "{group}"
+        );
+    }
+}
+
 /// A failed journal fdatasync fails every partition of that flush closed (nothing in it is
 /// acknowledged); the file is kept for recovery and the shard goes on in a new one.
 #[test]

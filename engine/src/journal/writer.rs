@@ -27,7 +27,9 @@ pub(crate) struct JournalWriter {
     previous: Option<JournalFile>,
     /// A checkpointed file, kept open to be written again by the next rotation.
     spare: Option<JournalFile>,
-    capacity_bytes: u64,
+    /// Bounds of a file's size ([`file_bytes_for`]).
+    file_bytes_min: u64,
+    file_bytes_max: u64,
     /// This flush's entries, reused from flush to flush.
     buf: Vec<u8>,
     sequence: Arc<FlushSequence>,
@@ -45,6 +47,8 @@ struct JournalFile {
     file: FileId,
     /// Bytes written so far.
     len: u64,
+    /// Bytes reserved (the file's length): where the writes stop.
+    capacity_bytes: u64,
     /// Whether it must be kept for the next open's redo: some data it covers is not known
     /// to be durable in its partition's segment.
     retain: bool,
@@ -56,9 +60,10 @@ impl JournalWriter {
     pub(crate) fn create(
         storage: &mut dyn Storage,
         data_dir: &Path,
-        capacity_bytes: u64,
+        (file_bytes_min, file_bytes_max): (u64, u64),
         sequence: Arc<FlushSequence>,
     ) -> io::Result<JournalWriter> {
+        assert!(file_bytes_min <= file_bytes_max);
         let dir = journal_dir(data_dir);
         storage.create_dir_all(&dir)?;
         storage.sync_dir(data_dir)?;
@@ -67,7 +72,8 @@ impl JournalWriter {
             current: None,
             previous: None,
             spare: None,
-            capacity_bytes,
+            file_bytes_min,
+            file_bytes_max,
             buf: Vec::new(),
             sequence,
             flush_sequence: 0,
@@ -83,7 +89,7 @@ impl JournalWriter {
         let Some(current) = self.current.as_ref() else {
             return false;
         };
-        self.failure.is_none() && current.len + bytes <= self.capacity_bytes
+        self.failure.is_none() && current.len + bytes <= current.capacity_bytes
     }
 
     /// Whether a file has been written to (rotating then starts a checkpoint).
@@ -117,12 +123,14 @@ impl JournalWriter {
     /// The flush's one journal write, synced. Only after [`fits`](Self::fits) said yes;
     /// without a file the op names no open file, and the storage fails it.
     pub(crate) fn write_op(&self) -> WriteOp<'_> {
-        let (file, position) = self
+        let (file, position, capacity_bytes) = self
             .current
             .as_ref()
-            .map_or((FileId(u32::MAX), 0), |current| (current.file, current.len));
+            .map_or((FileId(u32::MAX), 0, 0), |current| {
+                (current.file, current.len, current.capacity_bytes)
+            });
         debug_assert!(self.current.is_some());
-        debug_assert!(position + self.buf.len() as u64 <= self.capacity_bytes);
+        debug_assert!(position + self.buf.len() as u64 <= capacity_bytes);
         WriteOp {
             file,
             position,
@@ -174,9 +182,10 @@ impl JournalWriter {
         self.previous.is_some()
     }
 
-    /// Starts a new file. The current one becomes the previous (its checkpoint starts), or,
-    /// if it failed, is simply kept for the next open. Requires no previous file.
-    pub(crate) fn rotate(&mut self, storage: &mut dyn Storage) -> io::Result<()> {
+    /// Starts a new file, sized for a shard holding `live_bytes` of live data
+    /// ([`file_bytes_for`]). The current one becomes the previous (its checkpoint starts),
+    /// or, if it failed, is simply kept for the next open. Requires no previous file.
+    pub(crate) fn rotate(&mut self, storage: &mut dyn Storage, live_bytes: u64) -> io::Result<()> {
         if self.previous.is_some() {
             return Err(io::Error::other(
                 "a journal checkpoint is still in progress",
@@ -189,9 +198,10 @@ impl JournalWriter {
                  the engine to recover them"
             )));
         }
+        let capacity_bytes = file_bytes_for(live_bytes, self.file_bytes_min, self.file_bytes_max);
         let next = match self.spare.take() {
-            Some(spare) => reuse_file(storage, &self.dir, spare, &self.sequence)?,
-            None => create_file(storage, &self.dir, self.capacity_bytes, &self.sequence)?,
+            Some(spare) => reuse_file(storage, &self.dir, spare, capacity_bytes, &self.sequence)?,
+            None => create_file(storage, &self.dir, capacity_bytes, &self.sequence)?,
         };
         let Some(old) = self.current.replace(next) else {
             return Ok(());
@@ -262,16 +272,49 @@ fn release_files(
     result
 }
 
+/// A journal file's size for a shard holding `live_bytes` of live data: a quarter of it,
+/// within `[min, max]`. A shard has at most two files (the current one, and the previous
+/// or the spare), so once the live data is large the journal adds at most half of it on
+/// disk; a small journal only means more frequent checkpoints (the segments' syncs, in the
+/// background).
+pub(crate) fn file_bytes_for(live_bytes: u64, min: u64, max: u64) -> u64 {
+    (live_bytes / JOURNAL_LIVE_BYTES_PER_FILE_BYTE).clamp(min, max)
+}
+
+/// The live bytes a shard holds per byte of one journal file (see [`file_bytes_for`]).
+pub(crate) const JOURNAL_LIVE_BYTES_PER_FILE_BYTE: u64 = 4;
+
 /// Makes a checkpointed file the next current one: renamed to a newly drawn sequence (so
 /// its old entries, all older, are where recovery stops) and the name made durable before
 /// the first write. A crash before that leaves the old name: the new entries, newer than
 /// the old ones after them, are still read first, and the old ones are stopped at.
+///
+/// The file is resized first when its size is off by more than a factor of two from
+/// `capacity_bytes` (the shard's live data grew or shrank): grown by reserving more, cut
+/// when too large. Both are made durable before the file is written, so each flush's
+/// fdatasync still writes data only. A crash after the resize but before the rename
+/// leaves a file of the old name whose entries are all older than their checkpoint.
 fn reuse_file(
     storage: &mut dyn Storage,
     dir: &Path,
     spare: JournalFile,
+    capacity_bytes: u64,
     sequence: &FlushSequence,
 ) -> io::Result<JournalFile> {
+    let resized = if spare.capacity_bytes < capacity_bytes / 2 {
+        Some(storage.allocate(spare.file, capacity_bytes))
+    } else if spare.capacity_bytes > capacity_bytes.saturating_mul(2) {
+        Some(storage.set_len(spare.file, capacity_bytes))
+    } else {
+        None
+    };
+    let capacity_bytes = match resized {
+        Some(result) => {
+            result.and_then(|()| storage.sync(spare.file))?;
+            capacity_bytes
+        }
+        None => spare.capacity_bytes,
+    };
     storage.close(spare.file);
     let path = dir.join(journal_file_name(sequence.next()));
     storage.rename(&spare.path, &path)?;
@@ -281,6 +324,7 @@ fn reuse_file(
         path,
         file,
         len: 0,
+        capacity_bytes,
         retain: false,
     })
 }
@@ -304,6 +348,7 @@ fn create_file(
             path,
             file,
             len: 0,
+            capacity_bytes,
             retain: false,
         }),
         Err(error) => {

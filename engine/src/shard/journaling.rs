@@ -58,6 +58,7 @@ impl Shard {
             self.journal_unavailable = Some("a journal checkpoint could not finish".into());
             return;
         }
+        let live_bytes = self.live_bytes_estimate();
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
@@ -86,7 +87,7 @@ impl Shard {
             }
         }
         self.metrics.journal_checkpoints += u64::from(checkpoint);
-        if let Err(error) = journal.rotate(self.storage.as_mut()) {
+        if let Err(error) = journal.rotate(self.storage.as_mut(), live_bytes) {
             // The full file stays current and holds what its segments have not synced: keep
             // it for the next open.
             journal.retain_current();
@@ -95,6 +96,15 @@ impl Shard {
             return;
         }
         self.advance_checkpoint(false);
+    }
+
+    /// Estimated live bytes of the partitions this shard hosts (sizes its journal files).
+    fn live_bytes_estimate(&self) -> u64 {
+        let logs = self
+            .partitions
+            .iter()
+            .filter_map(|hosted| hosted.log.as_ref());
+        logs.map(|log| log.live_bytes_estimate()).sum()
     }
 
     /// Whether a checkpoint is in progress (the previous journal file still exists).

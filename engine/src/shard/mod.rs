@@ -262,7 +262,7 @@ impl Shard {
                 JournalWriter::create(
                     storage.as_mut(),
                     &config.data_dir,
-                    config.journal_file_bytes,
+                    (config.journal_file_bytes_min(), config.journal_file_bytes),
                     flush_sequence,
                 )
                 .map_err(|e| Error::io("creating the shard journal", e))?,
