@@ -120,6 +120,7 @@ mod tests {
         let settings = LogSettings {
             segment_bytes: 100,
             preallocate: false,
+            dirty_roll_ratio: None,
         };
         let mut buf = Vec::new();
         let mut visit = |_: &crate::format::BatchView<'_>, _: u64, _: &mut _| Ok(());

@@ -13,4 +13,6 @@ pub mod reader;
 pub mod segment;
 pub mod swap;
 
-pub use partition::{LogSettings, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation};
+pub use partition::{
+    DIRTY_ROLL_BYTES_MIN, LogSettings, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation,
+};

@@ -14,6 +14,10 @@ use crate::storage::{FileId, OpenMode, Storage};
 /// Most staging capacity a partition keeps between segment writes.
 const STAGED_BYTES_KEPT_MAX: usize = 256 * 1024;
 
+/// Smallest active segment rolled for being dirty ([`LogSettings::dirty_roll_ratio`]): the
+/// floor of the log's size per partition, and a bound on how often a partition rolls.
+pub const DIRTY_ROLL_BYTES_MIN: u64 = 4 * 1024 * 1024;
+
 /// Settings a partition log needs from the engine config.
 #[derive(Debug, Clone, Copy)]
 pub struct LogSettings {
@@ -21,6 +25,13 @@ pub struct LogSettings {
     pub segment_bytes: u64,
     /// `log.preallocate`.
     pub preallocate: bool,
+    /// With the compactor on, its `min.cleanable.dirty.ratio`: the active segment also
+    /// rolls before `segment_bytes` once it holds at least [`DIRTY_ROLL_BYTES_MIN`] and as
+    /// many bytes as the sealed segments, and at least this share of its records is dead.
+    /// The compactor never touches the active segment, so without this a commit storm over
+    /// few keys grows each partition to a full segment (100 MiB by default) of dead records
+    /// that every open replays. `None`: roll at `segment_bytes` only.
+    pub dirty_roll_ratio: Option<f64>,
 }
 
 /// A torn or corrupt tail that recovery cut off.
@@ -336,7 +347,7 @@ impl PartitionLog {
         batch_bytes: usize,
     ) -> std::io::Result<(FileId, u64)> {
         let end = self.active.len + batch_bytes as u64;
-        if self.active.len > 0 && end > self.settings.segment_bytes {
+        if self.active.len > 0 && (end > self.settings.segment_bytes || self.active_is_dirty()) {
             self.roll(storage)?;
         }
         Ok((self.active.file, self.active.len))
@@ -382,6 +393,22 @@ impl PartitionLog {
             .add_records((last_offset + 1 - self.next_offset) as u64);
         self.active.len += batch_bytes as u64;
         self.next_offset = last_offset + 1;
+    }
+
+    /// Whether the active segment should roll early so the compactor can reach its dead
+    /// records (see [`LogSettings::dirty_roll_ratio`]).
+    fn active_is_dirty(&self) -> bool {
+        let Some(ratio) = self.settings.dirty_roll_ratio else {
+            return false;
+        };
+        if self.active.len < DIRTY_ROLL_BYTES_MIN {
+            return false;
+        }
+        let Some(stats) = self.table.segments().last() else {
+            return false;
+        };
+        let dirty = stats.records > 0 && stats.dead() as f64 >= ratio * stats.records as f64;
+        dirty && self.active.len >= self.sealed.iter().map(|s| s.len).sum::<u64>()
     }
 
     /// Seals the active segment (trimmed to its data, synced) and starts a new one.

@@ -275,6 +275,9 @@ impl Shard {
             settings: LogSettings {
                 segment_bytes: config.offsets_topic_segment_bytes,
                 preallocate: config.log_preallocate,
+                dirty_roll_ratio: config
+                    .log_cleaner_enable
+                    .then_some(config.log_cleaner_min_cleanable_ratio),
             },
             read_buf: Vec::new(),
             batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
