@@ -377,6 +377,13 @@ fn a_corrupt_sealed_segment_is_quarantined_and_the_rest_is_compacted() {
     let engine = open_sim(&disk, &config).unwrap();
     let metadata = "q".repeat(3000);
     let mut model = Model::default();
+    // One key never committed again: the first segment of partition 0 keeps a live record,
+    // so the compactor must read it (a segment with none live is dropped unread).
+    let pinned = (0..)
+        .map(|i| format!("pinned-{i}"))
+        .find(|g| engine.partition_for(g) == 0)
+        .unwrap();
+    commit(&engine, &mut model, &pinned, 0, 7, &metadata, None);
     for round in 0..1400i64 {
         let g = group(round as u64 % GROUPS);
         commit(
@@ -715,6 +722,9 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
         "{after} bytes of log after {written} written"
     );
     assert!(sim_segments(&disk, 0).len() >= 2);
+    // Sealed segments whose every record was overwritten are dropped unread.
+    let metrics = engine.metrics().unwrap();
+    assert!(metrics[0].compaction.segments_dropped_unread > 0);
 
     disk.crash();
     drop(engine);

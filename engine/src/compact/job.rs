@@ -90,6 +90,8 @@ pub(crate) struct CompactionJob {
     tombstone_min_timestamp_ms: i64,
     /// Per record of the batch being copied: kept or not (reused; one lookup per record).
     kept_flags: Vec<bool>,
+    /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
+    records_dropped_unread: u64,
     /// Where the job is once every input is copied.
     phase: Phase,
 }
@@ -133,6 +135,12 @@ impl CompactionJob {
         // Left over by an abandoned job whose removal failed: never durable content.
         let _ = storage.remove_file(&output_path);
         let output = storage.open(&output_path, OpenMode::CreateNew)?;
+        let stats = &log.table().segments()[candidate.first..candidate.first + candidate.count];
+        let records_dropped_unread = if nothing_to_keep(stats) {
+            stats.iter().map(|s| s.records).sum()
+        } else {
+            0
+        };
         Ok(CompactionJob {
             partition: candidate.partition,
             first: candidate.first,
@@ -146,7 +154,12 @@ impl CompactionJob {
                 .collect(),
             end_offset,
             drop_tombstones_through_ms: candidate.drop_tombstones_through_ms,
-            input: 0,
+            // Nothing to keep: straight to the (empty) copy's sync and the swap.
+            input: if records_dropped_unread > 0 {
+                candidate.count
+            } else {
+                0
+            },
             input_file: None,
             input_position: 0,
             output: Some(output),
@@ -157,6 +170,7 @@ impl CompactionJob {
             tombstones_kept: 0,
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
             kept_flags: Vec::new(),
+            records_dropped_unread,
             phase: Phase::Copying,
         })
     }
@@ -471,6 +485,10 @@ impl CompactionJob {
         };
         ctx.log.replace_sealed(range, segment, stats);
         ctx.metrics.compactions += 1;
+        if self.records_dropped_unread > 0 {
+            ctx.metrics.records_dropped += self.records_dropped_unread;
+            ctx.metrics.segments_dropped_unread += self.inputs.len() as u64;
+        }
         // Wall clock, not the selection's time: an explicit compaction may run "as of"
         // another time.
         ctx.metrics.last_success_ms = crate::shard::wall_clock_ms();
@@ -504,6 +522,18 @@ impl CompactionJob {
         }
         let _ = storage.remove_file(&self.output_path);
     }
+}
+
+/// Whether segments with these stats hold no record a compaction would keep, so it can drop
+/// them without reading them: no live record (every value superseded or deleted; control,
+/// transactional, unknown and untracked group records always count live) and no tombstone
+/// (a tombstone counts dead but is kept while retained, see [`crate::log::liveness`]). A
+/// commit storm over a fixed key set leaves most of its sealed segments like this, and
+/// reading them only to drop every record cost the shard CPU the commits needed.
+fn nothing_to_keep(stats: &[SegmentStats]) -> bool {
+    stats
+        .iter()
+        .all(|s| s.live == 0 && s.tombstones == 0 && s.records > 0)
 }
 
 fn read_exact(

@@ -123,6 +123,9 @@ pub struct CompactionMetrics {
     pub tombstones_dropped: u64,
     /// Segments quarantined (unreadable or corrupt): skipped by the compactor from then on.
     pub segments_quarantined: u64,
+    /// Segments dropped without being read: their stats said no record in them was live
+    /// and none was a tombstone.
+    pub segments_dropped_unread: u64,
     /// Wall-clock time of the last finished compaction, ms since the Unix epoch (0: none yet).
     pub last_success_ms: i64,
 }
