@@ -14,5 +14,6 @@ pub mod segment;
 pub mod swap;
 
 pub use partition::{
-    DIRTY_ROLL_BYTES_MIN, LogSettings, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation,
+    DIRTY_ROLL_BYTES_MIN, LogSettings, PREALLOCATE_STEP_BYTES, PartitionLog, PartitionRecovery,
+    ReplayVisitor, Truncation,
 };
