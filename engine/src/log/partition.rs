@@ -16,7 +16,7 @@ const STAGED_BYTES_KEPT_MAX: usize = 256 * 1024;
 
 /// Smallest active segment rolled for being dirty ([`LogSettings::dirty_roll_ratio`]): the
 /// floor of the log's size per partition, and a bound on how often a partition rolls.
-pub const DIRTY_ROLL_BYTES_MIN: u64 = 4 * 1024 * 1024;
+pub const DIRTY_ROLL_BYTES_MIN: u64 = 16 * 1024 * 1024;
 
 /// With `log.preallocate`, how far past its data an active segment's file is reserved, in
 /// steps as appends reach the end (never past `segment_bytes`). Not the whole segment at
