@@ -17,7 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use coffer::cache::{OffsetCache, OffsetCacheReader, OffsetKey, OffsetValueRef};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 
 const GROUPS: usize = 1000;
 const TOPICS: usize = 2;
@@ -220,6 +221,37 @@ fn on_core<R>(core: usize, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// A `cache/reader_throughput` bench: lookups per second of wall time. Also reports the
+/// share of a core the reader thread got while measured (its CPU time over the wall time),
+/// which tells CPU starvation apart from slower lookups.
+fn wall_lookups(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    reader: &OffsetCacheReader,
+    k: &Keys,
+) {
+    let mut start = 0;
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (t0, c0) = (Instant::now(), thread_cpu_time());
+            for _ in 0..iters {
+                black_box(lookups(reader, k, &mut start));
+            }
+            let (dt, dc) = (t0.elapsed(), thread_cpu_time() - c0);
+            wall += dt;
+            cpu += dc;
+            dt
+        })
+    });
+    if !wall.is_zero() {
+        eprintln!(
+            "reader had {:.0} % of a core during {name}",
+            100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
+        );
+    }
+}
+
 /// One `cache/reader_cpu` bench.
 struct Case<'a> {
     name: &'static str,
@@ -355,20 +387,14 @@ fn bench_cache(c: &mut Criterion) {
     {
         let cache = filled(&k);
         let reader = cache.reader();
-        let mut start = 0;
-        group.bench_function("writer_idle", |b| {
-            b.iter(|| black_box(lookups(&reader, &k, &mut start)))
-        });
+        wall_lookups(&mut group, "writer_idle", &reader, &k);
         drop(cache);
     }
     {
         let cache = filled(&k);
         let reader = cache.reader();
         let writer = Writer::start(cache, k.clone(), WriterKeys::First4096, None);
-        let mut start = 0;
-        group.bench_function("writer_full_speed", |b| {
-            b.iter(|| black_box(lookups(&reader, &k, &mut start)))
-        });
+        wall_lookups(&mut group, "writer_full_speed", &reader, &k);
         writer.stop("writer_full_speed");
     }
     group.finish();
