@@ -25,6 +25,7 @@ pub mod error;
 mod events;
 pub mod format;
 pub mod group;
+mod hugepage;
 pub mod journal;
 pub mod log;
 mod offsets;
