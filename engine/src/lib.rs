@@ -25,7 +25,6 @@ pub mod error;
 mod events;
 pub mod format;
 pub mod group;
-mod hugepage;
 pub mod journal;
 pub mod log;
 mod offsets;

@@ -146,8 +146,6 @@ impl FingerprintIndex {
             "fingerprint index over FINGERPRINT_SLOTS_MAX"
         );
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
-        // A lookup probes a slot at a random place in the table.
-        crate::hugepage::back_with_huge_pages(&self.slots);
         self.len = 0;
         for slot in old.into_iter().filter(|s| s.fingerprint != EMPTY) {
             self.reinsert(slot);

@@ -85,12 +85,7 @@ impl<P: Copy + Default> TimerWheel<P> {
     pub fn reserve_ids(&mut self, ids: usize) {
         assert!(ids <= TIMER_IDS_MAX, "timer ids over TIMER_IDS_MAX");
         if self.entries.len() < ids {
-            let capacity = self.entries.capacity();
             self.entries.resize(ids, Entry::unarmed());
-            if self.entries.capacity() != capacity {
-                // A heartbeat reads one entry at a random place in the array.
-                crate::hugepage::back_with_huge_pages(&self.entries);
-            }
         }
     }
 
