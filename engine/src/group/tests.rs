@@ -1347,9 +1347,10 @@ fn restored_foreign_ids_are_placed_by_fingerprint() {
     assert!(h.coordinator.member_slots() <= 2 * count);
     for id in &ids {
         assert!(h.coordinator.takes_fast_path(GROUP, id), "{id}");
-        assert!(
+        assert_eq!(
             h.coordinator.indexed(GROUP, id),
-            "the index covers every foreign id"
+            !h.coordinator.at_hashed_handle(GROUP, id),
+            "the index holds the foreign ids not at their hashed handle: {id}"
         );
         assert_eq!(h.heartbeat(id, 4), Ok(()));
     }
