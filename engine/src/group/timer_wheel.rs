@@ -14,10 +14,11 @@
 //! a heartbeat touches one entry and no neighbours.
 //!
 //! What a heartbeat reads (deadline, period, whether armed, payload) is kept apart from the
-//! list links it never reads, in entries aligned to 32 bytes: with a 16-byte payload an
-//! entry is 32 bytes and lies in one cache line, two to a line. A heartbeat reads one entry
-//! at a random place, so the entry's size is the shard's footprint of randomly read memory
-//! per member (48 bytes, straddling two lines one time in two, with the links inside).
+//! list links it never reads: with a 16-byte payload an entry is 32 bytes, and ids `2k` and
+//! `2k + 1` share one 64-byte-aligned cache line. A heartbeat reads one entry at a random
+//! place, so the entry's size is the shard's footprint of randomly read memory per member
+//! (48 bytes, straddling two lines one time in two, with the links inside), and a caller
+//! that may find an id at either of a line's two entries reads one line for both.
 
 /// Slots in the wheel (a power of two).
 pub const SLOTS: usize = 8192;
@@ -34,9 +35,8 @@ const SLOT_MASK: u64 = SLOTS as u64 - 1;
 /// The `slot` of an entry with no deadline armed.
 const UNARMED: u32 = u32::MAX;
 
-/// What a heartbeat reads of an id (see the module docs for the alignment).
+/// What a heartbeat reads of an id.
 #[derive(Debug, Clone, Copy)]
-#[repr(align(32))]
 struct Entry<P> {
     deadline_ms: u64,
     /// The period of the last `schedule_in`, for `renew`.
@@ -62,6 +62,54 @@ impl<P: Default> Entry<P> {
     }
 }
 
+/// The entries of ids `2k` and `2k + 1`, in one cache line when `P` is at most 16 bytes.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct EntryPair<P>([Entry<P>; 2]);
+
+/// Entries by id, two to a cache line (see [`EntryPair`]).
+#[derive(Debug)]
+struct Entries<P>(Vec<EntryPair<P>>);
+
+impl<P: Copy + Default> Entries<P> {
+    /// Ids with an entry (always even).
+    fn len(&self) -> usize {
+        self.0.len() * 2
+    }
+
+    /// Unarmed entries for ids up to `ids` (rounded up to a pair).
+    fn resize(&mut self, ids: usize) {
+        let unarmed = Entry::unarmed();
+        self.0.resize(ids.div_ceil(2), EntryPair([unarmed; 2]));
+    }
+
+    #[inline]
+    fn get(&self, id: usize) -> Option<&Entry<P>> {
+        Some(&self.0.get(id >> 1)?.0[id & 1])
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: usize) -> Option<&mut Entry<P>> {
+        Some(&mut self.0.get_mut(id >> 1)?.0[id & 1])
+    }
+}
+
+impl<P> std::ops::Index<usize> for Entries<P> {
+    type Output = Entry<P>;
+
+    #[inline]
+    fn index(&self, id: usize) -> &Entry<P> {
+        &self.0[id >> 1].0[id & 1]
+    }
+}
+
+impl<P> std::ops::IndexMut<usize> for Entries<P> {
+    #[inline]
+    fn index_mut(&mut self, id: usize) -> &mut Entry<P> {
+        &mut self.0[id >> 1].0[id & 1]
+    }
+}
+
 /// An armed entry's neighbours in its slot's list (`NIL` at the ends and when unarmed).
 #[derive(Debug, Clone, Copy)]
 struct Links {
@@ -80,7 +128,7 @@ const UNLINKED: Links = Links {
 #[derive(Debug)]
 pub struct TimerWheel<P = ()> {
     heads: Vec<u32>,
-    entries: Vec<Entry<P>>,
+    entries: Entries<P>,
     /// By id, as `entries`; read and written only when an entry is linked or unlinked.
     links: Vec<Links>,
     /// The tick (`now_ms >> SLOT_SHIFT_MS`) from which expiry scans next.
@@ -89,14 +137,14 @@ pub struct TimerWheel<P = ()> {
 }
 
 impl<P: Copy + Default> TimerWheel<P> {
-    /// Bytes of one id's entry: with `P` up to 16 bytes, 32 (one cache line holds two).
-    pub const ENTRY_BYTES: usize = size_of::<Entry<P>>();
+    /// Bytes of one id's entry: with `P` up to 16 bytes, 32 (a cache line holds two).
+    pub const ENTRY_BYTES: usize = size_of::<EntryPair<P>>() / 2;
 
     /// An empty wheel whose clock starts at `now_ms`.
     pub fn new(now_ms: u64) -> TimerWheel<P> {
         TimerWheel {
             heads: vec![NIL; SLOTS],
-            entries: Vec::new(),
+            entries: Entries(Vec::new()),
             links: Vec::new(),
             cursor_tick: now_ms >> SLOT_SHIFT_MS,
             armed: 0,
@@ -117,8 +165,8 @@ impl<P: Copy + Default> TimerWheel<P> {
     pub fn reserve_ids(&mut self, ids: usize) {
         assert!(ids <= TIMER_IDS_MAX, "timer ids over TIMER_IDS_MAX");
         if self.entries.len() < ids {
-            self.entries.resize(ids, Entry::unarmed());
-            self.links.resize(ids, UNLINKED);
+            self.entries.resize(ids);
+            self.links.resize(self.entries.len(), UNLINKED);
         }
     }
 
@@ -369,10 +417,13 @@ mod tests {
     #[test]
     fn entries_with_a_16_byte_payload_take_half_a_cache_line() {
         assert_eq!(TimerWheel::<(u64, u32)>::ENTRY_BYTES, 32);
-        assert_eq!(align_of::<Entry<(u64, u32)>>(), 32);
         let mut wheel: TimerWheel<(u64, u32)> = TimerWheel::new(0);
         wheel.reserve_ids(3);
-        assert_eq!(wheel.entries.as_ptr().addr() % 32, 0);
+        assert_eq!(wheel.entries.len(), 4);
+        let line = |id: usize| (&raw const wheel.entries[id]).addr() / 64;
+        assert_eq!(line(0), line(1));
+        assert_eq!(line(2), line(3));
+        assert_ne!(line(1), line(2));
     }
 
     #[test]
