@@ -61,7 +61,8 @@ pub struct GroupCoordinator {
     member_count: usize,
     /// Session deadlines by member handle, each with the member's fingerprint and group.
     sessions: TimerWheel<SessionPayload>,
-    /// Fingerprint → handle of joined members whose id does not encode their handle.
+    /// Fingerprint → handle of joined members found neither at the handle their id encodes
+    /// nor on their hashed wheel line.
     foreign_ids: FingerprintIndex,
     /// Pending members (issued an id with `MEMBER_ID_REQUIRED`, not rejoined yet).
     pending_count: usize,

@@ -1338,14 +1338,15 @@ fn restored_foreign_ids_are_placed_by_fingerprint() {
     h.coordinator
         .load(GROUP, 0, Some(value), 1, h.now_ms)
         .unwrap();
-    // 1000 fingerprints into 2000 handles, two to a wheel line: about 9 in 10 find a free
-    // handle in their line.
+    // 1000 fingerprints into 2000 handles, two to a wheel line: about 7 in 8 find a free
+    // handle in their line (4 in 5 found their own handle free before the line neighbour
+    // was a candidate).
     let hashed = ids
         .iter()
         .filter(|id| h.coordinator.at_hashed_handle(GROUP, id))
         .count();
     assert!(
-        hashed > count * 85 / 100,
+        hashed > count * 8 / 10,
         "{hashed} of {count} at their hashed handle"
     );
     assert!(h.coordinator.member_slots() <= 2 * count);
