@@ -61,7 +61,8 @@ pub struct GroupCoordinator {
     member_count: usize,
     /// Session deadlines by member handle, each with the member's fingerprint and group.
     sessions: TimerWheel<SessionPayload>,
-    /// Fingerprint → handle of joined members whose id does not encode their handle.
+    /// Fingerprint → handle of joined members found neither at the handle their id encodes
+    /// nor on their hashed wheel line.
     foreign_ids: FingerprintIndex,
     /// Pending members (issued an id with `MEMBER_ID_REQUIRED`, not rejoined yet).
     pending_count: usize,
@@ -78,7 +79,8 @@ pub struct GroupCoordinator {
     restore_handle_limit: usize,
     /// Restored members whose id encodes no usable handle go to a handle derived from their
     /// fingerprint, below this bound (fixed by the first restore that expects members; 0:
-    /// none), so their heartbeats find them without the index.
+    /// none), or to the other handle of its session-wheel cache line, so their heartbeats
+    /// find them without the index.
     hashed_handle_range: u32,
 }
 
@@ -91,6 +93,9 @@ struct SessionPayload {
     /// The member's group handle.
     group: u32,
 }
+
+// A heartbeat reads one session entry at a random place: keep it within half a cache line.
+const _: () = assert!(TimerWheel::<SessionPayload>::ENTRY_BYTES == 32);
 
 impl GroupCoordinator {
     /// A coordinator with no groups; `member_id_seed` makes generated member ids differ
@@ -205,10 +210,18 @@ impl GroupCoordinator {
         (range > 0).then(|| ((u128::from(tag) * u128::from(range)) >> 64) as u32)
     }
 
+    /// Whether member `m` with fingerprint `tag` sits at its hashed handle or at that
+    /// handle's neighbour in the session wheel's cache line (`h ^ 1`; see
+    /// [`TimerWheel`]), where a heartbeat finds it reading one line.
+    fn at_hashed_line(&self, tag: u64, m: u32) -> bool {
+        self.hashed_handle(tag)
+            .is_some_and(|h| m == h || m == h ^ 1)
+    }
+
     /// A restored member goes to the first of `candidates` (the handle its id encodes, then
-    /// its hashed handle) whose slot is free and within the restore bound, so its heartbeats
-    /// take the fast path; else anywhere.
-    fn new_member_at(&mut self, member: Member, candidates: [Option<u32>; 2]) -> u32 {
+    /// its hashed handle and that handle's neighbour in its wheel line) whose slot is free
+    /// and within the restore bound, so its heartbeats take the fast path; else anywhere.
+    fn new_member_at(&mut self, member: Member, candidates: [Option<u32>; 3]) -> u32 {
         let free = |h: u32| {
             (h as usize) < self.restore_handle_limit
                 && self.members.get(h as usize).is_none_or(Option::is_none)
@@ -233,13 +246,14 @@ impl GroupCoordinator {
     }
 
     /// What the session wheel keeps next to member `m`'s deadline: its fingerprint and group.
-    /// A member whose id does not encode its handle is also indexed by that fingerprint, so
-    /// its heartbeats skip the maps too.
+    /// A member found neither at the handle its id encodes nor at its hashed line is also
+    /// indexed by that fingerprint, so its heartbeats skip the maps too. (Members found
+    /// without it stay out of the index: a small index stays in the CPU caches.)
     fn set_session_payload(&mut self, m: u32) {
         let member = self.member(m);
         let group = member.group;
         let tag = self.fingerprint(&self.group(group).id, &member.member_id);
-        if handle_in_member_id(&member.member_id) != Some(m) {
+        if handle_in_member_id(&member.member_id) != Some(m) && !self.at_hashed_line(tag, m) {
             self.foreign_ids.insert(tag, m);
         }
         self.sessions.set_payload(m, SessionPayload { tag, group });
@@ -1111,7 +1125,8 @@ impl GroupCoordinator {
     /// member (a different id or group would need a 64-bit fingerprint collision under a
     /// random seed). The handle comes from the id when this coordinator generated it (the
     /// UUID starts with it), else from the fingerprint: the hashed handle a restored member
-    /// was placed at when free, else the fingerprint index (ids made elsewhere, as after a
+    /// was placed at when free (or its neighbour in the same wheel cache line), else the
+    /// fingerprint index (ids made elsewhere, as after a
     /// migration from Kafka). Anything else (static members, unknown ids, a fingerprint two
     /// members share) takes the map path.
     #[inline]
@@ -1138,7 +1153,11 @@ impl GroupCoordinator {
         let (g, m) = decoded
             .filter(|(_, payload)| payload.tag == tag)
             .map(|(m, payload)| (payload.group, m))
-            .or_else(|| self.hashed_handle(tag).and_then(armed_with_tag))
+            .or_else(|| {
+                // The two handles of one wheel line: one cache miss for both.
+                let h = self.hashed_handle(tag)?;
+                armed_with_tag(h).or_else(|| armed_with_tag(h ^ 1))
+            })
             .or_else(|| self.foreign_ids.get(tag).and_then(armed_with_tag))?;
         debug_assert_eq!(
             self.handle_of(group_id)
@@ -1154,12 +1173,13 @@ impl GroupCoordinator {
         self.fast_member(group_id, member_id, None).is_some()
     }
 
-    /// Whether this member sits at its hashed handle (found without the index).
+    /// Whether this member sits at its hashed handle or that handle's line neighbour (found
+    /// without the index).
     #[cfg(test)]
     pub(crate) fn at_hashed_handle(&self, group_id: &str, member_id: &str) -> bool {
         let g = self.handle_of(group_id).expect("group");
         let m = self.validate_member(g, member_id, None).expect("member");
-        self.hashed_handle(self.fingerprint(group_id, member_id)) == Some(m)
+        self.at_hashed_line(self.fingerprint(group_id, member_id), m)
     }
 
     /// Whether this member's heartbeats find it through the fingerprint index.
@@ -1661,9 +1681,11 @@ impl GroupCoordinator {
             };
             let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
             let tag = self.fingerprint(group_id, &member.member_id);
+            let hashed = self.hashed_handle(tag);
             let candidates = [
                 handle_in_member_id(&member.member_id),
-                self.hashed_handle(tag),
+                hashed,
+                hashed.map(|h| h ^ 1),
             ];
             let m = self.new_member_at(member, candidates);
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);

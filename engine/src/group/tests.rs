@@ -1076,9 +1076,9 @@ fn restored_members_keep_the_fast_path_within_the_restore_bound() {
         );
     }
 
-    // Without the expectation (or beyond its bound) members are placed anywhere and are
-    // found through the fingerprint index; a record naming a huge handle does not grow the
-    // slab.
+    // A handle beyond the expectation's bound is not taken: the member goes to its hashed
+    // line when free (the fingerprint is seeded at random), else anywhere, found through
+    // the fingerprint index; a record naming a huge handle does not grow the slab.
     let mut unexpected = Harness::new();
     let mut value = record.value.unwrap();
     let far = "c-00ffffff-0000-0000-0000-000000000000".to_owned();
@@ -1089,7 +1089,10 @@ fn restored_members_keep_the_fast_path_within_the_restore_bound() {
         .load(GROUP, 0, Some(value), 1, 0)
         .unwrap();
     assert!(unexpected.coordinator.member_slots() <= 4);
-    assert!(unexpected.coordinator.indexed(GROUP, &far));
+    assert_ne!(
+        unexpected.coordinator.indexed(GROUP, &far),
+        unexpected.coordinator.at_hashed_handle(GROUP, &far)
+    );
     assert!(unexpected.coordinator.takes_fast_path(GROUP, &far));
     assert_eq!(unexpected.heartbeat(&far, 2), Ok(()));
 }
@@ -1335,21 +1338,24 @@ fn restored_foreign_ids_are_placed_by_fingerprint() {
     h.coordinator
         .load(GROUP, 0, Some(value), 1, h.now_ms)
         .unwrap();
-    // 1000 fingerprints into 2000 handles: about 4 in 5 find their slot free.
+    // 1000 fingerprints into 2000 handles, two to a wheel line: about 7 in 8 find a free
+    // handle in their line (4 in 5 found their own handle free before the line neighbour
+    // was a candidate).
     let hashed = ids
         .iter()
         .filter(|id| h.coordinator.at_hashed_handle(GROUP, id))
         .count();
     assert!(
-        hashed > count * 7 / 10,
+        hashed > count * 8 / 10,
         "{hashed} of {count} at their hashed handle"
     );
     assert!(h.coordinator.member_slots() <= 2 * count);
     for id in &ids {
         assert!(h.coordinator.takes_fast_path(GROUP, id), "{id}");
-        assert!(
+        assert_eq!(
             h.coordinator.indexed(GROUP, id),
-            "the index covers every foreign id"
+            !h.coordinator.at_hashed_handle(GROUP, id),
+            "the index holds the foreign ids not at their hashed handle: {id}"
         );
         assert_eq!(h.heartbeat(id, 4), Ok(()));
     }

@@ -12,6 +12,13 @@
 //! due, it moves it to the slot of its current deadline. So a member heartbeating every
 //! 3 s against a 45 s session is relinked about once per session, not on every heartbeat:
 //! a heartbeat touches one entry and no neighbours.
+//!
+//! What a heartbeat reads (deadline, period, whether armed, payload) is kept apart from the
+//! list links it never reads: with a 16-byte payload an entry is 32 bytes, and ids `2k` and
+//! `2k + 1` share one 64-byte-aligned cache line. A heartbeat reads one entry at a random
+//! place, so the entry's size is the shard's footprint of randomly read memory per member
+//! (48 bytes, straddling two lines one time in two, with the links inside), and a caller
+//! that may find an id at either of a line's two entries reads one line for both.
 
 /// Slots in the wheel (a power of two).
 pub const SLOTS: usize = 8192;
@@ -25,15 +32,17 @@ pub const TIMER_IDS_MAX: usize = 1 << 24;
 const NIL: u32 = u32::MAX;
 const SLOT_MASK: u64 = SLOTS as u64 - 1;
 
-#[derive(Debug, Clone, Copy, Default)]
+/// The `slot` of an entry with no deadline armed.
+const UNARMED: u32 = u32::MAX;
+
+/// What a heartbeat reads of an id.
+#[derive(Debug, Clone, Copy)]
 struct Entry<P> {
-    prev: u32,
-    next: u32,
-    slot: u32,
-    armed: bool,
+    deadline_ms: u64,
     /// The period of the last `schedule_in`, for `renew`.
     period_ms: u32,
-    deadline_ms: u64,
+    /// The slot whose list holds the entry, or `UNARMED`.
+    slot: u32,
     /// The caller's data for this id, on the same cache line as its deadline.
     payload: P,
 }
@@ -41,12 +50,77 @@ struct Entry<P> {
 impl<P: Default> Entry<P> {
     fn unarmed() -> Entry<P> {
         Entry {
-            prev: NIL,
-            next: NIL,
-            ..Entry::default()
+            deadline_ms: 0,
+            period_ms: 0,
+            slot: UNARMED,
+            payload: P::default(),
         }
     }
+
+    fn armed(&self) -> bool {
+        self.slot != UNARMED
+    }
 }
+
+/// The entries of ids `2k` and `2k + 1`, in one cache line when `P` is at most 16 bytes.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct EntryPair<P>([Entry<P>; 2]);
+
+/// Entries by id, two to a cache line (see [`EntryPair`]).
+#[derive(Debug)]
+struct Entries<P>(Vec<EntryPair<P>>);
+
+impl<P: Copy + Default> Entries<P> {
+    /// Ids with an entry (always even).
+    fn len(&self) -> usize {
+        self.0.len() * 2
+    }
+
+    /// Unarmed entries for ids up to `ids` (rounded up to a pair).
+    fn resize(&mut self, ids: usize) {
+        let unarmed = Entry::unarmed();
+        self.0.resize(ids.div_ceil(2), EntryPair([unarmed; 2]));
+    }
+
+    #[inline]
+    fn get(&self, id: usize) -> Option<&Entry<P>> {
+        Some(&self.0.get(id >> 1)?.0[id & 1])
+    }
+
+    #[inline]
+    fn get_mut(&mut self, id: usize) -> Option<&mut Entry<P>> {
+        Some(&mut self.0.get_mut(id >> 1)?.0[id & 1])
+    }
+}
+
+impl<P> std::ops::Index<usize> for Entries<P> {
+    type Output = Entry<P>;
+
+    #[inline]
+    fn index(&self, id: usize) -> &Entry<P> {
+        &self.0[id >> 1].0[id & 1]
+    }
+}
+
+impl<P> std::ops::IndexMut<usize> for Entries<P> {
+    #[inline]
+    fn index_mut(&mut self, id: usize) -> &mut Entry<P> {
+        &mut self.0[id >> 1].0[id & 1]
+    }
+}
+
+/// An armed entry's neighbours in its slot's list (`NIL` at the ends and when unarmed).
+#[derive(Debug, Clone, Copy)]
+struct Links {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Links = Links {
+    prev: NIL,
+    next: NIL,
+};
 
 /// A hashed timer wheel (see the module docs). Each id may carry a small `payload` stored
 /// next to its deadline: a caller that looks the payload up and renews the deadline touches
@@ -54,18 +128,24 @@ impl<P: Default> Entry<P> {
 #[derive(Debug)]
 pub struct TimerWheel<P = ()> {
     heads: Vec<u32>,
-    entries: Vec<Entry<P>>,
+    entries: Entries<P>,
+    /// By id, as `entries`; read and written only when an entry is linked or unlinked.
+    links: Vec<Links>,
     /// The tick (`now_ms >> SLOT_SHIFT_MS`) from which expiry scans next.
     cursor_tick: u64,
     armed: usize,
 }
 
 impl<P: Copy + Default> TimerWheel<P> {
+    /// Bytes of one id's entry: with `P` up to 16 bytes, 32 (a cache line holds two).
+    pub const ENTRY_BYTES: usize = size_of::<EntryPair<P>>() / 2;
+
     /// An empty wheel whose clock starts at `now_ms`.
     pub fn new(now_ms: u64) -> TimerWheel<P> {
         TimerWheel {
             heads: vec![NIL; SLOTS],
-            entries: Vec::new(),
+            entries: Entries(Vec::new()),
+            links: Vec::new(),
             cursor_tick: now_ms >> SLOT_SHIFT_MS,
             armed: 0,
         }
@@ -85,14 +165,15 @@ impl<P: Copy + Default> TimerWheel<P> {
     pub fn reserve_ids(&mut self, ids: usize) {
         assert!(ids <= TIMER_IDS_MAX, "timer ids over TIMER_IDS_MAX");
         if self.entries.len() < ids {
-            self.entries.resize(ids, Entry::unarmed());
+            self.entries.resize(ids);
+            self.links.resize(self.entries.len(), UNLINKED);
         }
     }
 
     /// The deadline armed for `id`, if any.
     pub fn deadline_ms(&self, id: u32) -> Option<u64> {
         let entry = self.entries.get(id as usize)?;
-        entry.armed.then_some(entry.deadline_ms)
+        entry.armed().then_some(entry.deadline_ms)
     }
 
     /// Arms (or moves) `id`'s deadline. O(1); no allocation once `reserve_ids` covered `id`.
@@ -101,14 +182,13 @@ impl<P: Copy + Default> TimerWheel<P> {
             self.reserve_ids(id as usize + 1);
         }
         let entry = &mut self.entries[id as usize];
-        if entry.armed && deadline_ms >= entry.deadline_ms {
+        if entry.armed() && deadline_ms >= entry.deadline_ms {
             // An extension (the heartbeat case): expiry relinks it lazily.
             entry.deadline_ms = deadline_ms;
             return;
         }
         let slot = self.slot_of(deadline_ms);
-        let entry = &self.entries[id as usize];
-        if entry.armed {
+        if self.entries[id as usize].armed() {
             self.unlink(id);
         } else {
             self.armed += 1;
@@ -127,7 +207,7 @@ impl<P: Copy + Default> TimerWheel<P> {
     #[inline]
     pub fn renew(&mut self, id: u32, now_ms: u64) -> bool {
         match self.entries.get_mut(id as usize) {
-            Some(entry) if entry.armed => {
+            Some(entry) if entry.armed() => {
                 let deadline_ms = now_ms + u64::from(entry.period_ms);
                 if deadline_ms >= entry.deadline_ms {
                     entry.deadline_ms = deadline_ms;
@@ -153,15 +233,16 @@ impl<P: Copy + Default> TimerWheel<P> {
     #[inline]
     pub fn armed_payload(&self, id: u32) -> Option<P> {
         let entry = self.entries.get(id as usize)?;
-        entry.armed.then_some(entry.payload)
+        entry.armed().then_some(entry.payload)
     }
 
     /// Disarms `id`'s deadline and clears its payload; returns whether one was armed.
     pub fn cancel(&mut self, id: u32) -> bool {
         match self.entries.get(id as usize) {
-            Some(entry) if entry.armed => {
+            Some(entry) if entry.armed() => {
                 self.unlink(id);
                 self.entries[id as usize] = Entry::unarmed();
+                self.links[id as usize] = UNLINKED;
                 self.armed -= 1;
                 true
             }
@@ -188,16 +269,15 @@ impl<P: Copy + Default> TimerWheel<P> {
             let mut id = self.heads[slot];
             while id != NIL {
                 let entry = self.entries[id as usize];
+                let next = self.links[id as usize].next;
                 if entry.deadline_ms <= now_ms {
                     if taken == budget {
                         return true;
                     }
                     self.unlink(id);
                     // Disarmed; period and payload stay for a re-arm.
-                    let expired_entry = &mut self.entries[id as usize];
-                    expired_entry.armed = false;
-                    expired_entry.prev = NIL;
-                    expired_entry.next = NIL;
+                    self.entries[id as usize].slot = UNARMED;
+                    self.links[id as usize] = UNLINKED;
                     self.armed -= 1;
                     expired.push(id);
                     taken += 1;
@@ -209,7 +289,7 @@ impl<P: Copy + Default> TimerWheel<P> {
                         self.link(id, due_slot, entry.deadline_ms);
                     }
                 }
-                id = entry.next;
+                id = next;
             }
             if self.cursor_tick == target_tick {
                 // Deadlines later in the current tick stay; this slot is scanned again.
@@ -228,32 +308,29 @@ impl<P: Copy + Default> TimerWheel<P> {
     fn link(&mut self, id: u32, slot: u32, deadline_ms: u64) {
         let head = self.heads[slot as usize];
         let entry = &mut self.entries[id as usize];
-        *entry = Entry {
+        entry.slot = slot;
+        entry.deadline_ms = deadline_ms;
+        self.links[id as usize] = Links {
             prev: NIL,
             next: head,
-            slot,
-            armed: true,
-            deadline_ms,
-            ..*entry
         };
         if head != NIL {
-            self.entries[head as usize].prev = id;
+            self.links[head as usize].prev = id;
         }
         self.heads[slot as usize] = id;
     }
 
     fn unlink(&mut self, id: u32) {
-        let Entry {
-            prev, next, slot, ..
-        } = self.entries[id as usize];
-        debug_assert!(self.entries[id as usize].armed);
+        let Links { prev, next } = self.links[id as usize];
+        let slot = self.entries[id as usize].slot;
+        debug_assert!(slot != UNARMED);
         if prev == NIL {
             self.heads[slot as usize] = next;
         } else {
-            self.entries[prev as usize].next = next;
+            self.links[prev as usize].next = next;
         }
         if next != NIL {
-            self.entries[next as usize].prev = prev;
+            self.links[next as usize].prev = prev;
         }
     }
 }
@@ -335,6 +412,18 @@ mod tests {
         assert!(wheel.cancel(3));
         wheel.schedule_in(3, 100, 100);
         assert_eq!(wheel.armed_payload(3), Some(0), "cleared by cancel");
+    }
+
+    #[test]
+    fn entries_with_a_16_byte_payload_take_half_a_cache_line() {
+        assert_eq!(TimerWheel::<(u64, u32)>::ENTRY_BYTES, 32);
+        let mut wheel: TimerWheel<(u64, u32)> = TimerWheel::new(0);
+        wheel.reserve_ids(3);
+        assert_eq!(wheel.entries.len(), 4);
+        let line = |id: usize| (&raw const wheel.entries[id]).addr() / 64;
+        assert_eq!(line(0), line(1));
+        assert_eq!(line(2), line(3));
+        assert_ne!(line(1), line(2));
     }
 
     #[test]
