@@ -308,10 +308,13 @@ fn reuse_file(
     } else {
         None
     };
-    let capacity_bytes = match resized {
-        Some(result) => {
-            result.and_then(|()| storage.sync(spare.file))?;
-            capacity_bytes
+    let capacity_bytes = match resized.map(|result| result.and_then(|()| storage.sync(spare.file)))
+    {
+        Some(Ok(())) => capacity_bytes,
+        Some(Err(error)) => {
+            // Left under its old name: its entries are all older than their checkpoint.
+            storage.close(spare.file);
+            return Err(error);
         }
         None => spare.capacity_bytes,
     };
