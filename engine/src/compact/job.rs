@@ -504,6 +504,12 @@ impl CompactionJob {
         StepOutcome::Quarantined { segment, reason }
     }
 
+    /// Whether the next step makes a blocking sync: every step once the inputs are copied
+    /// (the copy's sync, the swap's commit and its completion each sync once).
+    pub(crate) fn next_step_syncs(&self) -> bool {
+        self.input >= self.inputs.len()
+    }
+
     /// Whether the swap passed its commit point (then only recovery may finish it).
     pub(crate) fn is_committed(&self) -> bool {
         self.phase == Phase::Committed

@@ -178,7 +178,17 @@ impl Shard {
             if !earned_a_step || !self.maintenance.has_compaction_work() {
                 break;
             }
+            let syncs = self
+                .maintenance
+                .job
+                .as_ref()
+                .is_some_and(|job| job.next_step_syncs());
             self.compaction_step(super::wall_clock_ms());
+            if syncs {
+                // At most one blocking sync between two flushes: the commits waiting for the
+                // next flush wait behind one sync, not the swap's three back to back.
+                break;
+            }
         }
     }
 
