@@ -14,9 +14,10 @@
 //! The shard runs a step only when its inbox is empty, or, under sustained load, after a
 //! flush once the bytes committed since earned it ([`COMPACTION_READ_PER_BYTE_WRITTEN`]), at
 //! most [`COMPACTION_STEPS_PER_FLUSH_MAX`] steps (at most one of them a blocking sync), so
-//! commits wait behind a bounded amount of compaction. A segment the compactor cannot read or parse is quarantined: skipped
-//! from then on, counted, and reported as an [`EngineEvent`](crate::EngineEvent), while the
-//! rest of the shard's partitions go on being compacted.
+//! commits wait behind a bounded amount of compaction. A segment the compactor cannot read
+//! or parse is quarantined: skipped from then on, counted, and reported as an
+//! [`EngineEvent`](crate::EngineEvent), while the rest of the shard's partitions go on being
+//! compacted.
 
 pub(crate) mod job;
 pub mod retention;

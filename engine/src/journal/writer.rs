@@ -277,12 +277,12 @@ fn release_files(
 /// or the spare), so once the live data is large the journal adds at most half of it on
 /// disk; a small journal only means more frequent checkpoints (the segments' syncs, in the
 /// background).
-pub(crate) fn file_bytes_for(live_bytes: u64, min: u64, max: u64) -> u64 {
+fn file_bytes_for(live_bytes: u64, min: u64, max: u64) -> u64 {
     (live_bytes / JOURNAL_LIVE_BYTES_PER_FILE_BYTE).clamp(min, max)
 }
 
 /// The live bytes a shard holds per byte of one journal file (see [`file_bytes_for`]).
-pub(crate) const JOURNAL_LIVE_BYTES_PER_FILE_BYTE: u64 = 4;
+const JOURNAL_LIVE_BYTES_PER_FILE_BYTE: u64 = 4;
 
 /// Makes a checkpointed file the next current one: renamed to a newly drawn sequence (so
 /// its old entries, all older, are where recovery stops) and the name made durable before
@@ -301,22 +301,21 @@ fn reuse_file(
     capacity_bytes: u64,
     sequence: &FlushSequence,
 ) -> io::Result<JournalFile> {
-    let resized = if spare.capacity_bytes < capacity_bytes / 2 {
-        Some(storage.allocate(spare.file, capacity_bytes))
-    } else if spare.capacity_bytes > capacity_bytes.saturating_mul(2) {
-        Some(storage.set_len(spare.file, capacity_bytes))
-    } else {
-        None
-    };
-    let capacity_bytes = match resized.map(|result| result.and_then(|()| storage.sync(spare.file)))
-    {
-        Some(Ok(())) => capacity_bytes,
-        Some(Err(error)) => {
+    let too_small = spare.capacity_bytes < capacity_bytes / 2;
+    let capacity_bytes = if too_small || spare.capacity_bytes > capacity_bytes.saturating_mul(2) {
+        let resized = if too_small {
+            storage.allocate(spare.file, capacity_bytes)
+        } else {
+            storage.set_len(spare.file, capacity_bytes)
+        };
+        if let Err(error) = resized.and_then(|()| storage.sync(spare.file)) {
             // Left under its old name: its entries are all older than their checkpoint.
             storage.close(spare.file);
             return Err(error);
         }
-        None => spare.capacity_bytes,
+        capacity_bytes
+    } else {
+        spare.capacity_bytes
     };
     storage.close(spare.file);
     let path = dir.join(journal_file_name(sequence.next()));
