@@ -53,6 +53,15 @@ fn commit_round(
         .collect()
 }
 
+/// Asserts every group's committed offset of topic partition 0 is `expected`.
+fn assert_offsets<G: AsRef<str>>(engine: &Engine, groups: &[G], expected: Option<i64>) {
+    for group in groups {
+        let group = group.as_ref();
+        let found = fetch_one(engine, group, TOPIC, 0).unwrap();
+        assert_eq!(found, expected, "{group}");
+    }
+}
+
 fn journal_config(partitions: u32, shards: usize) -> coffer::Config {
     let mut config = test_config(SIM_DATA_DIR, partitions);
     config.fsync_scope = FsyncScope::Journal;
@@ -140,13 +149,7 @@ fn checkpoints_bound_the_journal_and_lose_nothing_they_removed() {
     drop(engine);
 
     let reopened = open_sim(&disk, &config).unwrap();
-    for group in &groups {
-        assert_eq!(
-            fetch_one(&reopened, group, TOPIC, 0).unwrap(),
-            Some(299),
-            "{group}"
-        );
-    }
+    assert_offsets(&reopened, &groups, Some(299));
     commit_one(&reopened, &groups[0], TOPIC, 0, 300).unwrap();
     reopened.close().unwrap();
     drop(reopened);
@@ -215,20 +218,8 @@ fn journal_files_follow_the_live_data_and_resizing_loses_nothing() {
     disk.crash();
     drop(engine);
     let reopened = open_sim(&disk, &config).unwrap();
-    for group in &few {
-        assert_eq!(
-            fetch_one(&reopened, group, TOPIC, 0).unwrap(),
-            Some(round - 1),
-            "{group}"
-        );
-    }
-    for group in &many {
-        assert_eq!(
-            fetch_one(&reopened, group, TOPIC, 0).unwrap(),
-            None,
-            "{group}"
-        );
-    }
+    assert_offsets(&reopened, &few, Some(round - 1));
+    assert_offsets(&reopened, &many, None);
 }
 
 /// A failed journal fdatasync fails every partition of that flush closed (nothing in it is
