@@ -215,6 +215,17 @@ impl Harness {
         self.coordinator.state(GROUP)
     }
 
+    /// The leader of a one-member group syncs with `assignment` for itself; its sync waits
+    /// for the generation's write, which is acknowledged. Returns the sync's answer.
+    fn sync_alone(&mut self, id: &str, generation_id: i32, assignment: &[u8]) -> SyncGroupResponse {
+        let Err(sync) = self.sync(sync_request(id, generation_id, &[(id, assignment)])) else {
+            panic!("leader sync waits for the write")
+        };
+        self.persist_all(Ok(()));
+        self.sync_reply(sync)
+            .expect("answered once the write is acknowledged")
+    }
+
     /// One member joined and synced: returns its id (generation 1, Stable).
     fn stable_single(&mut self) -> String {
         let (id, joined) = self.join_new(&["range"]);
@@ -223,11 +234,7 @@ impl Harness {
         };
         let response = self.join_reply(ticket).expect("join completes at once");
         assert_eq!(response.generation_id, 1);
-        let Err(sync) = self.sync(sync_request(&id, 1, &[(&id, b"a1")])) else {
-            panic!("leader sync waits for the write")
-        };
-        self.persist_all(Ok(()));
-        assert_eq!(self.sync_reply(sync).unwrap().assignment, b"a1");
+        assert_eq!(self.sync_alone(&id, 1, b"a1").assignment, b"a1");
         assert_eq!(self.state(), Some(GroupState::Stable));
         id
     }
@@ -478,11 +485,7 @@ fn static_member_rejoining_replaces_and_fences_the_old_id() {
     };
     let first = h.join_reply(ticket).unwrap();
     let old_id = first.member_id.clone();
-    let Err(sync) = h.sync(sync_request(&old_id, 1, &[(&old_id, b"asg")])) else {
-        panic!()
-    };
-    h.persist_all(Ok(()));
-    assert!(h.sync_reply(sync).is_some());
+    h.sync_alone(&old_id, 1, b"asg");
     // The same instance restarts and joins without its member id: no rebalance.
     let Joined::Now(replaced) = h.join(join_request("", Some("i-1"), &["range"])) else {
         panic!("a static member replacing itself in Stable is answered at once")
@@ -1116,11 +1119,7 @@ fn stable_long(h: &mut Harness) -> String {
         panic!()
     };
     assert_eq!(h.join_reply(t).unwrap().generation_id, 1);
-    let Err(sync) = h.sync(sync_request(&a, 1, &[(&a, b"a1")])) else {
-        panic!()
-    };
-    h.persist_all(Ok(()));
-    assert!(h.sync_reply(sync).is_some());
+    h.sync_alone(&a, 1, b"a1");
     a
 }
 
@@ -1396,11 +1395,7 @@ fn stable_static(h: &mut Harness) -> String {
         panic!()
     };
     let s = h.join_reply(t).unwrap().member_id;
-    let Err(sync) = h.sync(sync_request(&s, 1, &[(&s, b"s1")])) else {
-        panic!()
-    };
-    h.persist_all(Ok(()));
-    assert!(h.sync_reply(sync).is_some());
+    h.sync_alone(&s, 1, b"s1");
     s
 }
 
