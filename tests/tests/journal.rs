@@ -381,18 +381,68 @@ fn a_journal_file_that_cannot_be_replaced_is_kept() {
     );
 }
 
-/// Random sync failures while journal files fill and checkpoint: a failed journal sync, a
-/// failed checkpoint sync of a segment, each fails partitions closed and keeps journal files;
+/// A checkpoint first writes the staged batches of every partition the full journal file
+/// covers (one submission for them all), then syncs the segments. A write that fails there
+/// fails its partition closed and keeps the journal file for the next open: after a power
+/// cut every acknowledged commit is back, and the other partitions kept committing.
+#[test]
+fn a_failed_checkpoint_write_fails_its_partition_closed_and_loses_nothing() {
+    let disk = SimDisk::new(52);
+    let mut config = journal_config(16, 1);
+    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    // Journal files of ~168 KiB: they fill long before any partition stages the 64 KiB
+    // that a flush writes to its segment, so every segment write is a checkpoint's.
+    config.group_commit_bytes_max = coffer::config::GROUP_COMMIT_BYTES_MIN;
+    config.journal_file_bytes = config.journal_file_bytes_min();
+    let engine = open_sim(&disk, &config).unwrap();
+    let groups: Vec<String> = (0..64).map(|g| format!("group-{g}")).collect();
+    disk.fail_next_writes_to("log", 2);
+    let mut acked = std::collections::HashMap::new();
+    let mut refused = 0;
+    for round in 0..200i64 {
+        for (group, result) in commit_round(&engine, &groups, round, "m") {
+            match result {
+                Ok(()) => {
+                    acked.insert(group, round);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    let checkpoints = engine.metrics().unwrap()[0].journal_checkpoints;
+    assert!(checkpoints >= 3, "{checkpoints} checkpoints");
+    assert!(
+        refused > 0,
+        "the partitions whose checkpoint write failed refuse commits"
+    );
+    let still_committing = acked.values().filter(|&&round| round == 199).count();
+    assert!(
+        still_committing > groups.len() / 2,
+        "{still_committing} groups"
+    );
+    disk.crash();
+    drop(engine);
+
+    let reopened = open_sim(&disk, &config).unwrap();
+    for (group, last_acked) in &acked {
+        let found = fetch_one(&reopened, group, TOPIC, 0).unwrap();
+        assert_eq!(found, Some(*last_acked), "{group}");
+    }
+}
+
+/// Random sync failures, then write and sync failures, while journal files fill and
+/// checkpoint: a failed journal write or sync, a failed checkpoint write of a segment's staged
+/// batches or sync of the segment, each fails partitions closed and keeps journal files;
 /// after a power cut every acknowledged commit is there.
 #[test]
-fn sync_failures_during_checkpoints_then_a_power_cut_lose_no_acknowledged_commit() {
-    for seed in 40..44u64 {
+fn io_failures_during_checkpoints_then_a_power_cut_lose_no_acknowledged_commit() {
+    for seed in 40..48u64 {
         let disk = SimDisk::new(seed);
         let mut config = journal_config(8, 1);
         config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
         let engine = open_sim(&disk, &config).unwrap();
         disk.set_faults(coffer::storage::SimFaults {
-            write_error_one_in: 0,
+            write_error_one_in: if seed < 44 { 0 } else { 150 },
             sync_error_one_in: 150,
         });
         let metadata = "x".repeat(4000);

@@ -107,6 +107,10 @@ struct Args {
     /// Group members heartbeating (each alone in its group).
     #[arg(long, default_value_t = 3200)]
     heartbeat_members: usize,
+    /// Where the heartbeat thread runs: `committers` (pinned to the committers' core),
+    /// `shard` (pinned to shard 0's core) or `any` (not pinned).
+    #[arg(long, default_value = "committers")]
+    heartbeat_core: String,
 }
 
 /// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
@@ -386,10 +390,18 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                 )
             }));
         }
-        let heartbeater = (!members.is_empty()).then(|| {
+        let heartbeat_core = match args.heartbeat_core.as_str() {
+            "committers" => committer_core,
+            "shard" => cores.first().copied(),
+            _ => None,
+        };
+        let heartbeater = if members.is_empty() {
+            None
+        } else {
             let (engine, members) = (&engine, &members);
-            scope.spawn(move || {
-                if let Some(core) = committer_core {
+            let named = std::thread::Builder::new().name("heartbeater".into());
+            Some(named.spawn_scoped(scope, move || {
+                if let Some(core) = heartbeat_core {
                     core_affinity::set_for_current(core);
                 }
                 heartbeat::run(
@@ -399,17 +411,18 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                     measure_from,
                     stop_at,
                 )
-            })
-        });
+            })?)
+        };
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let before = engine.metrics()?;
         std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
         let after = engine.metrics()?;
         if let Some(heartbeater) = heartbeater {
             match heartbeater.join() {
-                Ok((answered, errors)) => println!(
-                    "heartbeats: {answered} answered in the measured window ({:.0}/s), {errors} errors",
-                    answered as f64 / args.duration
+                Ok((answered, errors, cpu_share)) => println!(
+                    "heartbeats: {answered} answered in the measured window ({:.0}/s), {errors} errors, heartbeat thread on CPU {:.1} % of its run",
+                    answered as f64 / args.duration,
+                    cpu_share * 100.0
                 ),
                 Err(_) => return Err("the heartbeat thread panicked".into()),
             }
@@ -512,7 +525,8 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<FloorOut> {
+/// The floors' key stream (every group, in order) and each group's offsets partition.
+fn floor_keys(args: &Args) -> (KeyStream, Vec<u32>) {
     let names = group_names(args.groups);
     let partitioner = GroupPartitioner::Kafka;
     let partition_of: Vec<u32> = names
@@ -520,7 +534,24 @@ fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<Flo
         .map(|n| partitioner.partition_for(n, args.offsets_partitions))
         .collect();
     let owned = (0..names.len()).collect();
-    let mut keys = KeyStream::new(names, owned, args);
+    (KeyStream::new(names, owned, args), partition_of)
+}
+
+/// A new floor file at `path`, preallocated to [`FLOOR_FILE_BYTES`] and synced.
+fn create_floor_file(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    preallocate(&file, FLOOR_FILE_BYTES)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<FloorOut> {
+    let (mut keys, partition_of) = floor_keys(args);
     let mut buffers = Vec::with_capacity(FLOOR_BUFFERS);
     for _ in 0..FLOOR_BUFFERS {
         let mut buffer = Vec::new();
@@ -530,14 +561,7 @@ fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<Flo
     let bytes_per_batch = buffers[0].len();
 
     let path = dir.join("floor.log");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
-    preallocate(&file, FLOOR_FILE_BYTES)?;
-    file.sync_all()?;
+    let file = create_floor_file(&path)?;
 
     let mut latency = histogram();
     let mut batches = 0u64;
@@ -581,6 +605,79 @@ fn run_floor(args: &Args, dir: &Path, records_per_batch: usize) -> BoxResult<Flo
         },
         batch_us: Percentiles::of(&latency),
     })
+}
+
+/// The latency floor of the open loop: an ideal group commit on the same disk. Requests are
+/// due on the schedule of `--rate`; each round writes every request due by then (up to
+/// `group_commit_bytes_max`, as the engine caps a flush) with one write + fdatasync, then
+/// acks them, each measured from its scheduled time as the engine's committers measure
+/// theirs. It has no queue, index, cache or checkpoint: what it shows is the disk's own
+/// tail at this rate.
+fn run_floor_open_loop(
+    args: &Args,
+    dir: &Path,
+    rate_per_s: f64,
+    bytes_per_request: usize,
+) -> BoxResult<OpenLoopFloorOut> {
+    let (mut keys, partition_of) = floor_keys(args);
+    let batch_bytes_max = Config::new(dir).group_commit_bytes_max;
+    let requests_per_batch_max = (batch_bytes_max / bytes_per_request.max(1)).max(1) as u64;
+    // Real encoded records, written as prefixes of the size each round needs.
+    let records = requests_per_batch_max as usize * args.partitions_per_request;
+    let mut buffer = Vec::new();
+    encode_floor_batch(&mut keys, &partition_of, records, &mut buffer);
+
+    let path = dir.join("floor-open-loop.log");
+    let file = create_floor_file(&path)?;
+
+    let mut latency = histogram();
+    let (mut written, mut batches, mut position) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let stop_at = measure_from + Duration::from_secs_f64(args.duration);
+    let scheduled = |n: u64| start + Duration::from_secs_f64(n as f64 / rate_per_s);
+    loop {
+        let now = Instant::now();
+        if now >= stop_at {
+            break;
+        }
+        let due = ((now - start).as_secs_f64() * rate_per_s) as u64;
+        if due <= written {
+            let nap = scheduled(written + 1).saturating_duration_since(now);
+            std::thread::sleep(nap.min(OPEN_LOOP_NAP));
+            continue;
+        }
+        let requests = (due - written).min(requests_per_batch_max);
+        let bytes = (requests as usize * bytes_per_request).min(buffer.len());
+        if position + bytes as u64 > FLOOR_FILE_BYTES {
+            position = 0;
+        }
+        file.write_all_at(&buffer[..bytes], position)?;
+        file.sync_data()?;
+        position += bytes as u64;
+        let done = Instant::now();
+        for n in written + 1..=written + requests {
+            let issued = scheduled(n);
+            if issued >= measure_from {
+                record_us(&mut latency, done - issued);
+            }
+        }
+        written += requests;
+        batches += u64::from(done >= measure_from);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(OpenLoopFloorOut {
+        bytes_per_request,
+        batches,
+        ack_us: Percentiles::of(&latency),
+    })
+}
+
+struct OpenLoopFloorOut {
+    bytes_per_request: usize,
+    batches: u64,
+    ack_us: Percentiles,
 }
 
 /// The heartbeat load: Stable one-member groups and a paced heartbeater.
@@ -650,15 +747,17 @@ mod heartbeat {
     }
 
     /// Sends `per_sec` heartbeats per second round robin over `members` until `stop_at`,
-    /// waiting for each step's answers; returns (answers in the measured window, errors).
+    /// waiting for each step's answers; returns (answers in the measured window, errors,
+    /// the thread's CPU time as a share of its wall time).
     pub fn run(
         engine: &Engine,
         members: &[(String, String)],
         per_sec: u64,
         measure_from: Instant,
         stop_at: Instant,
-    ) -> (u64, u64) {
+    ) -> (u64, u64, f64) {
         let started = Instant::now();
+        let cpu_started = thread_cpu_time();
         let (mut sent, mut answered, mut errors, mut next) = (0u64, 0u64, 0u64, 0usize);
         let mut pending = Vec::new();
         while Instant::now() < stop_at {
@@ -678,7 +777,23 @@ mod heartbeat {
             }
             std::thread::sleep(STEP);
         }
-        (answered, errors)
+        let cpu_share =
+            (thread_cpu_time() - cpu_started).as_secs_f64() / started.elapsed().as_secs_f64();
+        (answered, errors, cpu_share)
+    }
+
+    /// CPU time the calling thread has used (zero if the clock cannot be read).
+    fn thread_cpu_time() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a pointer to a timespec we own.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        if rc != 0 {
+            return Duration::ZERO;
+        }
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
     }
 }
 
@@ -745,6 +860,27 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
             .unwrap_or_else(|_| Err("the floor thread panicked".into()))
     })?;
 
+    // With --rate, the open loop's own floor too (same core, engine closed).
+    let bytes_per_request = if c.records > 0 {
+        (c.bytes as f64 / c.records as f64 * args.partitions_per_request as f64).round() as usize
+    } else {
+        0
+    };
+    let floor_open_loop = match args.rate {
+        Some(rate) if bytes_per_request > 0 => Some(std::thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                if let Some(core) = floor_core {
+                    core_affinity::set_for_current(core);
+                }
+                run_floor_open_loop(args, dir, rate, bytes_per_request)
+            });
+            handle
+                .join()
+                .unwrap_or_else(|_| Err("the open-loop floor thread panicked".into()))
+        })?),
+        _ => None,
+    };
+
     let secs = engine.seconds;
     let throughput_ratio = if floor.records_per_s > 0.0 {
         engine.partition_offsets_per_s / floor.records_per_s
@@ -798,10 +934,21 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         b.p50, b.p99, b.p999, b.max
     );
     println!("ratio engine ÷ floor: throughput {throughput_ratio:.3}, p99 {p99_ratio:.2}");
+    if let (Some(open), Some(rate)) = (&floor_open_loop, args.rate) {
+        let o = open.ack_us;
+        println!(
+            "open-loop floor at {rate:.0} requests/s ({} bytes each, {} batches): ack latency µs p50/p99/p99.9/max {} / {} / {} / {}",
+            open.bytes_per_request, open.batches, o.p50, o.p99, o.p999, o.max
+        );
+        println!(
+            "ratio engine ÷ open-loop floor: ack p99 {:.2}",
+            engine.ack_us.p99 as f64 / o.p99.max(1) as f64
+        );
+    }
 
     if let Some(path) = &args.json {
         let json = format!(
-            "{{\n  \"heartbeats_per_sec\": {},\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+            "{{\n  \"heartbeats_per_sec\": {},\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"floor_open_loop\": {},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
             args.heartbeats_per_sec,
             args.in_flight,
             args.rate
@@ -828,6 +975,14 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
             floor.batches,
             floor.records_per_s,
             floor.batch_us.json(),
+            floor_open_loop
+                .as_ref()
+                .map_or("null".to_string(), |open| format!(
+                    "{{\"bytes_per_request\": {}, \"batches\": {}, \"ack_us\": {}}}",
+                    open.bytes_per_request,
+                    open.batches,
+                    open.ack_us.json()
+                )),
             throughput_ratio,
             p99_ratio,
         );

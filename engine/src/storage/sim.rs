@@ -50,6 +50,8 @@ struct DiskState {
     rng: u64,
     faults: SimFaults,
     fail_next_writes: u32,
+    /// Writes to files of this extension that fail next, and how many.
+    fail_next_writes_to: Option<(String, u32)>,
     fail_next_syncs: u32,
     read_only: bool,
     /// How long each write stalls before it runs, like a disk that stopped answering.
@@ -82,7 +84,16 @@ impl DiskState {
         n != 0 && self.next_random().is_multiple_of(u64::from(n))
     }
 
-    fn write_fails(&mut self) -> bool {
+    fn write_fails(&mut self, path: &Path) -> bool {
+        if let Some((extension, left)) = &mut self.fail_next_writes_to
+            && path.extension().is_some_and(|e| e == extension.as_str())
+        {
+            *left -= 1;
+            if *left == 0 {
+                self.fail_next_writes_to = None;
+            }
+            return true;
+        }
         if self.fail_next_writes > 0 {
             self.fail_next_writes -= 1;
             return true;
@@ -197,6 +208,7 @@ impl SimDisk {
                 rng: seed,
                 faults: SimFaults::default(),
                 fail_next_writes: 0,
+                fail_next_writes_to: None,
                 fail_next_syncs: 0,
                 read_only: false,
                 write_stall: std::time::Duration::ZERO,
@@ -240,6 +252,12 @@ impl SimDisk {
     /// Fails the next `n` writes.
     pub fn fail_next_writes(&self, n: u32) {
         self.state().fail_next_writes = n;
+    }
+
+    /// Fails the next `n` writes to files whose extension is `extension` (say `"log"`: the
+    /// segments), whatever is written to other files meanwhile.
+    pub fn fail_next_writes_to(&self, extension: &str, n: u32) {
+        self.state().fail_next_writes_to = (n > 0).then(|| (extension.to_owned(), n));
     }
 
     /// Fails the next `n` syncs.
@@ -376,7 +394,7 @@ impl SimStorage {
         let path = self.path(file)?;
         let mut state = self.writable()?;
         state.writes += 1;
-        let fails = state.write_fails();
+        let fails = state.write_fails(&path);
         let keep = if fails {
             (state.next_random() % (bytes.len() as u64 + 1)) as usize
         } else {
