@@ -430,6 +430,52 @@ fn a_failed_checkpoint_write_fails_its_partition_closed_and_loses_nothing() {
     }
 }
 
+/// With a journal, a flush's commits are acknowledged once the journal is synced; their
+/// segments get the batches afterwards, 64 KiB at a time. A segment write that fails then
+/// fails its partition closed without touching what was acknowledged: after a power cut it
+/// is all back, from the journal files kept for the next open.
+#[test]
+fn a_segment_write_failing_after_the_ack_fails_its_partition_closed_and_loses_nothing() {
+    let disk = SimDisk::new(61);
+    let mut config = journal_config(2, 1);
+    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    let engine = open_sim(&disk, &config).unwrap();
+    // About 32 KB per partition per round: a partition's stage reaches 64 KiB every few.
+    let metadata = "x".repeat(4000);
+    let groups: Vec<String> = (0..16).map(|g| format!("group-{g}")).collect();
+    let mut acked = std::collections::HashMap::new();
+    let mut refused = 0;
+    for round in 0..300i64 {
+        if round == 20 {
+            disk.fail_next_writes_to("log", 1);
+        }
+        for (group, result) in commit_round(&engine, &groups, round, &metadata) {
+            match result {
+                Ok(()) => {
+                    acked.insert(group, round);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    let metrics = engine.metrics().unwrap();
+    assert!(metrics[0].journal_checkpoints >= 2, "the journal rotated");
+    assert!(
+        refused > 0,
+        "the partition whose segment write failed refuses commits"
+    );
+    let still_committing = acked.values().filter(|&&round| round == 299).count();
+    assert!(still_committing > 0, "the other partition kept committing");
+    disk.crash();
+    drop(engine);
+
+    let reopened = open_sim(&disk, &config).unwrap();
+    for (group, last_acked) in &acked {
+        let found = fetch_one(&reopened, group, TOPIC, 0).unwrap();
+        assert_eq!(found, Some(*last_acked), "{group}");
+    }
+}
+
 /// Random sync failures, then write and sync failures, while journal files fill and
 /// checkpoint: a failed journal write or sync, a failed checkpoint write of a segment's staged
 /// batches or sync of the segment, each fails partitions closed and keeps journal files;

@@ -621,6 +621,60 @@ impl Shard {
         ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
         self.metrics.flushes += 1;
         self.apply_and_ack(timestamp_ms);
+        if self.journal.is_some() {
+            self.write_full_stages();
+        }
+    }
+
+    /// With a journal, writes the staged batches of the partitions this flush placed whose
+    /// stage holds [`SEGMENT_WRITE_BYTES_MIN`] or more, in one storage submission, unsynced
+    /// (the checkpoint syncs them). Fewer, larger writes than one per flush; and after the
+    /// acks, because the journal already holds these batches durably: a segment write that
+    /// stalls (page cache, the filesystem's own journal) no longer holds a flush's commits.
+    /// A failed write fails its partition closed; its journal files are kept for the next
+    /// open, which redoes them.
+    fn write_full_stages(&mut self) {
+        let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
+        let mut writing = std::mem::take(&mut self.writing_partitions);
+        debug_assert!(ops.is_empty() && writing.is_empty());
+        let placed = &self.placed_partitions;
+        let stage = (SEGMENT_WRITE_BYTES_MIN, false);
+        stage_writes(&self.partitions, placed, stage, &mut ops, &mut writing);
+        if !ops.is_empty() {
+            self.storage.write_durable(&ops, &mut self.flush_results);
+        }
+        self.write_ops = recycle_ops(ops);
+        self.stages_written(&writing, "writing the segment: ");
+        for &partition in &writing {
+            let hosted = &mut self.partitions[partition as usize];
+            if hosted.failure.is_some()
+                && let Some(log) = hosted.log.take()
+            {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+        writing.clear();
+        self.writing_partitions = writing;
+    }
+
+    /// Takes the outcomes (in `flush_results`) of the stage writes of `writing`: a written
+    /// stage is done with; a failed write fails its partition closed (`context` prefixes the
+    /// reason). Never retried: the page cache may already have dropped the data, and
+    /// recovery reads the disk.
+    fn stages_written(&mut self, writing: &[u32], context: &str) {
+        let synced = self.journal.is_none() && self.fsync_scope == FsyncScope::File;
+        for (result, &partition) in self.flush_results.iter().zip(writing) {
+            let hosted = &mut self.partitions[partition as usize];
+            match result {
+                Ok(()) => {
+                    if let Some(log) = hosted.log.as_mut() {
+                        log.staged_written();
+                    }
+                    self.metrics.syncs += u64::from(synced);
+                }
+                Err(error) => hosted.failure = Some(format!("{context}{error}")),
+            }
+        }
     }
 
     /// Places each partition's batch (rolling segments as needed) and writes them all, with
@@ -647,27 +701,11 @@ impl Shard {
         let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
         let mut writing = std::mem::take(&mut self.writing_partitions);
         debug_assert!(ops.is_empty() && writing.is_empty());
-        // With a journal only its write is synced, and a segment gets its staged batches
-        // once they add up to SEGMENT_WRITE_BYTES_MIN (fewer, larger writes; the journal
-        // holds them durably meanwhile). Without one, every batch is written and synced.
-        let (sync_segments, segment_write_min) = match self.journal {
-            Some(_) => (false, SEGMENT_WRITE_BYTES_MIN),
-            None => (true, 0),
-        };
-        for &partition in &placed {
-            let Some(log) = self.partitions[partition as usize].log.as_ref() else {
-                continue;
-            };
-            let (file, position, bytes) = log.staged_write();
-            if !bytes.is_empty() && bytes.len() >= segment_write_min {
-                writing.push(partition);
-                ops.push(WriteOp {
-                    file,
-                    position,
-                    bytes,
-                    sync: sync_segments,
-                });
-            }
+        // With a journal only its write is in the flush: the segments get their staged
+        // batches after the acks (`write_full_stages`). Without one, every batch is written
+        // and synced here.
+        if self.journal.is_none() {
+            stage_writes(&self.partitions, &placed, (1, true), &mut ops, &mut writing);
         }
         if let Some(journal) = self.journal.as_ref() {
             ops.push(journal.write_op());
@@ -683,20 +721,7 @@ impl Shard {
         if self.fsync_scope == FsyncScope::Filesystem && !writing.is_empty() {
             self.metrics.syncs += 1;
         }
-        for (result, &partition) in self.flush_results.iter().zip(&writing) {
-            let hosted = &mut self.partitions[partition as usize];
-            match result {
-                Ok(()) => {
-                    if let Some(log) = hosted.log.as_mut() {
-                        log.staged_written();
-                    }
-                    self.metrics.syncs += u64::from(self.fsync_scope == FsyncScope::File);
-                }
-                // Never retry a failed write or fdatasync: the page cache may already have
-                // dropped the data. Fail the partition closed; recovery reads the disk.
-                Err(error) => hosted.failure = Some(format!("{error}")),
-            }
-        }
+        self.stages_written(&writing, "");
         writing.clear();
         self.writing_partitions = writing;
         for &partition in &placed {
@@ -869,6 +894,32 @@ impl Shard {
 /// Empties a flush's write ops and keeps their buffer for the next flush. The ops borrowed
 /// the flush's encoded batches; once cleared no borrow is left, and collecting the empty
 /// iterator into the `'static` element type reuses the allocation in place (same layout).
+/// Adds a write of each of `which` partitions' staged bytes when they hold at least
+/// `bytes_min` (synced when `sync`) to `ops`, and the partition to `writing`.
+fn stage_writes<'a>(
+    partitions: &'a [HostedPartition],
+    which: &[u32],
+    (bytes_min, sync): (usize, bool),
+    ops: &mut Vec<WriteOp<'a>>,
+    writing: &mut Vec<u32>,
+) {
+    for &partition in which {
+        let Some(log) = partitions[partition as usize].log.as_ref() else {
+            continue;
+        };
+        let (file, position, bytes) = log.staged_write();
+        if !bytes.is_empty() && bytes.len() >= bytes_min {
+            writing.push(partition);
+            ops.push(WriteOp {
+                file,
+                position,
+                bytes,
+                sync,
+            });
+        }
+    }
+}
+
 fn recycle_ops(mut ops: Vec<WriteOp<'_>>) -> Vec<WriteOp<'static>> {
     ops.clear();
     ops.into_iter()
