@@ -263,6 +263,33 @@ impl Default for OffsetCache {
     }
 }
 
+/// Updates to one (group, topic) of an [`OffsetCache`]: see
+/// [`OffsetCache::topic_writer`]. It holds the cache mutably, so the topic cannot be removed
+/// while it lives.
+pub struct TopicWriter<'c> {
+    cache: &'c mut OffsetCache,
+    topic: *const TopicNode,
+}
+
+impl TopicWriter<'_> {
+    /// [`OffsetCache::replace`] for `partition` of this writer's group and topic.
+    ///
+    /// # Errors
+    /// As for [`OffsetCache::upsert`].
+    pub fn replace(
+        &mut self,
+        partition: i32,
+        value: OffsetValueRef<'_>,
+        log_position: u64,
+    ) -> Result<Option<u64>> {
+        let p = self.cache.check_partition(partition)?;
+        // SAFETY: writer access (the cache is borrowed mutably); the topic is live, since
+        // only the writer removes topics and it is borrowed here.
+        self.cache.ensure_len(unsafe { &*self.topic }, p);
+        Ok(self.cache.replace_in(self.topic, p, value, log_position))
+    }
+}
+
 impl OffsetCache {
     /// An empty cache accepting partitions `0..DEFAULT_MAX_PARTITIONS`.
     pub fn new() -> Self {
@@ -355,7 +382,57 @@ impl OffsetCache {
     ) -> Result<Option<u64>> {
         let p = self.check_partition(key.partition)?;
         let topic = self.topic_for_insert(key.group, key.topic, p);
-        // SAFETY: writer access; `topic` is live.
+        Ok(self.replace_in(topic, p, value, log_position))
+    }
+
+    /// A writer for a run of updates to one (group, topic), found (or created) once: what
+    /// [`replace`](Self::replace) does per key, without its group and topic lookups. A flush
+    /// applies a request's partitions of one topic back to back, so most of its updates
+    /// take this path.
+    ///
+    /// # Errors
+    /// As for [`OffsetCache::upsert`], for `first_partition`.
+    ///
+    /// # Example
+    /// ```
+    /// use coffer::cache::{OffsetCache, OffsetValueRef};
+    /// let mut cache = OffsetCache::new();
+    /// let value = |offset| OffsetValueRef {
+    ///     offset,
+    ///     leader_epoch: 1,
+    ///     commit_timestamp_ms: 1_700_000_000_000,
+    ///     expire_timestamp_ms: -1,
+    ///     metadata: "",
+    /// };
+    /// let mut orders = cache.topic_writer("billing", "orders", 0)?;
+    /// for partition in 0..4 {
+    ///     orders.replace(partition, value(100 + i64::from(partition)), 7)?;
+    /// }
+    /// let reader = cache.reader();
+    /// assert_eq!(reader.get("billing", "orders", 3).map(|v| v.offset), Some(103));
+    /// # Ok::<(), coffer::Error>(())
+    /// ```
+    pub fn topic_writer(
+        &mut self,
+        group: &str,
+        topic: &str,
+        first_partition: i32,
+    ) -> Result<TopicWriter<'_>> {
+        let p = self.check_partition(first_partition)?;
+        let topic = self.topic_for_insert(group, topic, p);
+        Ok(TopicWriter { cache: self, topic })
+    }
+
+    /// The update of partition `p` of `topic` (live, and its array at least `p + 1` long):
+    /// the value it replaced's log position, if there was one.
+    fn replace_in(
+        &mut self,
+        topic: *const TopicNode,
+        p: usize,
+        value: OffsetValueRef<'_>,
+        log_position: u64,
+    ) -> Option<u64> {
+        // SAFETY: writer access; the caller's `topic` is live.
         let topic = unsafe { &*topic };
         // SAFETY: writer access.
         let parts = unsafe { topic.parts() };
@@ -372,9 +449,9 @@ impl OffsetCache {
         if !old.present {
             topic.set_live(topic.live() + 1);
             self.live_keys += 1;
-            return Ok(None);
+            return None;
         }
-        Ok(Some(old.log_position))
+        Some(old.log_position)
     }
 
     /// Removes `key` (a tombstone). Returns whether it was present.

@@ -81,6 +81,24 @@ fn insert_get_update_remove() {
 }
 
 #[test]
+fn a_topic_writer_refuses_invalid_partitions_and_keeps_what_it_wrote() {
+    let mut c = OffsetCache::with_max_partitions(8);
+    assert!(c.topic_writer("g", "t", -1).is_err());
+    assert!(c.topic_writer("g", "t", 8).is_err());
+    let mut writer = c.topic_writer("g", "t", 2).unwrap();
+    assert_eq!(writer.replace(2, val(1, ""), 10).unwrap(), None);
+    assert!(writer.replace(8, val(2, ""), 11).is_err());
+    assert!(writer.replace(-1, val(2, ""), 11).is_err());
+    // Past the array the first partition sized: it grows.
+    assert_eq!(writer.replace(7, val(3, "m"), 12).unwrap(), None);
+    assert_eq!(writer.replace(2, val(4, ""), 13).unwrap(), Some(10));
+    let r = c.reader();
+    assert_eq!(r.get("g", "t", 2).map(|v| v.offset), Some(4));
+    assert_eq!(r.get("g", "t", 7).map(|v| v.offset), Some(3));
+    assert_eq!(c.len(), 2);
+}
+
+#[test]
 fn invalid_partitions_are_errors_not_panics() {
     let mut c = OffsetCache::with_max_partitions(16);
     assert!(matches!(
@@ -159,6 +177,18 @@ enum Op {
     Remove(u8, u8, u8),
     Get(u8, u8, u8),
     Collect,
+    /// Upserts of partitions `p..p + n` of one (group, topic) through one
+    /// [`OffsetCache::topic_writer`]; offsets `o`, `o + 1`, ...
+    UpsertRun(u8, u8, u8, u8, i64, u8),
+}
+
+/// [`op`], and runs through a topic writer.
+fn op_or_run() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => op(),
+        2 => (0..24u8, 0..3u8, 0..40u8, 1..6u8, -1000..1000i64, 0..3u8)
+            .prop_map(|(g, t, p, n, o, m)| Op::UpsertRun(g, t, p, n, o, m)),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -178,7 +208,7 @@ const METAS: [&str; 3] = ["", "meta-a", "a longer metadata string, not inline"];
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn agrees_with_a_model_map(ops in proptest::collection::vec(op(), 1..400)) {
+    fn agrees_with_a_model_map(ops in proptest::collection::vec(op_or_run(), 1..400)) {
         let mut c = OffsetCache::new();
         let r = c.reader();
         let mut model: BTreeMap<(String, String, i32), (OffsetValue, u64)> = BTreeMap::new();
@@ -203,6 +233,16 @@ proptest! {
                 }
                 Op::Collect => {
                     c.collect();
+                }
+                Op::UpsertRun(g, t, p, n, o, m) => {
+                    let (g, t) = (format!("g{g}"), format!("t{t}"));
+                    let mut writer = c.topic_writer(&g, &t, p as i32).unwrap();
+                    for (k, partition) in (p as i32..).take(n as usize).enumerate() {
+                        let v = val(o + k as i64, METAS[m as usize]);
+                        let replaced = writer.replace(partition, v, i as u64).unwrap();
+                        let before = model.insert((g.clone(), t.clone(), partition), (v.to_owned_value(), i as u64));
+                        prop_assert_eq!(replaced, before.map(|b| b.1));
+                    }
                 }
             }
             prop_assert_eq!(c.len(), model.len());
@@ -350,7 +390,7 @@ fn apply_op(
             let (g, t) = (format!("g{g}"), format!("t{t}"));
             Some(apply(key(&g, &t, p as i32), None))
         }
-        Op::Get(..) | Op::Collect => None,
+        Op::Get(..) | Op::Collect | Op::UpsertRun(..) => None,
     }
 }
 

@@ -36,7 +36,9 @@ use crate::journal::{FlushSequence, JournalWriter};
 use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
-use group_commit::{CommitPool, GroupCommitBatch, PendingCommit, encode_partition_batch};
+use group_commit::{
+    CommitPool, GroupCommitBatch, PendingCommit, PendingOffset, encode_partition_batch,
+};
 use groups::{GroupReplay, ShardGroups};
 use maintenance::Maintenance;
 
@@ -792,33 +794,40 @@ impl Shard {
                 return;
             };
             let table = log.table_mut();
-            for (record_offset, (group, pending)) in (hosted.encoded_base_offset..).zip(latest) {
-                let key = OffsetKey {
-                    group,
-                    topic: &pending.topic,
-                    partition: pending.partition,
-                };
-                // Validation bounds the partition below the cache's limit, so neither call
+            let mut records = (hosted.encoded_base_offset..).zip(latest).peekable();
+            while let Some((record_offset, (group, pending))) = records.next() {
+                // Validation bounds the partition below the cache's limit, so no cache call
                 // can fail for a commit that got this far.
-                let replaced = if pending.tombstone {
+                if pending.tombstone {
                     *tombstones += 1;
                     table.mark_dead(record_offset);
                     table.note_tombstone(record_offset, timestamp_ms);
-                    cache.take(key)
-                } else {
-                    let value = OffsetValueRef {
-                        offset: pending.offset,
-                        leader_epoch: pending.leader_epoch.unwrap_or(-1),
-                        commit_timestamp_ms: timestamp_ms,
-                        expire_timestamp_ms: pending.expire_timestamp_ms,
-                        metadata: &pending.metadata,
+                    let key = OffsetKey {
+                        group,
+                        topic: &pending.topic,
+                        partition: pending.partition,
                     };
-                    cache.replace(key, value, record_offset as u64)
+                    note_replaced(table, dead_records_ref, cache.take(key));
+                    continue;
+                }
+                // The batch is sorted by group and topic: the run of this (group, topic)'s
+                // updates that follows shares one lookup.
+                let Ok(mut writer) = cache.topic_writer(group, &pending.topic, pending.partition)
+                else {
+                    debug_assert!(false, "a validated partition refused by the cache");
+                    continue;
                 };
-                debug_assert!(replaced.is_ok());
-                if let Ok(Some(old)) = replaced {
-                    table.mark_dead(old as i64);
-                    *dead_records_ref = true;
+                let value = |pending| offset_value(pending, timestamp_ms);
+                let replaced =
+                    writer.replace(pending.partition, value(pending), record_offset as u64);
+                note_replaced(table, dead_records_ref, replaced);
+                let same_topic = |(_, (next_group, next)): &(i64, (&str, &PendingOffset))| {
+                    !next.tombstone && *next_group == group && next.topic == pending.topic
+                };
+                while let Some((record_offset, (_, next))) = records.next_if(same_topic) {
+                    let replaced =
+                        writer.replace(next.partition, value(next), record_offset as u64);
+                    note_replaced(table, dead_records_ref, replaced);
                 }
             }
         });
@@ -894,6 +903,26 @@ impl Shard {
 /// Empties a flush's write ops and keeps their buffer for the next flush. The ops borrowed
 /// the flush's encoded batches; once cleared no borrow is left, and collecting the empty
 /// iterator into the `'static` element type reuses the allocation in place (same layout).
+/// The cache's value for a committed offset.
+fn offset_value(pending: &PendingOffset, commit_timestamp_ms: i64) -> OffsetValueRef<'_> {
+    OffsetValueRef {
+        offset: pending.offset,
+        leader_epoch: pending.leader_epoch.unwrap_or(-1),
+        commit_timestamp_ms,
+        expire_timestamp_ms: pending.expire_timestamp_ms,
+        metadata: &pending.metadata,
+    }
+}
+
+/// Accounts for a cache update: the record it replaced (if any) is now dead.
+fn note_replaced(table: &mut SegmentTable, dead_records: &mut bool, replaced: Result<Option<u64>>) {
+    debug_assert!(replaced.is_ok());
+    if let Ok(Some(old)) = replaced {
+        table.mark_dead(old as i64);
+        *dead_records = true;
+    }
+}
+
 /// Adds a write of each of `which` partitions' staged bytes when they hold at least
 /// `bytes_min` (synced when `sync`) to `ops`, and the partition to `writing`.
 fn stage_writes<'a>(
