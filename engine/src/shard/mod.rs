@@ -684,6 +684,9 @@ impl Shard {
     fn write_partitions(&mut self) {
         if self.journal.is_none() || self.prepare_journal() {
             self.write_placed();
+        } else {
+            // Nothing placed: the stage writes after the acks have nothing of this flush.
+            self.placed_partitions.clear();
         }
         self.advance_checkpoint(false);
         for &partition in &self.flush_partitions {
