@@ -123,6 +123,12 @@ pub struct Config {
     pub shards: usize,
     /// No Kafka name. Pin shard `i` to core `i % cores` (default true).
     pub pin_shards: bool,
+    /// No Kafka name. With `pin_shards`, the cores to pin to: shard `i` on
+    /// `shard_cores[i % len]`. Empty (the default): every core, in order. Lets a shard share
+    /// its core with its disk's completion interrupts, or keep clear of cores reserved for
+    /// other work (operations.md, "Interrupts and shard cores"). At most [`SHARDS_MAX`]
+    /// entries; each must be a core this process may run on, which `Engine::open` checks.
+    pub shard_cores: Vec<usize>,
     /// No Kafka name. How a group commit is made durable (default: the shard journal).
     pub fsync_scope: FsyncScope,
     /// No Kafka name. Largest shard journal file with `FsyncScope::Journal` (64 MiB): when
@@ -180,6 +186,7 @@ impl Config {
             group_partitioner: GroupPartitioner::Kafka,
             shards: std::thread::available_parallelism().map_or(1, usize::from),
             pin_shards: true,
+            shard_cores: Vec::new(),
             log_cleaner_enable: true,
             log_cleaner_min_cleanable_ratio: 0.5,
             log_cleaner_delete_retention_ms: 86_400_000,
@@ -237,6 +244,9 @@ impl Config {
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return fail(format!("shards must be in 1..={SHARDS_MAX}"));
+        }
+        if self.shard_cores.len() > SHARDS_MAX {
+            return fail(format!("shard_cores may list at most {SHARDS_MAX} cores"));
         }
         if self.request_queue_depth_max == 0 || self.request_queue_depth_max > 1 << 20 {
             return fail("request_queue_depth_max must be in 1..=1048576".into());

@@ -132,17 +132,13 @@ impl Engine {
         config: Config,
         make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
     ) -> Result<Engine> {
+        let cores = shard_cores(&config)?;
         let DataDir {
             dir_lock,
             journal_recovery,
             flush_sequence,
         } = open_data_dir(&config, make_storage)?;
         let storage_error = |e| Error::io("creating a storage", e);
-        let cores = if config.pin_shards {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
         // Enough pooled requests and completions for every queue to be full, plus a batch
         // being flushed behind each.
         let pooled = (2 * config.shards * config.request_queue_depth_max).min(COMMITS_POOLED_MAX);
@@ -780,6 +776,34 @@ fn committed(value: crate::cache::OffsetValueRef<'_>) -> CommittedOffset {
         commit_timestamp_ms: value.commit_timestamp_ms,
         expire_timestamp_ms: (value.expire_timestamp_ms >= 0).then_some(value.expire_timestamp_ms),
     }
+}
+
+/// The cores the shards are pinned to, in shard order (empty: not pinned). Refuses a
+/// `shard_cores` entry this process may not run on, before anything is opened.
+fn shard_cores(config: &Config) -> Result<Vec<core_affinity::CoreId>> {
+    if !config.pin_shards {
+        return Ok(Vec::new());
+    }
+    let available = core_affinity::get_core_ids().unwrap_or_default();
+    if config.shard_cores.is_empty() {
+        return Ok(available);
+    }
+    config
+        .shard_cores
+        .iter()
+        .map(|&id| {
+            available
+                .iter()
+                .find(|core| core.id == id)
+                .copied()
+                .ok_or_else(|| {
+                    Error::InvalidConfig(format!(
+                        "shard_cores lists core {id}, which this process may not run on                          (available: {:?})",
+                        available.iter().map(|core| core.id).collect::<Vec<_>>()
+                    ))
+                })
+        })
+        .collect()
 }
 
 pub(crate) fn validate_group(group_id: &str) -> Result<()> {

@@ -183,3 +183,31 @@ fn fetches_from_other_threads_see_acked_commits_and_never_go_back() {
         vec!["readers".to_owned()]
     );
 }
+
+/// `shard_cores` pins the shards to the listed cores: an engine opens and serves on the last
+/// core alone, and a core this process may not run on is refused at open, naming it, before
+/// the data directory is touched.
+#[test]
+fn shard_cores_choose_the_cores_and_refuse_unknown_ones() {
+    let available = core_affinity::get_core_ids().unwrap_or_default();
+    let Some(last) = available.last().map(|core| core.id) else {
+        return; // no affinity support here: nothing to pin to
+    };
+    let disk = SimDisk::new(71);
+    let mut config = test_config(SIM_DATA_DIR, 4);
+    config.shards = 2;
+    config.pin_shards = true;
+    config.shard_cores = vec![last];
+    let engine = open_sim(&disk, &config).unwrap();
+    commit_one(&engine, "pinned", "t", 0, 7).unwrap();
+    assert_eq!(fetch_one(&engine, "pinned", "t", 0).unwrap(), Some(7));
+    engine.close().unwrap();
+
+    let fresh = SimDisk::new(72);
+    config.shard_cores = vec![last, 1 << 20];
+    let refused = open_sim(&fresh, &config).err().map(|e| e.to_string());
+    let message = refused.unwrap_or_default();
+    assert!(message.contains("core 1048576"), "{message}");
+    assert_eq!(fresh.file_paths(), Vec::<std::path::PathBuf>::new());
+    assert_eq!(fresh.writes(), 0);
+}

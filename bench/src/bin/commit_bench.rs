@@ -60,9 +60,17 @@ struct Args {
     /// Committer threads (all pinned to the last core).
     #[arg(long, default_value_t = 1)]
     committers: usize,
-    /// Engine shards (shard i pinned to core i).
+    /// Engine shards (shard i pinned to core i, or to `--shard-cores`).
     #[arg(long, default_value_t = 1)]
     shards: usize,
+    /// Engine `shard_cores`: the cores the shards are pinned to, comma-separated (default:
+    /// every core, in order). The floors run on the first.
+    #[arg(long, value_delimiter = ',')]
+    shard_cores: Vec<usize>,
+    /// The core the committers (and by default the heartbeat thread) are pinned to
+    /// (default: the last core).
+    #[arg(long)]
+    committer_core: Option<usize>,
     /// Topic partitions per commit request.
     #[arg(long, default_value_t = 4)]
     partitions_per_request: usize,
@@ -342,10 +350,19 @@ struct EngineOut {
     engine_commit_us: Percentiles,
 }
 
+/// The first shard's core (where the floors run too).
+fn shard_core(args: &Args, cores: &[core_affinity::CoreId]) -> Option<core_affinity::CoreId> {
+    match args.shard_cores.first() {
+        Some(&id) => Some(core_affinity::CoreId { id }),
+        None => cores.first().copied(),
+    }
+}
+
 fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<EngineOut> {
     let mut config = Config::new(dir);
     config.shards = args.shards;
     config.pin_shards = true;
+    config.shard_cores = args.shard_cores.clone();
     config.offsets_topic_num_partitions = args.offsets_partitions;
     config.group_commit_linger_us = args.linger_us;
     config.fsync_scope = args.fsync_scope.parse()?;
@@ -360,7 +377,10 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
 
     let names = group_names(args.groups);
     let committers = args.committers.max(1);
-    let committer_core = cores.last().copied();
+    let committer_core = match args.committer_core {
+        Some(id) => Some(core_affinity::CoreId { id }),
+        None => cores.last().copied(),
+    };
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
@@ -392,7 +412,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         }
         let heartbeat_core = match args.heartbeat_core.as_str() {
             "committers" => committer_core,
-            "shard" => cores.first().copied(),
+            "shard" => shard_core(args, cores),
             _ => None,
         };
         let heartbeater = if members.is_empty() {
@@ -818,10 +838,15 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 
 fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()> {
     println!(
-        "commit_bench: {} committer(s) on core {:?}, {} shard(s) from core 0, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} heartbeats/s over {} members, {} s + {} s warmup, dir {}",
+        "commit_bench: {} committer(s) on core {:?}, {} shard(s) on cores {}, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} heartbeats/s over {} members, {} s + {} s warmup, dir {}",
         args.committers,
-        cores.last().map(|c| c.id),
+        args.committer_core.or(cores.last().map(|c| c.id)),
         args.shards,
+        if args.shard_cores.is_empty() {
+            "0, 1, ...".to_string()
+        } else {
+            format!("{:?}", args.shard_cores)
+        },
         args.in_flight,
         args.rate.map_or("closed loop".to_string(), |rate| format!(
             "open loop at {rate} requests/s"
@@ -847,7 +872,7 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
     let floor_records = (records_per_flush.round() as usize).max(1);
 
     // The floor runs on the shard's core, with the engine closed.
-    let floor_core = cores.first().copied();
+    let floor_core = shard_core(args, cores);
     let floor = std::thread::scope(|scope| {
         let handle = scope.spawn(|| {
             if let Some(core) = floor_core {
