@@ -196,14 +196,7 @@ impl Writer {
 
 /// CPU time the calling thread has used.
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and a pointer to a timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    coffer_bench::thread_cpu_time().expect("clock_gettime(CLOCK_THREAD_CPUTIME_ID)")
 }
 
 /// Runs `f` with the calling thread pinned to `core`, then restores its affinity.

@@ -1,5 +1,5 @@
-//! Pieces the benchmark binaries share: latency histograms, and collecting the acks of a
-//! window of commits kept in flight.
+//! Pieces the benchmark binaries share: latency histograms, collecting the acks of a
+//! window of commits kept in flight, and a thread's CPU time.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,6 +16,21 @@ pub const LATENCY_US_MAX: u64 = 60_000_000;
 /// An empty latency histogram (µs, 3 significant digits).
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("constant histogram bounds are valid")
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): time it was
+/// descheduled does not count, time it stalled on memory does.
+pub fn thread_cpu_time() -> std::io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// Records `elapsed` in µs, clamped into the histogram's range.

@@ -2,6 +2,7 @@
 //! survives power cuts, checkpoints bound it, failures fail the flush closed, and a partition
 //! written from two shards' journals recovers its latest writes.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use coffer::storage::SimDisk;
@@ -51,6 +52,40 @@ fn commit_round(
         .into_iter()
         .map(|(group, future)| (group, future.wait()))
         .collect()
+}
+
+/// `rounds` [`commit_round`]s, `before_round(round)` called before each: every group's last
+/// acknowledged round, and how many commits were refused.
+fn commit_rounds(
+    engine: &Engine,
+    groups: &[String],
+    rounds: i64,
+    metadata: &str,
+    mut before_round: impl FnMut(i64),
+) -> (HashMap<String, i64>, usize) {
+    let mut acked = HashMap::new();
+    let mut refused = 0;
+    for round in 0..rounds {
+        before_round(round);
+        for (group, result) in commit_round(engine, groups, round, metadata) {
+            match result {
+                Ok(()) => {
+                    acked.insert(group, round);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    (acked, refused)
+}
+
+/// Asserts every group in `acked` holds exactly its last acknowledged round at topic
+/// partition 0.
+fn assert_acked_exactly(engine: &Engine, acked: &HashMap<String, i64>) {
+    for (group, last_acked) in acked {
+        let found = fetch_one(engine, group, TOPIC, 0).unwrap();
+        assert_eq!(found, Some(*last_acked), "{group}");
+    }
 }
 
 /// Asserts every group's committed offset of topic partition 0 is `expected`.
@@ -397,18 +432,7 @@ fn a_failed_checkpoint_write_fails_its_partition_closed_and_loses_nothing() {
     let engine = open_sim(&disk, &config).unwrap();
     let groups: Vec<String> = (0..64).map(|g| format!("group-{g}")).collect();
     disk.fail_next_writes_to("log", 2);
-    let mut acked = std::collections::HashMap::new();
-    let mut refused = 0;
-    for round in 0..200i64 {
-        for (group, result) in commit_round(&engine, &groups, round, "m") {
-            match result {
-                Ok(()) => {
-                    acked.insert(group, round);
-                }
-                Err(_) => refused += 1,
-            }
-        }
-    }
+    let (acked, refused) = commit_rounds(&engine, &groups, 200, "m", |_| {});
     let checkpoints = engine.metrics().unwrap()[0].journal_checkpoints;
     assert!(checkpoints >= 3, "{checkpoints} checkpoints");
     assert!(
@@ -424,10 +448,7 @@ fn a_failed_checkpoint_write_fails_its_partition_closed_and_loses_nothing() {
     drop(engine);
 
     let reopened = open_sim(&disk, &config).unwrap();
-    for (group, last_acked) in &acked {
-        let found = fetch_one(&reopened, group, TOPIC, 0).unwrap();
-        assert_eq!(found, Some(*last_acked), "{group}");
-    }
+    assert_acked_exactly(&reopened, &acked);
 }
 
 /// With a journal, a flush's commits are acknowledged once the journal is synced; their
@@ -443,21 +464,11 @@ fn a_segment_write_failing_after_the_ack_fails_its_partition_closed_and_loses_no
     // About 32 KB per partition per round: a partition's stage reaches 64 KiB every few.
     let metadata = "x".repeat(4000);
     let groups: Vec<String> = (0..16).map(|g| format!("group-{g}")).collect();
-    let mut acked = std::collections::HashMap::new();
-    let mut refused = 0;
-    for round in 0..300i64 {
+    let (acked, refused) = commit_rounds(&engine, &groups, 300, &metadata, |round| {
         if round == 20 {
             disk.fail_next_writes_to("log", 1);
         }
-        for (group, result) in commit_round(&engine, &groups, round, &metadata) {
-            match result {
-                Ok(()) => {
-                    acked.insert(group, round);
-                }
-                Err(_) => refused += 1,
-            }
-        }
-    }
+    });
     let metrics = engine.metrics().unwrap();
     assert!(metrics[0].journal_checkpoints >= 2, "the journal rotated");
     assert!(
@@ -470,10 +481,7 @@ fn a_segment_write_failing_after_the_ack_fails_its_partition_closed_and_loses_no
     drop(engine);
 
     let reopened = open_sim(&disk, &config).unwrap();
-    for (group, last_acked) in &acked {
-        let found = fetch_one(&reopened, group, TOPIC, 0).unwrap();
-        assert_eq!(found, Some(*last_acked), "{group}");
-    }
+    assert_acked_exactly(&reopened, &acked);
 }
 
 /// Random sync failures, then write and sync failures, while journal files fill and
@@ -493,14 +501,7 @@ fn io_failures_during_checkpoints_then_a_power_cut_lose_no_acknowledged_commit()
         });
         let metadata = "x".repeat(4000);
         let groups: Vec<String> = (0..16).map(|g| format!("group-{g}")).collect();
-        let mut acked = std::collections::HashMap::new();
-        for round in 0..200i64 {
-            for (group, result) in commit_round(&engine, &groups, round, &metadata) {
-                if result.is_ok() {
-                    acked.insert(group, round);
-                }
-            }
-        }
+        let (acked, _refused) = commit_rounds(&engine, &groups, 200, &metadata, |_| {});
         let checkpoints: u64 = engine
             .metrics()
             .unwrap()

@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use coffer::format::{BatchParams, BatchWriter, OffsetCommitKey, OffsetCommitValue};
 use coffer::routing::GroupPartitioner;
 use coffer::{CommitFuture, Config, Engine, OffsetCommit, ShardMetrics};
@@ -115,10 +115,20 @@ struct Args {
     /// Group members heartbeating (each alone in its group).
     #[arg(long, default_value_t = 3200)]
     heartbeat_members: usize,
-    /// Where the heartbeat thread runs: `committers` (pinned to the committers' core),
-    /// `shard` (pinned to shard 0's core) or `any` (not pinned).
-    #[arg(long, default_value = "committers")]
-    heartbeat_core: String,
+    /// Where the heartbeat thread runs.
+    #[arg(long, value_enum, default_value_t = HeartbeatCore::Committers)]
+    heartbeat_core: HeartbeatCore,
+}
+
+/// Where the heartbeat thread runs.
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum HeartbeatCore {
+    /// Pinned to the committers' core.
+    Committers,
+    /// Pinned to the first shard's core.
+    Shard,
+    /// Not pinned.
+    Any,
 }
 
 /// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
@@ -410,10 +420,10 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                 )
             }));
         }
-        let heartbeat_core = match args.heartbeat_core.as_str() {
-            "committers" => committer_core,
-            "shard" => shard_core(args, cores),
-            _ => None,
+        let heartbeat_core = match args.heartbeat_core {
+            HeartbeatCore::Committers => committer_core,
+            HeartbeatCore::Shard => shard_core(args, cores),
+            HeartbeatCore::Any => None,
         };
         let heartbeater = if members.is_empty() {
             None
@@ -804,16 +814,7 @@ mod heartbeat {
 
     /// CPU time the calling thread has used (zero if the clock cannot be read).
     fn thread_cpu_time() -> Duration {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a pointer to a timespec we own.
-        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        if rc != 0 {
-            return Duration::ZERO;
-        }
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        coffer_bench::thread_cpu_time().unwrap_or_default()
     }
 }
 

@@ -710,7 +710,7 @@ impl Shard {
         // batches after the acks (`write_full_stages`). Without one, every batch is written
         // and synced here.
         if self.journal.is_none() {
-            stage_writes(&self.partitions, &placed, (1, true), &mut ops, &mut writing);
+            stage_writes(&self.partitions, &placed, (0, true), &mut ops, &mut writing);
         }
         if let Some(journal) = self.journal.as_ref() {
             ops.push(journal.write_op());
@@ -926,8 +926,8 @@ fn note_replaced(table: &mut SegmentTable, dead_records: &mut bool, replaced: Re
     }
 }
 
-/// Adds a write of each of `which` partitions' staged bytes when they hold at least
-/// `bytes_min` (synced when `sync`) to `ops`, and the partition to `writing`.
+/// Adds a write of each of `which` partitions' staged bytes when there are any and at least
+/// `bytes_min` of them (synced when `sync`) to `ops`, and the partition to `writing`.
 fn stage_writes<'a>(
     partitions: &'a [HostedPartition],
     which: &[u32],
