@@ -5,7 +5,8 @@
 //! simulates crashes (unsynced data lost or torn), the way TigerBeetle's `testing/storage.zig`
 //! does. The production implementation is [`UringStorage`]: control-path calls (open, list,
 //! truncate) are plain syscalls; the hot path, [`Storage::write_durable`], puts every
-//! partition's write and its `fdatasync` into one io_uring submission.
+//! partition's write and its `fdatasync` into one io_uring submission (a lone synced write,
+//! the journal's, is a `pwrite` + `fdatasync` on the calling thread).
 //!
 //! All paths given to a storage are absolute or relative to the process's working directory;
 //! the engine always passes paths under its data directory.
