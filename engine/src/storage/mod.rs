@@ -6,7 +6,7 @@
 //! does. The production implementation is [`UringStorage`]: control-path calls (open, list,
 //! truncate) are plain syscalls; the hot path, [`Storage::write_durable`], puts every
 //! partition's write and its `fdatasync` into one io_uring submission (a lone synced write,
-//! the journal's, is a `pwrite` + `fdatasync` on the calling thread).
+//! such as the journal's, is a `pwrite` + `fdatasync` on the calling thread).
 //!
 //! All paths given to a storage are absolute or relative to the process's working directory;
 //! the engine always passes paths under its data directory.
@@ -107,7 +107,9 @@ pub trait Storage: Send + 'static {
 }
 
 /// Most background syncs ([`Storage::start_background_sync`]) outstanding at once. Small on
-/// purpose: io_uring runs fsyncs on a bounded pool of kernel workers (a few per CPU), and a
-/// flush's journal sync queued behind a pool full of checkpoint syncs waited tens of
-/// milliseconds (flush p99.9 35 ms with 32 here, 5–7 ms with 4; benchmarks.md).
+/// purpose: when the journal's sync still went through io_uring's bounded pool of kernel
+/// workers, it queued behind a pool full of checkpoint syncs for tens of milliseconds (flush
+/// p99.9 35 ms with 32 here, 5–7 ms with 4; benchmarks.md). It now runs on the shard thread,
+/// but the checkpoint syncs still share the disk with it, and a few at a time are enough to
+/// finish a checkpoint long before the next journal file fills.
 pub const BACKGROUND_SYNCS_MAX: usize = 4;
