@@ -14,6 +14,7 @@ pub mod segment;
 pub mod swap;
 
 pub use partition::{
-    DIRTY_ROLL_BYTES_MIN, LogSettings, PREALLOCATE_STEP_BYTES, PartitionLog, PartitionRecovery,
-    ReplayVisitor, Truncation,
+    DIRTY_ROLL_BYTES_MIN, DIRTY_ROLL_BYTES_SCALED_MAX, DIRTY_ROLL_LIVE_MULTIPLE, LogSettings,
+    PREALLOCATE_STEP_BYTES, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation,
+    dirty_roll_bytes,
 };
