@@ -732,6 +732,57 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     }
 }
 
+/// The dirty roll waits for eight times the partition's live data: with about 0.8 MB live,
+/// an active segment past the 4 MiB floor does not roll yet (compacting it would rewrite a
+/// fifth of what was written), and it rolls once it holds 8 × the live bytes.
+#[test]
+fn the_dirty_roll_size_grows_with_the_live_data() {
+    const KEYS: i32 = 200;
+    const KEYS_PER_REQUEST: usize = 20;
+    let disk = SimDisk::new(10);
+    let mut config = config(1, true);
+    config.shards = 1;
+    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    let engine = open_sim(&disk, &config).unwrap();
+    let metadata = "l".repeat(4000);
+    let mut written = 0u64;
+    let mut round = 0i64;
+    let mut commit_until = |bytes: u64| {
+        while written < bytes {
+            let commits: Vec<OffsetCommit> = (0..KEYS)
+                .map(|partition| OffsetCommit {
+                    topic: TOPIC,
+                    partition,
+                    offset: round,
+                    leader_epoch: None,
+                    metadata: &metadata,
+                })
+                .collect();
+            for chunk in commits.chunks(KEYS_PER_REQUEST) {
+                engine.commit_offsets("wide", chunk).wait().unwrap();
+            }
+            written += KEYS as u64 * metadata.len() as u64;
+            round += 1;
+        }
+        (written, round)
+    };
+    let floor = coffer::log::DIRTY_ROLL_BYTES_MIN;
+    let (written, _) = commit_until(floor + floor / 4);
+    let segments = sim_segments(&disk, 0).len();
+    assert_eq!(
+        segments, 1,
+        "rolled at {written} bytes written, under 8 × the live data"
+    );
+    let live = KEYS as u64 * metadata.len() as u64;
+    let (written, round) = commit_until(coffer::log::DIRTY_ROLL_LIVE_MULTIPLE * live + floor / 2);
+    let segments = sim_segments(&disk, 0).len();
+    assert!(segments >= 2, "no roll after {written} bytes written");
+    let offsets = engine.fetch_all_offsets("wide").unwrap();
+    assert_eq!(offsets.len(), KEYS as usize);
+    assert!(offsets.iter().all(|o| o.committed.offset == round - 1));
+    engine.close().unwrap();
+}
+
 /// Sealed segments whose every record was overwritten are dropped without being read; the
 /// rest is read and compacted as before, and nothing live is lost.
 #[test]
