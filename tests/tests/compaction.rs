@@ -71,6 +71,26 @@ fn config(partitions: u32, cleaner: bool) -> Config {
     config
 }
 
+/// A commit of `offset` to partition 0 of [`TOPIC`].
+fn partition_zero(offset: i64, metadata: &str) -> OffsetCommit<'_> {
+    OffsetCommit {
+        topic: TOPIC,
+        partition: 0,
+        offset,
+        leader_epoch: None,
+        metadata,
+    }
+}
+
+/// One shard, one offsets partition, the compactor on, and segments far larger than a
+/// test writes: every roll is a dirty roll.
+fn storm_config() -> Config {
+    let mut config = config(1, true);
+    config.shards = 1;
+    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    config
+}
+
 /// Every group's offsets equal the model's.
 fn check(engine: &Engine, model: &Model, context: &str) {
     let groups = (0..GROUPS).map(group).chain(model.groups.iter().cloned());
@@ -680,9 +700,7 @@ fn deleting_and_expiring_a_very_large_group_works() {
 #[test]
 fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     let disk = SimDisk::new(8);
-    let mut config = config(1, true);
-    config.shards = 1;
-    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    let config = storm_config();
     let roll_bytes = coffer::log::DIRTY_ROLL_BYTES_MIN;
     let engine = open_sim(&disk, &config).unwrap();
     let metadata = "m".repeat(4000);
@@ -699,13 +717,7 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     while written < 4 * roll_bytes {
         let futures: Vec<_> = (0..GROUPS)
             .map(|g| {
-                let commit = OffsetCommit {
-                    topic: TOPIC,
-                    partition: 0,
-                    offset: round,
-                    leader_epoch: None,
-                    metadata: &metadata,
-                };
+                let commit = partition_zero(round, &metadata);
                 engine.commit_offsets(&group(g), &[commit])
             })
             .collect();
@@ -715,6 +727,13 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
         written += GROUPS * metadata.len() as u64;
         round += 1;
     }
+    let dirty_rolls: u64 = engine
+        .metrics()
+        .unwrap()
+        .iter()
+        .map(|m| m.dirty_rolls)
+        .sum();
+    assert!(dirty_rolls >= 2, "{dirty_rolls} dirty rolls");
     engine.compact(wall_ms()).unwrap();
     let after = log_bytes(&engine);
     assert!(
@@ -732,6 +751,59 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     }
 }
 
+/// A dirty roll runs after the acks of the flush that filled the segment, so a roll that
+/// fails (here the sealed segment's sync) fails the partition closed for the commits after
+/// it, never one already acknowledged; after a power cut and a reopen (which redoes the
+/// journal) every acknowledged commit is back and the partition takes commits again.
+#[test]
+fn a_failed_dirty_roll_fails_the_partition_closed_and_loses_no_acked_commit() {
+    let disk = SimDisk::new(12);
+    let mut config = storm_config();
+    // Default journal files: the first holds more than the 4 MiB before the first roll.
+    let defaults = Config::new(SIM_DATA_DIR);
+    config.group_commit_bytes_max = defaults.group_commit_bytes_max;
+    config.journal_file_bytes = defaults.journal_file_bytes;
+    let engine = open_sim(&disk, &config).unwrap();
+    // The first segment sync from now on is the first dirty roll's: checkpoints start only
+    // once the first journal file (at least 8 MiB) is full, after 4 MiB have rolled.
+    disk.fail_next_syncs_to("log", 1);
+    let metadata = "r".repeat(4000);
+    let mut acked: BTreeMap<u64, i64> = BTreeMap::new();
+    let mut refusal = None;
+    for round in 0..(4 * coffer::log::DIRTY_ROLL_BYTES_MIN / 4000) as i64 {
+        let g = round as u64 % GROUPS;
+        let commit = partition_zero(round, &metadata);
+        match engine.commit_offsets(&group(g), &[commit]).wait() {
+            Ok(()) => {
+                assert!(
+                    refusal.is_none(),
+                    "a commit acked after the partition failed"
+                );
+                acked.insert(g, round);
+            }
+            Err(error) => {
+                refusal = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the failed roll fails the partition");
+    assert!(refusal.contains("rolling a segment"), "{refusal}");
+    assert!(acked.len() as u64 == GROUPS, "{acked:?}");
+
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    for (&g, &offset) in &acked {
+        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
+        assert_eq!(found, Some(offset), "{}", group(g));
+    }
+    let commit = partition_zero(1_000_000, "");
+    engine.commit_offsets(&group(0), &[commit]).wait().unwrap();
+    let found = coffer_tests::fetch_one(&engine, &group(0), TOPIC, 0).unwrap();
+    assert_eq!(found, Some(1_000_000));
+}
+
 /// The dirty roll waits for eight times the partition's live data: with about 0.8 MB live,
 /// an active segment past the 4 MiB floor does not roll yet (compacting it would rewrite a
 /// fifth of what was written), and it rolls once it holds 8 × the live bytes.
@@ -740,9 +812,7 @@ fn the_dirty_roll_size_grows_with_the_live_data() {
     const KEYS: i32 = 200;
     const KEYS_PER_REQUEST: usize = 20;
     let disk = SimDisk::new(10);
-    let mut config = config(1, true);
-    config.shards = 1;
-    config.offsets_topic_segment_bytes = 256 * 1024 * 1024;
+    let config = storm_config();
     let engine = open_sim(&disk, &config).unwrap();
     let metadata = "l".repeat(4000);
     let mut written = 0u64;

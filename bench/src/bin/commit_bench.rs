@@ -357,6 +357,9 @@ struct EngineOut {
     ack_us: Percentiles,
     counters: Counters,
     flush_us: Percentiles,
+    /// Dirty rolls in the measured window, and their durations.
+    dirty_rolls: u64,
+    dirty_roll_us: Percentiles,
     engine_commit_us: Percentiles,
 }
 
@@ -482,6 +485,9 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         ack_us: Percentiles::of(&latency),
         counters: Counters::of(&after).minus(&Counters::of(&before)),
         flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
+        dirty_rolls: after.iter().map(|m| m.dirty_rolls).sum::<u64>()
+            - before.iter().map(|m| m.dirty_rolls).sum::<u64>(),
+        dirty_roll_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.dirty_roll_us)),
         engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
             &m.commit_latency_us
         })),
@@ -945,6 +951,15 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
     println!(
         "  flush latency µs p50/p99/p99.9/max   {} / {} / {} / {}",
         f.p50, f.p99, f.p999, f.max
+    );
+    let r = engine.dirty_roll_us;
+    println!(
+        "  dirty rolls {} ({:.1}/s), µs p50/p99/max   {} / {} / {}",
+        engine.dirty_rolls,
+        engine.dirty_rolls as f64 / secs,
+        r.p50,
+        r.p99,
+        r.max
     );
     println!(
         "floor: {} records ({} bytes) per pwrite + fdatasync, {} batches",

@@ -121,6 +121,7 @@ mod tests {
             segment_bytes: 100,
             preallocate: false,
             dirty_roll_ratio: None,
+            journaled: false,
         };
         let mut buf = Vec::new();
         let mut visit = |_: &crate::format::BatchView<'_>, _: u64, _: &mut _| Ok(());

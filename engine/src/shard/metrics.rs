@@ -37,6 +37,12 @@ pub struct ShardMetrics {
     pub syncs: u64,
     /// Journal checkpoints: segments synced and a new journal file started.
     pub journal_checkpoints: u64,
+    /// Active segments rolled early because they were dirty enough for the compactor
+    /// (after a flush's acks; rolls of a full segment are not counted).
+    pub dirty_rolls: u64,
+    /// Duration of each dirty roll (the sealed segment's sync, the next segment's
+    /// creation), in µs. The shard runs no flush meanwhile.
+    pub dirty_roll_us: Histogram<u64>,
     /// Requests waiting in the shard's inbox when the snapshot was taken.
     pub queue_depth: usize,
     /// Retired offset-cache memory (old metadata strings, replaced arrays and tables) not yet
@@ -87,6 +93,8 @@ impl ShardMetrics {
             bytes: 0,
             syncs: 0,
             journal_checkpoints: 0,
+            dirty_rolls: 0,
+            dirty_roll_us: histogram(),
             queue_depth: 0,
             cache_garbage_pending: 0,
             flush_latency_us: histogram(),

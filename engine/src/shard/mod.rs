@@ -280,6 +280,7 @@ impl Shard {
                 dirty_roll_ratio: config
                     .log_cleaner_enable
                     .then_some(config.log_cleaner_min_cleanable_ratio),
+                journaled: config.fsync_scope == FsyncScope::Journal,
             },
             read_buf: Vec::new(),
             batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
@@ -625,6 +626,41 @@ impl Shard {
         self.apply_and_ack(timestamp_ms);
         if self.journal.is_some() {
             self.write_full_stages();
+        }
+        self.roll_dirty_segments();
+    }
+
+    /// After the acks, rolls each partition this flush placed whose active segment is
+    /// dirty enough for the compactor ([`PartitionLog::roll_if_dirty`]): a roll syncs the
+    /// sealed segment and creates the next, and the flush's commits need neither. A failed
+    /// roll fails its partition closed (with the journal, what it acked is in the journal
+    /// files, kept for the next open).
+    fn roll_dirty_segments(&mut self) {
+        let mut rolled = false;
+        for &partition in &self.placed_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            let Some(log) = hosted.log.as_mut().filter(|log| log.wants_dirty_roll()) else {
+                continue;
+            };
+            let started = Instant::now();
+            match log.roll_if_dirty(self.storage.as_mut()) {
+                Ok(true) => {
+                    rolled = true;
+                    self.metrics.dirty_rolls += 1;
+                    let roll_us = started.elapsed().as_micros() as u64;
+                    ShardMetrics::record_latency(&mut self.metrics.dirty_roll_us, roll_us);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    hosted.failure = Some(format!("rolling a segment: {error}"));
+                    if let Some(log) = hosted.log.take() {
+                        log.abandon(self.storage.as_mut());
+                    }
+                }
+            }
+        }
+        if rolled {
+            self.maintenance.note_maybe_dirty();
         }
     }
 

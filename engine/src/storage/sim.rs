@@ -53,6 +53,8 @@ struct DiskState {
     /// Writes to files of this extension that fail next, and how many.
     fail_next_writes_to: Option<(String, u32)>,
     fail_next_syncs: u32,
+    /// File syncs of files of this extension that fail next, and how many.
+    fail_next_syncs_to: Option<(String, u32)>,
     read_only: bool,
     /// How long each write stalls before it runs, like a disk that stopped answering.
     write_stall: std::time::Duration,
@@ -105,7 +107,7 @@ impl DiskState {
     /// Makes `path`'s written data durable, unless an injected sync fault fails the call
     /// (`what` names it in the error).
     fn sync_file(&mut self, path: &Path, what: &str) -> io::Result<()> {
-        if self.sync_fails() {
+        if self.sync_of_fails(path) || self.sync_fails() {
             return Err(eio(what));
         }
         self.syncs += 1;
@@ -117,6 +119,21 @@ impl DiskState {
             _ => file.durable.clone_from(&file.data),
         }
         Ok(())
+    }
+
+    /// Whether a sync of `path` is one [`SimDisk::fail_next_syncs_to`] asked to fail.
+    fn sync_of_fails(&mut self, path: &Path) -> bool {
+        let Some((extension, left)) = &mut self.fail_next_syncs_to else {
+            return false;
+        };
+        if path.extension().is_none_or(|e| e != extension.as_str()) {
+            return false;
+        }
+        *left -= 1;
+        if *left == 0 {
+            self.fail_next_syncs_to = None;
+        }
+        true
     }
 
     fn sync_fails(&mut self) -> bool {
@@ -210,6 +227,7 @@ impl SimDisk {
                 fail_next_writes: 0,
                 fail_next_writes_to: None,
                 fail_next_syncs: 0,
+                fail_next_syncs_to: None,
                 read_only: false,
                 write_stall: std::time::Duration::ZERO,
                 generation: 0,
@@ -263,6 +281,12 @@ impl SimDisk {
     /// Fails the next `n` syncs.
     pub fn fail_next_syncs(&self, n: u32) {
         self.state().fail_next_syncs = n;
+    }
+
+    /// Fails the next `n` syncs of files whose extension is `extension` (say `"log"`: the
+    /// segments), whatever else is synced meanwhile.
+    pub fn fail_next_syncs_to(&self, extension: &str, n: u32) {
+        self.state().fail_next_syncs_to = (n > 0).then(|| (extension.to_owned(), n));
     }
 
     /// Makes every mutating call fail with `EROFS` (or stop doing so).
