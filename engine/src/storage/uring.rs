@@ -1,6 +1,7 @@
 //! [`UringStorage`]: the production [`Storage`], on the `io-uring` crate.
 //!
-//! Control-path calls are plain syscalls through `std::fs`. The group-commit path,
+//! Control-path calls are plain syscalls through `std::fs`, except the syncs, which call
+//! `fsync`/`fdatasync` once through `libc` (std retries them after EINTR). The group-commit path,
 //! [`Storage::write_durable`], makes a lone synced write (the shard journal's flush, or a
 //! one-partition flush without a journal) with `pwrite` + `fdatasync` on the calling thread.
 //! Several writes it pushes into one io_uring submission, each a buffered write linked
@@ -190,6 +191,36 @@ impl UringStorage {
     }
 }
 
+/// What [`sync_once`] makes durable.
+#[derive(Clone, Copy)]
+enum SyncKind {
+    /// `fdatasync`: the data and the metadata needed to read it back (the length).
+    Data,
+    /// `fsync`: the data and all metadata.
+    Full,
+    /// `fsync` of a directory: its entries.
+    Directory,
+}
+
+/// One `fdatasync` or `fsync` of `file`, never retried, not even after EINTR (which
+/// `File::sync_data` and `File::sync_all` retry): the kernel may have consumed a writeback
+/// error in the failed call, and a second call could then report success for lost data.
+/// The error names the call.
+fn sync_once(file: &File, kind: SyncKind) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: plain syscalls on an fd `file` keeps open for the call.
+    let (code, what) = match kind {
+        SyncKind::Data => (unsafe { libc::fdatasync(fd) }, "fdatasync"),
+        SyncKind::Full => (unsafe { libc::fsync(fd) }, "fsync"),
+        SyncKind::Directory => (unsafe { libc::fsync(fd) }, "directory fsync"),
+    };
+    if code == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    Err(io::Error::new(error.kind(), format!("{what}: {error}")))
+}
+
 impl UringStorage {
     /// One write and its `fdatasync` as plain syscalls on the calling thread: the journal's
     /// flush (or a one-partition flush without a journal). The ring would hand the sync to an io-wq worker (a sync cannot
@@ -204,15 +235,7 @@ impl UringStorage {
         if let Err(error) = file.write_all_at(op.bytes, op.position) {
             return Err(io::Error::new(error.kind(), format!("write: {error}")));
         }
-        // One `fdatasync`, never retried, not even after EINTR (which `File::sync_data`
-        // would retry): the kernel may have consumed a writeback error in the failed call,
-        // and a second call could then report success for lost data.
-        // SAFETY: plain syscall on an fd we own.
-        if unsafe { libc::fdatasync(file.as_raw_fd()) } == 0 {
-            return Ok(());
-        }
-        let error = io::Error::last_os_error();
-        Err(io::Error::new(error.kind(), format!("fdatasync: {error}")))
+        sync_once(file, SyncKind::Data)
     }
 
     /// `FsyncScope::Filesystem`: one `syncfs` after the flush's writes. Any error (the sync's
@@ -384,11 +407,11 @@ impl Storage for UringStorage {
     }
 
     fn sync(&mut self, file: FileId) -> io::Result<()> {
-        self.file(file)?.sync_all()
+        sync_once(self.file(file)?, SyncKind::Full)
     }
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        sync_once(&File::open(dir)?, SyncKind::Directory)
     }
 
     fn close(&mut self, file: FileId) {
@@ -566,6 +589,12 @@ mod tests {
             matches!(results.as_slice(), [Err(_), Err(_)]),
             "{results:?}"
         );
+        // The control path's sync (a roll's, a close's) reports it the same way.
+        let error = storage
+            .sync(null)
+            .expect_err("an fsync of /dev/null succeeded");
+        assert!(error.to_string().starts_with("fsync: "), "{error}");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
         // A file id that is not open is an error, not a panic, on the lone path too.
         storage.write_durable(&[op(closed, 0, b"x")], &mut results);
         assert!(matches!(results.as_slice(), [Err(_)]), "{results:?}");
