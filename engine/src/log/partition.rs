@@ -405,8 +405,7 @@ impl PartitionLog {
         storage: &mut dyn Storage,
         batch_bytes: usize,
     ) -> std::io::Result<(FileId, u64)> {
-        let end = self.active.len + batch_bytes as u64;
-        if self.active.len > 0 && end > self.settings.segment_bytes {
+        if self.rolls_before(batch_bytes) {
             self.roll(storage)?;
         }
         let end = self.active.len + batch_bytes as u64;
@@ -418,6 +417,12 @@ impl PartitionLog {
             self.reserved = reserve;
         }
         Ok((self.active.file, self.active.len))
+    }
+
+    /// Whether [`prepare_append`](Self::prepare_append) of `batch_bytes` rolls first (the
+    /// batch would take the active segment past `segment_bytes`).
+    pub fn rolls_before(&self, batch_bytes: usize) -> bool {
+        self.active.len > 0 && self.active.len + batch_bytes as u64 > self.settings.segment_bytes
     }
 
     /// Adds a batch placed by [`prepare_append`](Self::prepare_append) to the bytes not yet

@@ -638,6 +638,13 @@ impl Shard {
     fn roll_dirty_segments(&mut self) {
         let mut rolled = false;
         for &partition in &self.placed_partitions {
+            // Not while a checkpoint's background sync of this segment is in flight: the
+            // roll's `fsync` would share the file with it, and Linux reports a writeback
+            // error once per open file, so the roll could see success for lost pages. A
+            // dirty roll can wait for a later flush.
+            if self.checkpoint_syncing.contains(&partition) {
+                continue;
+            }
             let hosted = &mut self.partitions[partition as usize];
             let Some(log) = hosted.log.as_mut().filter(|log| log.wants_dirty_roll()) else {
                 continue;
@@ -718,6 +725,7 @@ impl Shard {
     /// Places each partition's batch (rolling segments as needed) and writes them all, with
     /// the journal's entries when there is a journal.
     fn write_partitions(&mut self) {
+        self.settle_syncs_before_full_rolls();
         if self.journal.is_none() || self.prepare_journal() {
             self.write_placed();
         } else {
@@ -732,6 +740,26 @@ impl Shard {
             {
                 log.abandon(self.storage.as_mut());
             }
+        }
+    }
+
+    /// A full segment rolls inside the flush (`prepare_append`), and its roll's `fsync`
+    /// must not share the file with a checkpoint's background sync still in flight (see
+    /// `roll_dirty_segments`): when a partition about to roll has one, waits for the
+    /// checkpoint's syncs and takes their outcomes first (a failed one fails the partition
+    /// closed, and this flush refuses its commits). Rare: a full segment during a checkpoint.
+    fn settle_syncs_before_full_rolls(&mut self) {
+        let partitions = &self.partitions;
+        let rolls_while_syncing = self.flush_partitions.iter().any(|&partition| {
+            let hosted = &partitions[partition as usize];
+            self.checkpoint_syncing.contains(&partition)
+                && hosted
+                    .log
+                    .as_ref()
+                    .is_some_and(|log| log.rolls_before(hosted.encoded.len()))
+        });
+        if rolls_while_syncing {
+            self.advance_checkpoint(true);
         }
     }
 
