@@ -725,8 +725,9 @@ impl Shard {
     /// Places each partition's batch (rolling segments as needed) and writes them all, with
     /// the journal's entries when there is a journal.
     fn write_partitions(&mut self) {
-        self.settle_syncs_before_full_rolls();
         if self.journal.is_none() || self.prepare_journal() {
+            // After the rotation, whose checkpoint may have just started syncs.
+            self.settle_syncs_before_full_rolls();
             self.write_placed();
         } else {
             // Nothing placed: the stage writes after the acks have nothing of this flush.

@@ -6,8 +6,12 @@
 //!
 //! * write errors (`EIO`), which may leave a random prefix of the write in the page cache;
 //! * sync errors (`EIO`), after which the unsynced bytes may or may not survive a crash —
-//!   Linux may already have dropped the dirty pages, so the engine must never retry and carry
-//!   on;
+//!   Linux marks the failed pages clean after a writeback error, so no later sync writes
+//!   them (unless they are written again) and a later sync of the same file reports success:
+//!   the engine must never retry and carry on, nor trust a sync that followed a failed one;
+//! * background syncs ([`Storage::start_background_sync`]) that run when started and report
+//!   at the third reap after (or at a waiting one), as a real one in flight would: the shard
+//!   reaps once or twice per flush, so one stays in flight into the next flush;
 //! * [`SimDisk::crash`]: every file reverts to its durable image plus a random subset of its
 //!   unsynced 4 KiB pages (torn writes), files created since their directory's last sync
 //!   vanish and files removed since then come back. Storages opened before the crash fail
@@ -21,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{FileId, OpenMode, Storage, WriteOp};
+
+/// Reaps that pass a finished background sync over before one reports it.
+const BACKGROUND_REAPS_PASSED_OVER: u8 = 2;
 
 /// The page size used to tear unsynced writes at a crash.
 const PAGE_BYTES: usize = 4096;
@@ -41,6 +48,10 @@ struct SimFile {
     /// Bytes of `data` written since the last sync, when its length has not changed: a
     /// sync copies only these (a journal file is synced after every small write).
     dirty: Option<std::ops::Range<usize>>,
+    /// Bytes a failed sync left unwritten. Linux marks such pages clean after a writeback
+    /// error, so no later sync of the file writes them, and that later sync reports success
+    /// (the error went to the failed call). Writing them again makes them dirty again.
+    lost: Vec<std::ops::Range<usize>>,
     /// Whether the file's directory entry survives a crash.
     entry_durable: bool,
 }
@@ -55,6 +66,8 @@ struct DiskState {
     fail_next_syncs: u32,
     /// File syncs of files of this extension that fail next, and how many.
     fail_next_syncs_to: Option<(String, u32)>,
+    /// Background syncs that fail next.
+    fail_next_background_syncs: u32,
     read_only: bool,
     /// How long each write stalls before it runs, like a disk that stopped answering.
     write_stall: std::time::Duration,
@@ -108,17 +121,48 @@ impl DiskState {
     /// (`what` names it in the error).
     fn sync_file(&mut self, path: &Path, what: &str) -> io::Result<()> {
         if self.sync_of_fails(path) || self.sync_fails() {
-            return Err(eio(what));
+            return Err(self.fail_sync(path, what));
         }
         self.syncs += 1;
         let file = self.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        // What the lost bytes read as on disk: their old durable bytes, zeros past them.
+        let kept: Vec<(std::ops::Range<usize>, Vec<u8>)> = file
+            .lost
+            .iter()
+            .map(|range| {
+                let mut bytes = vec![0u8; range.len()];
+                let old_end = range.end.min(file.durable.len());
+                if range.start < old_end {
+                    bytes[..old_end - range.start]
+                        .copy_from_slice(&file.durable[range.start..old_end]);
+                }
+                (range.clone(), bytes)
+            })
+            .collect();
         match file.dirty.take() {
             Some(range) if file.durable.len() == file.data.len() => {
                 file.durable[range.clone()].copy_from_slice(&file.data[range]);
             }
+            None if file.durable.len() == file.data.len() => {}
             _ => file.durable.clone_from(&file.data),
         }
+        for (range, bytes) in kept {
+            let end = range.end.min(file.durable.len());
+            if range.start < end {
+                file.durable[range.start..end].copy_from_slice(&bytes[..end - range.start]);
+            }
+        }
         Ok(())
+    }
+
+    /// A sync of `path` that fails: its dirty bytes are lost (see `SimFile::lost`).
+    fn fail_sync(&mut self, path: &Path, what: &str) -> io::Error {
+        if let Some(file) = self.files.get_mut(path)
+            && let Some(range) = file.dirty.take()
+        {
+            file.lost.push(range);
+        }
+        eio(what)
     }
 
     /// Whether a sync of `path` is one [`SimDisk::fail_next_syncs_to`] asked to fail.
@@ -182,6 +226,7 @@ impl DiskState {
                     data: image.clone(),
                     durable: image,
                     dirty: None,
+                    lost: Vec::new(),
                     entry_durable: true,
                 },
             );
@@ -228,6 +273,7 @@ impl SimDisk {
                 fail_next_writes_to: None,
                 fail_next_syncs: 0,
                 fail_next_syncs_to: None,
+                fail_next_background_syncs: 0,
                 read_only: false,
                 write_stall: std::time::Duration::ZERO,
                 generation: 0,
@@ -281,6 +327,12 @@ impl SimDisk {
     /// Fails the next `n` syncs.
     pub fn fail_next_syncs(&self, n: u32) {
         self.state().fail_next_syncs = n;
+    }
+
+    /// Fails the next `n` background syncs ([`Storage::start_background_sync`]: a journal
+    /// checkpoint's), whatever else is synced meanwhile.
+    pub fn fail_next_background_syncs(&self, n: u32) {
+        self.state().fail_next_background_syncs = n;
     }
 
     /// Fails the next `n` syncs of files whose extension is `extension` (say `"log"`: the
@@ -362,8 +414,9 @@ pub struct SimStorage {
     generation: u64,
     files: Vec<Option<PathBuf>>,
     lock: Option<(PathBuf, u64)>,
-    /// Background syncs started and not yet run: (file, token).
-    background: Vec<(PathBuf, u64)>,
+    /// Background syncs started and not yet reported: (token, outcome, how many reaps have
+    /// passed them over).
+    background: Vec<(u64, io::Result<()>, u8)>,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -431,6 +484,7 @@ impl SimStorage {
             grow_zeroed(&mut file.data, end);
         }
         file.data[start..end].copy_from_slice(&bytes[..keep]);
+        forget_lost(&mut file.lost, start..end);
         file.dirty = Some(match file.dirty.take() {
             Some(dirty) => dirty.start.min(start)..dirty.end.max(end),
             None => start..end,
@@ -569,6 +623,7 @@ impl Storage for SimStorage {
             grow_zeroed(&mut file.data, len as usize);
         } else {
             file.data.truncate(len as usize);
+            forget_lost(&mut file.lost, len as usize..usize::MAX);
         }
         // A length change is copied whole by the next sync.
         file.dirty = Some(0..file.data.len());
@@ -663,19 +718,29 @@ impl Storage for SimStorage {
             return Err(io::Error::other("too many background syncs"));
         }
         let path = self.path(file)?;
-        drop(self.live()?);
-        self.background.push((path, token));
+        let mut state = self.live()?;
+        let result = if state.fail_next_background_syncs > 0 {
+            state.fail_next_background_syncs -= 1;
+            Err(state.fail_sync(&path, "fdatasync"))
+        } else {
+            state.sync_file(&path, "fdatasync")
+        };
+        drop(state);
+        self.background.push((token, result, 0));
         Ok(())
     }
 
-    /// Background syncs run at the next reap, waiting or not: a crash before it loses them,
-    /// as it would lose a real one still in flight.
-    fn reap_background_syncs(&mut self, _wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
-        for (path, token) in std::mem::take(&mut self.background) {
-            let result = self
-                .live()
-                .and_then(|mut state| state.sync_file(&path, "fdatasync"));
-            done.push((token, result));
+    /// A background sync runs when started (its effect survives a crash from then on, as a
+    /// real one may have completed) and is reported by the third reap after that, or by a
+    /// waiting one: until then it is in flight, and the shard goes on with other work (the
+    /// rest of its flush and the next one's placing), as it does while a real one runs.
+    fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
+        for (token, result, passed_over) in std::mem::take(&mut self.background) {
+            if wait || passed_over >= BACKGROUND_REAPS_PASSED_OVER {
+                done.push((token, result));
+            } else {
+                self.background.push((token, result, passed_over + 1));
+            }
         }
     }
 
@@ -697,6 +762,24 @@ impl Storage for SimStorage {
 
 /// Zero-extends `data` to `len` bytes with one zeroed allocation and one copy (fast even
 /// in unoptimized test builds, where `resize` fills byte by byte).
+/// Takes `written` out of the lost ranges: those bytes are dirty again.
+fn forget_lost(lost: &mut Vec<std::ops::Range<usize>>, written: std::ops::Range<usize>) {
+    let mut kept = Vec::with_capacity(lost.len());
+    for range in lost.drain(..) {
+        if range.end <= written.start || range.start >= written.end {
+            kept.push(range);
+            continue;
+        }
+        if range.start < written.start {
+            kept.push(range.start..written.start);
+        }
+        if written.end < range.end {
+            kept.push(written.end..range.end);
+        }
+    }
+    *lost = kept;
+}
+
 fn grow_zeroed(data: &mut Vec<u8>, len: usize) {
     let mut grown = vec![0u8; len];
     grown[..data.len()].copy_from_slice(data);
@@ -739,6 +822,49 @@ mod tests {
         assert!(disk.file_bytes(Path::new("/d/unsynced")).is_none());
         // The storage of the crashed process is dead.
         assert!(storage.file_len(file).is_err());
+    }
+
+    fn durable_bytes(disk: &SimDisk, path: &Path) -> Vec<u8> {
+        disk.state().files[path].durable.clone()
+    }
+
+    #[test]
+    fn a_sync_after_a_failed_one_succeeds_without_the_lost_bytes_until_they_are_rewritten() {
+        let (disk, mut storage, file, path) = setup();
+        storage.write_at(file, 0, b"aaaa").unwrap();
+        storage.sync(file).unwrap();
+        storage.write_at(file, 4, b"bbbb").unwrap();
+        disk.fail_next_syncs(1);
+        assert!(storage.sync(file).is_err());
+        // The error went to the failed call: the next sync reports success, yet the pages
+        // it left are not written (Linux marked them clean).
+        storage.write_at(file, 0, b"AA").unwrap();
+        storage.sync(file).unwrap();
+        assert_eq!(durable_bytes(&disk, &path), b"AAaa\0\0\0\0");
+        assert_eq!(disk.file_bytes(&path).unwrap(), b"AAaabbbb");
+        // Written again, they are dirty again and the next sync writes them.
+        storage.write_at(file, 5, b"B").unwrap();
+        storage.sync(file).unwrap();
+        assert_eq!(durable_bytes(&disk, &path), b"AAaa\0B\0\0");
+    }
+
+    #[test]
+    fn a_background_sync_is_in_flight_until_the_third_reap_or_a_waiting_one() {
+        let (disk, mut storage, file, path) = setup();
+        let mut done = Vec::new();
+        storage.write_at(file, 0, b"x").unwrap();
+        storage.start_background_sync(file, 7).unwrap();
+        // It ran when started: its effect is durable already.
+        assert_eq!(durable_bytes(&disk, &path), b"x");
+        storage.reap_background_syncs(false, &mut done);
+        storage.reap_background_syncs(false, &mut done);
+        assert!(done.is_empty(), "reported by the first or second reap");
+        storage.reap_background_syncs(false, &mut done);
+        assert!(matches!(done.as_slice(), [(7, Ok(()))]), "{done:?}");
+        done.clear();
+        storage.start_background_sync(file, 8).unwrap();
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(8, Ok(()))]), "{done:?}");
     }
 
     #[test]
