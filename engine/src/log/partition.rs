@@ -603,15 +603,23 @@ fn create_segment(
 ) -> std::io::Result<ActiveSegment> {
     let path = dir.join(segment_file_name(base_offset));
     let file = storage.open(&path, OpenMode::CreateNew)?;
-    if settings.preallocate {
-        storage.allocate(file, settings.reserve_for(0))?;
+    let prepared = (|| {
+        if settings.preallocate {
+            storage.allocate(file, settings.reserve_for(0))?;
+        }
+        if !settings.journaled {
+            storage.sync(file)?;
+        }
+        // The name is durable before any journal entry names it (redo refuses an entry for
+        // a segment newer than any on disk).
+        storage.sync_dir(dir)
+    })();
+    if let Err(error) = prepared {
+        // The partition fails closed; the file is left for the next open (empty, it reads as
+        // an empty active segment), its handle is not.
+        storage.close(file);
+        return Err(error);
     }
-    if !settings.journaled {
-        storage.sync(file)?;
-    }
-    // The name is durable before any journal entry names it (redo refuses an entry for a
-    // segment newer than any on disk).
-    storage.sync_dir(dir)?;
     Ok(ActiveSegment {
         base_offset,
         path,
