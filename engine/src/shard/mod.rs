@@ -401,6 +401,12 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        // Closing syncs the segment: not while a checkpoint's sync of it is in flight (see
+        // `roll_dirty_segments`). Waiting takes its outcome first; a failed one fails the
+        // partition closed, and `unload_refusal` then keeps it here.
+        if self.checkpoint_syncing.contains(&partition) {
+            self.advance_checkpoint(true);
+        }
         if let Some(refused) = self.unload_refusal(partition) {
             return Err(refused);
         }

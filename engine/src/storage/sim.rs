@@ -9,9 +9,10 @@
 //!   Linux marks the failed pages clean after a writeback error, so no later sync writes
 //!   them (unless they are written again) and a later sync of the same file reports success:
 //!   the engine must never retry and carry on, nor trust a sync that followed a failed one;
-//! * background syncs ([`Storage::start_background_sync`]) that run when started and report
-//!   at the third reap after (or at a waiting one), as a real one in flight would: the shard
-//!   reaps once or twice per flush, so one stays in flight into the next flush;
+//! * background syncs ([`Storage::start_background_sync`]) in flight until the third reap
+//!   after their start (or a waiting one), as a real one would be: the shard reaps once or
+//!   twice per flush, so one stays in flight into the next flush. A failing one fails at its
+//!   start, a succeeding one takes effect when reported;
 //! * [`SimDisk::crash`]: every file reverts to its durable image plus a random subset of its
 //!   unsynced 4 KiB pages (torn writes), files created since their directory's last sync
 //!   vanish and files removed since then come back. Storages opened before the crash fail
@@ -123,6 +124,12 @@ impl DiskState {
         if self.sync_of_fails(path) || self.sync_fails() {
             return Err(self.fail_sync(path, what));
         }
+        self.persist(path)
+    }
+
+    /// The successful part of a sync: `path`'s written bytes (less the lost ones) become its
+    /// durable image.
+    fn persist(&mut self, path: &Path) -> io::Result<()> {
         self.syncs += 1;
         let file = self.files.get_mut(path).ok_or_else(|| not_found(path))?;
         // What the lost bytes read as on disk: their old durable bytes, zeros past them.
@@ -407,6 +414,18 @@ impl SimDisk {
     }
 }
 
+/// A background sync in flight in a [`SimStorage`].
+#[derive(Debug)]
+struct BackgroundSync {
+    token: u64,
+    path: PathBuf,
+    /// Decided when started: a failure is reported to this sync, and its pages are lost
+    /// from then on (a later sync of the file does not write them).
+    failure: Option<io::Error>,
+    /// Reaps that passed it over.
+    passed_over: u8,
+}
+
 /// A [`Storage`] over a [`SimDisk`].
 #[derive(Debug)]
 pub struct SimStorage {
@@ -414,9 +433,9 @@ pub struct SimStorage {
     generation: u64,
     files: Vec<Option<PathBuf>>,
     lock: Option<(PathBuf, u64)>,
-    /// Background syncs started and not yet reported: (token, outcome, how many reaps have
-    /// passed them over).
-    background: Vec<(u64, io::Result<()>, u8)>,
+    /// Background syncs started and not yet reported: (token, the file, the failure decided
+    /// at the start if any, how many reaps have passed them over).
+    background: Vec<BackgroundSync>,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -719,28 +738,41 @@ impl Storage for SimStorage {
         }
         let path = self.path(file)?;
         let mut state = self.live()?;
-        let result = if state.fail_next_background_syncs > 0 {
+        let fails = if state.fail_next_background_syncs > 0 {
             state.fail_next_background_syncs -= 1;
-            Err(state.fail_sync(&path, "fdatasync"))
+            true
         } else {
-            state.sync_file(&path, "fdatasync")
+            state.sync_of_fails(&path) || state.sync_fails()
         };
+        let failure = fails.then(|| state.fail_sync(&path, "fdatasync"));
         drop(state);
-        self.background.push((token, result, 0));
+        self.background.push(BackgroundSync {
+            token,
+            path,
+            failure,
+            passed_over: 0,
+        });
         Ok(())
     }
 
-    /// A background sync runs when started (its effect survives a crash from then on, as a
-    /// real one may have completed) and is reported by the third reap after that, or by a
-    /// waiting one: until then it is in flight, and the shard goes on with other work (the
-    /// rest of its flush and the next one's placing), as it does while a real one runs.
+    /// A background sync is reported by the third reap after its start, or by a waiting
+    /// one: until then it is in flight, and the shard goes on with other work (the rest of
+    /// its flush and the next one's placing), as it does while a real one runs. A failing
+    /// one fails at its start (so another sync of the file meanwhile succeeds without the
+    /// lost pages, as on Linux); a succeeding one makes the file durable only when reported,
+    /// so a crash before that loses it, as it may lose a real one in flight.
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
-        for (token, result, passed_over) in std::mem::take(&mut self.background) {
-            if wait || passed_over >= BACKGROUND_REAPS_PASSED_OVER {
-                done.push((token, result));
-            } else {
-                self.background.push((token, result, passed_over + 1));
+        for mut sync in std::mem::take(&mut self.background) {
+            if !wait && sync.passed_over < BACKGROUND_REAPS_PASSED_OVER {
+                sync.passed_over += 1;
+                self.background.push(sync);
+                continue;
             }
+            let result = match sync.failure {
+                Some(error) => Err(error),
+                None => self.live().and_then(|mut state| state.persist(&sync.path)),
+            };
+            done.push((sync.token, result));
         }
     }
 
@@ -760,8 +792,6 @@ impl Storage for SimStorage {
     }
 }
 
-/// Zero-extends `data` to `len` bytes with one zeroed allocation and one copy (fast even
-/// in unoptimized test builds, where `resize` fills byte by byte).
 /// Takes `written` out of the lost ranges: those bytes are dirty again.
 fn forget_lost(lost: &mut Vec<std::ops::Range<usize>>, written: std::ops::Range<usize>) {
     let mut kept = Vec::with_capacity(lost.len());
@@ -780,6 +810,8 @@ fn forget_lost(lost: &mut Vec<std::ops::Range<usize>>, written: std::ops::Range<
     *lost = kept;
 }
 
+/// Zero-extends `data` to `len` bytes with one zeroed allocation and one copy (fast even
+/// in unoptimized test builds, where `resize` fills byte by byte).
 fn grow_zeroed(data: &mut Vec<u8>, len: usize) {
     let mut grown = vec![0u8; len];
     grown[..data.len()].copy_from_slice(data);
@@ -854,17 +886,28 @@ mod tests {
         let mut done = Vec::new();
         storage.write_at(file, 0, b"x").unwrap();
         storage.start_background_sync(file, 7).unwrap();
-        // It ran when started: its effect is durable already.
-        assert_eq!(durable_bytes(&disk, &path), b"x");
         storage.reap_background_syncs(false, &mut done);
         storage.reap_background_syncs(false, &mut done);
         assert!(done.is_empty(), "reported by the first or second reap");
+        // In flight: not durable until reported.
+        assert_eq!(durable_bytes(&disk, &path), b"");
         storage.reap_background_syncs(false, &mut done);
         assert!(matches!(done.as_slice(), [(7, Ok(()))]), "{done:?}");
+        assert_eq!(durable_bytes(&disk, &path), b"x");
         done.clear();
         storage.start_background_sync(file, 8).unwrap();
         storage.reap_background_syncs(true, &mut done);
         assert!(matches!(done.as_slice(), [(8, Ok(()))]), "{done:?}");
+        // One that fails fails at its start: a sync of the file meanwhile succeeds without
+        // its pages.
+        done.clear();
+        storage.write_at(file, 1, b"y").unwrap();
+        disk.fail_next_background_syncs(1);
+        storage.start_background_sync(file, 9).unwrap();
+        storage.sync(file).unwrap();
+        assert_eq!(durable_bytes(&disk, &path), b"x\0");
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(9, Err(_))]), "{done:?}");
     }
 
     #[test]
