@@ -12,8 +12,16 @@ const PARTITIONS: u32 = 6;
 const SHARDS: usize = 2;
 
 fn open_local(disk: &SimDisk) -> Vec<LocalShard> {
+    open_local_with(disk, local_config())
+}
+
+fn local_config() -> coffer::Config {
     let mut config = test_config(SIM_DATA_DIR, PARTITIONS);
     config.shards = SHARDS;
+    config
+}
+
+fn open_local_with(disk: &SimDisk, config: coffer::Config) -> Vec<LocalShard> {
     let disk = disk.clone();
     LocalShard::open_all_with_storage(config, &move || Ok(Box::new(disk.storage())))
         .expect("shards open")
@@ -275,4 +283,70 @@ fn groups_run_on_the_callers_thread_and_fence_its_commits() {
     let described = shard.describe_group(group).unwrap().expect("held");
     assert_eq!(described.members.len(), 1);
     assert_eq!(shard.list_groups().unwrap().len(), 1);
+}
+
+/// A partition released while its journal checkpoint's sync is in flight, and failing: the
+/// release waits for that sync, finds it failed, and keeps the partition here, failed closed.
+/// Closing the segment meanwhile would sync the same file and, as on Linux after a writeback
+/// error (which the simulated disk models), report success without the pages the checkpoint
+/// lost. The release comes right after the flush that rotated the journal and started the
+/// checkpoint's sync. A reopen then finds every acknowledged commit.
+#[test]
+fn a_release_during_a_failing_checkpoint_sync_keeps_the_partition_here_failed_closed() {
+    const TOPIC_PARTITIONS: i32 = 16;
+    const ROUNDS_MAX: i64 = 500;
+    let disk = SimDisk::new(25);
+    // Segments far larger than the journal files: no segment fills (and rolls, which waits
+    // for the checkpoint's syncs) in the flush that rotates the journal.
+    let mut config = local_config();
+    config.offsets_topic_segment_bytes = 64 * 1024 * 1024;
+    let mut shards = open_local_with(&disk, config.clone());
+    let group = "release-app";
+    let home = shards.iter().position(|s| s.owns_group(group)).unwrap();
+    let shard = &mut shards[home];
+    let partition = shard.partition_for(group);
+    let metadata = "r".repeat(4000);
+    disk.fail_next_background_syncs(1);
+    let mut round = 0i64;
+    loop {
+        assert!(round < ROUNDS_MAX, "no journal checkpoint started");
+        let checkpoints = shard.metrics().unwrap().journal_checkpoints;
+        let offsets: Vec<OffsetCommit<'_>> = (0..TOPIC_PARTITIONS)
+            .map(|p| OffsetCommit {
+                metadata: &metadata,
+                ..commit("t", p, round)
+            })
+            .collect();
+        let durable = shard.commit_offsets(group, &offsets);
+        shard.flush();
+        durable.wait().unwrap();
+        if shard.metrics().unwrap().journal_checkpoints > checkpoints {
+            break;
+        }
+        round += 1;
+    }
+    let refusal = match shard.release_partition(partition) {
+        Ok(_) => panic!("released while the checkpoint's failing sync was in flight"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(refusal, Error::PartitionFailed { .. }),
+        "{refusal}"
+    );
+    assert!(
+        refusal.to_string().contains("journal checkpoint"),
+        "{refusal}"
+    );
+    assert!(shard.owns(partition), "a failed partition stays");
+
+    disk.crash();
+    drop(shards);
+    let engine = open_sim(&disk, &config).unwrap();
+    for p in 0..TOPIC_PARTITIONS {
+        assert_eq!(
+            fetch_one(&engine, group, "t", p).unwrap(),
+            Some(round),
+            "t/{p}"
+        );
+    }
 }
