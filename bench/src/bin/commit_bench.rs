@@ -304,6 +304,7 @@ struct Counters {
     records: u64,
     bytes: u64,
     syncs: u64,
+    dirty_rolls: u64,
 }
 
 impl Counters {
@@ -317,6 +318,7 @@ impl Counters {
             c.records += m.records;
             c.bytes += m.bytes;
             c.syncs += m.syncs;
+            c.dirty_rolls += m.dirty_rolls;
         }
         c
     }
@@ -330,6 +332,7 @@ impl Counters {
             records: self.records - before.records,
             bytes: self.bytes - before.bytes,
             syncs: self.syncs - before.syncs,
+            dirty_rolls: self.dirty_rolls - before.dirty_rolls,
         }
     }
 }
@@ -357,8 +360,7 @@ struct EngineOut {
     ack_us: Percentiles,
     counters: Counters,
     flush_us: Percentiles,
-    /// Dirty rolls in the measured window, and their durations.
-    dirty_rolls: u64,
+    /// Durations of the dirty rolls in the measured window (their count is in `counters`).
     dirty_roll_us: Percentiles,
     engine_commit_us: Percentiles,
 }
@@ -485,8 +487,6 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         ack_us: Percentiles::of(&latency),
         counters: Counters::of(&after).minus(&Counters::of(&before)),
         flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
-        dirty_rolls: after.iter().map(|m| m.dirty_rolls).sum::<u64>()
-            - before.iter().map(|m| m.dirty_rolls).sum::<u64>(),
         dirty_roll_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.dirty_roll_us)),
         engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
             &m.commit_latency_us
@@ -955,8 +955,8 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
     let r = engine.dirty_roll_us;
     println!(
         "  dirty rolls {} ({:.1}/s), µs p50/p99/max   {} / {} / {}",
-        engine.dirty_rolls,
-        engine.dirty_rolls as f64 / secs,
+        c.dirty_rolls,
+        c.dirty_rolls as f64 / secs,
         r.p50,
         r.p99,
         r.max

@@ -101,13 +101,7 @@ impl DiskState {
     }
 
     fn write_fails(&mut self, path: &Path) -> bool {
-        if let Some((extension, left)) = &mut self.fail_next_writes_to
-            && path.extension().is_some_and(|e| e == extension.as_str())
-        {
-            *left -= 1;
-            if *left == 0 {
-                self.fail_next_writes_to = None;
-            }
+        if takes_one_for(&mut self.fail_next_writes_to, path) {
             return true;
         }
         if self.fail_next_writes > 0 {
@@ -121,7 +115,7 @@ impl DiskState {
     /// Makes `path`'s written data durable, unless an injected sync fault fails the call
     /// (`what` names it in the error).
     fn sync_file(&mut self, path: &Path, what: &str) -> io::Result<()> {
-        if self.sync_of_fails(path) || self.sync_fails() {
+        if self.sync_fails(path) {
             return Err(self.fail_sync(path, what));
         }
         self.persist(path)
@@ -172,22 +166,13 @@ impl DiskState {
         eio(what)
     }
 
-    /// Whether a sync of `path` is one [`SimDisk::fail_next_syncs_to`] asked to fail.
-    fn sync_of_fails(&mut self, path: &Path) -> bool {
-        let Some((extension, left)) = &mut self.fail_next_syncs_to else {
-            return false;
-        };
-        if path.extension().is_none_or(|e| e != extension.as_str()) {
-            return false;
-        }
-        *left -= 1;
-        if *left == 0 {
-            self.fail_next_syncs_to = None;
-        }
-        true
+    /// Whether an injected fault fails this sync of the file `path`.
+    fn sync_fails(&mut self, path: &Path) -> bool {
+        takes_one_for(&mut self.fail_next_syncs_to, path) || self.any_sync_fails()
     }
 
-    fn sync_fails(&mut self) -> bool {
+    /// Whether an injected fault fails this sync, of a file or a directory.
+    fn any_sync_fails(&mut self) -> bool {
         if self.fail_next_syncs > 0 {
             self.fail_next_syncs -= 1;
             return true;
@@ -433,8 +418,7 @@ pub struct SimStorage {
     generation: u64,
     files: Vec<Option<PathBuf>>,
     lock: Option<(PathBuf, u64)>,
-    /// Background syncs started and not yet reported: (token, the file, the failure decided
-    /// at the start if any, how many reaps have passed them over).
+    /// Background syncs started and not yet reported.
     background: Vec<BackgroundSync>,
 }
 
@@ -671,7 +655,7 @@ impl Storage for SimStorage {
 
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
         let mut state = self.writable()?;
-        if state.sync_fails() {
+        if state.any_sync_fails() {
             return Err(eio("directory fsync"));
         }
         state.syncs += 1;
@@ -742,7 +726,7 @@ impl Storage for SimStorage {
             state.fail_next_background_syncs -= 1;
             true
         } else {
-            state.sync_of_fails(&path) || state.sync_fails()
+            state.sync_fails(&path)
         };
         let failure = fails.then(|| state.fail_sync(&path, "fdatasync"));
         drop(state);
@@ -790,6 +774,22 @@ impl Storage for SimStorage {
             results.push(self.write_one(op));
         }
     }
+}
+
+/// Whether `path` has the extension of a per-extension fault countdown (say
+/// `fail_next_writes_to`); if so, counts one off it (clearing it at zero).
+fn takes_one_for(countdown: &mut Option<(String, u32)>, path: &Path) -> bool {
+    let Some((extension, left)) = countdown else {
+        return false;
+    };
+    if path.extension().is_none_or(|e| e != extension.as_str()) {
+        return false;
+    }
+    *left -= 1;
+    if *left == 0 {
+        *countdown = None;
+    }
+    true
 }
 
 /// Takes `written` out of the lost ranges: those bytes are dirty again.
