@@ -507,6 +507,30 @@ impl OffsetCache {
         f.present.then_some(f.log_position)
     }
 
+    /// Calls `f` with the log position of every live key (writer side, any order). The
+    /// compactor takes these once per job: a record is live iff some key's position is its
+    /// offset, which is cheaper to test than decoding each record's key and looking it up.
+    /// O(groups + partitions).
+    pub fn for_each_log_position(&self, mut f: impl FnMut(u64)) {
+        for slot in self.table().slots.iter() {
+            let g = slot.load(Ordering::Relaxed);
+            if !is_node(g) {
+                continue;
+            }
+            // SAFETY: writer access; a linked group node is live.
+            let list = unsafe { (*g).topics() };
+            for t in list.iter() {
+                // SAFETY: writer access; a listed topic's partition array is live.
+                for part in unsafe { t.parts() }.slots.iter() {
+                    let fields = part.load_own();
+                    if fields.present {
+                        f(fields.log_position);
+                    }
+                }
+            }
+        }
+    }
+
     /// Live keys.
     pub fn len(&self) -> usize {
         self.live_keys

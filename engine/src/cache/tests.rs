@@ -252,6 +252,13 @@ proptest! {
             prop_assert_eq!(r.get(g, t, *p), Some(v.clone()));
             prop_assert_eq!(c.log_position(key(g, t, *p)), Some(*pos));
         }
+        // The compactor's walk: exactly the live keys' positions.
+        let mut positions = Vec::new();
+        c.for_each_log_position(|position| positions.push(position));
+        positions.sort_unstable();
+        let mut want_positions: Vec<u64> = model.values().map(|(_, pos)| *pos).collect();
+        want_positions.sort_unstable();
+        prop_assert_eq!(positions, want_positions);
         let mut groups = r.groups();
         groups.sort();
         let mut want: Vec<String> = model.keys().map(|k| k.0.clone()).collect();

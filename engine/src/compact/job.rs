@@ -8,18 +8,22 @@
 //! dropped. Control and transactional batches, and batches with attributes this writer does
 //! not reproduce, are copied untouched (see docs/architecture.md, "Transactional offsets").
 //!
-//! Liveness is read at copy time. A record copied live may die before the swap; it is then
-//! simply counted dead in the new segment. A record never comes back to life, so nothing
-//! live at swap time was left out.
+//! Liveness of an offset commit is read once, at the first copy step: the positions of the
+//! cache's live keys that fall in the job's range ([`LivePositions`]). A value record is live
+//! iff its offset is one of them, tested without decoding its key. A record copied live may
+//! die before the swap; it is then simply counted dead in the new segment. A record never
+//! comes back to life (new values go to the active segment, past the job's range), so
+//! nothing live at swap time was left out.
 
 use std::path::PathBuf;
 
 use crate::cache::{OffsetCache, OffsetKey};
 use crate::compact::{COMPACTION_STEP_BYTES_MAX, CompactionMetrics, PartitionCompaction};
 use crate::format::batch::{ATTR_DELETE_HORIZON, ATTR_LOG_APPEND_TIME};
+use crate::format::schema::{OFFSET_COMMIT_KEY_TYPE, OFFSET_COMMIT_KEY_TYPE_LEGACY};
 use crate::format::{
     BATCH_LOG_OVERHEAD_BYTES, BatchParams, BatchView, BatchWriter, FormatError, RecordKey,
-    RecordView, decode_key, parse_batch,
+    RecordView, decode_key, key_record_type, parse_batch,
 };
 use crate::log::PartitionLog;
 use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
@@ -92,6 +96,8 @@ pub(crate) struct CompactionJob {
     kept_flags: Vec<bool>,
     /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
     records_dropped_unread: u64,
+    /// The live offset commits' positions in the job's range, taken at the first copy step.
+    live: Option<LivePositions>,
     /// Where the job is once every input is copied.
     phase: Phase,
 }
@@ -171,6 +177,7 @@ impl CompactionJob {
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
             kept_flags: Vec::new(),
             records_dropped_unread,
+            live: None,
             phase: Phase::Copying,
         })
     }
@@ -199,6 +206,9 @@ impl CompactionJob {
             return StepOutcome::Continue;
         }
         ctx.out_buf.clear();
+        let range = (self.inputs[0].base_offset, self.end_offset);
+        self.live
+            .get_or_insert_with(|| LivePositions::take(ctx.cache, range));
         let consumed = match self.copy_window(ctx, file) {
             Ok(consumed) => consumed,
             Err(reason) => return self.quarantine(ctx, reason),
@@ -379,6 +389,18 @@ impl CompactionJob {
         let key = record
             .key
             .ok_or(FormatError::Malformed("record without a key"))?;
+        let commit_key_types = [OFFSET_COMMIT_KEY_TYPE_LEGACY, OFFSET_COMMIT_KEY_TYPE];
+        if let Some(live) = self.live.as_ref()
+            && record.value.is_some()
+            && commit_key_types.contains(&key_record_type(key)?)
+        {
+            // The common case, most records of a commit storm: no key decode, no lookup.
+            return Ok(if live.contains(offset) {
+                Fate::Keep
+            } else {
+                Fate::Drop
+            });
+        }
         let latest = match decode_key(key)? {
             RecordKey::OffsetCommit(key) => {
                 let key = OffsetKey {
@@ -527,6 +549,33 @@ impl CompactionJob {
             storage.close(file);
         }
         let _ = storage.remove_file(&self.output_path);
+    }
+}
+
+/// The log positions of a cache's live keys inside a job's offset range, sorted.
+#[derive(Debug)]
+struct LivePositions {
+    positions: Vec<u64>,
+}
+
+impl LivePositions {
+    /// Takes them from `cache` for offsets in `[base, end)`: one walk of the cache, O(its
+    /// keys), where testing each record by its key costs a decode and a lookup per record
+    /// (a dirty segment holds several records per live key, see `DIRTY_ROLL_LIVE_MULTIPLE`).
+    /// Allocated once per job.
+    fn take(cache: &OffsetCache, (base, end): (i64, i64)) -> LivePositions {
+        let mut positions = Vec::new();
+        cache.for_each_log_position(|position| {
+            if i64::try_from(position).is_ok_and(|offset| base <= offset && offset < end) {
+                positions.push(position);
+            }
+        });
+        positions.sort_unstable();
+        LivePositions { positions }
+    }
+
+    fn contains(&self, offset: i64) -> bool {
+        u64::try_from(offset).is_ok_and(|offset| self.positions.binary_search(&offset).is_ok())
     }
 }
 

@@ -23,7 +23,7 @@ pub use batch::{
 pub use control::{ControlRecordType, EndTransactionMarker};
 pub use schema::{
     GroupMetadataKey, GroupMetadataValue, KeyDecoder, MemberMetadata, OffsetCommitKey,
-    OffsetCommitValue, RecordKey, decode_key,
+    OffsetCommitValue, RecordKey, decode_key, key_record_type,
 };
 
 /// Why bytes could not be decoded as Kafka's format.

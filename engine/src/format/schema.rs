@@ -294,6 +294,13 @@ pub enum RecordKey<'a> {
     },
 }
 
+/// The record type a key starts with (its version field), without decoding the rest: the
+/// compactor tells offset commits from other records this way before deciding liveness by
+/// position alone.
+pub fn key_record_type(bytes: &[u8]) -> Result<i16, FormatError> {
+    Reader::new(bytes).i16()
+}
+
 /// Decodes a record key. Borrowed strings point into `bytes`.
 pub fn decode_key(bytes: &[u8]) -> Result<RecordKey<'_>, FormatError> {
     let mut r = Reader::new(bytes);
@@ -999,9 +1006,17 @@ mod tests {
         key.encode_into(&mut out);
         assert_eq!(out, [0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 3]);
         assert_eq!(decode_key(&out), Ok(RecordKey::OffsetCommit(key)));
+        assert_eq!(key_record_type(&out), Ok(OFFSET_COMMIT_KEY_TYPE));
         // Type 0 (legacy) has the same layout.
         out[1] = 0;
         assert_eq!(decode_key(&out), Ok(RecordKey::OffsetCommit(key)));
+        assert_eq!(key_record_type(&out), Ok(OFFSET_COMMIT_KEY_TYPE_LEGACY));
+        // The type alone needs its two bytes, nothing more.
+        assert_eq!(
+            key_record_type(&out[..2]),
+            Ok(OFFSET_COMMIT_KEY_TYPE_LEGACY)
+        );
+        assert!(key_record_type(&out[..1]).is_err());
     }
 
     #[test]
@@ -1012,6 +1027,7 @@ mod tests {
         assert_eq!(out.len(), key.encoded_len());
         assert_eq!(&out[..4], [0, 2, 0, 8]);
         assert_eq!(decode_key(&out), Ok(RecordKey::GroupMetadata(key)));
+        assert_eq!(key_record_type(&out), Ok(GROUP_METADATA_KEY_TYPE));
     }
 
     #[test]
