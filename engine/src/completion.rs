@@ -126,16 +126,105 @@ impl<T> Slot<T> {
     }
 
     fn complete(&self, result: T) {
-        let (waker, waiting) = {
-            let mut state = self.lock();
-            state.result = Some(result);
-            (state.waker.take(), std::mem::take(&mut state.waiting))
-        };
+        let (waker, waiting) = self.store(result);
         if waiting {
             self.ready.notify_all();
         }
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+
+    /// Stores the result; returns the waker to wake and whether a thread waits on the
+    /// condvar.
+    fn store(&self, result: T) -> (Option<Waker>, bool) {
+        let mut state = self.lock();
+        state.result = Some(result);
+        (state.waker.take(), std::mem::take(&mut state.waiting))
+    }
+}
+
+/// A slot's condvar, type-erased so one list can hold the slots of every result type.
+trait Notify: Send + Sync {
+    fn notify(&self);
+}
+
+impl<T: Send> Notify for Slot<T> {
+    fn notify(&self) {
+        self.ready.notify_all();
+    }
+}
+
+/// Most wakeups [`DeferredWakes`] holds; past it a completion wakes its caller at once.
+pub(crate) const WAKES_DEFERRED_MAX: usize = 4096;
+
+/// Wakeups owed by completions made in a row, fired together by [`wake_all`]
+/// (Self::wake_all).
+///
+/// Waking a caller blocked on another core is a futex syscall and an interrupt to that
+/// core, a few microseconds on a VM. A caller that waits for answers in turn (a heartbeat
+/// loop waiting for each of a burst) is otherwise woken once per answer, as the shard
+/// answers the burst while the caller runs: at 200,000 heartbeats/s that cost the shard
+/// about 5 % of its CPU (benchmarks.md). Deferred to the end of the run of completions, it
+/// is woken once and finds them all answered.
+pub(crate) struct DeferredWakes {
+    notify: Vec<Arc<dyn Notify>>,
+    wakers: Vec<Waker>,
+}
+
+impl Drop for DeferredWakes {
+    /// A shard that unwinds still wakes the callers it answered.
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
+impl DeferredWakes {
+    /// Room for [`WAKES_DEFERRED_MAX`] of each kind, allocated here, never grown.
+    pub(crate) fn new() -> DeferredWakes {
+        DeferredWakes {
+            notify: Vec::with_capacity(WAKES_DEFERRED_MAX),
+            wakers: Vec::with_capacity(WAKES_DEFERRED_MAX),
+        }
+    }
+
+    /// Fires every wakeup owed. Call before anything that may block, and at the end of the
+    /// run of completions that owes them.
+    pub(crate) fn wake_all(&mut self) {
+        for slot in self.notify.drain(..) {
+            slot.notify();
+        }
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Whether no wakeup is owed.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.notify.is_empty() && self.wakers.is_empty()
+    }
+
+    fn defer<T: Send + 'static>(
+        &mut self,
+        slot: &Arc<Slot<T>>,
+        waker: Option<Waker>,
+        waiting: bool,
+    ) {
+        if waiting {
+            if self.notify.len() < WAKES_DEFERRED_MAX {
+                // An `Arc` clone, no allocation: the list's capacity is reserved.
+                self.notify.push(Arc::clone(slot) as Arc<dyn Notify>);
+            } else {
+                slot.notify();
+            }
+        }
+        if let Some(waker) = waker {
+            if self.wakers.len() < WAKES_DEFERRED_MAX {
+                self.wakers.push(waker);
+            } else {
+                waker.wake();
+            }
         }
     }
 }
@@ -423,6 +512,21 @@ impl<T: Abandoned> Completer<T> {
     }
 }
 
+impl<T: Abandoned + Send + 'static> Completer<T> {
+    /// Resolves the future now but wakes its caller only at `wakes`'s next
+    /// [`wake_all`](DeferredWakes::wake_all). A caller that polls or waits meanwhile sees the
+    /// result at once; only a caller already blocked waits for the wakeup.
+    pub(crate) fn complete_deferred(mut self, result: T, wakes: &mut DeferredWakes) {
+        if let Some(handle) = self.slot.take() {
+            let (waker, waiting) = handle.slot.store(result);
+            // Before the release: a slot back in the pool may be reset and reused, and a
+            // late notify of a reused slot only wakes its waiter spuriously (it re-checks).
+            wakes.defer(&handle.slot, waker, waiting);
+            handle.release();
+        }
+    }
+}
+
 impl<T: Abandoned> Drop for Completer<T> {
     fn drop(&mut self) {
         if self.slot.is_some() {
@@ -563,5 +667,85 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(15));
         // The shard's late completion goes nowhere and does not panic.
         completer.complete(Ok(()));
+    }
+
+    /// A waker that counts its wakes.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_deferred_completion_is_visible_at_once_and_wakes_only_at_wake_all() {
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let wakes_seen = || counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut wakes = DeferredWakes::new();
+
+        let (mut future, completer) = pending(far_deadline(), 60_000);
+        assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
+        completer.complete_deferred(Ok(()), &mut wakes);
+        assert_eq!(wakes_seen(), 0, "woken before wake_all");
+        assert!(!wakes.is_empty());
+        // A caller that looks meanwhile sees the result without the wakeup.
+        assert!(matches!(
+            Pin::new(&mut future).poll(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        wakes.wake_all();
+        assert_eq!(wakes_seen(), 1);
+        assert!(wakes.is_empty());
+
+        // Nobody waiting: nothing owed.
+        let (future, completer) = pending(far_deadline(), 60_000);
+        completer.complete_deferred(Ok(()), &mut wakes);
+        assert!(wakes.is_empty());
+        assert!(future.wait().is_ok());
+    }
+
+    #[test]
+    fn a_blocked_waiter_gets_a_deferred_result_at_wake_all() {
+        let (future, completer) = pending(far_deadline(), 60_000);
+        let slot = Arc::clone(&future.slot.as_ref().unwrap().slot);
+        let waiter = std::thread::spawn(move || future.wait());
+        // Bounded: the waiter marks itself waiting as soon as it runs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !slot.lock().waiting {
+            assert!(Instant::now() < deadline, "the waiter never blocked");
+            std::thread::yield_now();
+        }
+        let mut wakes = DeferredWakes::new();
+        completer.complete_deferred(Ok(()), &mut wakes);
+        assert!(!wakes.is_empty(), "a blocked waiter is owed a wakeup");
+        wakes.wake_all();
+        assert!(waiter.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn past_its_bound_a_deferred_completion_wakes_at_once() {
+        let counter = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+        let pool = CompletionPool::new(WAKES_DEFERRED_MAX + 1);
+        let mut wakes = DeferredWakes::new();
+        let mut futures = Vec::new();
+        for _ in 0..=WAKES_DEFERRED_MAX {
+            let (mut future, completer) = CommitFuture::pending(far_deadline(), 60_000, &pool);
+            assert!(Pin::new(&mut future).poll(&mut cx).is_pending());
+            completer.complete_deferred(Ok(()), &mut wakes);
+            futures.push(future);
+        }
+        assert_eq!(
+            counter.0.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the one past the bound"
+        );
+        wakes.wake_all();
+        let woken = counter.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(woken, WAKES_DEFERRED_MAX + 1);
     }
 }

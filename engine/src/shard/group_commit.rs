@@ -279,6 +279,20 @@ impl CommitPool {
         }
     }
 
+    /// [`answer`](Self::answer), waking the caller at `wakes`'s next `wake_all`.
+    pub(crate) fn answer_deferred(
+        &self,
+        mut commit: PendingCommit,
+        result: crate::error::Result<()>,
+        wakes: &mut crate::completion::DeferredWakes,
+    ) {
+        let completer = commit.completer.take();
+        self.recycle(commit);
+        if let Some(completer) = completer {
+            completer.complete_deferred(result, wakes);
+        }
+    }
+
     /// Gives an answered commit back; a full pool, or an oversized commit, frees it instead.
     pub(crate) fn recycle(&self, mut commit: PendingCommit) {
         debug_assert!(commit.completer.is_none(), "recycling an unanswered commit");

@@ -320,11 +320,12 @@ impl Shard {
                     )
                 };
                 // Back in the pool before the answer wakes the caller (see
-                // `CommitPool::answer`).
+                // `CommitPool::answer`); the wakeup itself waits for the end of the run of
+                // requests the shard is taking (`DeferredWakes`).
                 let reply = call.reply.take();
                 call.recycle(&self.pools.heartbeats);
                 if let Some(reply) = reply {
-                    reply.complete(result);
+                    reply.complete_deferred(result, &mut self.wakes);
                 }
             }
             GroupRequest::Leave {

@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::cache::{BulkLoad, OffsetCache, OffsetKey, OffsetValueRef};
 use crate::compact::PartitionCompaction;
+use crate::completion::DeferredWakes;
 use crate::config::{Config, FsyncScope};
 use crate::error::{Error, Result};
 use crate::events::EventSink;
@@ -234,6 +235,9 @@ pub(crate) struct Shard {
     checkpoint_syncing: Vec<u32>,
     /// Finished background syncs, (partition, outcome); reused.
     checkpoint_done: Vec<(u64, std::io::Result<()>)>,
+    /// Wakeups owed to callers of answered heartbeats, fired once per loop turn's run of
+    /// requests rather than once per answer (see `DeferredWakes`).
+    wakes: DeferredWakes,
 }
 
 enum Step {
@@ -303,6 +307,7 @@ impl Shard {
             checkpoint_pending: Vec::with_capacity(config.offsets_topic_num_partitions as usize),
             checkpoint_syncing: Vec::with_capacity(crate::storage::BACKGROUND_SYNCS_MAX),
             checkpoint_done: Vec::with_capacity(crate::storage::BACKGROUND_SYNCS_MAX),
+            wakes: DeferredWakes::new(),
         };
         let mut report = RecoveryReport::default();
         for (partition, cache) in hosted {
@@ -480,6 +485,9 @@ impl Shard {
                     Err(TryRecvError::Disconnected) => step = Step::Stop(None),
                 }
             }
+            // The heartbeats just answered: their callers are woken once, before the linger
+            // and the flush's sync.
+            self.wakes.wake_all();
             if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty() {
                 let deadline = Instant::now() + self.linger;
                 while matches!(step, Step::Continue) && carry.is_none() {
@@ -489,12 +497,15 @@ impl Shard {
                         Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
                     }
                 }
+                self.wakes.wake_all();
             }
             if !self.batch.is_empty() {
                 self.flush();
                 self.after_flush();
             }
             self.service_groups();
+            // Nothing owed while the shard may block on its inbox.
+            self.wakes.wake_all();
             if let Step::Stop(reply) = step {
                 if let Some(commit) = carry.take() {
                     self.add(commit, &mut carry);
@@ -927,8 +938,11 @@ impl Shard {
                     })
                 }
             };
-            self.pools.commits.answer(commit, result);
+            self.pools
+                .commits
+                .answer_deferred(commit, result, &mut self.wakes);
         }
+        self.wakes.wake_all();
         self.batch.clear();
     }
 
