@@ -393,3 +393,57 @@ fn a_failed_group_metadata_sync_fails_the_sync_and_the_partition_closed() {
     );
     engine.close().unwrap();
 }
+
+/// A heartbeat answered in the same run of inbox requests as a request that blocks (here a
+/// compaction request, which first flushes through a stalled disk) is woken before that
+/// request's work, not after it: the shard defers heartbeat wakeups to the end of the run,
+/// and wakes them before anything that may block. (Found by review: the heartbeat's caller
+/// waited for the compaction request's flush.)
+#[test]
+fn a_heartbeat_answer_does_not_wait_for_a_blocking_request_behind_it() {
+    use std::time::Instant;
+    const STALL: Duration = Duration::from_millis(300);
+    let disk = SimDisk::new(1);
+    let engine = open_sim(&disk, &config(1)).unwrap();
+    commit_one(&engine, "g0", "t", 0, 1).unwrap();
+    disk.set_write_stall(STALL);
+    let started = Instant::now();
+    let offsets = |offset| {
+        [coffer::OffsetCommit {
+            topic: "t",
+            partition: 0,
+            offset,
+            leader_epoch: None,
+            metadata: "",
+        }]
+    };
+    // This commit's flush holds the shard in the stall; the rest queue behind it, in order.
+    let first = engine.commit_offsets("g1", &offsets(1));
+    std::thread::sleep(Duration::from_millis(50));
+    let heartbeat = engine.heartbeat("no-such-group", "no-such-member", None, 1);
+    let second = engine.commit_offsets("g2", &offsets(2));
+    let (heartbeat_at, compacted_at) = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let answer = heartbeat.wait();
+            assert!(answer.is_err(), "an unknown member: {answer:?}");
+            started.elapsed()
+        });
+        let compactor = scope.spawn(|| {
+            // The time only matters to tombstones; there are none.
+            let _ = engine.compact(0);
+            started.elapsed()
+        });
+        (waiter.join().unwrap(), compactor.join().unwrap())
+    });
+    first.wait().unwrap();
+    second.wait().unwrap();
+    // The set-up held: the compaction request waited for a second stalled flush.
+    assert!(
+        compacted_at >= STALL * 2 - Duration::from_millis(60),
+        "{compacted_at:?}"
+    );
+    assert!(
+        heartbeat_at < STALL + STALL / 2,
+        "the heartbeat's answer waited for the compaction's flush: {heartbeat_at:?} (compaction done at {compacted_at:?})"
+    );
+}

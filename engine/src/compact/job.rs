@@ -8,12 +8,13 @@
 //! dropped. Control and transactional batches, and batches with attributes this writer does
 //! not reproduce, are copied untouched (see docs/architecture.md, "Transactional offsets").
 //!
-//! Liveness of an offset commit is read once, at the first copy step: the positions of the
-//! cache's live keys that fall in the job's range ([`LivePositions`]). A value record is live
-//! iff its offset is one of them, tested without decoding its key. A record copied live may
-//! die before the swap; it is then simply counted dead in the new segment. A record never
-//! comes back to life (new values go to the active segment, past the job's range), so
-//! nothing live at swap time was left out.
+//! Liveness is read at copy time. A record copied live may die before the swap; it is then
+//! simply counted dead in the new segment. A record never comes back to life (new values go
+//! to the active segment, past the job's range), so nothing live at swap time was left out.
+//! That also makes a snapshot of the live positions a safe filter: at the first copy step
+//! the job takes the positions of the cache's live keys in its range ([`LivePositions`]),
+//! and a value record of an offset commit whose offset is not among them is dead without
+//! decoding its key; the few that are among them are checked against the cache as before.
 
 use std::path::PathBuf;
 
@@ -96,8 +97,14 @@ pub(crate) struct CompactionJob {
     kept_flags: Vec<bool>,
     /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
     records_dropped_unread: u64,
-    /// The live offset commits' positions in the job's range, taken at the first copy step.
+    /// The live offset commits' positions in the job's range, taken at the first copy step
+    /// (none when the cache is larger than the job: see [`LivePositions::worth_taking`]).
     live: Option<LivePositions>,
+    /// Whether `live` was decided.
+    live_taken: bool,
+    /// Records in the inputs, and how many of them counted live when the job started.
+    input_records: u64,
+    input_live: u64,
     /// Where the job is once every input is copied.
     phase: Phase,
 }
@@ -178,6 +185,9 @@ impl CompactionJob {
             kept_flags: Vec::new(),
             records_dropped_unread,
             live: None,
+            live_taken: false,
+            input_records: stats.iter().map(|s| s.records).sum(),
+            input_live: stats.iter().map(|s| s.live).sum(),
             phase: Phase::Copying,
         })
     }
@@ -206,9 +216,12 @@ impl CompactionJob {
             return StepOutcome::Continue;
         }
         ctx.out_buf.clear();
-        let range = (self.inputs[0].base_offset, self.end_offset);
-        self.live
-            .get_or_insert_with(|| LivePositions::take(ctx.cache, range));
+        if !self.live_taken {
+            self.live_taken = true;
+            let range = (self.inputs[0].base_offset, self.end_offset);
+            self.live = LivePositions::worth_taking(ctx.cache, self.input_records)
+                .then(|| LivePositions::take(ctx.cache, range, self.input_live));
+        }
         let consumed = match self.copy_window(ctx, file) {
             Ok(consumed) => consumed,
             Err(reason) => return self.quarantine(ctx, reason),
@@ -392,14 +405,16 @@ impl CompactionJob {
         let commit_key_types = [OFFSET_COMMIT_KEY_TYPE_LEGACY, OFFSET_COMMIT_KEY_TYPE];
         if let Some(live) = self.live.as_ref()
             && record.value.is_some()
+            && !live.contains(offset)
             && commit_key_types.contains(&key_record_type(key)?)
         {
-            // The common case, most records of a commit storm: no key decode, no lookup.
-            return Ok(if live.contains(offset) {
-                Fate::Keep
-            } else {
-                Fate::Drop
-            });
+            // Dead since the snapshot at the latest: most records of a commit storm. No key
+            // decode, no lookup.
+            debug_assert!(
+                decode_key(key).is_ok(),
+                "a malformed key at offset {offset}"
+            );
+            return Ok(Fate::Drop);
         }
         let latest = match decode_key(key)? {
             RecordKey::OffsetCommit(key) => {
@@ -559,12 +574,21 @@ struct LivePositions {
 }
 
 impl LivePositions {
+    /// Whether the walk costs less than what it saves: it visits every key of the cache in
+    /// one step, and saves a decode and a lookup per dead record of the job. A dirty segment
+    /// holds several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`), so a job usually has
+    /// more records than its partition has keys; a small job in a large partition does not,
+    /// and is tested record by record instead.
+    fn worth_taking(cache: &OffsetCache, input_records: u64) -> bool {
+        cache.len() as u64 <= input_records
+    }
+
     /// Takes them from `cache` for offsets in `[base, end)`: one walk of the cache, O(its
-    /// keys), where testing each record by its key costs a decode and a lookup per record
-    /// (a dirty segment holds several records per live key, see `DIRTY_ROLL_LIVE_MULTIPLE`).
+    /// keys). `live_hint` (the inputs' live count at the job's start) sizes the list.
     /// Allocated once per job.
-    fn take(cache: &OffsetCache, (base, end): (i64, i64)) -> LivePositions {
-        let mut positions = Vec::new();
+    fn take(cache: &OffsetCache, (base, end): (i64, i64), live_hint: u64) -> LivePositions {
+        let hint = usize::try_from(live_hint).unwrap_or(0).min(cache.len());
+        let mut positions = Vec::with_capacity(hint);
         cache.for_each_log_position(|position| {
             if i64::try_from(position).is_ok_and(|offset| base <= offset && offset < end) {
                 positions.push(position);

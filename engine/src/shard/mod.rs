@@ -545,6 +545,17 @@ impl Shard {
     }
 
     fn handle(&mut self, request: Request, carry: &mut Option<PendingCommit>) -> Step {
+        let quick = matches!(
+            request,
+            Request::Commit(_)
+                | Request::Metrics { .. }
+                | Request::Group(GroupRequest::Heartbeat(_))
+        );
+        if !quick {
+            // It may block (a flush, a recovery, a compaction): the callers already answered
+            // do not wait for it.
+            self.wakes.wake_all();
+        }
         match request {
             Request::Commit(commit) => {
                 if let Some(commit) = self.fence_commit(commit) {
