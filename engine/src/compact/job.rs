@@ -23,8 +23,8 @@ use crate::compact::{COMPACTION_STEP_BYTES_MAX, CompactionMetrics, PartitionComp
 use crate::format::batch::{ATTR_DELETE_HORIZON, ATTR_LOG_APPEND_TIME};
 use crate::format::schema::{OFFSET_COMMIT_KEY_TYPE, OFFSET_COMMIT_KEY_TYPE_LEGACY};
 use crate::format::{
-    BATCH_LOG_OVERHEAD_BYTES, BatchParams, BatchView, BatchWriter, FormatError, RecordKey,
-    RecordView, decode_key, key_record_type, parse_batch,
+    BATCH_LOG_OVERHEAD_BYTES, BatchParams, BatchView, BatchWriter, FormatError, OffsetCommitKey,
+    RecordKey, RecordView, decode_key, key_record_type, parse_batch,
 };
 use crate::log::PartitionLog;
 use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
@@ -97,14 +97,8 @@ pub(crate) struct CompactionJob {
     kept_flags: Vec<bool>,
     /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
     records_dropped_unread: u64,
-    /// The live offset commits' positions in the job's range, taken at the first copy step
-    /// (none when the cache is larger than the job: see [`LivePositions::worth_taking`]).
-    live: Option<LivePositions>,
-    /// Whether `live` was decided.
-    live_taken: bool,
-    /// Records in the inputs, and how many of them counted live when the job started.
-    input_records: u64,
-    input_live: u64,
+    /// The live offset commits' positions in the job's range, taken at the first copy step.
+    live: LiveFilter,
     /// Where the job is once every input is copied.
     phase: Phase,
 }
@@ -184,10 +178,7 @@ impl CompactionJob {
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
             kept_flags: Vec::new(),
             records_dropped_unread,
-            live: None,
-            live_taken: false,
-            input_records: stats.iter().map(|s| s.records).sum(),
-            input_live: stats.iter().map(|s| s.live).sum(),
+            live: LiveFilter::Undecided,
             phase: Phase::Copying,
         })
     }
@@ -216,11 +207,8 @@ impl CompactionJob {
             return StepOutcome::Continue;
         }
         ctx.out_buf.clear();
-        if !self.live_taken {
-            self.live_taken = true;
-            let range = (self.inputs[0].base_offset, self.end_offset);
-            self.live = LivePositions::worth_taking(ctx.cache, self.input_records)
-                .then(|| LivePositions::take(ctx.cache, range, self.input_live));
+        if matches!(self.live, LiveFilter::Undecided) {
+            self.live = self.decide_live_filter(ctx);
         }
         let consumed = match self.copy_window(ctx, file) {
             Ok(consumed) => consumed,
@@ -244,6 +232,23 @@ impl CompactionJob {
         self.output_len += ctx.out_buf.len() as u64;
         ctx.metrics.bytes_written += ctx.out_buf.len() as u64;
         StepOutcome::Continue
+    }
+
+    /// Takes the live positions if the walk costs less than what it saves: it visits every
+    /// key of the cache in one step, and saves a decode and a lookup per dead record of the
+    /// job. A dirty segment holds several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`),
+    /// so a job usually has more records than its partition has keys; a small job in a
+    /// large partition does not, and is tested record by record instead.
+    fn decide_live_filter(&self, ctx: &StepContext<'_>) -> LiveFilter {
+        // The job's segments stay in the log until its swap (`finish` checks it).
+        let stats = &ctx.log.table().segments()[self.first..self.first + self.inputs.len()];
+        let records: u64 = stats.iter().map(|s| s.records).sum();
+        if ctx.cache.len() as u64 > records {
+            return LiveFilter::Off;
+        }
+        let live_hint = stats.iter().map(|s| s.live).sum();
+        let range = (self.inputs[0].base_offset, self.end_offset);
+        LiveFilter::On(LivePositions::take(ctx.cache, range, live_hint))
     }
 
     /// Reads up to a step's bytes of the current input at the current position and appends
@@ -403,7 +408,7 @@ impl CompactionJob {
             .key
             .ok_or(FormatError::Malformed("record without a key"))?;
         let commit_key_types = [OFFSET_COMMIT_KEY_TYPE_LEGACY, OFFSET_COMMIT_KEY_TYPE];
-        if let Some(live) = self.live.as_ref()
+        if let LiveFilter::On(live) = &self.live
             && record.value.is_some()
             && !live.contains(offset)
             && commit_key_types.contains(&key_record_type(key)?)
@@ -417,14 +422,7 @@ impl CompactionJob {
             return Ok(Fate::Drop);
         }
         let latest = match decode_key(key)? {
-            RecordKey::OffsetCommit(key) => {
-                let key = OffsetKey {
-                    group: key.group,
-                    topic: key.topic,
-                    partition: key.partition,
-                };
-                cache.log_position(key).map(|p| p as i64)
-            }
+            RecordKey::OffsetCommit(key) => cached_position(cache, key),
             RecordKey::GroupMetadata(key) => match partition.group_record_offset(key.group) {
                 None if record.value.is_some() && partition.keeps_unknown_group_records() => {
                     return Ok(Fate::Keep);
@@ -571,16 +569,31 @@ impl CompactionJob {
 /// decodes, and the cache does not point at it (debug builds check every drop with it).
 fn dead_by_key(cache: &OffsetCache, key: &[u8], offset: i64) -> bool {
     match decode_key(key) {
-        Ok(RecordKey::OffsetCommit(key)) => {
-            let key = OffsetKey {
-                group: key.group,
-                topic: key.topic,
-                partition: key.partition,
-            };
-            cache.log_position(key).map(|p| p as i64) != Some(offset)
-        }
+        Ok(RecordKey::OffsetCommit(key)) => cached_position(cache, key) != Some(offset),
         _ => false,
     }
+}
+
+/// The log position the cache holds for an offset commit's key: the offset of its live
+/// record, if any.
+fn cached_position(cache: &OffsetCache, key: OffsetCommitKey<'_>) -> Option<i64> {
+    let key = OffsetKey {
+        group: key.group,
+        topic: key.topic,
+        partition: key.partition,
+    };
+    cache.log_position(key).map(|p| p as i64)
+}
+
+/// Where a job stands on the live-position filter.
+#[derive(Debug)]
+enum LiveFilter {
+    /// Not decided yet: the job has not copied anything.
+    Undecided,
+    /// Every record is tested by its key (the job is smaller than its partition's cache).
+    Off,
+    /// Records whose offset is not among these are dead.
+    On(LivePositions),
 }
 
 /// The log positions of a cache's live keys inside a job's offset range, sorted.
@@ -590,15 +603,6 @@ struct LivePositions {
 }
 
 impl LivePositions {
-    /// Whether the walk costs less than what it saves: it visits every key of the cache in
-    /// one step, and saves a decode and a lookup per dead record of the job. A dirty segment
-    /// holds several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`), so a job usually has
-    /// more records than its partition has keys; a small job in a large partition does not,
-    /// and is tested record by record instead.
-    fn worth_taking(cache: &OffsetCache, input_records: u64) -> bool {
-        cache.len() as u64 <= input_records
-    }
-
     /// Takes them from `cache` for offsets in `[base, end)`: one walk of the cache, O(its
     /// keys). `live_hint` (the inputs' live count at the job's start) sizes the list.
     /// Allocated once per job.

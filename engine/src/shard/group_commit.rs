@@ -271,10 +271,8 @@ impl CommitPool {
 
     /// Answers a commit and gives it back. It goes back first, so the caller, woken by the
     /// answer, finds it in the pool for its next request instead of allocating a new one.
-    pub(crate) fn answer(&self, mut commit: PendingCommit, result: crate::error::Result<()>) {
-        let completer = commit.completer.take();
-        self.recycle(commit);
-        if let Some(completer) = completer {
+    pub(crate) fn answer(&self, commit: PendingCommit, result: crate::error::Result<()>) {
+        if let Some(completer) = self.give_back(commit) {
             completer.complete(result);
         }
     }
@@ -282,15 +280,20 @@ impl CommitPool {
     /// [`answer`](Self::answer), waking the caller at `wakes`'s next `wake_all`.
     pub(crate) fn answer_deferred(
         &self,
-        mut commit: PendingCommit,
+        commit: PendingCommit,
         result: crate::error::Result<()>,
         wakes: &mut crate::completion::DeferredWakes,
     ) {
-        let completer = commit.completer.take();
-        self.recycle(commit);
-        if let Some(completer) = completer {
+        if let Some(completer) = self.give_back(commit) {
             completer.complete_deferred(result, wakes);
         }
+    }
+
+    /// Takes a commit's completer and gives the commit back, before its answer.
+    fn give_back(&self, mut commit: PendingCommit) -> Option<Completer> {
+        let completer = commit.completer.take();
+        self.recycle(commit);
+        completer
     }
 
     /// Gives an answered commit back; a full pool, or an oversized commit, frees it instead.
