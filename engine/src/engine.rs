@@ -26,8 +26,8 @@ use crate::shard::group_commit::{
     commit_record_bytes_max,
 };
 use crate::shard::{
-    GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request, RequestPools,
-    Shard, ShardMetrics, ShardShared,
+    FailedPartitions, GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request,
+    RequestPools, Shard, ShardMetrics, ShardShared, SharedGroups,
 };
 use crate::storage::{Storage, UringStorage};
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -88,11 +88,16 @@ struct EngineInner {
     pools: RequestPools,
     completions: CompletionPool,
     heartbeat_slots: CompletionPool<std::result::Result<(), crate::group::GroupError>>,
+    /// Which offsets partitions are failed closed: their heartbeats go to the shard.
+    failed: crate::sync::Arc<FailedPartitions>,
 }
 
 /// The engine's end of one shard thread.
 struct ShardHandle {
     requests: Sender<Request>,
+    /// The shard's session board and group clock: most heartbeats are answered here, on
+    /// the caller's thread.
+    groups: SharedGroups,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -152,6 +157,8 @@ impl Engine {
         let mut opening = Vec::with_capacity(config.shards);
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
         let mut first_error = None;
+        let failed =
+            crate::sync::Arc::new(FailedPartitions::new(config.offsets_topic_num_partitions));
         // One cache per offsets partition for the engine's life: the writer lives with the
         // shard serving the partition (and moves with it), the readers stay here.
         let mut caches: Vec<Option<Box<OffsetCache>>> = (0..config.offsets_topic_num_partitions)
@@ -173,6 +180,8 @@ impl Engine {
                     events: EventSink::new(event_sender.clone()),
                     pools: pools.clone(),
                     flush_sequence: flush_sequence.clone(),
+                    groups: SharedGroups::new(&config.groups),
+                    failed: failed.clone(),
                 };
                 spawn_shard(index, &config, storage, hosted, core, shared)
             });
@@ -220,6 +229,7 @@ impl Engine {
                 pools,
                 completions,
                 heartbeat_slots,
+                failed,
             }),
         })
     }
@@ -622,6 +632,7 @@ fn spawn_shard(
     let (requests, inbox) = bounded(config.request_queue_depth_max);
     let (opened_tx, opened_rx) = bounded(1);
     let shard_config = config.clone();
+    let groups = shared.groups.clone();
     let thread = std::thread::Builder::new()
         .name(format!("coffer-shard-{index}"))
         .spawn(move || {
@@ -649,6 +660,7 @@ fn spawn_shard(
         .map_err(|e| Error::io("spawning a shard thread", e))?;
     let handle = ShardHandle {
         requests,
+        groups,
         thread: Mutex::new(Some(thread)),
     };
     Ok((handle, opened_rx))

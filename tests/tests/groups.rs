@@ -447,3 +447,67 @@ fn a_heartbeat_answer_does_not_wait_for_a_blocking_request_behind_it() {
         "the heartbeat's answer waited for the compaction's flush: {heartbeat_at:?} (compaction done at {compacted_at:?})"
     );
 }
+
+/// A member past its join, heartbeating its generation, is answered on the caller's thread
+/// from the shard's session board: while the shard is held in a stalled flush, every such
+/// heartbeat is answered at once, and the beats it never saw keep the session alive on the
+/// shard's clock. What the board cannot answer (another generation) still goes to the
+/// shard, and silence still ends the session there.
+#[test]
+fn heartbeats_are_answered_from_the_session_board_while_the_shard_is_busy() {
+    use std::time::Instant;
+    const STALL: Duration = Duration::from_millis(1_000);
+    const SESSION_MS: i32 = 300;
+    let disk = SimDisk::new(5);
+    let engine = open_sim(&disk, &config(1)).unwrap();
+    let member = join_alone(&engine, SESSION_MS).member_id;
+    sync(&engine, &member, 1, b"a");
+    disk.set_write_stall(STALL);
+    let started = Instant::now();
+    // This commit's flush holds the shard thread for the stall.
+    let held = commit_one_async(&engine);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut beats = 0;
+    while started.elapsed() < STALL + STALL / 2 {
+        let asked = Instant::now();
+        let answer = engine.heartbeat(GROUP, &member, None, 1).wait();
+        assert_eq!(answer, Ok(()));
+        let waited = asked.elapsed();
+        assert!(
+            waited < Duration::from_millis(250),
+            "beat {beats} waited {waited:?}: it went to the stalled shard"
+        );
+        beats += 1;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    held.wait().unwrap();
+    disk.set_write_stall(Duration::ZERO);
+    assert!(beats > 20, "{beats} heartbeats");
+    // Five session timeouts of beats only the board saw: the member is alive.
+    let described = engine.describe_groups(&[GROUP]).unwrap().remove(0);
+    assert_eq!(
+        (described.state, described.members.len()),
+        (GroupState::Stable, 1)
+    );
+    let stale = engine.heartbeat(GROUP, &member, None, 0).wait();
+    assert_eq!(stale, Err(GroupError::IllegalGeneration));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.describe_groups(&[GROUP]).unwrap()[0].state != GroupState::Empty {
+        assert!(Instant::now() < deadline, "the silent session never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = engine.heartbeat(GROUP, &member, None, 1).wait();
+    assert_eq!(after, Err(GroupError::UnknownMemberId));
+    engine.close().unwrap();
+}
+
+fn commit_one_async(engine: &Engine) -> coffer::CommitFuture {
+    let offsets = [OffsetCommit {
+        topic: TOPIC,
+        partition: 0,
+        offset: 1,
+        leader_epoch: None,
+        metadata: "",
+    }];
+    engine.commit_offsets("elsewhere", &offsets)
+}

@@ -85,8 +85,11 @@ impl Engine {
         })
     }
 
-    /// Heartbeat. `Err(RebalanceInProgress)` tells the member to rejoin. Never touches disk;
-    /// the shard answers at once.
+    /// Heartbeat. `Err(RebalanceInProgress)` tells the member to rejoin. Never touches disk.
+    /// A member past its join, heartbeating its generation, is answered on the calling
+    /// thread from the shard's session board (lock-free, no allocation, no trip to the
+    /// shard); anything else (static members, errors, a failed partition) goes to the shard,
+    /// which answers at once.
     pub fn heartbeat(
         &self,
         group_id: &str,
@@ -101,6 +104,20 @@ impl Engine {
             return GroupFuture::resolved(Err(GroupError::NotCoordinator));
         }
         let offsets_partition = self.partition_for(group_id);
+        let shard = self.shard_for(offsets_partition);
+        if !self.inner.failed.is_failed(offsets_partition) {
+            let now_ms = shard.groups.clock.now_ms();
+            let board = &shard.groups.board;
+            if let Some(answer) = board.heartbeat(
+                group_id,
+                member_id,
+                group_instance_id,
+                generation_id,
+                now_ms,
+            ) {
+                return GroupFuture::resolved(answer);
+            }
+        }
         // Pooled call and completion slot: no allocation once the pools are warm.
         let (future, reply) = GroupFuture::pending_pooled(&self.inner.heartbeat_slots);
         let mut call = HeartbeatCall::take(&self.inner.pools.heartbeats);
@@ -108,7 +125,7 @@ impl Engine {
         call.fill(offsets_partition, member, generation_id, reply);
         let request = Request::Group(GroupRequest::Heartbeat(call));
         // A failed send drops the call and its completer, which resolves the future.
-        let _ = self.shard_for(offsets_partition).requests.send(request);
+        let _ = shard.requests.send(request);
         future
     }
 

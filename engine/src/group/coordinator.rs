@@ -18,6 +18,7 @@ use super::protocol::{
     JoinProtocol, LeaveGroupResponse, LeavingMember, ListedGroup, MemberDescription,
     SyncGroupRequest, SyncGroupResponse,
 };
+use super::session_board::{SessionBoard, handle_in_member_id};
 use super::state::GroupState;
 use super::timer_wheel::TimerWheel;
 use super::{
@@ -26,6 +27,7 @@ use super::{
 };
 use crate::config::KAFKA_STRING_BYTES_MAX;
 use crate::format::{GroupMetadataValue, MemberMetadata};
+use crate::sync::Arc;
 
 /// A response released by a later event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,15 +75,15 @@ pub struct GroupCoordinator {
     expired: Vec<u32>,
     member_id_seed: u64,
     member_id_counter: u64,
-    /// Random: fingerprints must not be predictable from outside.
-    fingerprint_seed: u64,
     /// Restored members may take the handle their id encodes below this bound.
     restore_handle_limit: usize,
-    /// Restored members whose id encodes no usable handle go to a handle derived from their
-    /// fingerprint, below this bound (fixed by the first restore that expects members; 0:
-    /// none), or to the other handle of its session-wheel cache line, so their heartbeats
-    /// find them without the index.
-    hashed_handle_range: u32,
+    /// Heartbeats answered on callers' threads (see [`SessionBoard`]); also holds the
+    /// fingerprint seed (random: fingerprints must not be predictable from outside) and the
+    /// hashed-handle range: restored members whose id encodes no usable handle go to a
+    /// handle derived from their fingerprint, below that range (fixed by the first restore
+    /// that expects members; 0: none), or to the other handle of its session-wheel cache
+    /// line, so their heartbeats find them without the index.
+    board: Arc<SessionBoard>,
 }
 
 /// Kept next to a member's session deadline, so a heartbeat with a member id this
@@ -101,8 +103,19 @@ impl GroupCoordinator {
     /// A coordinator with no groups; `member_id_seed` makes generated member ids differ
     /// between shards and runs (tests pass a constant).
     pub fn new(config: GroupConfig, member_id_seed: u64, now_ms: u64) -> GroupCoordinator {
+        let board = SessionBoard::for_config(&config, now_ms);
+        GroupCoordinator::with_board(config, member_id_seed, now_ms, Arc::new(board))
+    }
+
+    /// A coordinator publishing on `board` (made for `config`'s bounds, and never shared
+    /// with another coordinator: it has one writer).
+    pub(crate) fn with_board(
+        config: GroupConfig,
+        member_id_seed: u64,
+        now_ms: u64,
+        board: Arc<SessionBoard>,
+    ) -> GroupCoordinator {
         GroupCoordinator {
-            config,
             ids: id_map(),
             groups: Vec::new(),
             free_groups: Vec::new(),
@@ -118,10 +131,17 @@ impl GroupCoordinator {
             expired: Vec::new(),
             member_id_seed,
             member_id_counter: 0,
-            fingerprint_seed: super::id_hash::random_seed(),
             restore_handle_limit: 0,
-            hashed_handle_range: 0,
+            board,
+            config,
         }
+    }
+
+    /// The coordinator's session board: hand it to any thread and try
+    /// [`SessionBoard::heartbeat`] before calling [`heartbeat`](Self::heartbeat), which is
+    /// then needed only for what the board cannot answer.
+    pub fn session_board(&self) -> Arc<SessionBoard> {
+        Arc::clone(&self.board)
     }
 
     // -----------------------------------------------------------------------------------
@@ -165,6 +185,8 @@ impl GroupCoordinator {
     fn drop_group(&mut self, g: u32) {
         let group = self.groups[g as usize].take().expect("live group handle");
         debug_assert!(group.members.is_empty() && group.pending.is_empty());
+        self.board
+            .publish_group(g, group.generation_id, GroupState::Dead);
         self.rebalances.cancel(g);
         self.ids.remove(&group.id);
         self.free_groups.push(g);
@@ -196,9 +218,11 @@ impl GroupCoordinator {
     pub fn expect_restored_members(&mut self, count: usize) {
         let limit = self.members.len().max(self.restore_handle_limit) + 2 * count;
         self.restore_handle_limit = limit.min(self.config.members_max);
-        if count > 0 && self.hashed_handle_range == 0 {
-            // Fixed from now on: a heartbeat recomputes a member's hashed handle with it.
-            self.hashed_handle_range = self.restore_handle_limit as u32;
+        if count > 0 {
+            // Fixed from now on (the first call wins): a heartbeat recomputes a member's
+            // hashed handle with it.
+            self.board
+                .set_hashed_handle_range(self.restore_handle_limit as u32);
         }
     }
 
@@ -206,8 +230,7 @@ impl GroupCoordinator {
     /// none (Lemire's multiply-shift range reduction of the fingerprint).
     #[inline]
     fn hashed_handle(&self, tag: u64) -> Option<u32> {
-        let range = u64::from(self.hashed_handle_range);
-        (range > 0).then(|| ((u128::from(tag) * u128::from(range)) >> 64) as u32)
+        self.board.hashed_handle(tag)
     }
 
     /// Whether member `m` with fingerprint `tag` sits at its hashed handle or at that
@@ -248,28 +271,94 @@ impl GroupCoordinator {
     /// What the session wheel keeps next to member `m`'s deadline: its fingerprint and group.
     /// A member found neither at the handle its id encodes nor at its hashed line is also
     /// indexed by that fingerprint, so its heartbeats skip the maps too. (Members found
-    /// without it stay out of the index: a small index stays in the CPU caches.)
-    fn set_session_payload(&mut self, m: u32) {
+    /// without it stay out of the index: a small index stays in the CPU caches.) A member
+    /// past its join is published on the session board too.
+    fn set_session_payload(&mut self, m: u32, now_ms: u64) {
         let member = self.member(m);
         let group = member.group;
         let tag = self.fingerprint(&self.group(group).id, &member.member_id);
+        let publish = !member.is_new && !member.pending;
         if handle_in_member_id(&member.member_id) != Some(m) && !self.at_hashed_line(tag, m) {
             self.foreign_ids.insert(tag, m);
         }
         self.sessions.set_payload(m, SessionPayload { tag, group });
+        if publish {
+            self.board.publish_member(m, tag, group, now_ms);
+        }
     }
 
-    /// Drops joined member `m` from the fingerprint index (before its id changes or it goes).
+    /// Drops joined member `m` from the fingerprint index and the session board (before its
+    /// id changes or it goes).
     fn unindex_member(&mut self, m: u32) {
         let member = self.member(m);
         let tag = self.fingerprint(&self.group(member.group).id, &member.member_id);
         self.foreign_ids.remove(tag, m);
+        self.board.withdraw_member(m);
     }
 
     /// A seeded 64-bit fingerprint of (group id, member id); never 0 (the empty payload).
     fn fingerprint(&self, group_id: &str, member_id: &str) -> u64 {
-        let group_hash = xxhash_rust::xxh64::xxh64(group_id.as_bytes(), self.fingerprint_seed);
-        xxhash_rust::xxh64::xxh64(member_id.as_bytes(), group_hash) | 1
+        self.board.fingerprint(group_id, member_id)
+    }
+
+    /// Publishes group `g`'s generation and state on the session board (after every
+    /// transition or generation change).
+    fn publish_group(&self, g: u32) {
+        let group = self.group(g);
+        self.board
+            .publish_group(g, group.generation_id, group.state);
+    }
+
+    /// Test builds: every group and member is on the session board as the coordinator holds
+    /// it (published iff joined, past its join and not pending, under its fingerprint).
+    #[cfg(test)]
+    pub(crate) fn check_board_all(&self) {
+        for (g, group) in self.groups.iter().enumerate() {
+            if group.is_some() {
+                self.check_board(g as u32);
+            }
+        }
+        for (m, member) in self.members.iter().enumerate() {
+            let m = m as u32;
+            let word = self.board.beat_word(m);
+            let Some(member) = member else {
+                assert_eq!(
+                    self.board.last_beat_ms(word),
+                    None,
+                    "a free handle {m} is published"
+                );
+                continue;
+            };
+            let joined = self.group(member.group).members.get(&member.member_id) == Some(&m);
+            let published = joined && !member.is_new && !member.pending;
+            assert_eq!(
+                self.board.last_beat_ms(word).is_some(),
+                published,
+                "member {} of group {}",
+                member.member_id,
+                self.group(member.group).id
+            );
+        }
+    }
+
+    /// Debug builds: the board shows group `g` as the coordinator holds it.
+    fn check_board(&self, g: u32) {
+        if cfg!(debug_assertions) {
+            let group = self.group(g);
+            let expected = matches!(
+                group.state,
+                GroupState::PreparingRebalance
+                    | GroupState::CompletingRebalance
+                    | GroupState::Stable
+            )
+            .then_some((group.generation_id, group.state));
+            assert_eq!(
+                self.board.published_group(g),
+                expected,
+                "session board out of date for group {}",
+                group.id
+            );
+        }
     }
 
     fn new_member(&mut self, member: Member) -> u32 {
@@ -557,7 +646,7 @@ impl GroupCoordinator {
         let join_timeout_ms = self.config.new_member_join_timeout_ms;
         self.sessions
             .schedule(m, now_ms + u64::from(join_timeout_ms));
-        self.set_session_payload(m);
+        self.set_session_payload(m, now_ms);
         let group = self.group_mut(g);
         if group.members.is_empty() {
             // The first member of an empty group sets its protocol type (Kafka's `add`).
@@ -637,7 +726,7 @@ impl GroupCoordinator {
         group.members.insert(new_id, m);
         self.sessions
             .schedule_in(m, now_ms, request.session_timeout_ms as u32);
-        self.set_session_payload(m);
+        self.set_session_payload(m, now_ms);
         match self.group(g).state {
             GroupState::Stable => {
                 let current = self.group(g).protocol_name.clone();
@@ -755,6 +844,7 @@ impl GroupCoordinator {
             rebalance_timeout_ms
         };
         group.timer = GroupTimer::Join;
+        self.publish_group(g);
         self.rebalances.schedule(g, now_ms + u64::from(delay_ms));
         self.maybe_complete_join(g, now_ms);
     }
@@ -804,6 +894,7 @@ impl GroupCoordinator {
             group.protocol_name = None;
             group.leader = None;
             group.transition(GroupState::Empty, now_ms);
+            self.publish_group(g);
             self.persist_group(g, now_ms);
             return;
         }
@@ -815,6 +906,8 @@ impl GroupCoordinator {
         group.generation_id += 1;
         group.protocol_name = Some(protocol);
         group.transition(GroupState::CompletingRebalance, now_ms);
+        self.publish_group(g);
+        let group = self.group_mut(g);
         group.awaiting_join = 0;
         group.awaiting_sync = group.order.len() as u32;
         let order = group.order.to_vec();
@@ -828,6 +921,14 @@ impl GroupCoordinator {
                 self.replies.push(GroupReply::Join(ticket, response));
             }
             self.sessions.schedule_in(m, now_ms, session_ms);
+            // Its session starts now, on the board too (a new member is published here).
+            let tag = self.sessions.armed_payload(m).map(|p| p.tag);
+            self.board.publish_member(
+                m,
+                tag.expect("a joined member's session is armed"),
+                g,
+                now_ms,
+            );
         }
         // Members that never send SyncGroup are removed after the rebalance timeout.
         let sync_timeout_ms = self.rebalance_timeout_ms(g);
@@ -1062,6 +1163,7 @@ impl GroupCoordinator {
             member.assignment = member.proposed.take().unwrap_or_default();
         }
         self.group_mut(g).transition(GroupState::Stable, now_ms);
+        self.publish_group(g);
         let (protocol_type, protocol_name) = {
             let group = self.group(g);
             (group.protocol_type.clone(), group.protocol_name.clone())
@@ -1102,6 +1204,7 @@ impl GroupCoordinator {
                 (g, self.validate_member(g, member_id, group_instance_id)?)
             }
         };
+        self.check_board(g);
         let group = self.group(g);
         if generation_id != group.generation_id {
             return Err(GroupError::IllegalGeneration);
@@ -1331,6 +1434,7 @@ impl GroupCoordinator {
     }
 
     fn free_member(&mut self, m: u32) {
+        self.board.withdraw_member(m);
         self.members[m as usize] = None;
         self.member_count -= 1;
         self.free_members.push(m);
@@ -1379,10 +1483,27 @@ impl GroupCoordinator {
             self.remove_pending(g, m, now_ms);
             return;
         }
+        let session_ms = member.session_timeout_ms;
+        // Heartbeats the session board answered count as the coordinator's own: the session
+        // runs from the latest.
+        let seen = self.board.beat_word(m);
+        if let Some(last_ms) = self.board.last_beat_ms(seen)
+            && last_ms + u64::from(session_ms) > now_ms
+        {
+            self.sessions.schedule_in(m, last_ms, session_ms);
+            return;
+        }
         if !member.is_new && (member.join_ticket.is_some() || member.sync_ticket.is_some()) {
             // A member waiting on us is alive (Kafka's `hasSatisfiedHeartbeat`).
-            let session_ms = member.session_timeout_ms;
             self.sessions.schedule_in(m, now_ms, session_ms);
+            return;
+        }
+        if !self.board.retire_member(m, seen) {
+            // A heartbeat landed on the board since `seen` (and was answered): it renewed
+            // the session.
+            let last_ms = self.board.last_beat_ms(self.board.beat_word(m));
+            self.sessions
+                .schedule_in(m, last_ms.unwrap_or(now_ms), session_ms);
             return;
         }
         if let Some(ticket) = self.member_mut(m).join_ticket.take() {
@@ -1689,7 +1810,7 @@ impl GroupCoordinator {
             ];
             let m = self.new_member_at(member, candidates);
             self.sessions.schedule_in(m, now_ms, session_timeout_ms);
-            self.set_session_payload(m);
+            self.set_session_payload(m, now_ms);
             let group = self.group_mut(g);
             group.members.insert(member_id, m);
             group.order.push(m);
@@ -1714,6 +1835,7 @@ impl GroupCoordinator {
         } else if value.current_state_timestamp >= 0 {
             group.empty_since_ms = Some(value.current_state_timestamp as u64);
         }
+        self.publish_group(g);
         Ok(())
     }
 
@@ -1791,17 +1913,6 @@ fn slab_insert<T>(slab: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u
             (slab.len() - 1) as u32
         }
     }
-}
-
-/// The handle in a member id this coordinator generated: the first 8 hex digits of the
-/// trailing 36-character UUID.
-fn handle_in_member_id(member_id: &str) -> Option<u32> {
-    let start = member_id.len().checked_sub(36)?;
-    let handle = member_id.get(start..start + 8)?;
-    if !handle.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(handle, 16).ok()
 }
 
 fn validate_group_id(group_id: &str) -> Result<(), GroupError> {

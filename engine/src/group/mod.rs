@@ -8,6 +8,8 @@
 //!   never blocks on a group.
 //! * [`timer_wheel`] — the hashed timer wheel holding session deadlines: a heartbeat is an
 //!   O(1), allocation-free reschedule.
+//! * [`SessionBoard`] — what a heartbeat needs, published for lock-free reads: most
+//!   heartbeats are answered on the caller's thread, without a trip to the coordinator.
 //!
 //! A thread-per-core broker can own a coordinator directly; [`Engine`](crate::Engine) runs
 //! one inside each shard. See `docs/architecture.md`, section "Consumer groups".
@@ -20,6 +22,7 @@ mod id_hash;
 mod join_order;
 mod member;
 mod protocol;
+mod session_board;
 mod state;
 pub mod timer_wheel;
 
@@ -34,6 +37,7 @@ pub use protocol::{
     JoinProtocol, LeaveGroupResponse, LeavingMember, ListedGroup, MemberDescription,
     SyncGroupRequest, SyncGroupResponse,
 };
+pub use session_board::SessionBoard;
 pub use state::GroupState;
 
 /// Longest member id or `group.instance.id` accepted, in bytes (Kafka has no limit; its

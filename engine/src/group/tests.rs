@@ -17,6 +17,11 @@ fn config() -> GroupConfig {
 
 struct Harness {
     coordinator: GroupCoordinator,
+    /// Heartbeats try the session board first, as the engine does (default); false: the
+    /// coordinator answers every one.
+    via_board: bool,
+    /// Heartbeats the board answered.
+    board_answers: usize,
     now_ms: u64,
     next_ticket: Ticket,
     replies: HashMap<Ticket, GroupReply>,
@@ -105,6 +110,8 @@ impl Harness {
     fn with(config: GroupConfig) -> Harness {
         Harness {
             coordinator: GroupCoordinator::new(config, 7, 1_000),
+            via_board: true,
+            board_answers: 0,
             now_ms: 1_000,
             next_ticket: 1,
             replies: HashMap::new(),
@@ -119,7 +126,19 @@ impl Harness {
         self.collect();
     }
 
+    /// Advances the clock one millisecond at a time, ticking at each: deadlines fire in
+    /// their order, never batched with later ones (whose order within one tick is the
+    /// wheel's).
+    fn advance_finely(&mut self, ms: u64) {
+        for _ in 0..ms {
+            self.now_ms += 1;
+            while self.coordinator.tick(self.now_ms) {}
+        }
+        self.collect();
+    }
+
     fn collect(&mut self) {
+        self.coordinator.check_board_all();
         for reply in self.coordinator.take_replies() {
             let ticket = match &reply {
                 GroupReply::Join(t, _) | GroupReply::Sync(t, _) => *t,
@@ -207,6 +226,15 @@ impl Harness {
     }
 
     fn heartbeat(&mut self, member_id: &str, generation_id: i32) -> Result<(), GroupError> {
+        if self.via_board {
+            let board = self.coordinator.session_board();
+            if let Some(answer) =
+                board.heartbeat(GROUP, member_id, None, generation_id, self.now_ms)
+            {
+                self.board_answers += 1;
+                return answer;
+            }
+        }
         self.coordinator
             .heartbeat(GROUP, member_id, None, generation_id, self.now_ms)
     }
@@ -1489,5 +1517,193 @@ fn a_join_phase_with_only_absent_static_members_waits_another_timeout() {
     assert_eq!(
         (joined.generation_id, joined.leader.as_str()),
         (2, s.as_str())
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The session board.
+
+#[test]
+fn board_heartbeats_keep_a_session_alive_and_the_coordinator_sees_them() {
+    let mut h = Harness::new();
+    let (a, b) = h.stable_pair();
+    let board = h.coordinator.session_board();
+    for _ in 0..2 {
+        h.advance(4_000);
+        // Answered on the board alone: the coordinator never sees these heartbeats.
+        assert_eq!(board.heartbeat(GROUP, &a, None, 2, h.now_ms), Some(Ok(())));
+    }
+    // 12 s on, past both members' first session deadline: a is alive; b, silent, expired.
+    h.advance(4_000);
+    assert_eq!(h.heartbeat(&b, 2), Err(GroupError::UnknownMemberId));
+    assert_eq!(h.state(), Some(GroupState::PreparingRebalance));
+    assert_eq!(
+        board.heartbeat(GROUP, &a, None, 2, h.now_ms),
+        Some(Err(GroupError::RebalanceInProgress))
+    );
+    // Another generation is the coordinator's to answer.
+    assert_eq!(board.heartbeat(GROUP, &a, None, 1, h.now_ms), None);
+    assert_eq!(h.heartbeat(&a, 1), Err(GroupError::IllegalGeneration));
+    // Silence from the last board beat on ends a's session too, exactly one session later.
+    let last_beat_ms = h.now_ms;
+    h.advance(SESSION_MS as u64 - 1);
+    assert_eq!(h.coordinator.describe(GROUP).unwrap().members.len(), 1);
+    h.advance(1);
+    assert_eq!(h.now_ms, last_beat_ms + SESSION_MS as u64);
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    assert_eq!(board.heartbeat(GROUP, &a, None, 2, h.now_ms), None);
+}
+
+#[test]
+fn the_board_answers_only_members_past_their_join_and_forgets_replaced_ids() {
+    let mut h = Harness::new();
+    let board = h.coordinator.session_board();
+    let (id, joined) = h.join_new(&["range"]);
+    assert!(matches!(joined, Joined::Waiting(_)));
+    h.collect();
+    // Generation 1 answered: published from now on.
+    assert_eq!(board.heartbeat(GROUP, &id, None, 1, h.now_ms), Some(Ok(())));
+    // A pending member (MEMBER_ID_REQUIRED) is not.
+    let Joined::Now(first) = h.join(join_request("", None, &["range"])) else {
+        panic!()
+    };
+    assert_eq!(
+        board.heartbeat(GROUP, &first.member_id, None, 1, h.now_ms),
+        None
+    );
+    // A static member replaced by a rejoin with a new id: the old id is withdrawn.
+    let mut h = Harness::new();
+    let board = h.coordinator.session_board();
+    let Joined::Waiting(t) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!()
+    };
+    let old = h.join_reply(t).unwrap().member_id;
+    assert_eq!(h.sync_alone(&old, 1, b"x").error, None);
+    assert_eq!(
+        board.heartbeat(GROUP, &old, None, 1, h.now_ms),
+        Some(Ok(()))
+    );
+    let Joined::Now(replaced) = h.join(join_request("", Some("i-1"), &["range"])) else {
+        panic!("an unchanged static rejoin of a Stable group answers at once")
+    };
+    assert_eq!(board.heartbeat(GROUP, &old, None, 1, h.now_ms), None);
+    assert_eq!(h.heartbeat(&old, 1), Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        board.heartbeat(GROUP, &replaced.member_id, None, 1, h.now_ms),
+        Some(Ok(()))
+    );
+}
+
+/// A tiny deterministic generator for the differential test.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// One step of the differential test, applied to both harnesses alike.
+fn random_step(h: &mut Harness, rng: &mut Rng, ids: &mut Vec<String>) -> String {
+    let generation = h.coordinator.generation(GROUP).unwrap_or(0);
+    let pick = |rng: &mut Rng, ids: &[String]| -> String {
+        if ids.is_empty() {
+            "nobody-00000000-0000-0000-0000-000000000000".into()
+        } else {
+            ids[rng.below(ids.len() as u64) as usize].clone()
+        }
+    };
+    match rng.below(10) {
+        0 if ids.len() < 4 => {
+            let (id, joined) = h.join_new(&["range"]);
+            ids.push(id);
+            format!("{joined:?}")
+        }
+        1 => {
+            let id = pick(rng, ids);
+            format!(
+                "rejoin {id}: {:?}",
+                h.join(join_request(&id, None, &["range"]))
+            )
+        }
+        2 => {
+            let id = pick(rng, ids);
+            let assignments: Vec<(&str, &[u8])> =
+                ids.iter().map(|i| (i.as_str(), &b"part"[..])).collect();
+            format!(
+                "sync {id}: {:?}",
+                h.sync(sync_request(&id, generation, &assignments))
+            )
+        }
+        3 => {
+            let id = pick(rng, ids);
+            let members = vec![LeavingMember {
+                member_id: id,
+                group_instance_id: None,
+            }];
+            let response = h.coordinator.leave(GROUP, members, h.now_ms);
+            h.collect();
+            format!("{response:?}")
+        }
+        4 => format!("{:?}", h.persist_all(Ok(()))),
+        5 | 6 => {
+            let ms = [1, 700, 3_000, 6_000, 11_000][rng.below(5) as usize];
+            h.advance_finely(ms);
+            format!("advanced {ms}")
+        }
+        _ => {
+            let id = pick(rng, ids);
+            let stale = rng.below(5) == 0;
+            let beat = h.heartbeat(&id, generation - i32::from(stale));
+            format!("beat {id} stale {stale}: {beat:?}")
+        }
+    }
+}
+
+/// Random joins, syncs, leaves, writes, heartbeats and clock jumps, applied alike to a
+/// coordinator whose heartbeats go through the session board and to one that answers all of
+/// them itself: every answer, reply and description is the same.
+#[test]
+fn board_heartbeats_are_indistinguishable_from_the_coordinators() {
+    let mut board_answers = 0;
+    for seed in 1..=300u64 {
+        let mut with_board = Harness::new();
+        let mut without = Harness::new();
+        without.via_board = false;
+        let (mut rng_a, mut rng_b) = (Rng(seed * 0x9e37_79b9), Rng(seed * 0x9e37_79b9));
+        let (mut ids_a, mut ids_b) = (Vec::new(), Vec::new());
+        for step in 0..120 {
+            // Each step at a millisecond of its own (as requests arrive): no two deadlines
+            // are set at once except by one join's completion, alike in both.
+            let a = random_step(&mut with_board, &mut rng_a, &mut ids_a);
+            let b = random_step(&mut without, &mut rng_b, &mut ids_b);
+            with_board.advance_finely(1);
+            without.advance_finely(1);
+            assert_eq!(a, b, "seed {seed} step {step}");
+            assert_eq!(
+                format!("{:?}", with_board.coordinator.describe(GROUP)),
+                format!("{:?}", without.coordinator.describe(GROUP)),
+                "seed {seed} step {step}"
+            );
+            let mut replies_a: Vec<_> = with_board
+                .replies
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect();
+            let mut replies_b: Vec<_> = without.replies.iter().map(|r| format!("{r:?}")).collect();
+            replies_a.sort();
+            replies_b.sort();
+            assert_eq!(replies_a, replies_b, "seed {seed} step {step}");
+        }
+        board_answers += with_board.board_answers;
+    }
+    // Most heartbeats of live members were the board's (the rest: stale generations,
+    // unknown and pending members).
+    assert!(
+        board_answers > 1_000,
+        "{board_answers} heartbeats answered by the board"
     );
 }

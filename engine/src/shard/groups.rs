@@ -21,9 +21,10 @@ use crate::format::{
 use crate::group::{
     CommitFence, GroupConfig, GroupCoordinator, GroupDescription, GroupError, GroupReply,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupResponse, LeavingMember, ListedGroup,
-    PersistRecord, SyncGroupRequest, SyncGroupResponse, Ticket,
+    PersistRecord, SessionBoard, SyncGroupRequest, SyncGroupResponse, Ticket,
 };
 use crate::log::reader::PARTITION_FLUSH_BYTES_MAX;
+use crate::sync::Arc;
 
 /// How often the shard ticks its coordinator while deadlines are armed: one timer-wheel
 /// slot.
@@ -175,6 +176,45 @@ enum Waiting {
 /// record offset (`None`: a tombstone).
 pub(crate) type GroupReplay = HashMap<String, (Option<GroupMetadataValue>, u64)>;
 
+/// The groups' clock: monotonic, starting at the wall clock. The shard and the engine's
+/// handle on it (which answers heartbeats from the session board) read the same one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupClock {
+    origin: Instant,
+    base_ms: u64,
+}
+
+impl GroupClock {
+    pub(crate) fn start() -> GroupClock {
+        GroupClock {
+            origin: Instant::now(),
+            base_ms: u64::try_from(wall_clock_ms()).unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.base_ms + self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// What a shard's groups share with the engine's handle on the shard: the coordinator's
+/// session board and the clock its beats are timed by.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedGroups {
+    pub(crate) board: Arc<SessionBoard>,
+    pub(crate) clock: GroupClock,
+}
+
+impl SharedGroups {
+    pub(crate) fn new(config: &GroupConfig) -> SharedGroups {
+        let clock = GroupClock::start();
+        SharedGroups {
+            board: Arc::new(SessionBoard::for_config(config, clock.base_ms)),
+            clock,
+        }
+    }
+}
+
 /// A shard's groups.
 pub(crate) struct ShardGroups {
     pub(crate) coordinator: GroupCoordinator,
@@ -182,9 +222,7 @@ pub(crate) struct ShardGroups {
     next_ticket: Ticket,
     /// Records the coordinator asked for, not yet written.
     records: VecDeque<PersistRecord>,
-    /// The coordinator's clock: monotonic, starting at the wall clock.
-    clock_origin: Instant,
-    clock_base_ms: u64,
+    clock: GroupClock,
     next_tick_ms: u64,
     /// While the shard opens, partitions' groups wait here so they are restored together
     /// (the coordinator then knows how many members to expect).
@@ -192,23 +230,26 @@ pub(crate) struct ShardGroups {
 }
 
 impl ShardGroups {
-    pub(crate) fn new(config: &GroupConfig, shard_index: usize) -> ShardGroups {
-        let clock_base_ms = u64::try_from(wall_clock_ms()).unwrap_or(0);
-        let seed = clock_base_ms ^ ((shard_index as u64) << 48) ^ u64::from(std::process::id());
+    pub(crate) fn new(
+        config: &GroupConfig,
+        shard_index: usize,
+        shared: SharedGroups,
+    ) -> ShardGroups {
+        let SharedGroups { board, clock } = shared;
+        let seed = clock.base_ms ^ ((shard_index as u64) << 48) ^ u64::from(std::process::id());
         ShardGroups {
-            coordinator: GroupCoordinator::new(config.clone(), seed, clock_base_ms),
+            coordinator: GroupCoordinator::with_board(config.clone(), seed, clock.base_ms, board),
             waiting: HashMap::new(),
             next_ticket: 1,
             records: VecDeque::new(),
-            clock_origin: Instant::now(),
-            clock_base_ms,
+            clock,
             next_tick_ms: 0,
             opening: Some(Vec::new()),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.clock_base_ms + self.clock_origin.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     fn ticket(&mut self) -> Ticket {

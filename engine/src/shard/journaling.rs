@@ -39,9 +39,7 @@ impl Shard {
         };
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
-            if hosted.failure.is_none() {
-                hosted.failure = Some(format!("journal: {reason}"));
-            }
+            hosted.fail_closed(partition, format!("journal: {reason}"), &self.failed);
         }
         false
     }
@@ -191,7 +189,8 @@ impl Shard {
             journal.retain_previous();
         }
         let hosted = &mut self.partitions[partition as usize];
-        hosted.failure = Some(format!("journal checkpoint: {reason}"));
+        let reason = format!("journal checkpoint: {reason}");
+        hosted.fail_closed(partition, reason, &self.failed);
         if let Some(log) = hosted.log.take() {
             log.abandon(self.storage.as_mut());
         }

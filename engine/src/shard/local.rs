@@ -19,7 +19,8 @@ use crossbeam_channel::{Receiver, bounded};
 
 use super::group_commit::CommitPool;
 use super::{
-    GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard, ShardMetrics, ShardShared,
+    FailedPartitions, GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard,
+    ShardMetrics, ShardShared, SharedGroups,
 };
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
@@ -213,6 +214,10 @@ impl LocalShard {
             events: events_sink,
             pools,
             flush_sequence,
+            groups: SharedGroups::new(&config.groups),
+            failed: crate::sync::Arc::new(FailedPartitions::new(
+                config.offsets_topic_num_partitions,
+            )),
         };
         let (shard, recovery) = Shard::open(config, storage, hosted, index, shared)?;
         Ok(LocalShard {

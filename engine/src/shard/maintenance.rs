@@ -287,7 +287,7 @@ impl Shard {
         self.metrics.compaction.compaction_errors += 1;
         if fail_partition {
             let hosted = &mut self.partitions[partition as usize];
-            hosted.failure = Some(format!("compaction: {reason}"));
+            hosted.fail_closed(partition, format!("compaction: {reason}"), &self.failed);
             if let Some(log) = hosted.log.take() {
                 log.abandon(self.storage.as_mut());
             }

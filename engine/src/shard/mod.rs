@@ -14,7 +14,9 @@ mod local;
 mod maintenance;
 mod metrics;
 
-pub(crate) use groups::{GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatCall, HeartbeatPool};
+pub(crate) use groups::{
+    GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatCall, HeartbeatPool, SharedGroups,
+};
 pub use local::{AdoptFailed, LocalShard, PartitionHandoff};
 pub use maintenance::PartitionSpace;
 pub use metrics::ShardMetrics;
@@ -37,6 +39,7 @@ use crate::journal::{FlushSequence, JournalWriter};
 use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
+use crate::sync::atomic::{AtomicBool, Ordering};
 use group_commit::{
     CommitPool, GroupCommitBatch, PendingCommit, PendingOffset, encode_partition_batch,
 };
@@ -59,6 +62,34 @@ pub(crate) struct ShardShared {
     pub(crate) pools: RequestPools,
     /// Numbers every flush of every shard (the journal's entry order).
     pub(crate) flush_sequence: crate::sync::Arc<FlushSequence>,
+    /// The session board and clock of the shard's groups, shared with the engine's handle.
+    pub(crate) groups: SharedGroups,
+    /// Which offsets partitions are failed closed (all shards' and the engine's view).
+    pub(crate) failed: crate::sync::Arc<FailedPartitions>,
+}
+
+/// Which offsets partitions are failed closed, readable from any thread: the engine answers
+/// no heartbeat of their groups from the session board (the shard refuses them all).
+#[derive(Debug)]
+pub(crate) struct FailedPartitions(Box<[AtomicBool]>);
+
+impl FailedPartitions {
+    pub(crate) fn new(partitions: u32) -> FailedPartitions {
+        FailedPartitions((0..partitions).map(|_| AtomicBool::new(false)).collect())
+    }
+
+    /// Whether `partition` is failed closed (true for a partition number out of range).
+    pub(crate) fn is_failed(&self, partition: u32) -> bool {
+        self.0
+            .get(partition as usize)
+            .is_none_or(|failed| failed.load(Ordering::Acquire))
+    }
+
+    fn set(&self, partition: u32, failed: bool) {
+        if let Some(flag) = self.0.get(partition as usize) {
+            flag.store(failed, Ordering::Release);
+        }
+    }
 }
 
 /// What recovery found when the engine opened.
@@ -159,6 +190,13 @@ struct HostedPartition {
 }
 
 impl HostedPartition {
+    /// Fails the partition closed: every request to it is refused until it is loaded again
+    /// (the first reason stays).
+    fn fail_closed(&mut self, partition: u32, reason: String, failed: &FailedPartitions) {
+        self.failure.get_or_insert(reason);
+        failed.set(partition, true);
+    }
+
     fn not_hosted() -> HostedPartition {
         HostedPartition {
             hosted: false,
@@ -195,6 +233,8 @@ const IDLE_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 
 pub(crate) struct Shard {
     storage: Box<dyn Storage>,
+    /// Shared with every shard and the engine: set when a partition fails closed.
+    failed: crate::sync::Arc<FailedPartitions>,
     data_dir: PathBuf,
     settings: LogSettings,
     /// Recovery's read buffer, kept for partitions loaded later.
@@ -259,6 +299,8 @@ impl Shard {
             events,
             pools,
             flush_sequence,
+            groups,
+            failed,
         } = shared;
         let partitions: Vec<HostedPartition> = (0..config.offsets_topic_num_partitions)
             .map(|_| HostedPartition::not_hosted())
@@ -300,7 +342,8 @@ impl Shard {
             fsync_scope: config.fsync_scope,
             metrics: ShardMetrics::new(index),
             maintenance: Maintenance::new(config, events),
-            groups: ShardGroups::new(&config.groups, index),
+            groups: ShardGroups::new(&config.groups, index, groups),
+            failed,
             journal,
             journal_dirty: vec![false; config.offsets_topic_num_partitions as usize],
             journal_unavailable: None,
@@ -385,6 +428,7 @@ impl Shard {
             }
         };
         report.partitions.push(recovery);
+        self.failed.set(partition, false);
         self.partitions[partition as usize] = HostedPartition {
             hosted: true,
             log: Some(log),
@@ -430,7 +474,7 @@ impl Shard {
             // Never retry the failed sync: the partition fails closed here but keeps its
             // cache. Without a journal a later move hands it on and the target recovers from
             // disk; with one, only a reopen does (see `unload_refusal`).
-            slot.failure = Some(format!("closing the log: {error}"));
+            slot.fail_closed(partition, format!("closing the log: {error}"), &self.failed);
             return Err(Error::io(
                 format!("closing offsets partition {partition}"),
                 error,
@@ -504,6 +548,7 @@ impl Shard {
                 self.after_flush();
             }
             self.service_groups();
+            self.check_failed_flags();
             // Nothing owed while the shard may block on its inbox.
             self.wakes.wake_all();
             if let Step::Stop(reply) = step {
@@ -599,6 +644,22 @@ impl Shard {
     }
 
     /// Writes the batch: encode per partition, one durable submission, then apply and ack.
+    /// Debug builds: every hosted partition that failed closed is flagged for the engine (a
+    /// failure set without [`HostedPartition::fail_closed`] would leave the session board
+    /// answering its groups' heartbeats).
+    fn check_failed_flags(&self) {
+        if cfg!(debug_assertions) {
+            for (partition, hosted) in self.partitions.iter().enumerate() {
+                let partition = partition as u32;
+                assert!(
+                    !hosted.hosted || hosted.failure.is_some() == self.failed.is_failed(partition),
+                    "partition {partition}: failure {:?} not flagged",
+                    hosted.failure
+                );
+            }
+        }
+    }
+
     fn flush(&mut self) {
         let now = Instant::now();
         let timestamp_ms = wall_clock_ms();
@@ -687,7 +748,8 @@ impl Shard {
                 }
                 Ok(false) => {}
                 Err(error) => {
-                    hosted.failure = Some(format!("rolling a segment: {error}"));
+                    let reason = format!("rolling a segment: {error}");
+                    hosted.fail_closed(partition, reason, &self.failed);
                     if let Some(log) = hosted.log.take() {
                         log.abandon(self.storage.as_mut());
                     }
@@ -745,7 +807,9 @@ impl Shard {
                     }
                     self.metrics.syncs += u64::from(synced);
                 }
-                Err(error) => hosted.failure = Some(format!("{context}{error}")),
+                Err(error) => {
+                    hosted.fail_closed(partition, format!("{context}{error}"), &self.failed)
+                }
             }
         }
     }
@@ -825,7 +889,7 @@ impl Shard {
         for &partition in &placed {
             let hosted = &mut self.partitions[partition as usize];
             if let Err(reason) = &journaled {
-                hosted.failure.get_or_insert_with(|| reason.clone());
+                hosted.fail_closed(partition, reason.clone(), &self.failed);
             }
             if hosted.failure.is_some() {
                 continue;
@@ -868,7 +932,8 @@ impl Shard {
                     }
                 }
                 Err(error) => {
-                    hosted.failure = Some(format!("rolling a segment: {error}"));
+                    let reason = format!("rolling a segment: {error}");
+                    hosted.fail_closed(partition, reason, &self.failed);
                 }
             }
         }
