@@ -6,6 +6,10 @@
 //! records with ids some other coordinator made (found by their fingerprint).
 //!
 //!
+//! `heartbeat/board_*`: the same fleets' heartbeats through the coordinator's session board
+//! first, as `Engine::heartbeat` answers them on the caller's thread (what the board cannot
+//! answer goes to the coordinator; ids found only through the fingerprint index do).
+//!
 //! `rebalance/*`: one group of N members, Stable; one iteration is a full rebalance (the
 //! leader rejoins, every member rejoins, the leader's SyncGroup with every assignment, the
 //! GroupMetadata record acknowledged, every follower's SyncGroup). Per member it should cost
@@ -219,16 +223,20 @@ fn foreign_fleet(groups: usize, shuffle: bool) -> Fleet {
 fn heartbeats(c: &mut Criterion) {
     let mut bench = c.benchmark_group("heartbeat");
     bench.throughput(Throughput::Elements(BATCH as u64));
+    // (fleet, groups, shuffled, through the session board)
     let runs = [
-        ("joined", 1000, true),
-        ("joined", 10, true),
-        ("joined", 1000, false),
-        ("restarted", 1000, true),
-        ("foreign", 1000, true),
-        ("foreign", 10, true),
-        ("foreign", 1000, false),
+        ("joined", 1000, true, false),
+        ("joined", 10, true, false),
+        ("joined", 1000, false, false),
+        ("restarted", 1000, true, false),
+        ("foreign", 1000, true, false),
+        ("foreign", 10, true, false),
+        ("foreign", 1000, false, false),
+        ("joined", 1000, true, true),
+        ("restarted", 1000, true, true),
+        ("foreign", 1000, true, true),
     ];
-    for (how, groups, shuffle) in runs {
+    for (how, groups, shuffle, via_board) in runs {
         let mut fleet = match how {
             "joined" => joined_fleet(groups, shuffle),
             "restarted" => restarted_fleet(groups, shuffle),
@@ -237,7 +245,9 @@ fn heartbeats(c: &mut Criterion) {
         let mut next = 0;
         let mut now_ms = 1_000;
         let visit = if shuffle { "shuffled" } else { "in_order" };
-        let name = format!("100k_{how}_members_{groups}_groups_{visit}");
+        let path = if via_board { "board_" } else { "" };
+        let name = format!("{path}100k_{how}_members_{groups}_groups_{visit}");
+        let board = fleet.coordinator.session_board();
         bench.bench_function(name, |b| {
             b.iter(|| {
                 // Every batch is 1 ms later: sessions move between wheel slots as in life.
@@ -246,9 +256,16 @@ fn heartbeats(c: &mut Criterion) {
                     let (group, member) = &fleet.order[next];
                     next = (next + 1) % fleet.order.len();
                     let generation = fleet.generation;
-                    let result = fleet
-                        .coordinator
-                        .heartbeat(group, member, None, generation, now_ms);
+                    // Through the board, as `Engine::heartbeat` does on a caller's thread
+                    // (the coordinator answers what the board cannot, as there).
+                    let result = via_board
+                        .then(|| board.heartbeat(group, member, None, generation, now_ms))
+                        .flatten()
+                        .unwrap_or_else(|| {
+                            fleet
+                                .coordinator
+                                .heartbeat(group, member, None, generation, now_ms)
+                        });
                     debug_assert!(result.is_ok());
                     black_box(result).ok();
                 }

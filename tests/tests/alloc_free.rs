@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use coffer::group::GroupError;
 use coffer::{CommitFuture, Config, Engine, OffsetCommit};
 
 /// Counts allocations (and reallocations) while `COUNTING` is set.
@@ -170,8 +171,9 @@ fn sync_alone(group: &str, member: &str, generation_id: i32) -> coffer::group::S
     }
 }
 
-/// Heartbeats through the engine handle (request and completion slot pooled) allocate
-/// nothing once warm.
+/// Heartbeats through the engine handle allocate nothing once warm: those the session board
+/// answers on the caller's thread, and those that go to the shard (here: a stale
+/// generation; request and completion slot pooled).
 fn engine_heartbeats_allocate_nothing(engine: &Engine) {
     let joined = engine
         .join_group(coffer_tests::join_request("hb-engine", "", 30_000, false))
@@ -180,23 +182,28 @@ fn engine_heartbeats_allocate_nothing(engine: &Engine) {
     let member = joined.member_id;
     let sync = sync_alone("hb-engine", &member, joined.generation_id);
     assert_eq!(engine.sync_group(sync).wait().error, None);
-    let beat = || {
+    let beat = |generation_id| {
         engine
-            .heartbeat("hb-engine", &member, None, joined.generation_id)
+            .heartbeat("hb-engine", &member, None, generation_id)
             .wait()
     };
+    let stale = joined.generation_id - 1;
     for _ in 0..1_000 {
-        assert_eq!(beat(), Ok(()));
+        assert_eq!(beat(joined.generation_id), Ok(()));
+        assert_eq!(beat(stale), Err(GroupError::IllegalGeneration));
     }
     ALLOCATIONS.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
-    let accepted = (0..10_000).filter(|_| beat().is_ok()).count();
+    let accepted = (0..10_000)
+        .filter(|_| beat(joined.generation_id).is_ok())
+        .count();
+    let fenced = (0..10_000).filter(|_| beat(stale).is_err()).count();
     COUNTING.store(false, Ordering::Relaxed);
-    assert_eq!(accepted, 10_000);
+    assert_eq!((accepted, fenced), (10_000, 10_000));
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     assert_eq!(
         allocations, 0,
-        "{allocations} allocations over 10,000 engine heartbeats"
+        "{allocations} allocations over 20,000 engine heartbeats"
     );
 }
 

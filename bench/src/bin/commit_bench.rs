@@ -107,15 +107,15 @@ struct Args {
     /// checkpoints.
     #[arg(long, default_value_t = 64)]
     journal_file_mib: u64,
-    /// Heartbeats per second sent during the engine phase from one more thread (on the
-    /// committers' core) by `--heartbeat-members` Stable one-member groups, distinct from
-    /// the committing groups (0: none).
+    /// Heartbeats per second sent during the engine phase (from one more thread on the
+    /// committers' core, or see `--heartbeat-core`) by `--heartbeat-members` Stable
+    /// one-member groups, distinct from the committing groups (0: none).
     #[arg(long, default_value_t = 0)]
     heartbeats_per_sec: u64,
     /// Group members heartbeating (each alone in its group).
     #[arg(long, default_value_t = 3200)]
     heartbeat_members: usize,
-    /// Where the heartbeat thread runs.
+    /// Where the heartbeat thread runs (or `inline`: no thread, the committers send them).
     #[arg(long, value_enum, default_value_t = HeartbeatCore::Committers)]
     heartbeat_core: HeartbeatCore,
 }
@@ -129,6 +129,10 @@ enum HeartbeatCore {
     Shard,
     /// Not pinned.
     Any,
+    /// No heartbeat thread: each committer sends its share between its commits, as a
+    /// broker's request handler threads interleave the Heartbeat and OffsetCommit requests
+    /// they read (the heartbeats' answers are collected without blocking).
+    Inline,
 }
 
 /// Who commits what: group `g` commits `partitions_per_request` consecutive partitions of
@@ -207,6 +211,10 @@ impl Percentiles {
 struct CommitterOut {
     latency_us: Histogram<u64>,
     acks: u64,
+    /// Inline heartbeats (`--heartbeat-core inline`): answered in the measured window, and
+    /// answered with an error.
+    heartbeats_answered: u64,
+    heartbeat_errors: u64,
 }
 
 /// Longest an open-loop committer sleeps between checks for acks and sends.
@@ -222,10 +230,13 @@ fn run_committer(
     in_flight: usize,
     rate_per_s: Option<f64>,
     (measure_from, stop_at): (Instant, Instant),
+    mut heartbeats: Option<heartbeat::Inline<'_>>,
 ) -> BoxResult<CommitterOut> {
     let mut out = CommitterOut {
         latency_us: histogram(),
         acks: 0,
+        heartbeats_answered: 0,
+        heartbeat_errors: 0,
     };
     let mut queue: VecDeque<(Instant, CommitFuture)> = VecDeque::with_capacity(in_flight);
     let mut pairs = Vec::with_capacity(keys.partitions_per_request);
@@ -245,6 +256,9 @@ fn run_committer(
     loop {
         let now = Instant::now();
         let stopping = now >= stop_at;
+        if let Some(heartbeats) = heartbeats.as_mut().filter(|_| !stopping) {
+            heartbeats.send_due(engine, now >= measure_from);
+        }
         if !stopping {
             while queue.len() < in_flight {
                 // Open loop: the send time is the schedule's, not the moment we got to it.
@@ -290,6 +304,9 @@ fn run_committer(
         };
         complete(issued, future.wait())?;
         drain_resolved(&mut queue, &mut cx, &mut complete)?;
+    }
+    if let Some(heartbeats) = heartbeats {
+        (out.heartbeats_answered, out.heartbeat_errors) = heartbeats.finish();
     }
     Ok(out)
 }
@@ -411,6 +428,12 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
             let in_flight =
                 args.in_flight / committers + usize::from(thread < args.in_flight % committers);
             let engine = &engine;
+            let inline = (matches!(args.heartbeat_core, HeartbeatCore::Inline)
+                && !members.is_empty())
+            .then(|| {
+                let share = args.heartbeats_per_sec as f64 / committers as f64;
+                heartbeat::Inline::new(&members, thread, committers, share)
+            });
             handles.push(scope.spawn(move || {
                 if let Some(core) = committer_core {
                     core_affinity::set_for_current(core);
@@ -422,15 +445,17 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                     in_flight.max(1),
                     rate,
                     (measure_from, stop_at),
+                    inline,
                 )
             }));
         }
         let heartbeat_core = match args.heartbeat_core {
             HeartbeatCore::Committers => committer_core,
             HeartbeatCore::Shard => shard_core(args, cores),
-            HeartbeatCore::Any => None,
+            HeartbeatCore::Any | HeartbeatCore::Inline => None,
         };
-        let heartbeater = if members.is_empty() {
+        let inline = matches!(args.heartbeat_core, HeartbeatCore::Inline);
+        let heartbeater = if members.is_empty() || inline {
             None
         } else {
             let (engine, members) = (&engine, &members);
@@ -475,9 +500,18 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
 
     let mut latency = histogram();
     let mut acks = 0;
+    let (mut heartbeats, mut heartbeat_errors) = (0, 0);
     for out in &outs {
         latency.add(&out.latency_us)?;
         acks += out.acks;
+        heartbeats += out.heartbeats_answered;
+        heartbeat_errors += out.heartbeat_errors;
+    }
+    if matches!(args.heartbeat_core, HeartbeatCore::Inline) && args.heartbeats_per_sec > 0 {
+        println!(
+            "heartbeats: {heartbeats} answered in the measured window ({:.0}/s), {heartbeat_errors} errors, sent inline by the committers",
+            heartbeats as f64 / args.duration
+        );
     }
     let seconds = args.duration;
     Ok(EngineOut {
@@ -720,8 +754,11 @@ struct OpenLoopFloorOut {
 mod heartbeat {
     use std::time::{Duration, Instant};
 
-    use coffer::Engine;
-    use coffer::group::{JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use coffer::group::{GroupError, JoinGroupRequest, JoinProtocol, SyncGroupRequest};
+    use coffer::{Engine, GroupFuture};
 
     use super::BoxResult;
 
@@ -792,6 +829,7 @@ mod heartbeat {
         measure_from: Instant,
         stop_at: Instant,
     ) -> (u64, u64, f64) {
+        let requests = RequestIds::laid_out(members);
         let started = Instant::now();
         let cpu_started = thread_cpu_time();
         let (mut sent, mut answered, mut errors, mut next) = (0u64, 0u64, 0u64, 0usize);
@@ -799,7 +837,7 @@ mod heartbeat {
         while Instant::now() < stop_at {
             let due = (started.elapsed().as_secs_f64() * per_sec as f64) as u64;
             while sent < due {
-                let (group_id, member_id) = &members[next];
+                let (group_id, member_id) = requests.get(next);
                 next = (next + 1) % members.len();
                 pending.push(engine.heartbeat(group_id, member_id, None, 1));
                 sent += 1;
@@ -816,6 +854,120 @@ mod heartbeat {
         let cpu_share =
             (thread_cpu_time() - cpu_started).as_secs_f64() / started.elapsed().as_secs_f64();
         (answered, errors, cpu_share)
+    }
+
+    /// The heartbeats' ids laid out back to back in sending order, as requests sit in a
+    /// broker's receive buffer (the criterion benchmark does the same): a heartbeat reads
+    /// its ids from memory the previous one's read brought in, not from strings scattered
+    /// over the heap since the joins.
+    struct RequestIds {
+        text: String,
+        /// Per member: where its group id ends and its member id starts, and where that
+        /// ends (its group id starts where the previous member id ends).
+        ends: Vec<(usize, usize)>,
+    }
+
+    impl RequestIds {
+        fn laid_out(members: &[(String, String)]) -> RequestIds {
+            let mut text = String::new();
+            let mut ends = Vec::with_capacity(members.len());
+            for (group_id, member_id) in members {
+                text.push_str(group_id);
+                let group_end = text.len();
+                text.push_str(member_id);
+                ends.push((group_end, text.len()));
+            }
+            RequestIds { text, ends }
+        }
+
+        fn get(&self, i: usize) -> (&str, &str) {
+            let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
+            let (group_end, end) = self.ends[i];
+            (&self.text[start..group_end], &self.text[group_end..end])
+        }
+    }
+
+    /// A committer's share of the heartbeats (`--heartbeat-core inline`): members `first`,
+    /// `first + stride`, ... in turn, at `per_sec`, sent between the committer's commits.
+    pub struct Inline<'m> {
+        requests: RequestIds,
+        members: &'m [(String, String)],
+        first: usize,
+        stride: usize,
+        per_sec: f64,
+        started: Instant,
+        sent: u64,
+        next: usize,
+        /// Answers not in yet (heartbeats that went to the shard), oldest first, with
+        /// whether they count (sent in the measured window).
+        pending: std::collections::VecDeque<(bool, GroupFuture<Result<(), GroupError>>)>,
+        answered: u64,
+        errors: u64,
+    }
+
+    impl<'m> Inline<'m> {
+        pub fn new(
+            members: &'m [(String, String)],
+            first: usize,
+            stride: usize,
+            per_sec: f64,
+        ) -> Inline<'m> {
+            Inline {
+                requests: RequestIds::laid_out(members),
+                members,
+                first,
+                stride,
+                per_sec,
+                started: Instant::now(),
+                sent: 0,
+                next: first,
+                pending: std::collections::VecDeque::new(),
+                answered: 0,
+                errors: 0,
+            }
+        }
+
+        /// Sends the heartbeats due by now; collects the answers already in.
+        pub fn send_due(&mut self, engine: &Engine, measured: bool) {
+            let due = (self.started.elapsed().as_secs_f64() * self.per_sec) as u64;
+            let mut cx = Context::from_waker(Waker::noop());
+            while self.sent < due {
+                let (group_id, member_id) = self.requests.get(self.next);
+                self.next += self.stride;
+                if self.next >= self.members.len() {
+                    self.next = self.first;
+                }
+                self.sent += 1;
+                let mut answer = engine.heartbeat(group_id, member_id, None, 1);
+                match Pin::new(&mut answer).poll(&mut cx) {
+                    Poll::Ready(result) => self.count(measured, result),
+                    Poll::Pending => self.pending.push_back((measured, answer)),
+                }
+            }
+            while let Some((counts, answer)) = self.pending.front_mut() {
+                let counts = *counts;
+                let Poll::Ready(result) = Pin::new(answer).poll(&mut cx) else {
+                    break;
+                };
+                self.pending.pop_front();
+                self.count(counts, result);
+            }
+        }
+
+        fn count(&mut self, measured: bool, result: Result<(), GroupError>) {
+            self.answered += u64::from(measured);
+            self.errors += u64::from(result.is_err());
+        }
+
+        /// Waits for the answers still out; returns (answered in the measured window,
+        /// errors).
+        pub fn finish(mut self) -> (u64, u64) {
+            while let Some((counts, answer)) = self.pending.pop_front() {
+                let result = answer.wait();
+                self.count(counts, result);
+            }
+            (self.answered, self.errors)
+        }
     }
 
     /// CPU time the calling thread has used (zero if the clock cannot be read).
