@@ -26,8 +26,8 @@ use crate::shard::group_commit::{
     commit_record_bytes_max,
 };
 use crate::shard::{
-    FailedPartitions, GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatPool, RecoveryReport, Request,
-    RequestPools, Shard, ShardMetrics, ShardShared, SharedGroups,
+    FailedPartitions, GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatBoard, HeartbeatPool,
+    RecoveryReport, Request, RequestPools, Shard, ShardMetrics, ShardShared, SharedGroups,
 };
 use crate::storage::{Storage, UringStorage};
 use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -88,16 +88,13 @@ struct EngineInner {
     pools: RequestPools,
     completions: CompletionPool,
     heartbeat_slots: CompletionPool<std::result::Result<(), crate::group::GroupError>>,
-    /// Which offsets partitions are failed closed: their heartbeats go to the shard.
-    failed: crate::sync::Arc<FailedPartitions>,
 }
 
 /// The engine's end of one shard thread.
 struct ShardHandle {
     requests: Sender<Request>,
-    /// The shard's session board and group clock: most heartbeats are answered here, on
-    /// the caller's thread.
-    groups: SharedGroups,
+    /// Most heartbeats are answered here, on the caller's thread.
+    heartbeats: HeartbeatBoard,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -229,7 +226,6 @@ impl Engine {
                 pools,
                 completions,
                 heartbeat_slots,
-                failed,
             }),
         })
     }
@@ -632,7 +628,7 @@ fn spawn_shard(
     let (requests, inbox) = bounded(config.request_queue_depth_max);
     let (opened_tx, opened_rx) = bounded(1);
     let shard_config = config.clone();
-    let groups = shared.groups.clone();
+    let heartbeats = HeartbeatBoard::new(shared.groups.clone(), shared.failed.clone());
     let thread = std::thread::Builder::new()
         .name(format!("coffer-shard-{index}"))
         .spawn(move || {
@@ -660,7 +656,7 @@ fn spawn_shard(
         .map_err(|e| Error::io("spawning a shard thread", e))?;
     let handle = ShardHandle {
         requests,
-        groups,
+        heartbeats,
         thread: Mutex::new(Some(thread)),
     };
     Ok((handle, opened_rx))

@@ -41,5 +41,6 @@ pub use error::{Error, Result};
 pub use events::{EVENT_QUEUE_DEPTH_MAX, EngineEvent};
 pub use offsets::{CommittedOffset, OffsetCommit, TopicPartitionOffset};
 pub use shard::{
-    AdoptFailed, LocalShard, PartitionHandoff, PartitionSpace, RecoveryReport, ShardMetrics,
+    AdoptFailed, HeartbeatBoard, LocalShard, PartitionHandoff, PartitionSpace, RecoveryReport,
+    ShardMetrics,
 };

@@ -249,6 +249,24 @@ fn groups_run_on_the_callers_thread_and_fence_its_commits() {
         shard.heartbeat(group, "stranger", None, 1),
         Err(GroupError::UnknownMemberId)
     );
+    // Another core answers the member's heartbeats from the shard's board, no hop; what the
+    // board cannot answer (another generation, an unknown member, a group another shard
+    // owns) it leaves to the owning shard.
+    let board = shard.heartbeat_board();
+    let partition = shard.partition_for(group);
+    let elsewhere = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                (
+                    board.heartbeat(partition, group, &member, None, 1),
+                    board.heartbeat(partition, group, &member, None, 0),
+                    board.heartbeat(partition, group, "stranger", None, 1),
+                )
+            })
+            .join()
+            .unwrap()
+    });
+    assert_eq!(elsewhere, (Some(Ok(())), None, None));
 
     let fence = CommitFence {
         generation_id: 1,

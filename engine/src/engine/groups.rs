@@ -105,18 +105,15 @@ impl Engine {
         }
         let offsets_partition = self.partition_for(group_id);
         let shard = self.shard_for(offsets_partition);
-        if !self.inner.failed.is_failed(offsets_partition) {
-            let now_ms = shard.groups.clock.now_ms();
-            let board = &shard.groups.board;
-            if let Some(answer) = board.heartbeat(
-                group_id,
-                member_id,
-                group_instance_id,
-                generation_id,
-                now_ms,
-            ) {
-                return GroupFuture::resolved(answer);
-            }
+        let board = &shard.heartbeats;
+        if let Some(answer) = board.heartbeat(
+            offsets_partition,
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+        ) {
+            return GroupFuture::resolved(answer);
         }
         // Pooled call and completion slot: no allocation once the pools are warm.
         let (future, reply) = GroupFuture::pending_pooled(&self.inner.heartbeat_slots);

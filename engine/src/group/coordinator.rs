@@ -23,7 +23,7 @@ use super::state::GroupState;
 use super::timer_wheel::TimerWheel;
 use super::{
     ASSIGNMENT_BYTES_MAX, EXPIRIES_PER_TICK_MAX, GroupConfig, MEMBER_ID_BYTES_MAX,
-    PROTOCOL_METADATA_BYTES_MAX, PROTOCOLS_PER_MEMBER_MAX,
+    PROTOCOL_METADATA_BYTES_MAX, PROTOCOLS_PER_MEMBER_MAX, RENEWALS_PER_TICK_MAX,
 };
 use crate::config::KAFKA_STRING_BYTES_MAX;
 use crate::format::{GroupMetadataValue, MemberMetadata};
@@ -84,6 +84,14 @@ pub struct GroupCoordinator {
     /// that expects members; 0: none), or to the other handle of its session-wheel cache
     /// line, so their heartbeats find them without the index.
     board: Arc<SessionBoard>,
+}
+
+impl Drop for GroupCoordinator {
+    /// The board must not outlive its writer: a closed shard, or one whose thread unwound,
+    /// would otherwise leave its members answered forever with sessions nobody checks.
+    fn drop(&mut self) {
+        self.board.close();
+    }
 }
 
 /// Kept next to a member's session deadline, so a heartbeat with a member id this
@@ -1447,13 +1455,26 @@ impl GroupCoordinator {
     /// [`EXPIRIES_PER_TICK_MAX`] of each kind per call. Returns true if more may be due.
     pub fn tick(&mut self, now_ms: u64) -> bool {
         let mut expired = std::mem::take(&mut self.expired);
-        expired.clear();
-        let more_sessions = self
-            .sessions
-            .expire(now_ms, EXPIRIES_PER_TICK_MAX, &mut expired);
-        for &m in &expired {
-            self.session_expired(m, now_ms);
-        }
+        // A session the board renewed comes due once per session timeout to be moved to its
+        // last beat: such moves take no share of the expiry budget (or real expiries would
+        // queue behind them), only of RENEWALS_PER_TICK_MAX.
+        let (mut expiries, mut renewals) = (0, 0);
+        let more_sessions = loop {
+            expired.clear();
+            let budget = EXPIRIES_PER_TICK_MAX - expiries;
+            let more = self.sessions.expire(now_ms, budget, &mut expired);
+            for &m in &expired {
+                if self.session_expired(m, now_ms) {
+                    renewals += 1;
+                } else {
+                    expiries += 1;
+                }
+            }
+            // Each pass takes at least one entry when more are due, so this ends.
+            if !more || expiries >= EXPIRIES_PER_TICK_MAX || renewals >= RENEWALS_PER_TICK_MAX {
+                break more;
+            }
+        };
         expired.clear();
         let more_rebalances = self
             .rebalances
@@ -1471,17 +1492,19 @@ impl GroupCoordinator {
         !self.sessions.is_empty() || !self.rebalances.is_empty()
     }
 
-    fn session_expired(&mut self, m: u32, now_ms: u64) {
+    /// A session deadline passed. Returns true if heartbeats on the session board renewed
+    /// it (it was only moved).
+    fn session_expired(&mut self, m: u32, now_ms: u64) -> bool {
         if self.members[m as usize].is_none() || self.sessions.deadline_ms(m).is_some() {
             // An earlier expiry of the same tick removed this member, or re-armed its session
             // (its group's join completed and answered it): it is not expired any more.
-            return;
+            return false;
         }
         let member = self.member(m);
         let g = member.group;
         if member.pending {
             self.remove_pending(g, m, now_ms);
-            return;
+            return false;
         }
         let session_ms = member.session_timeout_ms;
         // Heartbeats the session board answered count as the coordinator's own: the session
@@ -1491,20 +1514,20 @@ impl GroupCoordinator {
             && last_ms + u64::from(session_ms) > now_ms
         {
             self.sessions.schedule_in(m, last_ms, session_ms);
-            return;
+            return true;
         }
         if !member.is_new && (member.join_ticket.is_some() || member.sync_ticket.is_some()) {
             // A member waiting on us is alive (Kafka's `hasSatisfiedHeartbeat`).
             self.sessions.schedule_in(m, now_ms, session_ms);
-            return;
+            return false;
         }
         if !self.board.retire_member(m, seen) {
-            // A heartbeat landed on the board since `seen` (and was answered): it renewed
-            // the session.
-            let last_ms = self.board.last_beat_ms(self.board.beat_word(m));
-            self.sessions
-                .schedule_in(m, last_ms.unwrap_or(now_ms), session_ms);
-            return;
+            // A heartbeat landed on the board since `seen` was read (and was answered): it
+            // renewed the session. Its caller read its clock before, perhaps long before if
+            // it stalled; the beat happened no earlier than `now_ms`, so the session runs
+            // from there.
+            self.sessions.schedule_in(m, now_ms, session_ms);
+            return true;
         }
         if let Some(ticket) = self.member_mut(m).join_ticket.take() {
             // A new member's join timed out. As Kafka, the answer names no member id: a client
@@ -1514,6 +1537,7 @@ impl GroupCoordinator {
             self.replies.push(GroupReply::Join(ticket, response));
         }
         self.remove_member_and_rebalance(g, m, now_ms);
+        false
     }
 
     fn group_timer_fired(&mut self, g: u32, now_ms: u64) {

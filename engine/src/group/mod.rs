@@ -52,6 +52,9 @@ pub const PROTOCOL_METADATA_BYTES_MAX: usize = 1024 * 1024;
 pub const ASSIGNMENT_BYTES_MAX: usize = 1024 * 1024;
 /// Most session expiries, and most join/sync deadlines, one `tick` processes.
 pub const EXPIRIES_PER_TICK_MAX: usize = 4096;
+/// Most sessions one `tick` moves to the last heartbeat the session board answered (each
+/// comes due about once per session timeout; cheap, so the bound is larger).
+pub const RENEWALS_PER_TICK_MAX: usize = 64 * 1024;
 /// Ceiling of `group.max.size` (Kafka's default is `Integer.MAX_VALUE`; ours is bounded).
 pub const GROUP_MAX_SIZE_LIMIT: u32 = 1 << 20;
 /// Most groups one shard's coordinator holds.

@@ -41,7 +41,7 @@
 
 use super::GroupError;
 use super::state::GroupState;
-use crate::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Slots per chunk (a chunk is allocated whole, on first use). Small under loom, whose
 /// atomics are heavy.
@@ -95,6 +95,9 @@ pub struct SessionBoard {
     /// Restored members whose id encodes no handle sit at a handle derived from their
     /// fingerprint below this bound (0: none); set once by the coordinator.
     hashed_handle_range: AtomicU32,
+    /// Set when the coordinator is gone (closed, or its shard thread died): the board
+    /// answers nothing more, and no session it renewed would ever be checked again.
+    closed: AtomicBool,
 }
 
 /// Where a heartbeat looked for its member.
@@ -133,6 +136,7 @@ impl SessionBoard {
             fingerprint_seed,
             base_ms,
             hashed_handle_range: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -149,9 +153,9 @@ impl SessionBoard {
         generation_id: i32,
         now_ms: u64,
     ) -> Option<Result<(), GroupError>> {
-        if group_instance_id.is_some() {
+        if group_instance_id.is_some() || self.closed.load(Ordering::Acquire) {
             // Kafka checks a static member's instance id against the group's mapping: the
-            // coordinator's job.
+            // coordinator's job (as is answering once the coordinator is gone).
             return None;
         }
         let tag = self.fingerprint(group_id, member_id);
@@ -217,6 +221,12 @@ impl SessionBoard {
     pub(crate) fn hashed_handle(&self, tag: u64) -> Option<u32> {
         let range = u64::from(self.hashed_handle_range.load(Ordering::Acquire));
         (range > 0).then(|| ((u128::from(tag) * u128::from(range)) >> 64) as u32)
+    }
+
+    /// The coordinator is gone: every later heartbeat is the caller's to send on (and to
+    /// fail there).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Fixes the hashed-handle range (once; later calls are ignored).

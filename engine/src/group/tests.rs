@@ -1707,3 +1707,77 @@ fn board_heartbeats_are_indistinguishable_from_the_coordinators() {
         "{board_answers} heartbeats answered by the board"
     );
 }
+
+/// A one-member group `group_id`, Stable at generation 1: returns the member id.
+fn stable_group_of_one(h: &mut Harness, group_id: &str) -> String {
+    let mut request = join_request("", None, &["range"]);
+    request.group_id = group_id.into();
+    request.require_known_member_id = false;
+    let ticket = h.next_ticket;
+    h.next_ticket += 1;
+    assert!(h.coordinator.join(request, 0, ticket, h.now_ms).is_none());
+    h.collect();
+    let member = h
+        .join_reply(ticket)
+        .expect("a lone join completes at once")
+        .member_id;
+    let mut sync = sync_request(&member, 1, &[(&member, b"a")]);
+    sync.group_id = group_id.into();
+    let ticket = h.next_ticket;
+    h.next_ticket += 1;
+    assert!(h.coordinator.sync(sync, ticket, h.now_ms).is_none());
+    h.persist_all(Ok(()));
+    assert_eq!(h.sync_reply(ticket).unwrap().error, None);
+    member
+}
+
+/// Sessions the board renewed come due together (their members were published at once);
+/// moving them takes no share of the expiry budget, so one tick still expires the silent
+/// member due with them and leaves nothing due behind.
+#[test]
+fn sessions_renewed_on_the_board_do_not_hold_back_real_expiries() {
+    let mut h = Harness::new();
+    let board = h.coordinator.session_board();
+    let beating = EXPIRIES_PER_TICK_MAX + 1_000;
+    let members: Vec<(String, String)> = (0..beating)
+        .map(|i| {
+            let group = format!("beating-{i}");
+            let member = stable_group_of_one(&mut h, &group);
+            (group, member)
+        })
+        .collect();
+    let silent = stable_group_of_one(&mut h, "silent");
+    h.now_ms += 5_000;
+    for (group, member) in &members {
+        assert_eq!(
+            board.heartbeat(group, member, None, 1, h.now_ms),
+            Some(Ok(()))
+        );
+    }
+    h.now_ms += SESSION_MS as u64 - 5_000;
+    assert!(
+        !h.coordinator.tick(h.now_ms),
+        "nothing left due after one tick"
+    );
+    h.collect();
+    assert_eq!(h.coordinator.state("silent"), Some(GroupState::Empty));
+    assert_eq!(
+        h.coordinator
+            .heartbeat("silent", &silent, None, 1, h.now_ms),
+        Err(GroupError::UnknownMemberId)
+    );
+    for (group, _) in &members {
+        assert_eq!(h.coordinator.state(group), Some(GroupState::Stable));
+    }
+}
+
+/// A board whose coordinator is gone (closed, or its shard thread unwound) answers nothing.
+#[test]
+fn the_board_answers_nothing_once_its_coordinator_is_gone() {
+    let mut h = Harness::new();
+    let id = h.stable_single();
+    let board = h.coordinator.session_board();
+    assert_eq!(board.heartbeat(GROUP, &id, None, 1, h.now_ms), Some(Ok(())));
+    drop(h);
+    assert_eq!(board.heartbeat(GROUP, &id, None, 1, 2_000), None);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::group_commit::{PendingCommit, PendingOffset, tombstone_chunks};
-use super::{Shard, wall_clock_ms};
+use super::{FailedPartitions, Shard, wall_clock_ms};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -212,6 +212,53 @@ impl SharedGroups {
             board: Arc::new(SessionBoard::for_config(config, clock.base_ms)),
             clock,
         }
+    }
+}
+
+/// Answers heartbeats from any thread for the groups of one shard, from its coordinator's
+/// [`SessionBoard`]: what [`Engine::heartbeat`](crate::Engine::heartbeat) does before it
+/// sends anything to the shard. A thread-per-core broker hands one
+/// ([`LocalShard::heartbeat_board`](crate::LocalShard::heartbeat_board)) to its other cores,
+/// which then answer most heartbeats without a hop to the core that owns the group.
+/// `Clone + Send + Sync`; lock-free and allocation-free.
+#[derive(Debug, Clone)]
+pub struct HeartbeatBoard {
+    groups: SharedGroups,
+    failed: Arc<FailedPartitions>,
+}
+
+impl HeartbeatBoard {
+    pub(crate) fn new(groups: SharedGroups, failed: Arc<FailedPartitions>) -> HeartbeatBoard {
+        HeartbeatBoard { groups, failed }
+    }
+
+    /// Answers a heartbeat for a group of `offsets_partition` (the group's, as
+    /// `partition_for` gives it: the board checks that partition's failed-closed flag) if
+    /// the board can: `Some(Ok(()))` or `Some(Err(RebalanceInProgress))`, the session
+    /// renewed either way (see [`SessionBoard::heartbeat`]). `None`: ask the shard that owns
+    /// the group (a member still in its join, a static member, another generation, an
+    /// unknown member, a partition failed closed, a group this shard does not hold, a shard
+    /// closed or gone).
+    pub fn heartbeat(
+        &self,
+        offsets_partition: u32,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation_id: i32,
+    ) -> Option<std::result::Result<(), GroupError>> {
+        if self.failed.is_failed(offsets_partition) {
+            return None;
+        }
+        let now_ms = self.groups.clock.now_ms();
+        let board = &self.groups.board;
+        board.heartbeat(
+            group_id,
+            member_id,
+            group_instance_id,
+            generation_id,
+            now_ms,
+        )
     }
 }
 
@@ -525,9 +572,13 @@ impl Shard {
         let now_ms = self.groups.now_ms();
         if now_ms >= self.groups.next_tick_ms && self.groups.coordinator.has_timers() {
             // Bounded: each tick expires at most EXPIRIES_PER_TICK_MAX of each kind; what is
-            // left waits for the next loop turn.
-            self.groups.coordinator.tick(now_ms);
-            self.groups.next_tick_ms = now_ms + GROUP_TICK_INTERVAL.as_millis() as u64;
+            // left waits for the next loop turn, which ticks again at once.
+            let more_due = self.groups.coordinator.tick(now_ms);
+            self.groups.next_tick_ms = if more_due {
+                now_ms
+            } else {
+                now_ms + GROUP_TICK_INTERVAL.as_millis() as u64
+            };
         }
         self.groups.drain_output();
         if !self.groups.records.is_empty() {

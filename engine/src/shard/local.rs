@@ -19,8 +19,8 @@ use crossbeam_channel::{Receiver, bounded};
 
 use super::group_commit::CommitPool;
 use super::{
-    FailedPartitions, GroupRequest, HeartbeatPool, RecoveryReport, RequestPools, Shard,
-    ShardMetrics, ShardShared, SharedGroups,
+    FailedPartitions, GroupRequest, HeartbeatBoard, HeartbeatPool, RecoveryReport, RequestPools,
+    Shard, ShardMetrics, ShardShared, SharedGroups,
 };
 use crate::cache::{OffsetCache, OffsetCacheReader};
 use crate::completion::{Abandoned, CommitFuture, Completer, CompletionPool, GroupFuture};
@@ -85,6 +85,7 @@ pub struct LocalShard {
     /// The data directory's lock, shared by the shards opened together; released when the
     /// last of them is gone.
     _dir_lock: DirLock,
+    heartbeats: HeartbeatBoard,
 }
 
 /// The storage holding a data directory's lock, shared by the shards opened together.
@@ -219,6 +220,7 @@ impl LocalShard {
                 config.offsets_topic_num_partitions,
             )),
         };
+        let heartbeats = HeartbeatBoard::new(shared.groups.clone(), shared.failed.clone());
         let (shard, recovery) = Shard::open(config, storage, hosted, index, shared)?;
         Ok(LocalShard {
             shard: Some(shard),
@@ -230,6 +232,7 @@ impl LocalShard {
             recovery,
             events: events.clone(),
             _dir_lock: Arc::clone(dir_lock),
+            heartbeats,
         })
     }
 
@@ -384,6 +387,13 @@ impl LocalShard {
         let shard = self.shard.as_mut().ok_or(GroupError::NotCoordinator)?;
         let member = (group_id, member_id, group_instance_id);
         shard.heartbeat_here(partition, member, generation_id)
+    }
+
+    /// A handle that answers this shard's heartbeats from any thread (most of them; `None`
+    /// sends the rest here, to [`heartbeat`](Self::heartbeat)): hand it to the broker's
+    /// other cores so a heartbeat needs no hop to this one.
+    pub fn heartbeat_board(&self) -> HeartbeatBoard {
+        self.heartbeats.clone()
     }
 
     /// LeaveGroup for one or more members.

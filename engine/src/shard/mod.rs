@@ -14,6 +14,7 @@ mod local;
 mod maintenance;
 mod metrics;
 
+pub use groups::HeartbeatBoard;
 pub(crate) use groups::{
     GroupRequest, HEARTBEATS_POOLED_MAX, HeartbeatCall, HeartbeatPool, SharedGroups,
 };
