@@ -4,7 +4,7 @@
 //! `__consumer_offsets` topic. A broker embeds it as the storage core of its group
 //! coordinator.
 //!
-//! * [`format`] — Kafka's `__consumer_offsets` record schemas inside RecordBatch v2 framing.
+//! * [`format`](mod@format) — Kafka's `__consumer_offsets` record schemas inside RecordBatch v2 framing.
 //! * [`storage`] — the narrow interface to the disk, with an io_uring implementation and a
 //!   seeded, fault-injecting in-memory twin for tests.
 //! * [`log`] — per-partition segmented logs and their crash recovery.
