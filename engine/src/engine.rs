@@ -628,7 +628,7 @@ fn spawn_shard(
     let (requests, inbox) = bounded(config.request_queue_depth_max);
     let (opened_tx, opened_rx) = bounded(1);
     let shard_config = config.clone();
-    let heartbeats = HeartbeatBoard::new(shared.groups.clone(), shared.failed.clone());
+    let heartbeats = shared.heartbeat_board();
     let thread = std::thread::Builder::new()
         .name(format!("coffer-shard-{index}"))
         .spawn(move || {

@@ -230,7 +230,7 @@ fn run_committer(
     in_flight: usize,
     rate_per_s: Option<f64>,
     (measure_from, stop_at): (Instant, Instant),
-    mut heartbeats: Option<heartbeat::Inline<'_>>,
+    mut heartbeats: Option<heartbeat::Share<'_>>,
 ) -> BoxResult<CommitterOut> {
     let mut out = CommitterOut {
         latency_us: histogram(),
@@ -432,7 +432,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
                 && !members.is_empty())
             .then(|| {
                 let share = args.heartbeats_per_sec as f64 / committers as f64;
-                heartbeat::Inline::new(&members, thread, committers, share)
+                heartbeat::Share::new(&members, thread, committers, share)
             });
             handles.push(scope.spawn(move || {
                 if let Some(core) = committer_core {
@@ -829,28 +829,15 @@ mod heartbeat {
         measure_from: Instant,
         stop_at: Instant,
     ) -> (u64, u64, f64) {
-        let requests = RequestIds::laid_out(members);
         let started = Instant::now();
         let cpu_started = thread_cpu_time();
-        let (mut sent, mut answered, mut errors, mut next) = (0u64, 0u64, 0u64, 0usize);
-        let mut pending = Vec::new();
+        let mut heartbeats = Share::new(members, 0, 1, per_sec as f64);
         while Instant::now() < stop_at {
-            let due = (started.elapsed().as_secs_f64() * per_sec as f64) as u64;
-            while sent < due {
-                let (group_id, member_id) = requests.get(next);
-                next = (next + 1) % members.len();
-                pending.push(engine.heartbeat(group_id, member_id, None, 1));
-                sent += 1;
-            }
-            let in_window = Instant::now() >= measure_from;
-            for answer in pending.drain(..) {
-                if answer.wait().is_err() {
-                    errors += 1;
-                }
-                answered += u64::from(in_window);
-            }
+            heartbeats.send_due(engine, Instant::now() >= measure_from);
+            heartbeats.wait_answers();
             std::thread::sleep(STEP);
         }
+        let (answered, errors) = heartbeats.finish();
         let cpu_share =
             (thread_cpu_time() - cpu_started).as_secs_f64() / started.elapsed().as_secs_f64();
         (answered, errors, cpu_share)
@@ -887,9 +874,10 @@ mod heartbeat {
         }
     }
 
-    /// A committer's share of the heartbeats (`--heartbeat-core inline`): members `first`,
-    /// `first + stride`, ... in turn, at `per_sec`, sent between the committer's commits.
-    pub struct Inline<'m> {
+    /// A share of the heartbeats: members `first`, `first + stride`, ... in turn, at
+    /// `per_sec`, sent by whoever calls [`send_due`](Self::send_due) (the heartbeat thread
+    /// between its naps, or a committer between its commits: `--heartbeat-core inline`).
+    pub struct Share<'m> {
         requests: RequestIds,
         members: &'m [(String, String)],
         first: usize,
@@ -905,14 +893,14 @@ mod heartbeat {
         errors: u64,
     }
 
-    impl<'m> Inline<'m> {
+    impl<'m> Share<'m> {
         pub fn new(
             members: &'m [(String, String)],
             first: usize,
             stride: usize,
             per_sec: f64,
-        ) -> Inline<'m> {
-            Inline {
+        ) -> Share<'m> {
+            Share {
                 requests: RequestIds::laid_out(members),
                 members,
                 first,
@@ -959,13 +947,18 @@ mod heartbeat {
             self.errors += u64::from(result.is_err());
         }
 
-        /// Waits for the answers still out; returns (answered in the measured window,
-        /// errors).
-        pub fn finish(mut self) -> (u64, u64) {
+        /// Waits for the answers still out.
+        pub fn wait_answers(&mut self) {
             while let Some((counts, answer)) = self.pending.pop_front() {
                 let result = answer.wait();
                 self.count(counts, result);
             }
+        }
+
+        /// Waits for the answers still out; returns (answered in the measured window,
+        /// errors).
+        pub fn finish(mut self) -> (u64, u64) {
+            self.wait_answers();
             (self.answered, self.errors)
         }
     }

@@ -353,18 +353,12 @@ impl GroupCoordinator {
     fn check_board(&self, g: u32) {
         if cfg!(debug_assertions) {
             let group = self.group(g);
-            let expected = matches!(
+            assert!(
+                self.board.shows_group(g, group.generation_id, group.state),
+                "session board out of date for group {} ({:?}, generation {})",
+                group.id,
                 group.state,
-                GroupState::PreparingRebalance
-                    | GroupState::CompletingRebalance
-                    | GroupState::Stable
-            )
-            .then_some((group.generation_id, group.state));
-            assert_eq!(
-                self.board.published_group(g),
-                expected,
-                "session board out of date for group {}",
-                group.id
+                group.generation_id
             );
         }
     }
@@ -929,14 +923,13 @@ impl GroupCoordinator {
                 self.replies.push(GroupReply::Join(ticket, response));
             }
             self.sessions.schedule_in(m, now_ms, session_ms);
-            // Its session starts now, on the board too (a new member is published here).
-            let tag = self.sessions.armed_payload(m).map(|p| p.tag);
-            self.board.publish_member(
-                m,
-                tag.expect("a joined member's session is armed"),
-                g,
-                now_ms,
-            );
+            // Its session starts now, on the board too (a new member is published here),
+            // under the fingerprint its wheel entry already holds.
+            let payload = self.sessions.armed_payload(m);
+            debug_assert!(payload.is_some(), "armed just above");
+            if let Some(SessionPayload { tag, group }) = payload {
+                self.board.publish_member(m, tag, group, now_ms);
+            }
         }
         // Members that never send SyncGroup are removed after the rebalance timeout.
         let sync_timeout_ms = self.rebalance_timeout_ms(g);

@@ -256,15 +256,16 @@ impl SessionBoard {
     /// protocol in this form.)
     pub(crate) fn publish_member(&self, m: u32, tag: u64, g: u32, now_ms: u64) {
         let slot = self.members.get_or_allocate(m);
-        let mut epoch = epoch_of(slot.beat.load(Ordering::Acquire));
-        if epoch & 1 == 1 {
+        let mut vacant = slot.beat.load(Ordering::Acquire);
+        if is_published(vacant) {
             // Vacate first: a caller that read the old occupant's word fails its CAS.
-            epoch = (epoch + 1) & EPOCH_MASK;
-            slot.beat.swap(epoch << BEAT_MS_BITS, Ordering::AcqRel);
+            vacant = vacated(vacant);
+            slot.beat.swap(vacant, Ordering::AcqRel);
         }
         slot.tag.store(tag, Ordering::Release);
         slot.group.store(g, Ordering::Release);
-        let published = (((epoch + 1) & EPOCH_MASK) << BEAT_MS_BITS) | self.relative_ms(now_ms);
+        let epoch = (epoch_of(vacant) + 1) & EPOCH_MASK;
+        let published = (epoch << BEAT_MS_BITS) | self.relative_ms(now_ms);
         debug_assert!(is_published(published));
         slot.beat.swap(published, Ordering::AcqRel);
     }
@@ -276,8 +277,7 @@ impl SessionBoard {
         };
         let word = slot.beat.load(Ordering::Acquire);
         if is_published(word) {
-            let vacant = ((epoch_of(word) + 1) & EPOCH_MASK) << BEAT_MS_BITS;
-            slot.beat.swap(vacant, Ordering::AcqRel);
+            slot.beat.swap(vacated(word), Ordering::AcqRel);
         }
     }
 
@@ -304,23 +304,16 @@ impl SessionBoard {
         if !is_published(seen) {
             return true;
         }
-        let vacant = ((epoch_of(seen) + 1) & EPOCH_MASK) << BEAT_MS_BITS;
         slot.beat
-            .compare_exchange(seen, vacant, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(seen, vacated(seen), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
     /// Publishes group `g`'s generation and state (a state heartbeats are not answered in
     /// here withdraws it).
     pub(crate) fn publish_group(&self, g: u32, generation_id: i32, state: GroupState) {
-        let code = match state {
-            GroupState::PreparingRebalance => 1u64,
-            GroupState::CompletingRebalance => 2,
-            GroupState::Stable => 3,
-            GroupState::Empty | GroupState::Dead => 0,
-        };
-        let word = (code << 32) | u64::from(generation_id as u32);
-        if code == 0 && self.groups.get(g).is_none() {
+        let word = encode_group(generation_id, state);
+        if word == 0 && self.groups.get(g).is_none() {
             return;
         }
         self.groups
@@ -329,9 +322,14 @@ impl SessionBoard {
             .store(word, Ordering::Release);
     }
 
-    /// Group `g`'s published generation and state, if any (for the coordinator's checks).
-    pub(crate) fn published_group(&self, g: u32) -> Option<(i32, GroupState)> {
-        decode_group(self.groups.get(g)?.word.load(Ordering::Acquire))
+    /// Whether group `g`'s word is what [`publish_group`](Self::publish_group) writes for
+    /// this generation and state (for the coordinator's checks).
+    pub(crate) fn shows_group(&self, g: u32, generation_id: i32, state: GroupState) -> bool {
+        let word = self
+            .groups
+            .get(g)
+            .map_or(0, |slot| slot.word.load(Ordering::Acquire));
+        word == encode_group(generation_id, state)
     }
 }
 
@@ -341,6 +339,22 @@ fn is_published(word: u64) -> bool {
 
 fn epoch_of(word: u64) -> u64 {
     word >> BEAT_MS_BITS
+}
+
+/// The vacant word that follows the published `word` (the next epoch, no beat).
+fn vacated(word: u64) -> u64 {
+    ((epoch_of(word) + 1) & EPOCH_MASK) << BEAT_MS_BITS
+}
+
+/// A group's word: 0 (not published) unless heartbeats are answered in `state`.
+fn encode_group(generation_id: i32, state: GroupState) -> u64 {
+    let code = match state {
+        GroupState::PreparingRebalance => 1u64,
+        GroupState::CompletingRebalance => 2,
+        GroupState::Stable => 3,
+        GroupState::Empty | GroupState::Dead => return 0,
+    };
+    (code << 32) | u64::from(generation_id as u32)
 }
 
 fn decode_group(word: u64) -> Option<(i32, GroupState)> {
@@ -391,13 +405,16 @@ impl<T: Default> Chunks<T> {
             .chunks
             .get(i / SLOTS_PER_CHUNK)?
             .load(Ordering::Acquire);
-        if chunk.is_null() {
-            return None;
-        }
+        (!chunk.is_null()).then(|| self.element(chunk, i))
+    }
+
+    /// Handle `i`'s element in `chunk`, a non-null pointer loaded (Acquire) from its entry.
+    fn element(&self, chunk: *mut T, i: usize) -> &T {
+        debug_assert!(!chunk.is_null());
         // SAFETY: a non-null chunk pointer came from a `Box<[T]>` of SLOTS_PER_CHUNK elements
         // (published with Release after its elements were initialised, read with Acquire)
         // that lives until `self` drops; `i % SLOTS_PER_CHUNK` is within it.
-        Some(unsafe { &*chunk.add(i % SLOTS_PER_CHUNK) })
+        unsafe { &*chunk.add(i % SLOTS_PER_CHUNK) }
     }
 
     /// Handle `i`'s element, allocating its chunk if needed. The writer's only.
@@ -407,26 +424,33 @@ impl<T: Default> Chunks<T> {
             index < self.chunks.len(),
             "session board handle {i} over its bound"
         );
-        if self.chunks[index].load(Ordering::Acquire).is_null() {
-            let chunk: Box<[T]> = (0..SLOTS_PER_CHUNK).map(|_| T::default()).collect();
-            let fresh = Box::into_raw(chunk).cast::<T>();
-            if self.chunks[index]
-                .compare_exchange(
-                    std::ptr::null_mut(),
-                    fresh,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                // SAFETY: `fresh` was never published; it is the box made just above.
-                drop(unsafe {
-                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(fresh, SLOTS_PER_CHUNK))
-                });
-            }
+        let entry = &self.chunks[index];
+        let mut chunk = entry.load(Ordering::Acquire);
+        if chunk.is_null() {
+            let fresh: Box<[T]> = (0..SLOTS_PER_CHUNK).map(|_| T::default()).collect();
+            let fresh = Box::into_raw(fresh).cast::<T>();
+            let null = std::ptr::null_mut();
+            chunk = match entry.compare_exchange(null, fresh, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => fresh,
+                Err(published) => {
+                    // SAFETY: `fresh` was never published; it is the box made just above.
+                    unsafe { free_chunk(fresh) };
+                    published
+                }
+            };
         }
-        self.get(i).expect("allocated just above")
+        self.element(chunk, i as usize)
     }
+}
+
+/// Frees a chunk made by [`Chunks::get_or_allocate`].
+///
+/// # Safety
+/// `chunk` came from a `Box<[T]>` of SLOTS_PER_CHUNK elements, is freed once, and nothing
+/// references it any more.
+unsafe fn free_chunk<T>(chunk: *mut T) {
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(chunk, SLOTS_PER_CHUNK)) });
 }
 
 impl<T> Drop for Chunks<T> {
@@ -436,9 +460,7 @@ impl<T> Drop for Chunks<T> {
             if !chunk.is_null() {
                 // SAFETY: `&mut self`: no reader is left; the pointer came from a
                 // `Box<[T]>` of SLOTS_PER_CHUNK elements and is freed once, here.
-                drop(unsafe {
-                    Box::from_raw(std::ptr::slice_from_raw_parts_mut(chunk, SLOTS_PER_CHUNK))
-                });
+                unsafe { free_chunk(chunk) };
             }
         }
     }

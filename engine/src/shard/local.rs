@@ -220,7 +220,7 @@ impl LocalShard {
                 config.offsets_topic_num_partitions,
             )),
         };
-        let heartbeats = HeartbeatBoard::new(shared.groups.clone(), shared.failed.clone());
+        let heartbeats = shared.heartbeat_board();
         let (shard, recovery) = Shard::open(config, storage, hosted, index, shared)?;
         Ok(LocalShard {
             shard: Some(shard),

@@ -69,6 +69,13 @@ pub(crate) struct ShardShared {
     pub(crate) failed: crate::sync::Arc<FailedPartitions>,
 }
 
+impl ShardShared {
+    /// The handle that answers this shard's heartbeats on callers' threads.
+    pub(crate) fn heartbeat_board(&self) -> HeartbeatBoard {
+        HeartbeatBoard::new(self.groups.clone(), self.failed.clone())
+    }
+}
+
 /// Which offsets partitions are failed closed, readable from any thread: the engine answers
 /// no heartbeat of their groups from the session board (the shard refuses them all).
 #[derive(Debug)]
