@@ -311,20 +311,42 @@ fn groups_run_on_the_callers_thread_and_fence_its_commits() {
 /// checkpoint's sync. A reopen then finds every acknowledged commit.
 #[test]
 fn a_release_during_a_failing_checkpoint_sync_keeps_the_partition_here_failed_closed() {
-    const TOPIC_PARTITIONS: i32 = 16;
-    const ROUNDS_MAX: i64 = 500;
     let disk = SimDisk::new(25);
+    disk.fail_next_background_syncs(1);
     // Segments far larger than the journal files: no segment fills (and rolls, which waits
     // for the checkpoint's syncs) in the flush that rotates the journal.
+    release_during_a_failing_checkpoint(&disk, 64 * 1024 * 1024);
+}
+
+/// The same when the checkpoint's segment sync succeeds and the directory sync that follows
+/// it (segments rolled while the journal file was current) fails: the release waits for
+/// both, rather than close the segment while the directory's sync is in flight and hand on
+/// a partition whose segment names may not be durable while its journal file is retired.
+#[test]
+fn a_release_during_a_failing_checkpoint_directory_sync_keeps_the_partition_here() {
+    let disk = SimDisk::new(25);
+    disk.fail_next_background_dir_syncs(1);
+    // Slow background syncs: the segment's is still in flight at the release.
+    disk.set_background_sync_reaps(40);
+    // 1.5 MiB segments roll before the journal's rotation (at round 32 of 64 KB), leaving
+    // the directory sync to the checkpoint, but not in the rotating flush (whose roll would
+    // wait for the segment's sync first).
+    release_during_a_failing_checkpoint(&disk, 1536 * 1024);
+}
+
+/// Commits rounds of 64 KB to one group until a flush starts a journal checkpoint, then
+/// releases the group's partition: refused, failed closed, nothing acknowledged lost.
+fn release_during_a_failing_checkpoint(disk: &SimDisk, segment_bytes: u64) {
+    const TOPIC_PARTITIONS: i32 = 16;
+    const ROUNDS_MAX: i64 = 500;
     let mut config = local_config();
-    config.offsets_topic_segment_bytes = 64 * 1024 * 1024;
-    let mut shards = open_local_with(&disk, config.clone());
+    config.offsets_topic_segment_bytes = segment_bytes;
+    let mut shards = open_local_with(disk, config.clone());
     let group = "release-app";
     let home = shards.iter().position(|s| s.owns_group(group)).unwrap();
     let shard = &mut shards[home];
     let partition = shard.partition_for(group);
     let metadata = "r".repeat(4000);
-    disk.fail_next_background_syncs(1);
     let mut round = 0i64;
     loop {
         assert!(round < ROUNDS_MAX, "no journal checkpoint started");
@@ -359,7 +381,7 @@ fn a_release_during_a_failing_checkpoint_sync_keeps_the_partition_here_failed_cl
 
     disk.crash();
     drop(shards);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = open_sim(disk, &config).unwrap();
     for p in 0..TOPIC_PARTITIONS {
         assert_eq!(
             fetch_one(&engine, group, "t", p).unwrap(),

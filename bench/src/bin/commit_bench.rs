@@ -107,6 +107,10 @@ struct Args {
     /// checkpoints.
     #[arg(long, default_value_t = 64)]
     journal_file_mib: u64,
+    /// Engine `log_preallocate` (`log.preallocate`): reserve each active segment's file
+    /// ahead of its data.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_preallocate: bool,
     /// Heartbeats per second sent during the engine phase (from one more thread on the
     /// committers' core, or see `--heartbeat-core`) by `--heartbeat-members` Stable
     /// one-member groups, distinct from the committing groups (0: none).
@@ -399,6 +403,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.group_commit_linger_us = args.linger_us;
     config.fsync_scope = args.fsync_scope.parse()?;
     config.journal_file_bytes = args.journal_file_mib << 20;
+    config.log_preallocate = args.log_preallocate;
     config.groups.group_initial_rebalance_delay_ms = 0;
     let engine = Engine::open(config)?;
     let members = if args.heartbeats_per_sec > 0 {

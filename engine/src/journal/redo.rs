@@ -1,6 +1,5 @@
 //! Recovery of the journals at open: their entries written again into the segments.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::entry::{
@@ -21,8 +20,11 @@ pub struct JournalRecovery {
     pub files: u32,
     /// Valid entries found.
     pub entries: u64,
-    /// Entries written again into their partition's active segment.
+    /// Entries written again into their partition's segments.
     pub entries_redone: u64,
+    /// Segments whose names a crash lost after a roll (left to the next checkpoint) and
+    /// that were recreated whole from their entries.
+    pub segments_recreated: u32,
     /// Bytes after the last valid entry of a file that were not zeros: the flush a crash
     /// tore, never acknowledged. In a reused file the older entries past the new ones can
     /// count here too (the bytes where the new entries end rarely start an older entry), so
@@ -72,7 +74,8 @@ pub(crate) fn redo(storage: &mut dyn Storage, data_dir: &Path) -> Result<Journal
         }
         report.entries = entries.len() as u64;
         entries.sort_by_key(|e: &Located| (e.header.partition, e.header.sequence));
-        report.entries_redone = apply(storage, data_dir, &paths, &files, &entries)?;
+        (report.entries_redone, report.segments_recreated) =
+            apply(storage, data_dir, (&paths, &files), &entries)?;
         Ok::<(), Error>(())
     })();
     for file in files {
@@ -151,50 +154,105 @@ fn torn_bytes(
     Ok(buf[..read].iter().filter(|&&b| b != 0).count() as u64)
 }
 
-/// Writes the entries (sorted by partition, then sequence) into their active segments and
-/// syncs each segment written; returns how many were written.
+/// Writes the entries (sorted by partition, then sequence) into their segments and syncs
+/// each segment written; returns how many were written. Per partition that is the newest
+/// segment on disk and every newer one an entry names: a journaled roll leaves the new
+/// segment's name to the next checkpoint, so a crash may lose it (and the names of the
+/// segments rolled after it) while the journal still holds every entry written to it.
+/// Entries for older segments are skipped: a roll syncs a segment before sealing it, and
+/// a sealed segment may since have been compacted. Returns the entries written and the
+/// segments recreated.
 fn apply(
     storage: &mut dyn Storage,
     data_dir: &Path,
-    paths: &[PathBuf],
-    files: &[FileId],
+    journal: (&[PathBuf], &[FileId]),
     entries: &[Located],
-) -> Result<u64> {
-    let mut by_partition: BTreeMap<u32, &[Located]> = BTreeMap::new();
+) -> Result<(u64, u32)> {
+    let mut redone = 0u64;
+    let mut recreated = 0u32;
     let mut rest = entries;
+    let mut payload = Vec::new();
     while let Some(first) = rest.first() {
         let count = rest
             .iter()
             .take_while(|e| e.header.partition == first.header.partition)
             .count();
-        by_partition.insert(first.header.partition, &rest[..count]);
-        rest = &rest[count..];
+        let (partition_entries, later) = rest.split_at(count);
+        rest = later;
+        let dir = partition_dir(data_dir, first.header.partition);
+        let newest_on_disk = newest_segment(storage, &dir)?;
+        let mut bases: Vec<i64> = partition_entries
+            .iter()
+            .map(|e| e.header.segment_base_offset)
+            .filter(|&base| newest_on_disk.is_none_or(|newest| base >= newest))
+            .collect();
+        bases.sort_unstable();
+        bases.dedup();
+        for base in bases {
+            let segment = SegmentRedo {
+                dir: &dir,
+                base,
+                missing: newest_on_disk.is_none_or(|newest| base > newest),
+            };
+            redone += segment.redo(storage, journal, partition_entries, &mut payload)?;
+            recreated += u32::from(segment.missing);
+        }
     }
-    let mut payload = Vec::new();
-    let mut redone = 0u64;
-    for (partition, entries) in by_partition {
-        let dir = partition_dir(data_dir, partition);
-        let active_base = active_segment(storage, &dir, partition, entries, paths)?;
-        let path = dir.join(segment_file_name(active_base));
-        let segment = storage
-            .open(&path, OpenMode::Existing)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let written = (|| {
-            let mut count = 0u64;
-            for entry in entries
+    Ok((redone, recreated))
+}
+
+/// One segment's share of the redo.
+struct SegmentRedo<'a> {
+    dir: &'a Path,
+    base: i64,
+    /// Not on disk: recreated from its entries, which must then hold it whole.
+    missing: bool,
+}
+
+impl SegmentRedo<'_> {
+    /// Writes the segment's entries (in sequence order) and syncs it; a missing segment is
+    /// created first and its name synced before anything else is written, so the names of
+    /// recreated segments become durable oldest first and a crash here leaves a state the
+    /// next redo handles the same way.
+    fn redo(
+        &self,
+        storage: &mut dyn Storage,
+        (paths, files): (&[PathBuf], &[FileId]),
+        entries: &[Located],
+        payload: &mut Vec<u8>,
+    ) -> Result<u64> {
+        let mine = || {
+            entries
                 .iter()
-                .filter(|e| e.header.segment_base_offset == active_base)
-            {
+                .filter(|e| e.header.segment_base_offset == self.base)
+        };
+        let path = self.dir.join(segment_file_name(self.base));
+        if self.missing {
+            self.check_whole(paths, mine())?;
+        }
+        let io = |e| Error::io(format!("redoing the journal into {}", path.display()), e);
+        let mode = if self.missing {
+            storage.create_dir_all(self.dir).map_err(io)?;
+            OpenMode::CreateNew
+        } else {
+            OpenMode::Existing
+        };
+        let segment = storage.open(&path, mode).map_err(io)?;
+        let written = (|| {
+            if self.missing {
+                storage.sync_dir(self.dir)?;
+            }
+            let mut count = 0u64;
+            for entry in mine() {
                 payload.resize(entry.payload_bytes, 0);
-                let read =
-                    storage.read_at(files[entry.file], entry.payload_position, &mut payload)?;
+                let read = storage.read_at(files[entry.file], entry.payload_position, payload)?;
                 if read != entry.payload_bytes {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "journal entry shorter than when it was checked",
                     ));
                 }
-                storage.write_at(segment, entry.header.position, &payload)?;
+                storage.write_at(segment, entry.header.position, payload)?;
                 count += 1;
             }
             if count > 0 {
@@ -203,51 +261,50 @@ fn apply(
             Ok(count)
         })();
         storage.close(segment);
-        redone += written
-            .map_err(|e| Error::io(format!("redoing the journal into {}", path.display()), e))?;
+        written.map_err(io)
     }
-    Ok(redone)
-}
 
-/// The base offset of a partition's active (newest) segment; fails when an entry names a
-/// newer segment than any on disk (segment creation is durable before its first write).
-fn active_segment(
-    storage: &mut dyn Storage,
-    dir: &Path,
-    partition: u32,
-    entries: &[Located],
-    paths: &[PathBuf],
-) -> Result<i64> {
-    let names = storage
-        .list_dir(dir)
-        .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
-    let active = names
-        .iter()
-        .filter_map(|name| parse_segment_file_name(name))
-        .max();
-    let newest = entries.iter().max_by_key(|e| e.header.segment_base_offset);
-    match (active, newest) {
-        (Some(active), Some(newest)) if newest.header.segment_base_offset <= active => Ok(active),
-        (active, newest) => {
-            let newest = newest.map_or(0, |e| e.header.segment_base_offset);
-            Err(Error::Corrupt {
-                file: newest_path(paths, entries),
-                position: 0,
-                reason: format!(
-                    "journal entry for offsets partition {partition} names segment {newest}, \
-                     but the newest segment on disk is {active:?}"
-                ),
-            })
+    /// A missing segment is recreated only from entries that hold it from byte 0 with no
+    /// gap: its name is lost only while the journal file holding its first entry is kept
+    /// (a checkpoint syncs the directory before retiring the file). Anything else is a
+    /// segment lost some other way, and recreating it would leave zeros where data was.
+    fn check_whole<'e>(
+        &self,
+        paths: &[PathBuf],
+        entries: impl Iterator<Item = &'e Located>,
+    ) -> Result<()> {
+        let mut end = 0u64;
+        for entry in entries {
+            if entry.header.position > end {
+                return Err(Error::Corrupt {
+                    file: paths.get(entry.file).cloned().unwrap_or_default(),
+                    position: entry.payload_position,
+                    reason: format!(
+                        "journal entry for missing segment {} of {} starts at byte {}, but \
+                         the entries before it end at byte {end}",
+                        self.base,
+                        self.dir.display(),
+                        entry.header.position,
+                    ),
+                });
+            }
+            end = end.max(entry.header.position + entry.payload_bytes as u64);
         }
+        Ok(())
     }
 }
 
-fn newest_path(paths: &[PathBuf], entries: &[Located]) -> PathBuf {
-    entries
-        .last()
-        .and_then(|e| paths.get(e.file))
-        .cloned()
-        .unwrap_or_default()
+/// The base offset of the newest segment in a partition's directory; `None` when it holds
+/// none (or does not exist).
+fn newest_segment(storage: &mut dyn Storage, dir: &Path) -> Result<Option<i64>> {
+    match storage.list_dir(dir) {
+        Ok(names) => Ok(names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .max()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(Error::io(format!("listing {}", dir.display()), error)),
+    }
 }
 
 #[cfg(test)]
@@ -302,6 +359,7 @@ mod tests {
                 files: 1,
                 entries: 3,
                 entries_redone: 2,
+                segments_recreated: 0,
                 torn_bytes: 3,
             }
         );
@@ -339,10 +397,38 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_for_a_segment_newer_than_any_on_disk_is_corruption() {
-        let (disk, _, _) = setup(&entry(1, 200, 0, b"lost segment"));
-        let mut storage = disk.storage();
-        let error = redo(&mut storage, Path::new(DATA_DIR)).unwrap_err();
-        assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+    fn segments_newer_than_any_on_disk_are_recreated_from_entries_that_hold_them_whole() {
+        // A journaled roll left segments 200 and 300 to the checkpoint, and a crash lost
+        // both names; 100 (sealed by the roll) is the newest left.
+        let mut journal = entry(1, 100, 4, b"BBBB");
+        journal.extend(entry(2, 200, 0, b"0123"));
+        journal.extend(entry(3, 200, 4, b"45"));
+        journal.extend(entry(4, 300, 0, b"xy"));
+        let (disk, segment, _) = setup(&journal);
+        let report = redo(&mut disk.storage(), Path::new(DATA_DIR)).unwrap();
+        assert_eq!((report.entries_redone, report.segments_recreated), (4, 2));
+        // Every name and byte survives a crash right after.
+        disk.crash();
+        let dir = partition_dir(Path::new(DATA_DIR), 0);
+        assert_eq!(disk.file_bytes(&segment).unwrap(), b"AAAABBBB");
+        let recreated = disk.file_bytes(&dir.join(segment_file_name(200)));
+        assert_eq!(recreated.unwrap(), b"012345");
+        let newest = disk.file_bytes(&dir.join(segment_file_name(300)));
+        assert_eq!(newest.unwrap(), b"xy");
+    }
+
+    #[test]
+    fn a_missing_segment_whose_entries_do_not_hold_it_whole_is_corruption() {
+        for journal in [
+            entry(1, 200, 5, b"not from byte 0"),
+            [entry(1, 200, 0, b"ab"), entry(2, 200, 9, b"gap")].concat(),
+        ] {
+            let (disk, _, _) = setup(&journal);
+            let mut storage = disk.storage();
+            let error = redo(&mut storage, Path::new(DATA_DIR)).unwrap_err();
+            assert!(matches!(error, Error::Corrupt { .. }), "{error}");
+            let dir = partition_dir(Path::new(DATA_DIR), 0);
+            assert!(disk.file_bytes(&dir.join(segment_file_name(200))).is_none());
+        }
     }
 }

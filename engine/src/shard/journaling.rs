@@ -10,6 +10,10 @@ use crate::storage::BACKGROUND_SYNCS_MAX;
 pub(super) const CHECKPOINT_POLL_INTERVAL: std::time::Duration =
     std::time::Duration::from_millis(1);
 
+/// Token bit of a checkpoint's directory sync; the low bits are the partition. A segment
+/// sync's token is the partition alone.
+const DIR_SYNC_TOKEN_BIT: u64 = 1 << 32;
+
 impl Shard {
     /// Makes room in the journal for this flush, rotating when the file is full or failed
     /// (or starting the first file).
@@ -110,12 +114,10 @@ impl Shard {
     /// Finishes the checkpoint in progress, waiting for its syncs.
     pub(super) fn finish_checkpoint(&mut self) {
         // Bounded: each round starts up to BACKGROUND_SYNCS_MAX pending syncs and waits for
-        // every one started, so the pending list shrinks every round.
+        // every one in flight, and a partition needs at most two (its segment's, then its
+        // directory's), so at most twice as many rounds as partitions take an outcome.
         while self.checkpoint_in_progress() {
-            let before = self.checkpoint_pending.len() + self.checkpoint_syncing.len();
-            self.advance_checkpoint(true);
-            let after = self.checkpoint_pending.len() + self.checkpoint_syncing.len();
-            if after >= before && after > 0 {
+            if self.advance_checkpoint(true) == 0 && self.checkpoint_in_progress() {
                 break; // cannot progress (a storage that refuses syncs): leave it to close
             }
         }
@@ -125,28 +127,45 @@ impl Shard {
     /// segment syncs that finished, starts pending ones up to [`BACKGROUND_SYNCS_MAX`], and
     /// removes the previous journal file when every segment it covered is synced. The
     /// shard's flushes and commits never wait for these syncs. Called after every flush and
-    /// by an idle shard.
-    pub(super) fn advance_checkpoint(&mut self, wait: bool) {
+    /// by an idle shard. Returns how many sync outcomes it took.
+    pub(super) fn advance_checkpoint(&mut self, wait: bool) -> usize {
         if !self.checkpoint_in_progress() {
-            return;
+            return 0;
         }
         self.start_checkpoint_syncs();
         let mut done = std::mem::take(&mut self.checkpoint_done);
         self.storage.reap_background_syncs(wait, &mut done);
+        let outcomes = done.len();
         for (token, result) in done.drain(..) {
             let partition = token as u32;
             let Some(index) = self.checkpoint_syncing.iter().position(|&p| p == partition) else {
                 continue; // unloaded meanwhile (closing synced it)
             };
-            self.checkpoint_syncing.swap_remove(index);
-            if let Err(error) = result {
-                self.checkpoint_failed(partition, &error.to_string());
+            match result {
+                Err(error) => {
+                    self.checkpoint_syncing.swap_remove(index);
+                    self.checkpoint_failed(partition, &error.to_string());
+                }
+                Ok(()) if token & DIR_SYNC_TOKEN_BIT == 0 => {
+                    // The segment is synced; its directory next, if a roll owes it. The
+                    // partition stays in `checkpoint_syncing` until that is done too.
+                    if !self.start_dir_sync_if_owed(partition) {
+                        self.checkpoint_syncing.swap_remove(index);
+                    }
+                }
+                Ok(()) => {
+                    self.checkpoint_syncing.swap_remove(index);
+                    if let Some(log) = self.partitions[partition as usize].log.as_mut() {
+                        log.dir_sync_finished(true);
+                    }
+                }
             }
         }
         self.checkpoint_done = done;
         if self.checkpoint_pending.is_empty() && self.checkpoint_syncing.is_empty() {
             finish_previous(self);
         }
+        outcomes
     }
 
     /// Starts background syncs of pending segments, up to the storage's bound.
@@ -178,6 +197,33 @@ impl Shard {
                     self.checkpoint_syncing.push(partition);
                 }
                 Err(error) => self.checkpoint_failed(partition, &error.to_string()),
+            }
+        }
+    }
+
+    /// Starts the background sync of `partition`'s directory if a roll left a segment's
+    /// name to the checkpoint ([`PartitionLog::dir_sync_owed`]); returns whether one runs.
+    /// The checkpoint retires its journal file only after this: until then redo recreates
+    /// a segment whose name a crash lost. Runs in the slot the segment's sync just freed.
+    ///
+    /// [`PartitionLog::dir_sync_owed`]: crate::log::PartitionLog::dir_sync_owed
+    fn start_dir_sync_if_owed(&mut self, partition: u32) -> bool {
+        let Some(log) = self.partitions[partition as usize].log.as_mut() else {
+            return false;
+        };
+        if !log.dir_sync_owed() {
+            return false;
+        }
+        log.dir_sync_started();
+        let token = DIR_SYNC_TOKEN_BIT | u64::from(partition);
+        match self.storage.start_background_dir_sync(log.dir(), token) {
+            Ok(()) => {
+                self.metrics.syncs += 1;
+                true
+            }
+            Err(error) => {
+                self.checkpoint_failed(partition, &format!("directory sync: {error}"));
+                false
             }
         }
     }

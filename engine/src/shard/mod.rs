@@ -133,6 +133,7 @@ impl RecoveryReport {
         journal.files += other.journal.files;
         journal.entries += other.journal.entries;
         journal.entries_redone += other.journal.entries_redone;
+        journal.segments_recreated += other.journal.segments_recreated;
         journal.torn_bytes += other.journal.torn_bytes;
     }
 
@@ -461,9 +462,9 @@ impl Shard {
         // Closing syncs the segment: not while a checkpoint's sync of it is in flight (see
         // `roll_dirty_segments`). Waiting takes its outcome first; a failed one fails the
         // partition closed, and `unload_refusal` then keeps it here.
-        if self.checkpoint_syncing.contains(&partition) {
-            self.advance_checkpoint(true);
-        }
+        // Bounded: a partition's checkpoint makes at most two syncs (segment, directory),
+        // and each round takes the outcome of every one in flight.
+        while self.checkpoint_syncing.contains(&partition) && self.advance_checkpoint(true) > 0 {}
         if let Some(refused) = self.unload_refusal(partition) {
             return Err(refused);
         }

@@ -94,6 +94,11 @@ pub trait Storage: Send + 'static {
     /// `token`. At most [`BACKGROUND_SYNCS_MAX`] may be outstanding. The file may be closed
     /// meanwhile; the sync still completes.
     fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()>;
+    /// Starts an `fsync` of the directory `dir` (its entries: created, removed, renamed
+    /// files) and returns without waiting, like
+    /// [`start_background_sync`](Self::start_background_sync), whose bound it shares; its
+    /// outcome comes back from a later reap, tagged with `token`.
+    fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()>;
     /// Appends the outcomes of background syncs that have finished to `done`; with `wait`,
     /// first waits until every started one has.
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>);

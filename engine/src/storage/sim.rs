@@ -69,9 +69,13 @@ struct DiskState {
     fail_next_syncs_to: Option<(String, u32)>,
     /// Background syncs that fail next.
     fail_next_background_syncs: u32,
+    /// Background syncs of directories that fail next.
+    fail_next_background_dir_syncs: u32,
     read_only: bool,
     /// How long each write stalls before it runs, like a disk that stopped answering.
     write_stall: std::time::Duration,
+    /// Non-waiting reaps that pass a background sync over before it is reported.
+    background_reaps_passed_over: u8,
     /// Bumped by every crash; storages from an older generation are dead.
     generation: u64,
     files: BTreeMap<PathBuf, SimFile>,
@@ -154,6 +158,18 @@ impl DiskState {
             }
         }
         Ok(())
+    }
+
+    /// The successful part of a directory sync: its entries (created, removed, renamed
+    /// files) survive a crash.
+    fn persist_dir(&mut self, dir: &Path) {
+        self.syncs += 1;
+        for (path, file) in self.files.iter_mut() {
+            if path.parent() == Some(dir) {
+                file.entry_durable = true;
+            }
+        }
+        self.removed.retain(|path, _| path.parent() != Some(dir));
     }
 
     /// A sync of `path` that fails: its dirty bytes are lost (see `SimFile::lost`).
@@ -266,8 +282,10 @@ impl SimDisk {
                 fail_next_syncs: 0,
                 fail_next_syncs_to: None,
                 fail_next_background_syncs: 0,
+                fail_next_background_dir_syncs: 0,
                 read_only: false,
                 write_stall: std::time::Duration::ZERO,
+                background_reaps_passed_over: BACKGROUND_REAPS_PASSED_OVER,
                 generation: 0,
                 files: BTreeMap::new(),
                 removed: BTreeMap::new(),
@@ -327,6 +345,12 @@ impl SimDisk {
         self.state().fail_next_background_syncs = n;
     }
 
+    /// Makes the next `n` background syncs of directories fail with `EIO` (and nothing of
+    /// them durable); other syncs are unaffected.
+    pub fn fail_next_background_dir_syncs(&self, n: u32) {
+        self.state().fail_next_background_dir_syncs = n;
+    }
+
     /// Fails the next `n` syncs of files whose extension is `extension` (say `"log"`: the
     /// segments), whatever else is synced meanwhile.
     pub fn fail_next_syncs_to(&self, extension: &str, n: u32) {
@@ -341,6 +365,13 @@ impl SimDisk {
     /// Makes every later write stall this long first (zero: no stall).
     pub fn set_write_stall(&self, stall: std::time::Duration) {
         self.state().write_stall = stall;
+    }
+
+    /// Makes background syncs slow: each is passed over by `reaps` non-waiting reaps
+    /// before it is reported (by default [`BACKGROUND_REAPS_PASSED_OVER`]), so the shard
+    /// flushes more while its checkpoint's syncs are in flight.
+    pub fn set_background_sync_reaps(&self, reaps: u8) {
+        self.state().background_reaps_passed_over = reaps;
     }
 
     /// Simulates a power cut: see the module docs.
@@ -404,6 +435,8 @@ impl SimDisk {
 struct BackgroundSync {
     token: u64,
     path: PathBuf,
+    /// Whether `path` is a directory (its entries become durable) rather than a file.
+    directory: bool,
     /// Decided when started: a failure is reported to this sync, and its pages are lost
     /// from then on (a later sync of the file does not write them).
     failure: Option<io::Error>,
@@ -658,13 +691,7 @@ impl Storage for SimStorage {
         if state.any_sync_fails() {
             return Err(eio("directory fsync"));
         }
-        state.syncs += 1;
-        for (path, file) in state.files.iter_mut() {
-            if path.parent() == Some(dir) {
-                file.entry_durable = true;
-            }
-        }
-        state.removed.retain(|path, _| path.parent() != Some(dir));
+        state.persist_dir(dir);
         Ok(())
     }
 
@@ -733,7 +760,36 @@ impl Storage for SimStorage {
         self.background.push(BackgroundSync {
             token,
             path,
+            directory: false,
             failure,
+            passed_over: 0,
+        });
+        Ok(())
+    }
+
+    fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()> {
+        if self.background.len() >= super::BACKGROUND_SYNCS_MAX {
+            return Err(io::Error::other("too many background syncs"));
+        }
+        let mut state = self.live()?;
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        let fails = if state.fail_next_background_dir_syncs > 0 {
+            state.fail_next_background_dir_syncs -= 1;
+            true
+        } else if state.fail_next_background_syncs > 0 {
+            state.fail_next_background_syncs -= 1;
+            true
+        } else {
+            state.any_sync_fails()
+        };
+        drop(state);
+        self.background.push(BackgroundSync {
+            token,
+            path: dir.to_path_buf(),
+            directory: true,
+            failure: fails.then(|| eio("directory fsync")),
             passed_over: 0,
         });
         Ok(())
@@ -746,14 +802,20 @@ impl Storage for SimStorage {
     /// lost pages, as on Linux); a succeeding one makes the file durable only when reported,
     /// so a crash before that loses it, as it may lose a real one in flight.
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
+        let passed_over_max = self
+            .live()
+            .map_or(0, |state| state.background_reaps_passed_over);
         for mut sync in std::mem::take(&mut self.background) {
-            if !wait && sync.passed_over < BACKGROUND_REAPS_PASSED_OVER {
+            if !wait && sync.passed_over < passed_over_max {
                 sync.passed_over += 1;
                 self.background.push(sync);
                 continue;
             }
             let result = match sync.failure {
                 Some(error) => Err(error),
+                None if sync.directory => {
+                    self.live().map(|mut state| state.persist_dir(&sync.path))
+                }
                 None => self.live().and_then(|mut state| state.persist(&sync.path)),
             };
             done.push((sync.token, result));
@@ -933,6 +995,43 @@ mod tests {
         // Whatever survived is a page-aligned subset of the write, never anything else.
         assert!(after.iter().all(|&b| b == 9 || b == 0));
         assert_eq!(after.len() % PAGE_BYTES, 0);
+    }
+
+    #[test]
+    fn a_background_directory_sync_makes_names_durable_when_reported() {
+        let dir = Path::new("/d");
+        let created = PathBuf::from("/d/new");
+        let mut done = Vec::new();
+        // In flight (passed over by two reaps): a crash loses the name.
+        let (disk, mut storage, _, _) = setup();
+        storage.open(&created, OpenMode::CreateNew).unwrap();
+        storage.start_background_dir_sync(dir, 3).unwrap();
+        storage.reap_background_syncs(false, &mut done);
+        storage.reap_background_syncs(false, &mut done);
+        assert!(done.is_empty(), "{done:?}");
+        disk.crash();
+        assert!(disk.file_bytes(&created).is_none());
+
+        // Reported: the name survives.
+        let mut storage = disk.storage();
+        storage.open(&created, OpenMode::CreateNew).unwrap();
+        storage.start_background_dir_sync(dir, 4).unwrap();
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(4, Ok(()))]), "{done:?}");
+        disk.crash();
+        assert_eq!(disk.file_bytes(&created).unwrap(), b"");
+
+        // Failed: nothing durable, and it says so.
+        let mut storage = disk.storage();
+        let lost = PathBuf::from("/d/lost");
+        storage.open(&lost, OpenMode::CreateNew).unwrap();
+        disk.fail_next_background_syncs(1);
+        storage.start_background_dir_sync(dir, 5).unwrap();
+        done.clear();
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(5, Err(_))]), "{done:?}");
+        disk.crash();
+        assert!(disk.file_bytes(&lost).is_none());
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct UringStorage {
     /// Background syncs completed (seen while waiting for a flush, or reaped) and not yet
     /// handed out.
     background_done: Vec<(u64, io::Result<()>)>,
+    /// Directories opened for a background sync, by token: held until its completion is
+    /// reaped, so the fd number cannot name another file while the entry may still wait
+    /// in the submission queue.
+    background_dirs: Vec<(u64, File)>,
 }
 
 impl UringStorage {
@@ -81,6 +85,7 @@ impl UringStorage {
             fsync_scope,
             background_in_flight: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
             background_done: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
+            background_dirs: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
         })
     }
 
@@ -261,6 +266,33 @@ impl UringStorage {
         for result in results.iter_mut().filter(|result| result.is_ok()) {
             *result = Err(io::Error::new(error.kind(), format!("syncfs: {error}")));
         }
+    }
+}
+
+impl UringStorage {
+    /// Fails when another background sync would pass [`super::BACKGROUND_SYNCS_MAX`], or
+    /// when `token` collides with the bit that marks background completions.
+    fn check_background_room(&self, token: u64) -> io::Result<()> {
+        if self.background_in_flight.len() >= super::BACKGROUND_SYNCS_MAX
+            || token & BACKGROUND_BIT != 0
+        {
+            return Err(io::Error::other("too many background syncs"));
+        }
+        Ok(())
+    }
+
+    /// Queues a background sync's entry tagged with `token` and submits it.
+    fn submit_background(&mut self, sync: squeue::Entry, token: u64) -> io::Result<()> {
+        let sync = sync.user_data(BACKGROUND_BIT | token);
+        // SAFETY: an fsync carries no buffer, and its fd stays open until submission (a
+        // segment's until it is closed, a directory's until its completion is reaped).
+        unsafe { self.ring.submission().push(&sync) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.background_in_flight.push(token);
+        // On an error the entry stays queued and goes with the next submission; the caller
+        // counts this sync as failed and ignores its completion.
+        self.ring.submit()?;
+        Ok(())
     }
 }
 
@@ -464,25 +496,24 @@ impl Storage for UringStorage {
     }
 
     fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()> {
-        if self.background_in_flight.len() >= super::BACKGROUND_SYNCS_MAX
-            || token & BACKGROUND_BIT != 0
-        {
-            return Err(io::Error::other("too many background syncs"));
-        }
+        self.check_background_room(token)?;
         let fd = self.file(file)?.as_raw_fd();
         let sync = opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(BACKGROUND_BIT | token);
-        // SAFETY: an fsync carries no buffer; the kernel holds its own reference to the
-        // file from submission, so closing the fd before it completes is safe.
-        unsafe { self.ring.submission().push(&sync) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.background_in_flight.push(token);
-        // On an error the entry stays queued and goes with the next submission; the caller
-        // counts this sync as failed and ignores its completion.
-        self.ring.submit()?;
-        Ok(())
+            .build();
+        // The kernel holds its own reference to the file from submission, so closing the
+        // fd before it completes is safe.
+        self.submit_background(sync, token)
+    }
+
+    fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()> {
+        self.check_background_room(token)?;
+        let directory = File::open(dir)?;
+        // A directory's fsync makes its entries durable: no DATASYNC, the entries are
+        // metadata.
+        let sync = opcode::Fsync::new(types::Fd(directory.as_raw_fd())).build();
+        self.background_dirs.push((token, directory));
+        self.submit_background(sync, token)
     }
 
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
@@ -514,6 +545,9 @@ impl Storage for UringStorage {
             }
         }
         done.append(&mut self.background_done);
+        let in_flight = &self.background_in_flight;
+        self.background_dirs
+            .retain(|(token, _)| in_flight.contains(token));
     }
 }
 
@@ -556,6 +590,30 @@ mod tests {
         );
         assert_eq!(std::fs::read(&one).expect("read"), b"abclone");
         assert_eq!(std::fs::read(&two).expect("read"), b"pair");
+    }
+
+    #[test]
+    fn background_syncs_of_a_file_and_a_directory_are_reaped_by_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segment");
+        std::fs::write(&path, b"").expect("create");
+        let (mut storage, file) = storage_with(&path);
+        storage.start_background_sync(file, 1).expect("file sync");
+        storage
+            .start_background_dir_sync(dir.path(), 2)
+            .expect("directory sync");
+        let mut done = Vec::new();
+        storage.reap_background_syncs(true, &mut done);
+        done.sort_by_key(|(token, _)| *token);
+        assert!(
+            matches!(done.as_slice(), [(1, Ok(())), (2, Ok(()))]),
+            "{done:?}"
+        );
+        assert!(storage.background_dirs.is_empty(), "directory fd kept");
+        // A directory that does not exist is refused at the start, taking no slot.
+        let missing = dir.path().join("missing");
+        assert!(storage.start_background_dir_sync(&missing, 3).is_err());
+        assert!(storage.background_in_flight.is_empty());
     }
 
     #[test]
