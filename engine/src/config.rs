@@ -18,6 +18,10 @@ pub const COMMIT_PARTITIONS_MAX: usize = 16 * 1024;
 /// Smallest segment size accepted: big enough for any single batch the engine writes.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
+/// Largest accepted `log_cleaner_backoff_ms` (one day): a longer wait would leave rolled
+/// segments uncompacted for longer than any retention setting makes sense of.
+pub const LOG_CLEANER_BACKOFF_MS_MAX: u64 = 86_400_000;
+
 /// Smallest accepted `group_commit_bytes_max`.
 pub const GROUP_COMMIT_BYTES_MIN: usize = 64 * 1024;
 
@@ -151,6 +155,11 @@ pub struct Config {
     /// tombstone is kept at least this long after it was written, then dropped by the first
     /// compaction of the segments that start the log.
     pub log_cleaner_delete_retention_ms: u64,
+    /// `log.cleaner.backoff.ms` (15000): Kafka's cleaner sleeps this long when it finds
+    /// nothing to clean. Here it is the longest background compaction leaves a freshly
+    /// rolled segment alone: it waits for about one rewrite of the partition's keys (see
+    /// `compact::select::Deferral`), or this long when the commits stop.
+    pub log_cleaner_backoff_ms: u64,
     /// `offsets.retention.minutes` (10080): how long the offsets of a group without members
     /// are kept.
     pub offsets_retention_minutes: u64,
@@ -190,6 +199,7 @@ impl Config {
             log_cleaner_enable: true,
             log_cleaner_min_cleanable_ratio: 0.5,
             log_cleaner_delete_retention_ms: 86_400_000,
+            log_cleaner_backoff_ms: 15_000,
             offsets_retention_minutes: 10_080,
             offsets_retention_check_interval_ms: 600_000,
             groups: crate::group::GroupConfig::default(),
@@ -256,6 +266,11 @@ impl Config {
         }
         if self.log_cleaner_delete_retention_ms > i64::MAX as u64 {
             return fail("log.cleaner.delete.retention.ms is too large".into());
+        }
+        if self.log_cleaner_backoff_ms > LOG_CLEANER_BACKOFF_MS_MAX {
+            return fail(format!(
+                "log.cleaner.backoff.ms must be at most {LOG_CLEANER_BACKOFF_MS_MAX}"
+            ));
         }
         if self.offsets_retention_minutes == 0
             || self.offsets_retention_minutes > RETENTION_MINUTES_MAX

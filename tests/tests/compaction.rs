@@ -855,6 +855,67 @@ fn the_dirty_roll_size_grows_with_the_live_data() {
 
 /// Sealed segments whose every record was overwritten are dropped without being read; the
 /// rest is read and compacted as before, and nothing live is lost.
+/// Background compaction leaves a freshly rolled segment alone until the partition has
+/// appended about one rewrite of its keys: in a storm over few keys the segment is dead by
+/// then and is dropped unread, not read whole to keep the last round's records. When the
+/// commits stop right after a roll, it is compacted once `log.cleaner.backoff.ms` has
+/// passed, by an idle shard with nothing else to wake it.
+#[test]
+fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
+    let disk = SimDisk::new(14);
+    let mut config = storm_config();
+    config.log_cleaner_backoff_ms = 300;
+    let engine = open_sim(&disk, &config).unwrap();
+    let metadata = "w".repeat(4000);
+    let shard_metrics = |engine: &Engine| engine.metrics().unwrap().remove(0);
+    let mut round = 0i64;
+    let mut rolls_seen = 0;
+    // Rounds until the fourth dirty roll, stopping right after it.
+    while rolls_seen < 4 {
+        assert!(round < 1000, "no dirty rolls");
+        let futures: Vec<_> = (0..GROUPS)
+            .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, &metadata)]))
+            .collect();
+        for future in futures {
+            future.wait().unwrap();
+        }
+        round += 1;
+        rolls_seen = shard_metrics(&engine).dirty_rolls;
+    }
+    // Bounded wait: the last roll's segment waits out the backoff, then goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = shard_metrics(&engine);
+        if metrics.compaction.compactions >= rolls_seen || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let compaction = &metrics.compaction;
+    assert_eq!(compaction.compactions, rolls_seen, "{compaction:?}");
+    assert!(
+        compaction.segments_dropped_unread >= rolls_seen,
+        "{rolls_seen} rolls: {compaction:?}"
+    );
+    // Only the last segment was read, the one the backoff let go while the last round's
+    // records were still live in it; every earlier one was dead by the time it was
+    // compacted.
+    let one_roll = coffer::log::DIRTY_ROLL_BYTES_MIN + 1024 * 1024;
+    assert!(compaction.bytes_read <= one_roll, "{compaction:?}");
+    assert_eq!(
+        engine.compact(wall_ms()).unwrap(),
+        0,
+        "left for the explicit one"
+    );
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    for g in 0..GROUPS {
+        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
+        assert_eq!(found, Some(round - 1), "{}", group(g));
+    }
+}
+
 #[test]
 fn segments_with_nothing_live_are_dropped_unread() {
     let disk = SimDisk::new(9);

@@ -326,6 +326,7 @@ struct Counters {
     bytes: u64,
     syncs: u64,
     dirty_rolls: u64,
+    compaction_steps: u64,
 }
 
 impl Counters {
@@ -340,6 +341,7 @@ impl Counters {
             c.bytes += m.bytes;
             c.syncs += m.syncs;
             c.dirty_rolls += m.dirty_rolls;
+            c.compaction_steps += m.compaction.steps;
         }
         c
     }
@@ -354,6 +356,7 @@ impl Counters {
             bytes: self.bytes - before.bytes,
             syncs: self.syncs - before.syncs,
             dirty_rolls: self.dirty_rolls - before.dirty_rolls,
+            compaction_steps: self.compaction_steps - before.compaction_steps,
         }
     }
 }
@@ -383,6 +386,8 @@ struct EngineOut {
     flush_us: Percentiles,
     /// Durations of the dirty rolls in the measured window (their count is in `counters`).
     dirty_roll_us: Percentiles,
+    /// Durations of the compaction steps in the measured window (count in `counters`).
+    compaction_step_us: Percentiles,
     engine_commit_us: Percentiles,
 }
 
@@ -527,6 +532,9 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         counters: Counters::of(&after).minus(&Counters::of(&before)),
         flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
         dirty_roll_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.dirty_roll_us)),
+        compaction_step_us: Percentiles::of(&window_histogram(&before, &after, |m| {
+            &m.compaction_step_us
+        })),
         engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
             &m.commit_latency_us
         })),
@@ -1110,6 +1118,15 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         r.p50,
         r.p99,
         r.max
+    );
+    let s = engine.compaction_step_us;
+    println!(
+        "  compaction steps {} ({:.1}/s), µs p50/p99/max   {} / {} / {}",
+        c.compaction_steps,
+        c.compaction_steps as f64 / secs,
+        s.p50,
+        s.p99,
+        s.max
     );
     println!(
         "floor: {} records ({} bytes) per pwrite + fdatasync, {} batches",

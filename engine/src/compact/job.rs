@@ -216,7 +216,6 @@ impl CompactionJob {
         };
         self.input_position += consumed;
         ctx.metrics.bytes_read += consumed;
-        ctx.metrics.steps += 1;
         if ctx.out_buf.is_empty() {
             return StepOutcome::Continue;
         }
@@ -517,6 +516,7 @@ impl CompactionJob {
             base_offset,
             path,
             len: self.output_len,
+            sealed_at: None,
         };
         ctx.log.replace_sealed(range, segment, stats);
         ctx.metrics.compactions += 1;
@@ -630,9 +630,9 @@ impl LivePositions {
 /// commit storm over a fixed key set leaves most of its sealed segments like this, and
 /// reading them only to drop every record cost the shard CPU the commits needed.
 fn nothing_to_keep(stats: &[SegmentStats]) -> bool {
-    stats
-        .iter()
-        .all(|s| s.live == 0 && s.tombstones == 0 && s.records > 0)
+    // Empty segments (what an earlier compaction that kept nothing left) count as nothing
+    // to keep too: the group of such a segment and a dead one is dropped unread.
+    stats.iter().all(|s| s.live == 0 && s.tombstones == 0) && stats.iter().any(|s| s.records > 0)
 }
 
 fn read_exact(

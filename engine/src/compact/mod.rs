@@ -112,7 +112,7 @@ pub struct CompactionMetrics {
     pub compactions: u64,
     /// Compactions abandoned after an I/O error before their commit point.
     pub compaction_errors: u64,
-    /// Steps run.
+    /// Steps run: copying steps and the swap's (sync, commit, finish).
     pub steps: u64,
     /// Segment bytes read by the compactor.
     pub bytes_read: u64,

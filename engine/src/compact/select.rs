@@ -10,8 +10,58 @@
 //! goes in the same swap, so dropping the tombstone can never bring one back).
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use crate::log::PartitionLog;
+
+/// Rewrites of a partition's keys a freshly sealed segment waits for ([`Deferral`]): two,
+/// so that keys rewritten round by round in any order have all been rewritten once, and
+/// keys picked at random all but about e^-2 (14 %) of them.
+pub(crate) const DEFERRAL_REWRITES: u64 = 2;
+
+/// Background compaction leaves a group alone while its newest segment is freshly sealed:
+/// until the partition has appended [`DEFERRAL_REWRITES`] times as many records since the
+/// seal as it holds live ones, and at most `log.cleaner.backoff.ms` (Kafka's cleaner
+/// looks for work that often, so it never compacts a segment the moment it rolls either;
+/// `Config::log_cleaner_backoff_ms`). In a commit storm
+/// over a fixed key set a rolled segment's last live records die within one rewrite of the
+/// keys; compacting at once read the whole segment to keep a few of them (about 12 steps
+/// of up to 256 KiB per 4 MiB roll, 230 µs each on the shard thread, benchmarks.md session
+/// 10), where a little later it is dropped unread. Explicit compactions do not wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deferral {
+    /// Now, on the clock of [`crate::log::SealedSegment::sealed_at`].
+    pub now: Instant,
+    /// The longest a group waits.
+    pub wait_max: Duration,
+    /// The earliest time a group left alone becomes cleanable by age alone.
+    pub retry_at: Option<Instant>,
+}
+
+impl Deferral {
+    /// Whether the group whose newest segment is sealed segment `newest` waits, noting
+    /// when it stops waiting by age.
+    fn defers(&mut self, log: &PartitionLog, newest: usize) -> bool {
+        let sealed = log.sealed_segments();
+        let Some(sealed_at) = sealed[newest].sealed_at else {
+            return false;
+        };
+        let until = sealed_at + self.wait_max;
+        if self.now >= until {
+            return false;
+        }
+        let sealed_at_offset = sealed
+            .get(newest + 1)
+            .map_or(log.active_base_offset(), |next| next.base_offset);
+        let appended = log.next_offset().saturating_sub(sealed_at_offset).max(0) as u64;
+        let live: u64 = log.table().segments().iter().map(|s| s.live).sum();
+        if appended >= live.saturating_mul(DEFERRAL_REWRITES) {
+            return false;
+        }
+        self.retry_at = Some(self.retry_at.map_or(until, |at| at.min(until)));
+        true
+    }
+}
 
 /// Settings of the selection, from the config.
 #[derive(Debug, Clone, Copy)]
@@ -39,13 +89,14 @@ pub(crate) struct Candidate {
     pub drop_tombstones_through_ms: Option<i64>,
 }
 
-/// The most cleanable group of `log`, if any is cleanable at `now_ms`.
+/// The most cleanable group of `log`, if any is cleanable at `now_ms`; with a `deferral`
+/// (background compaction), not one whose newest segment is freshly sealed.
 pub(crate) fn best_group(
     partition: u32,
     log: &PartitionLog,
     quarantined: &BTreeSet<i64>,
-    settings: SelectSettings,
-    now_ms: i64,
+    (settings, now_ms): (SelectSettings, i64),
+    mut deferral: Option<&mut Deferral>,
 ) -> Option<Candidate> {
     let sealed = log.sealed_segments();
     let stats = log.table().segments();
@@ -82,6 +133,11 @@ pub(crate) fn best_group(
         let starts_log = first == 0;
         let dirty_enough = dirty_records_enough(dirty_ratio, dead_records, settings);
         if !(dirty_enough || (starts_log && expired_tombstones)) {
+            continue;
+        }
+        if let Some(deferral) = deferral.as_deref_mut()
+            && deferral.defers(log, index - 1)
+        {
             continue;
         }
         let candidate = Candidate {
@@ -159,16 +215,56 @@ mod tests {
     }
 
     #[test]
+    fn background_compaction_waits_for_one_rewrite_of_the_keys_or_the_longest_deferral() {
+        let mut log = log(2);
+        let none = BTreeSet::new();
+        // All of the sealed segments dead but one record; 11 live records in the log.
+        dead(&mut log, 1..20);
+        let explicit = best_group(0, &log, &none, (settings(), 0), None);
+        assert_eq!(explicit.map(|c| (c.first, c.count)), Some((0, 2)));
+        let sealed_at = log.sealed_segments()[1]
+            .sealed_at
+            .expect("sealed by a roll");
+        const WAIT_MAX: Duration = Duration::from_secs(15);
+        let mut deferral = Deferral {
+            now: sealed_at,
+            wait_max: WAIT_MAX,
+            retry_at: None,
+        };
+        // Ten records appended since the newest sealed segment rolled: fewer than twice
+        // the live ones.
+        let deferred = best_group(0, &log, &none, (settings(), 0), Some(&mut deferral));
+        assert_eq!(deferred, None);
+        assert_eq!(deferral.retry_at, Some(sealed_at + WAIT_MAX));
+        // At the longest deferral it is cleanable by age alone.
+        deferral.now = sealed_at + WAIT_MAX;
+        let aged = best_group(0, &log, &none, (settings(), 0), Some(&mut deferral));
+        assert_eq!(aged, explicit);
+        // Or once two rewrites of the keys have been appended (each new batch replaces the
+        // one before: 11 live, then 30 appended since the roll).
+        deferral.now = sealed_at;
+        let mut rewrite = |log: &mut PartitionLog| {
+            let next = log.next_offset();
+            log.commit_append(BATCH_BYTES, next + RECORDS_PER_BATCH - 1);
+            dead(log, next - RECORDS_PER_BATCH..next);
+            best_group(0, log, &none, (settings(), 0), Some(&mut deferral))
+        };
+        assert_eq!(rewrite(&mut log), None, "20 appended, 11 live");
+        let rewritten = rewrite(&mut log);
+        assert_eq!(rewritten.map(|c| (c.first, c.count)), Some((0, 2)));
+    }
+
+    #[test]
     fn clean_segments_are_left_alone_and_groups_split_at_quarantined_ones() {
         let mut log = log(3);
         assert_eq!(log.sealed_segments().len(), 3);
         let none = BTreeSet::new();
-        assert_eq!(best_group(0, &log, &none, settings(), 0), None);
+        assert_eq!(best_group(0, &log, &none, (settings(), 0), None), None);
         dead(&mut log, 10..14); // 40 % dirty: below the ratio
-        assert_eq!(best_group(0, &log, &none, settings(), 0), None);
+        assert_eq!(best_group(0, &log, &none, (settings(), 0), None), None);
         dead(&mut log, 14..16); // 60 %
         dead(&mut log, 20..29); // 90 %
-        let best = best_group(0, &log, &none, settings(), 0).unwrap();
+        let best = best_group(0, &log, &none, (settings(), 0), None).unwrap();
         // Estimated live bytes 60 + 24 + 6 fit one segment: one group of all three, half dead.
         assert_eq!((best.first, best.count), (0, 3));
         assert!(
@@ -184,7 +280,7 @@ mod tests {
         // A quarantined middle segment splits the group: the first segment alone is clean,
         // the last (one live record of ten) is cleanable on its own.
         let quarantined = BTreeSet::from([10]);
-        let best = best_group(0, &log, &quarantined, settings(), 0).unwrap();
+        let best = best_group(0, &log, &quarantined, (settings(), 0), None).unwrap();
         assert_eq!((best.first, best.count), (2, 1));
         assert_eq!(
             best.drop_tombstones_through_ms, None,
@@ -199,17 +295,20 @@ mod tests {
         // A tombstone at offset 25, in the third segment: never a reason to compact alone.
         dead(&mut log, 25..26);
         log.table_mut().note_tombstone(25, 100);
-        assert_eq!(best_group(0, &log, &none, settings(), 10_000), None);
+        assert_eq!(best_group(0, &log, &none, (settings(), 10_000), None), None);
         // In the first segment, past delete.retention.ms: cleanable, tombstones may go.
         dead(&mut log, 5..6);
         log.table_mut().note_tombstone(5, 100);
-        let best = best_group(0, &log, &none, settings(), 10_000).unwrap();
+        let best = best_group(0, &log, &none, (settings(), 10_000), None).unwrap();
         assert_eq!(best.first, 0);
         assert_eq!(best.drop_tombstones_through_ms, Some(9_000));
         // Not yet past retention: nothing to do.
-        assert_eq!(best_group(0, &log, &none, settings(), 1_000), None);
+        assert_eq!(best_group(0, &log, &none, (settings(), 1_000), None), None);
         // Quarantining the first segment: the next group no longer starts the log.
         let quarantined = BTreeSet::from([0]);
-        assert_eq!(best_group(0, &log, &quarantined, settings(), 10_000), None);
+        assert_eq!(
+            best_group(0, &log, &quarantined, (settings(), 10_000), None),
+            None
+        );
     }
 }

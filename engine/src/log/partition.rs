@@ -215,6 +215,7 @@ impl PartitionLog {
                 base_offset,
                 path,
                 len: outcome.valid_len,
+                sealed_at: None,
             });
         }
 
@@ -562,6 +563,7 @@ impl PartitionLog {
             base_offset: old.base_offset,
             path: old.path,
             len: old.len,
+            sealed_at: Some(std::time::Instant::now()),
         });
         Ok(())
     }

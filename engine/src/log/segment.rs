@@ -41,6 +41,10 @@ pub struct SealedSegment {
     pub path: PathBuf,
     /// Bytes of batches in it.
     pub len: u64,
+    /// When a roll sealed it in this process (`None`: found at open, or written by a
+    /// compaction). Background compaction leaves a freshly sealed segment alone for a while
+    /// (`compact::select`).
+    pub sealed_at: Option<std::time::Instant>,
 }
 
 /// The segment appends go to.

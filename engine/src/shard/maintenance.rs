@@ -42,6 +42,12 @@ pub(crate) struct Maintenance {
     job_steps: u64,
     /// Something changed that may have made a segment cleanable.
     maybe_dirty: bool,
+    /// When a group that background compaction left alone (freshly sealed, see
+    /// [`select::Deferral`]) becomes cleanable by age: the shard looks again then, even
+    /// with nothing else happening.
+    retry_at: Option<Instant>,
+    /// `log.cleaner.backoff.ms`: the longest a freshly sealed segment waits.
+    defer_max: Duration,
     /// Bytes the compactor may read under load, earned by bytes committed.
     credit_bytes: u64,
     /// `ShardMetrics::bytes` when credit was last earned.
@@ -68,6 +74,8 @@ impl Maintenance {
             job: None,
             job_steps: 0,
             maybe_dirty: true,
+            retry_at: None,
+            defer_max: Duration::from_millis(config.log_cleaner_backoff_ms),
             credit_bytes: 0,
             committed_bytes_seen: 0,
             read_buf: Vec::new(),
@@ -85,6 +93,18 @@ impl Maintenance {
     pub(crate) fn has_compaction_work(&self) -> bool {
         self.cleaner_enabled && (self.job.is_some() || self.maybe_dirty)
     }
+
+    /// Marks the shard maybe dirty once a deferred group's wait is over; returns when to
+    /// look again otherwise.
+    fn retry_due(&mut self, now: Instant) -> Option<Instant> {
+        let at = self.retry_at?;
+        if now < at {
+            return Some(at);
+        }
+        self.retry_at = None;
+        self.maybe_dirty = true;
+        None
+    }
 }
 
 impl Shard {
@@ -101,6 +121,7 @@ impl Shard {
             if Instant::now() >= self.maintenance.next_retention_check {
                 self.retention_check(super::wall_clock_ms());
             }
+            let retry_at = self.maintenance.retry_due(Instant::now());
             // Group deadlines (session expiry, rebalance timeouts) bound every wait.
             let group_bound = self.group_wait_bound();
             if self.maintenance.has_compaction_work() {
@@ -132,6 +153,9 @@ impl Shard {
                 // Syncs in flight: look at their completions again soon.
                 deadline = deadline.min(now + super::journaling::CHECKPOINT_POLL_INTERVAL);
             }
+            if let Some(retry_at) = retry_at {
+                deadline = deadline.min(retry_at);
+            }
             match requests.recv_deadline(deadline) {
                 Ok(request) => return Ok(request),
                 Err(RecvTimeoutError::Timeout) if group_bound.is_some() => {
@@ -157,6 +181,7 @@ impl Shard {
     pub(super) fn idle_step(&mut self) -> bool {
         self.advance_checkpoint(false);
         self.retention_if_due();
+        self.maintenance.retry_due(Instant::now());
         if self.maintenance.has_compaction_work() {
             self.compaction_step(super::wall_clock_ms());
         }
@@ -200,7 +225,7 @@ impl Shard {
         while started < COMPACTIONS_PER_REQUEST_MAX {
             if self.maintenance.job.is_none() {
                 self.maintenance.maybe_dirty = true;
-                if !self.start_compaction(now_ms) {
+                if !self.start_compaction(now_ms, false) {
                     break;
                 }
                 started += 1;
@@ -216,7 +241,7 @@ impl Shard {
     /// One step of background compaction: of the running job, or starts one.
     pub(super) fn compaction_step(&mut self, now_ms: i64) {
         let read_before = self.metrics.compaction.bytes_read;
-        if self.maintenance.job.is_none() && !self.start_compaction(now_ms) {
+        if self.maintenance.job.is_none() && !self.start_compaction(now_ms, true) {
             return;
         }
         let Some(mut job) = self.maintenance.job.take() else {
@@ -246,6 +271,7 @@ impl Shard {
             job.step(&mut ctx)
         };
         let step_us = started.elapsed().as_micros() as u64;
+        self.metrics.compaction.steps += 1;
         let read = self.metrics.compaction.bytes_read - read_before;
         // A step that read nothing (a swap, a file switch) still costs a step's worth.
         let cost = if read == 0 {
@@ -299,24 +325,35 @@ impl Shard {
         self.emit(event);
     }
 
-    /// Picks the dirtiest cleanable group of the shard and starts compacting it.
-    fn start_compaction(&mut self, now_ms: i64) -> bool {
+    /// Picks the dirtiest cleanable group of the shard and starts compacting it; with
+    /// `defer` (background compaction) not a freshly sealed one ([`select::Deferral`]).
+    fn start_compaction(&mut self, now_ms: i64, defer: bool) -> bool {
         if !std::mem::take(&mut self.maintenance.maybe_dirty) {
             return false;
         }
+        let mut deferral = select::Deferral {
+            now: Instant::now(),
+            wait_max: self.maintenance.defer_max,
+            retry_at: None,
+        };
         let mut best: Option<Candidate> = None;
         for (index, hosted) in self.partitions.iter().enumerate() {
             let (Some(log), None) = (hosted.log.as_ref(), &hosted.failure) else {
                 continue;
             };
             let quarantined = &hosted.compaction.quarantined;
-            let settings = self.maintenance.select;
-            let found = select::best_group(index as u32, log, quarantined, settings, now_ms);
+            let settings = (self.maintenance.select, now_ms);
+            let deferring = defer.then_some(&mut deferral);
+            let found = select::best_group(index as u32, log, quarantined, settings, deferring);
             if let Some(found) = found
                 && best.is_none_or(|b| found.dirty_ratio > b.dirty_ratio)
             {
                 best = Some(found);
             }
+        }
+        if let Some(at) = deferral.retry_at {
+            let retry_at = &mut self.maintenance.retry_at;
+            *retry_at = Some(retry_at.map_or(at, |earlier| earlier.min(at)));
         }
         let Some(candidate) = best else {
             return false;
