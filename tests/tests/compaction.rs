@@ -147,6 +147,9 @@ fn commit(
 /// that could change it.
 fn model_run(seed: u64, operations: u32, cleaner: bool) {
     let disk = SimDisk::new(seed);
+    // Even seeds: names durable only when the engine syncs their directory; odd seeds: at
+    // once, as a filesystem may make them. The engine must be right either way.
+    disk.set_names_durable_at_once(seed % 2 == 1);
     let config = config(2, cleaner);
     let mut engine = open_sim(&disk, &config).unwrap();
     let mut rng = Rng(seed);
@@ -274,7 +277,9 @@ fn model_commits_deletes_expiries_compactions_crashes() {
 
 #[test]
 fn model_with_the_background_compactor_running() {
-    model_run(3, 2000, true);
+    for seed in [3, 4] {
+        model_run(seed, 2000, true);
+    }
 }
 
 /// A fixed workload on one offsets partition: overwrites with big metadata (several
@@ -913,6 +918,64 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
     for g in 0..GROUPS {
         let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
         assert_eq!(found, Some(round - 1), "{}", group(g));
+    }
+}
+
+/// A compaction's syncs run in the background; their failures mean what the blocking ones
+/// did. The copy's sync failing abandons the compaction (the old segments stand, a later
+/// one succeeds); the commit point's directory sync failing leaves the swap's state
+/// unknown, so the partition fails closed, and a reopen recovers it. Nothing acknowledged
+/// is lost either way. (Syncs per file, so the journal's checkpoint makes no background
+/// syncs to take the injected failures.)
+#[test]
+fn failed_background_syncs_of_a_compaction_abandon_it_or_fail_the_partition_closed() {
+    for fail_commit_point in [false, true] {
+        let context = if fail_commit_point {
+            "commit point"
+        } else {
+            "copy"
+        };
+        let disk = SimDisk::new(21);
+        let mut config = config(1, false);
+        config.fsync_scope = coffer::FsyncScope::File;
+        let engine = open_sim(&disk, &config).unwrap();
+        let metadata = "f".repeat(3000);
+        let mut model = Model::default();
+        for round in 0..1200i64 {
+            let g = group(round as u64 % GROUPS);
+            commit(&engine, &mut model, &g, 0, round, &metadata, None);
+        }
+        let segments = sim_segments(&disk, 0);
+        if fail_commit_point {
+            disk.fail_next_background_dir_syncs(1);
+        } else {
+            disk.fail_next_background_syncs(1);
+        }
+        let compacted = engine.compact(wall_ms());
+        let metrics = engine.metrics().unwrap();
+        assert!(metrics[0].compaction.compaction_errors >= 1, "{context}");
+        if fail_commit_point {
+            let refused = engine
+                .commit_offsets(&group(0), &[partition_zero(5000, "")])
+                .wait();
+            assert!(
+                matches!(refused, Err(coffer::Error::PartitionFailed { .. })),
+                "{context}: {refused:?}"
+            );
+        } else {
+            // Abandoned, the partition still serves; the compactions after it worked.
+            assert!(
+                compacted.as_ref().is_ok_and(|&n| n > 0),
+                "{context}: {compacted:?}"
+            );
+            assert!(sim_segments(&disk, 0).len() < segments.len(), "{context}");
+            commit(&engine, &mut model, &group(0), 0, 5000, &metadata, None);
+            check(&engine, &model, context);
+        }
+        disk.crash();
+        drop(engine);
+        let engine = open_sim(&disk, &config).unwrap();
+        check(&engine, &model, &format!("{context}, after a power cut"));
     }
 }
 

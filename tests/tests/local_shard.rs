@@ -312,7 +312,7 @@ fn groups_run_on_the_callers_thread_and_fence_its_commits() {
 #[test]
 fn a_release_during_a_failing_checkpoint_sync_keeps_the_partition_here_failed_closed() {
     let disk = SimDisk::new(25);
-    disk.fail_next_background_syncs(1);
+    disk.fail_next_background_syncs_to("log", 1);
     // Segments far larger than the journal files: no segment fills (and rolls, which waits
     // for the checkpoint's syncs) in the flush that rotates the journal.
     release_during_a_failing_checkpoint(&disk, 64 * 1024 * 1024);

@@ -73,15 +73,41 @@ pub fn commit(
     base_offset: i64,
     end_offset: i64,
 ) -> io::Result<()> {
+    rename_to_swap(storage, dir, base_offset, end_offset)?;
+    storage.sync_dir(dir)
+}
+
+/// Step 1 without its directory sync, which the caller makes (the compactor, in the
+/// background): the commit point is reached when that sync succeeds.
+pub fn rename_to_swap(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    base_offset: i64,
+    end_offset: i64,
+) -> io::Result<()> {
     let cleaned = dir.join(file_name(base_offset, end_offset, CLEANED_SUFFIX));
     let swap = dir.join(file_name(base_offset, end_offset, SWAP_SUFFIX));
-    storage.rename(&cleaned, &swap)?;
-    storage.sync_dir(dir)
+    storage.rename(&cleaned, &swap)
 }
 
 /// Steps 2 and 3, after [`commit`]: removes the replaced segments and renames the swap to
 /// `<base>.log`; returns that path.
 pub fn complete(
+    storage: &mut dyn Storage,
+    dir: &Path,
+    base_offset: i64,
+    end_offset: i64,
+    replaced: &[PathBuf],
+) -> io::Result<PathBuf> {
+    let segment = replace(storage, dir, base_offset, end_offset, replaced)?;
+    storage.sync_dir(dir)?;
+    Ok(segment)
+}
+
+/// Steps 2 and 3 without the directory sync, which the caller makes (the compactor, in the
+/// background): until it succeeds a crash may bring back any of this, and recovery
+/// completes the swap again.
+pub fn replace(
     storage: &mut dyn Storage,
     dir: &Path,
     base_offset: i64,
@@ -94,7 +120,6 @@ pub fn complete(
         storage.remove_file(path)?;
     }
     storage.rename(&swap, &segment)?;
-    storage.sync_dir(dir)?;
     Ok(segment)
 }
 

@@ -3,7 +3,13 @@
 //! and what a failed journal write or segment sync means for the partitions.
 
 use super::Shard;
+use super::maintenance::COMPACTION_SYNC_TOKEN_BIT;
+use crate::compact::job::COMPACTION_SYNCS_MAX;
 use crate::storage::BACKGROUND_SYNCS_MAX;
+
+/// Background syncs a checkpoint keeps in flight: the storage's bound less the compactor's
+/// slot, so a compaction's sync never finds the storage full.
+const CHECKPOINT_SYNCS_MAX: usize = BACKGROUND_SYNCS_MAX - COMPACTION_SYNCS_MAX;
 
 /// How long an idle shard waits on its inbox while checkpoint syncs are in flight before it
 /// looks at their completions again.
@@ -113,7 +119,7 @@ impl Shard {
 
     /// Finishes the checkpoint in progress, waiting for its syncs.
     pub(super) fn finish_checkpoint(&mut self) {
-        // Bounded: each round starts up to BACKGROUND_SYNCS_MAX pending syncs and waits for
+        // Bounded: each round starts up to CHECKPOINT_SYNCS_MAX pending syncs and waits for
         // every one in flight, and a partition needs at most two (its segment's, then its
         // directory's), so at most twice as many rounds as partitions take an outcome.
         while self.checkpoint_in_progress() {
@@ -124,19 +130,22 @@ impl Shard {
     }
 
     /// Moves the checkpoint on without blocking (unless `wait`): takes the outcomes of the
-    /// segment syncs that finished, starts pending ones up to [`BACKGROUND_SYNCS_MAX`], and
+    /// segment syncs that finished, starts pending ones up to [`CHECKPOINT_SYNCS_MAX`], and
     /// removes the previous journal file when every segment it covered is synced. The
     /// shard's flushes and commits never wait for these syncs. Called after every flush and
     /// by an idle shard. Returns how many sync outcomes it took.
     pub(super) fn advance_checkpoint(&mut self, wait: bool) -> usize {
-        if !self.checkpoint_in_progress() {
-            return 0;
+        if self.checkpoint_in_progress() {
+            self.start_checkpoint_syncs();
         }
-        self.start_checkpoint_syncs();
         let mut done = std::mem::take(&mut self.checkpoint_done);
         self.storage.reap_background_syncs(wait, &mut done);
         let outcomes = done.len();
         for (token, result) in done.drain(..) {
+            if token & COMPACTION_SYNC_TOKEN_BIT != 0 {
+                self.maintenance.sync_finished(token, result);
+                continue;
+            }
             let partition = token as u32;
             let Some(index) = self.checkpoint_syncing.iter().position(|&p| p == partition) else {
                 continue; // unloaded meanwhile (closing synced it)
@@ -162,7 +171,10 @@ impl Shard {
             }
         }
         self.checkpoint_done = done;
-        if self.checkpoint_pending.is_empty() && self.checkpoint_syncing.is_empty() {
+        if self.checkpoint_in_progress()
+            && self.checkpoint_pending.is_empty()
+            && self.checkpoint_syncing.is_empty()
+        {
             finish_previous(self);
         }
         outcomes
@@ -170,7 +182,7 @@ impl Shard {
 
     /// Starts background syncs of pending segments, up to the storage's bound.
     fn start_checkpoint_syncs(&mut self) {
-        while self.checkpoint_syncing.len() < BACKGROUND_SYNCS_MAX {
+        while self.checkpoint_syncing.len() < CHECKPOINT_SYNCS_MAX {
             let Some(partition) = self.checkpoint_pending.pop() else {
                 break;
             };

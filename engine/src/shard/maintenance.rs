@@ -21,6 +21,9 @@ use crate::shard::group_commit::{
 
 use super::{Shard, ShardMetrics};
 
+/// Token bit of a compaction job's background syncs; the low 32 bits number the job.
+pub(super) const COMPACTION_SYNC_TOKEN_BIT: u64 = 1 << 40;
+
 /// Most compactions one explicit [`Shard::compact_until_clean`] runs: each one removes dead
 /// records, so a shard runs out of candidates long before; the bound only stops a bug from
 /// spinning.
@@ -40,6 +43,9 @@ pub(crate) struct Maintenance {
     pub(crate) next_retention_check: Instant,
     job: Option<CompactionJob>,
     job_steps: u64,
+    /// Jobs started so far (wrapping): the low bits of each one's background sync token,
+    /// so that an abandoned job's sync finishing late is told apart.
+    jobs_started: u32,
     /// Something changed that may have made a segment cleanable.
     maybe_dirty: bool,
     /// When a group that background compaction left alone (freshly sealed, see
@@ -73,6 +79,7 @@ impl Maintenance {
             next_retention_check: Instant::now() + retention_check_interval,
             job: None,
             job_steps: 0,
+            jobs_started: 0,
             maybe_dirty: true,
             retry_at: None,
             defer_max: Duration::from_millis(config.log_cleaner_backoff_ms),
@@ -89,9 +96,24 @@ impl Maintenance {
         self.maybe_dirty = true;
     }
 
-    /// Whether background compaction has something to try.
+    /// Whether background compaction has a step to run now (not while the running job
+    /// waits for its background sync).
     pub(crate) fn has_compaction_work(&self) -> bool {
-        self.cleaner_enabled && (self.job.is_some() || self.maybe_dirty)
+        let job_can_step = self.job.as_ref().map(|job| !job.waits_for_sync());
+        self.cleaner_enabled && job_can_step.unwrap_or(self.maybe_dirty)
+    }
+
+    /// Whether the running job waits for a background sync (the shard polls its
+    /// completion).
+    pub(crate) fn sync_in_flight(&self) -> bool {
+        self.job.as_ref().is_some_and(CompactionJob::waits_for_sync)
+    }
+
+    /// Hands a reaped background sync's outcome to the running job, if it is its sync.
+    pub(crate) fn sync_finished(&mut self, token: u64, result: std::io::Result<()>) {
+        if let Some(job) = self.job.as_mut() {
+            job.sync_finished(token, result);
+        }
     }
 
     /// Marks the shard maybe dirty once a deferred group's wait is over; returns when to
@@ -149,7 +171,7 @@ impl Shard {
             if let Some(bound) = group_bound {
                 deadline = deadline.min(now + bound);
             }
-            if self.checkpoint_syncing() {
+            if self.checkpoint_syncing() || self.maintenance.sync_in_flight() {
                 // Syncs in flight: look at their completions again soon.
                 deadline = deadline.min(now + super::journaling::CHECKPOINT_POLL_INTERVAL);
             }
@@ -186,7 +208,7 @@ impl Shard {
             self.compaction_step(super::wall_clock_ms());
         }
         self.collect_caches();
-        self.maintenance.has_compaction_work()
+        self.maintenance.has_compaction_work() || self.maintenance.sync_in_flight()
     }
 
     /// After a flush: under sustained load, a step once the commits since the last one
@@ -203,17 +225,7 @@ impl Shard {
             if !earned_a_step || !self.maintenance.has_compaction_work() {
                 break;
             }
-            let syncs = self
-                .maintenance
-                .job
-                .as_ref()
-                .is_some_and(|job| job.next_step_syncs());
             self.compaction_step(super::wall_clock_ms());
-            if syncs {
-                // At most one blocking sync between two flushes: the commits waiting for the
-                // next flush wait behind one sync, not the swap's three back to back.
-                break;
-            }
         }
     }
 
@@ -230,8 +242,15 @@ impl Shard {
                 }
                 started += 1;
             }
-            // Bounded: a job ends (finishes, fails, quarantines) within STEPS_PER_COMPACTION_MAX.
+            // Bounded: a job ends (finishes, fails, quarantines) within STEPS_PER_COMPACTION_MAX
+            // steps and three background syncs, each waited for once.
             while self.maintenance.job.is_some() {
+                if self.maintenance.sync_in_flight() {
+                    if self.advance_checkpoint(true) == 0 {
+                        break; // the storage reports nothing: left to the background
+                    }
+                    continue;
+                }
                 self.compaction_step(now_ms);
             }
         }
@@ -242,6 +261,9 @@ impl Shard {
     pub(super) fn compaction_step(&mut self, now_ms: i64) {
         let read_before = self.metrics.compaction.bytes_read;
         if self.maintenance.job.is_none() && !self.start_compaction(now_ms, true) {
+            return;
+        }
+        if self.maintenance.sync_in_flight() {
             return;
         }
         let Some(mut job) = self.maintenance.job.take() else {
@@ -361,7 +383,10 @@ impl Shard {
         let Some(log) = self.partitions[candidate.partition as usize].log.as_ref() else {
             return false;
         };
-        match CompactionJob::start(self.storage.as_mut(), log, candidate) {
+        let jobs_started = self.maintenance.jobs_started.wrapping_add(1);
+        self.maintenance.jobs_started = jobs_started;
+        let token = COMPACTION_SYNC_TOKEN_BIT | u64::from(jobs_started);
+        match CompactionJob::start(self.storage.as_mut(), log, candidate, token) {
             Ok(job) => {
                 self.maintenance.job = Some(job);
                 self.maintenance.job_steps = 0;
@@ -382,9 +407,10 @@ impl Shard {
         }
     }
 
-    /// Ends a compaction of `partition` before it is unloaded: one past its commit point is
-    /// completed (one more step), so a clean unload leaves no `.swap`; any other is
-    /// abandoned (its `.cleaned` removed).
+    /// Ends a compaction of `partition` before it is unloaded: one past its rename to
+    /// `.swap` is completed (its background syncs waited for), so a clean unload leaves no
+    /// `.swap`; any other is abandoned (its `.cleaned` removed; a sync of it still running
+    /// reports to no job).
     pub(super) fn abandon_compaction(&mut self, partition: u32) {
         let Some(job) = self.maintenance.job.as_ref() else {
             return;
@@ -392,8 +418,21 @@ impl Shard {
         if job.partition != partition {
             return;
         }
-        if job.is_committed() {
-            self.compaction_step(super::wall_clock_ms());
+        // Bounded: at most two more syncs and two more steps complete a committed job; a
+        // round that gets no outcome stops.
+        while self
+            .maintenance
+            .job
+            .as_ref()
+            .is_some_and(CompactionJob::is_committed)
+        {
+            if self.maintenance.sync_in_flight() {
+                if self.advance_checkpoint(true) == 0 {
+                    break;
+                }
+            } else {
+                self.compaction_step(super::wall_clock_ms());
+            }
         }
         if let Some(mut job) = self.maintenance.job.take() {
             job.abandon(self.storage.as_mut());

@@ -71,11 +71,17 @@ struct DiskState {
     fail_next_background_syncs: u32,
     /// Background syncs of directories that fail next.
     fail_next_background_dir_syncs: u32,
+    /// Background syncs of files of this extension that fail next, and how many.
+    fail_next_background_syncs_to: Option<(String, u32)>,
     read_only: bool,
     /// How long each write stalls before it runs, like a disk that stopped answering.
     write_stall: std::time::Duration,
     /// Non-waiting reaps that pass a background sync over before it is reported.
     background_reaps_passed_over: u8,
+    /// Whether creations, removals and renames are durable at once, as if the filesystem
+    /// committed its journal right after each (which Linux filesystems may do whenever they
+    /// like): a name the engine has not synced yet still survives a crash.
+    names_durable_at_once: bool,
     /// Bumped by every crash; storages from an older generation are dead.
     generation: u64,
     files: BTreeMap<PathBuf, SimFile>,
@@ -283,9 +289,11 @@ impl SimDisk {
                 fail_next_syncs_to: None,
                 fail_next_background_syncs: 0,
                 fail_next_background_dir_syncs: 0,
+                fail_next_background_syncs_to: None,
                 read_only: false,
                 write_stall: std::time::Duration::ZERO,
                 background_reaps_passed_over: BACKGROUND_REAPS_PASSED_OVER,
+                names_durable_at_once: false,
                 generation: 0,
                 files: BTreeMap::new(),
                 removed: BTreeMap::new(),
@@ -345,6 +353,12 @@ impl SimDisk {
         self.state().fail_next_background_syncs = n;
     }
 
+    /// Fails the next `n` background syncs of files whose extension is `extension` (say
+    /// `"log"`: a checkpoint's syncs of segments, not a compaction's of its copy).
+    pub fn fail_next_background_syncs_to(&self, extension: &str, n: u32) {
+        self.state().fail_next_background_syncs_to = Some((extension.to_owned(), n));
+    }
+
     /// Makes the next `n` background syncs of directories fail with `EIO` (and nothing of
     /// them durable); other syncs are unaffected.
     pub fn fail_next_background_dir_syncs(&self, n: u32) {
@@ -372,6 +386,13 @@ impl SimDisk {
     /// flushes more while its checkpoint's syncs are in flight.
     pub fn set_background_sync_reaps(&self, reaps: u8) {
         self.state().background_reaps_passed_over = reaps;
+    }
+
+    /// Makes every later creation, removal and rename durable at once (see
+    /// `DiskState::names_durable_at_once`): the engine must be right whether or not the
+    /// filesystem makes a name durable before the engine syncs its directory.
+    pub fn set_names_durable_at_once(&self, at_once: bool) {
+        self.state().names_durable_at_once = at_once;
     }
 
     /// Simulates a power cut: see the module docs.
@@ -625,7 +646,11 @@ impl Storage for SimStorage {
                         return Err(not_found(path));
                     }
                     state.removed.remove(path);
-                    state.files.insert(path.to_path_buf(), SimFile::default());
+                    let file = SimFile {
+                        entry_durable: state.names_durable_at_once,
+                        ..SimFile::default()
+                    };
+                    state.files.insert(path.to_path_buf(), file);
                 }
                 OpenMode::Existing => {}
             }
@@ -704,7 +729,7 @@ impl Storage for SimStorage {
     fn remove_file(&mut self, path: &Path) -> io::Result<()> {
         let mut state = self.writable()?;
         let file = state.files.remove(path).ok_or_else(|| not_found(path))?;
-        if file.entry_durable {
+        if file.entry_durable && !state.names_durable_at_once {
             state.removed.insert(path.to_path_buf(), file);
         }
         Ok(())
@@ -722,21 +747,23 @@ impl Storage for SimStorage {
             ));
         }
         let file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+        let at_once = state.names_durable_at_once;
         // Until the directory is synced a crash may undo the rename: the old name comes
         // back (if it was durable) and the new one vanishes, as after a removal plus a
         // creation; a replaced target comes back too.
-        if file.entry_durable {
+        if file.entry_durable && !at_once {
             state.removed.insert(from.to_path_buf(), file.clone());
         }
         if let Some(replaced) = state.files.remove(to)
             && replaced.entry_durable
+            && !at_once
         {
             state.removed.insert(to.to_path_buf(), replaced);
         }
         state.files.insert(
             to.to_path_buf(),
             SimFile {
-                entry_durable: false,
+                entry_durable: at_once,
                 ..file
             },
         );
@@ -749,7 +776,9 @@ impl Storage for SimStorage {
         }
         let path = self.path(file)?;
         let mut state = self.live()?;
-        let fails = if state.fail_next_background_syncs > 0 {
+        let fails = if takes_one_for(&mut state.fail_next_background_syncs_to, &path) {
+            true
+        } else if state.fail_next_background_syncs > 0 {
             state.fail_next_background_syncs -= 1;
             true
         } else {
@@ -1032,6 +1061,28 @@ mod tests {
         assert!(matches!(done.as_slice(), [(5, Err(_))]), "{done:?}");
         disk.crash();
         assert!(disk.file_bytes(&lost).is_none());
+    }
+
+    #[test]
+    fn names_made_durable_at_once_survive_a_crash_without_a_directory_sync() {
+        let (disk, mut storage, file, path) = setup();
+        disk.set_names_durable_at_once(true);
+        storage.close(file);
+        let created = PathBuf::from("/d/created");
+        storage.open(&created, OpenMode::CreateNew).unwrap();
+        let renamed = PathBuf::from("/d/renamed");
+        storage.rename(&path, &renamed).unwrap();
+        disk.crash();
+        assert_eq!(disk.file_bytes(&created).unwrap(), b"");
+        assert!(disk.file_bytes(&renamed).is_some());
+        assert!(disk.file_bytes(&path).is_none(), "the rename is not undone");
+        let mut storage = disk.storage();
+        storage.remove_file(&created).unwrap();
+        disk.crash();
+        assert!(
+            disk.file_bytes(&created).is_none(),
+            "the removal is not undone"
+        );
     }
 
     #[test]
