@@ -114,13 +114,21 @@ pub fn replace(
     end_offset: i64,
     replaced: &[PathBuf],
 ) -> io::Result<PathBuf> {
-    let swap = dir.join(file_name(base_offset, end_offset, SWAP_SUFFIX));
-    let segment = dir.join(segment_file_name(base_offset));
+    let (swap, segment) = completion_names(dir, base_offset, end_offset);
     for path in replaced {
         storage.remove_file(path)?;
     }
     storage.rename(&swap, &segment)?;
     Ok(segment)
+}
+
+/// The swap of `[base_offset, end_offset)` in `dir` and the segment it becomes: step 3's
+/// rename.
+pub fn completion_names(dir: &Path, base_offset: i64, end_offset: i64) -> (PathBuf, PathBuf) {
+    (
+        dir.join(file_name(base_offset, end_offset, SWAP_SUFFIX)),
+        dir.join(segment_file_name(base_offset)),
+    )
 }
 
 /// Why [`install`] failed, and on which side of the commit point.

@@ -99,6 +99,19 @@ pub trait Storage: Send + 'static {
     /// [`start_background_sync`](Self::start_background_sync), whose bound it shares; its
     /// outcome comes back from a later reap, tagged with `token`.
     fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()>;
+    /// Removes `files` from `dir`, then syncs the directory, without waiting: like
+    /// [`start_background_dir_sync`](Self::start_background_dir_sync) with the removals
+    /// first, one outcome (the first failure) for all. Every removal is tried whatever the
+    /// others' outcomes (Linux's io_uring does not stop a chain at a failed `unlinkat`), so
+    /// a caller must not count on any of them after a failure. Fewer than
+    /// [`REMOVALS_MAX`] files. Until the sync succeeds a crash may bring any of them back,
+    /// as after the blocking [`remove_file`](Self::remove_file).
+    fn start_background_removals(
+        &mut self,
+        dir: &Path,
+        files: &[&Path],
+        token: u64,
+    ) -> io::Result<()>;
     /// Appends the outcomes of background syncs that have finished to `done`; with `wait`,
     /// first waits until every started one has.
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>);
@@ -110,6 +123,10 @@ pub trait Storage: Send + 'static {
         Ok(())
     }
 }
+
+/// Bound on the files of one [`Storage::start_background_removals`]: its entries go into
+/// the submission queue at once.
+pub const REMOVALS_MAX: usize = 64;
 
 /// Most background syncs ([`Storage::start_background_sync`]) outstanding at once. Small on
 /// purpose: when the journal's sync still went through io_uring's bounded pool of kernel

@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FileId, OpenMode, Storage, WriteOp};
+use super::{FileId, OpenMode, REMOVALS_MAX, Storage, WriteOp};
 
 /// Reaps that pass a finished background sync over before one reports it.
 const BACKGROUND_REAPS_PASSED_OVER: u8 = 2;
@@ -793,6 +793,34 @@ impl Storage for SimStorage {
             failure,
             passed_over: 0,
         });
+        Ok(())
+    }
+
+    fn start_background_removals(
+        &mut self,
+        dir: &Path,
+        files: &[&Path],
+        token: u64,
+    ) -> io::Result<()> {
+        if files.len() >= REMOVALS_MAX {
+            return Err(io::Error::other("too many removals for one submission"));
+        }
+        if self.background.len() >= super::BACKGROUND_SYNCS_MAX {
+            return Err(io::Error::other("too many background syncs"));
+        }
+        // Removed at once (a real ring removes them soon, in order); the directory's sync
+        // and the outcome follow like a background directory sync's. Every removal is tried;
+        // the first failure is the outcome.
+        let mut first_error = None;
+        for file in files {
+            if let Err(error) = self.remove_file(file) {
+                first_error.get_or_insert(error);
+            }
+        }
+        self.start_background_dir_sync(dir, token)?;
+        if let (Some(error), Some(sync)) = (first_error, self.background.last_mut()) {
+            sync.failure = Some(error);
+        }
         Ok(())
     }
 

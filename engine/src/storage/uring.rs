@@ -10,15 +10,17 @@
 //! With `FsyncScope::Filesystem` the writes go unlinked and one `syncfs` follows them. See
 //! docs/architecture.md for why this and not glommio's DMA files.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{FileId, OpenMode, Storage, WriteOp};
+use super::{FileId, OpenMode, REMOVALS_MAX, Storage, WriteOp};
 use crate::config::FsyncScope;
 
 /// The first kernel whose `syncfs` reports writeback errors (errseq on the superblock).
@@ -41,15 +43,71 @@ pub struct UringStorage {
     free_ids: Vec<u32>,
     dir_lock: Option<File>,
     fsync_scope: FsyncScope,
-    /// Tokens of the background syncs submitted and not yet completed.
-    background_in_flight: Vec<u64>,
-    /// Background syncs completed (seen while waiting for a flush, or reaped) and not yet
-    /// handed out.
-    background_done: Vec<(u64, io::Result<()>)>,
-    /// Directories opened for a background sync, by token: held until its completion is
-    /// reaped, so the fd number cannot name another file while the entry may still wait
-    /// in the submission queue.
-    background_dirs: Vec<(u64, File)>,
+    /// Background operations submitted and not yet handed out.
+    background: Background,
+}
+
+/// The background operations of a [`UringStorage`]: syncs, and chains of directory
+/// changes ending in the directory's sync.
+#[derive(Default)]
+struct Background {
+    /// Tokens of the operations submitted and not yet completed.
+    in_flight: Vec<u64>,
+    /// Operations completed (seen while waiting for a flush, or reaped) and not yet handed
+    /// out.
+    done: Vec<(u64, io::Result<()>)>,
+    /// Operations of several entries, or holding what their entries point at.
+    chains: Vec<BackgroundChain>,
+}
+
+/// A background operation of several entries, linked (`IOSQE_IO_LINK`) so that each runs
+/// after the one before, reported once, when the last completes, with the first failure.
+struct BackgroundChain {
+    token: u64,
+    /// Entries not yet completed.
+    remaining: usize,
+    first_error: Option<io::Error>,
+    /// The directory the entries work in, open until the last completes, so its fd number
+    /// cannot name another file while an entry may still wait in the submission queue.
+    _directory: File,
+    /// The paths the entries point at, alive until the last completes.
+    _paths: Vec<CString>,
+}
+
+impl Background {
+    /// Keeps a background operation's completion for the next reap; false for a flush's
+    /// entry.
+    fn take(&mut self, cqe: &io_uring::cqueue::Entry) -> bool {
+        if cqe.user_data() & BACKGROUND_BIT == 0 {
+            return false;
+        }
+        let token = cqe.user_data() & !BACKGROUND_BIT;
+        let result = background_result(cqe.result());
+        let result = match self.chains.iter().position(|chain| chain.token == token) {
+            None => result,
+            Some(index) => {
+                let chain = &mut self.chains[index];
+                chain.remaining = chain.remaining.saturating_sub(1);
+                if let Err(error) = result {
+                    // Entries after a failed one complete cancelled: keep the real cause.
+                    let cancelled = error.raw_os_error() == Some(libc::ECANCELED);
+                    if chain.first_error.is_none() || !cancelled {
+                        chain.first_error.get_or_insert(error);
+                    }
+                }
+                if chain.remaining > 0 {
+                    return true;
+                }
+                let chain = self.chains.swap_remove(index);
+                chain.first_error.map_or(Ok(()), Err)
+            }
+        };
+        if let Some(index) = self.in_flight.iter().position(|&t| t == token) {
+            self.in_flight.swap_remove(index);
+            self.done.push((token, result));
+        }
+        true
+    }
 }
 
 impl UringStorage {
@@ -83,9 +141,7 @@ impl UringStorage {
             free_ids: Vec::new(),
             dir_lock: None,
             fsync_scope,
-            background_in_flight: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
-            background_done: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
-            background_dirs: Vec::with_capacity(super::BACKGROUND_SYNCS_MAX),
+            background: Background::default(),
         })
     }
 
@@ -164,11 +220,7 @@ impl UringStorage {
                 return;
             }
             for cqe in self.ring.completion() {
-                if take_background(
-                    &mut self.background_in_flight,
-                    &mut self.background_done,
-                    &cqe,
-                ) {
+                if self.background.take(&cqe) {
                     continue;
                 }
                 reaped += 1;
@@ -273,7 +325,7 @@ impl UringStorage {
     /// Fails when another background sync would pass [`super::BACKGROUND_SYNCS_MAX`], or
     /// when `token` collides with the bit that marks background completions.
     fn check_background_room(&self, token: u64) -> io::Result<()> {
-        if self.background_in_flight.len() >= super::BACKGROUND_SYNCS_MAX
+        if self.background.in_flight.len() >= super::BACKGROUND_SYNCS_MAX
             || token & BACKGROUND_BIT != 0
         {
             return Err(io::Error::other("too many background syncs"));
@@ -288,7 +340,7 @@ impl UringStorage {
         // segment's until it is closed, a directory's until its completion is reaped).
         unsafe { self.ring.submission().push(&sync) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.background_in_flight.push(token);
+        self.background.in_flight.push(token);
         // On an error the entry stays queued and goes with the next submission; the caller
         // counts this sync as failed and ignores its completion.
         self.ring.submit()?;
@@ -296,30 +348,13 @@ impl UringStorage {
     }
 }
 
-/// Keeps a background sync's completion for the next reap; false for a flush's entry.
-fn take_background(
-    in_flight: &mut Vec<u64>,
-    done: &mut Vec<(u64, io::Result<()>)>,
-    cqe: &io_uring::cqueue::Entry,
-) -> bool {
-    if cqe.user_data() & BACKGROUND_BIT == 0 {
-        return false;
-    }
-    let token = cqe.user_data() & !BACKGROUND_BIT;
-    if let Some(index) = in_flight.iter().position(|&t| t == token) {
-        in_flight.swap_remove(index);
-        done.push((token, sync_result(cqe.result())));
-    }
-    true
-}
-
-/// A background `fdatasync`'s completion code as a result.
-fn sync_result(code: i32) -> io::Result<()> {
+/// A background entry's completion code as a result (the raw OS error kept, so a
+/// cancelled link is told apart).
+fn background_result(code: i32) -> io::Result<()> {
     if code >= 0 {
         return Ok(());
     }
-    let error = io::Error::from_raw_os_error(-code);
-    Err(io::Error::new(error.kind(), format!("fdatasync: {error}")))
+    Err(io::Error::from_raw_os_error(-code))
 }
 
 /// The running kernel's (major, minor) release.
@@ -507,27 +542,73 @@ impl Storage for UringStorage {
     }
 
     fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()> {
+        self.start_background_removals(dir, &[], token)
+    }
+
+    fn start_background_removals(
+        &mut self,
+        dir: &Path,
+        files: &[&Path],
+        token: u64,
+    ) -> io::Result<()> {
         self.check_background_room(token)?;
+        if files.len() >= REMOVALS_MAX {
+            return Err(io::Error::other("too many removals for one submission"));
+        }
         let directory = File::open(dir)?;
+        let paths = files
+            .iter()
+            .map(|path| {
+                CString::new(path.as_os_str().as_bytes())
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+            })
+            .collect::<io::Result<Vec<CString>>>()?;
+        let user_data = BACKGROUND_BIT | token;
+        let cwd = types::Fd(libc::AT_FDCWD);
+        // Linked so that they run in order, the directory's sync last.
+        let mut entries: Vec<squeue::Entry> = paths
+            .iter()
+            .map(|path| {
+                opcode::UnlinkAt::new(cwd, path.as_ptr())
+                    .build()
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(user_data)
+            })
+            .collect();
         // A directory's fsync makes its entries durable: no DATASYNC, the entries are
         // metadata.
-        let sync = opcode::Fsync::new(types::Fd(directory.as_raw_fd())).build();
-        self.background_dirs.push((token, directory));
-        self.submit_background(sync, token)
+        entries.push(
+            opcode::Fsync::new(types::Fd(directory.as_raw_fd()))
+                .build()
+                .user_data(user_data),
+        );
+        // SAFETY: the paths the entries point at (CStrings, whose heap buffers do not move
+        // when the vector holding them does) and the directory's fd stay alive in the chain
+        // until its last entry completes.
+        unsafe { self.ring.submission().push_multiple(&entries) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.background.chains.push(BackgroundChain {
+            token,
+            remaining: entries.len(),
+            first_error: None,
+            _directory: directory,
+            _paths: paths,
+        });
+        self.background.in_flight.push(token);
+        // On an error the entries stay queued and go with the next submission; the caller
+        // counts this operation as failed and ignores its completion.
+        self.ring.submit()?;
+        Ok(())
     }
 
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
         loop {
             for cqe in self.ring.completion() {
-                let background = take_background(
-                    &mut self.background_in_flight,
-                    &mut self.background_done,
-                    &cqe,
-                );
-                // Only background syncs can be outstanding between flushes.
+                let background = self.background.take(&cqe);
+                // Only background operations can be outstanding between flushes.
                 debug_assert!(background);
             }
-            if !wait || self.background_in_flight.is_empty() {
+            if !wait || self.background.in_flight.is_empty() {
                 break;
             }
             match self.ring.submit_and_wait(1) {
@@ -537,17 +618,14 @@ impl Storage for UringStorage {
                 // caller counts on it.
                 Err(error) => {
                     let message = format!("waiting for background syncs: {error}");
-                    for token in self.background_in_flight.drain(..) {
+                    for token in self.background.in_flight.drain(..) {
                         let failed = Err(io::Error::other(message.clone()));
-                        self.background_done.push((token, failed));
+                        self.background.done.push((token, failed));
                     }
                 }
             }
         }
-        done.append(&mut self.background_done);
-        let in_flight = &self.background_in_flight;
-        self.background_dirs
-            .retain(|(token, _)| in_flight.contains(token));
+        done.append(&mut self.background.done);
     }
 }
 
@@ -609,11 +687,53 @@ mod tests {
             matches!(done.as_slice(), [(1, Ok(())), (2, Ok(()))]),
             "{done:?}"
         );
-        assert!(storage.background_dirs.is_empty(), "directory fd kept");
+        assert!(storage.background.chains.is_empty(), "directory fd kept");
         // A directory that does not exist is refused at the start, taking no slot.
         let missing = dir.path().join("missing");
         assert!(storage.start_background_dir_sync(&missing, 3).is_err());
-        assert!(storage.background_in_flight.is_empty());
+        assert!(storage.background.in_flight.is_empty());
+    }
+
+    #[test]
+    fn background_removals_are_all_tried_and_report_the_first_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name);
+        for name in ["old-1", "old-2", "kept"] {
+            std::fs::write(path(name), name).expect("create");
+        }
+        let mut storage = UringStorage::new().expect("an io_uring");
+        let (old_1, old_2) = (path("old-1"), path("old-2"));
+        storage
+            .start_background_removals(dir.path(), &[&old_1, &old_2], 5)
+            .expect("started");
+        let mut done = Vec::new();
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(5, Ok(()))]), "{done:?}");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .collect();
+        assert_eq!(names, ["kept"]);
+
+        // A removal that fails (the file is gone) is reported; the one after it is still
+        // tried (or, where a kernel cancels the rest of the chain, reported cancelled).
+        let kept = path("kept");
+        storage
+            .start_background_removals(dir.path(), &[&old_1, &kept], 6)
+            .expect("started");
+        done.clear();
+        storage.reap_background_syncs(true, &mut done);
+        let [(6, Err(error))] = done.as_slice() else {
+            panic!("{done:?}");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
+        assert!(storage.background.chains.is_empty());
     }
 
     #[test]
