@@ -105,6 +105,8 @@ pub(crate) struct CompactionJob {
     sync_token: u64,
     /// The outcome of the background sync the phase waits for, once reaped.
     sync_outcome: Option<std::io::Result<()>>,
+    /// The length of the input kept as the partition's spare segment, if one was.
+    spare_len: Option<u64>,
 }
 
 /// The swap's steps once every input is copied. Its syncs (the copy's, and the directory's
@@ -207,6 +209,7 @@ impl CompactionJob {
             phase: Phase::Copying,
             sync_token,
             sync_outcome: None,
+            spare_len: None,
         })
     }
 
@@ -562,7 +565,27 @@ impl CompactionJob {
                 }
             };
         }
-        let files: Vec<&Path> = self.inputs.iter().map(|i| i.path.as_path()).collect();
+        // The largest dropped segment becomes the partition's spare instead (a rename, not a
+        // removal): the next roll reuses its file (`PartitionLog::spare_wanted`).
+        let spare = ctx
+            .log
+            .spare_wanted()
+            .then(|| (0..self.inputs.len()).max_by_key(|&i| self.inputs[i].len))
+            .flatten()
+            .filter(|&i| PartitionLog::spare_fits(self.inputs[i].len));
+        if let Some(index) = spare {
+            let renamed = ctx
+                .storage
+                .rename(&self.inputs[index].path, &ctx.log.spare_path());
+            if let Err(error) = renamed {
+                return StepOutcome::FailedAfterCommit(format!("keeping a spare segment: {error}"));
+            }
+            self.spare_len = Some(self.inputs[index].len);
+        }
+        let files: Vec<&Path> = (0..self.inputs.len())
+            .filter(|&i| Some(i) != spare)
+            .map(|i| self.inputs[i].path.as_path())
+            .collect();
         match ctx
             .storage
             .start_background_removals(&dir, &files, self.sync_token)
@@ -651,6 +674,10 @@ impl CompactionJob {
             sealed_at: None,
         };
         ctx.log.replace_sealed(range, segment, stats);
+        if let Some(len) = self.spare_len.take() {
+            // Its rename is durable with the directory sync this step follows.
+            ctx.log.adopt_spare(len);
+        }
         ctx.metrics.compactions += 1;
         if self.records_dropped_unread > 0 {
             ctx.metrics.records_dropped += self.records_dropped_unread;

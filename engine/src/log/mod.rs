@@ -15,6 +15,6 @@ pub mod swap;
 
 pub use partition::{
     DIRTY_ROLL_BYTES_MIN, DIRTY_ROLL_BYTES_SCALED_MAX, DIRTY_ROLL_LIVE_MULTIPLE, LogSettings,
-    PREALLOCATE_STEP_BYTES, PartitionLog, PartitionRecovery, ReplayVisitor, Truncation,
-    dirty_roll_bytes,
+    PREALLOCATE_STEP_BYTES, PartitionLog, PartitionRecovery, ReplayVisitor, SPARE_SEGMENT_NAME,
+    Truncation, dirty_roll_bytes,
 };
