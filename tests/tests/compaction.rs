@@ -91,6 +91,16 @@ fn storm_config() -> Config {
     config
 }
 
+/// Commits `round` to partition 0 for every group at once and waits for all of them.
+fn storm_round(engine: &Engine, round: i64, metadata: &str) {
+    let futures: Vec<_> = (0..GROUPS)
+        .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, metadata)]))
+        .collect();
+    for future in futures {
+        future.wait().unwrap();
+    }
+}
+
 /// Every group's offsets equal the model's.
 fn check(engine: &Engine, model: &Model, context: &str) {
     let groups = (0..GROUPS).map(group).chain(model.groups.iter().cloned());
@@ -720,15 +730,7 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     let mut written = 0u64;
     let mut round = 0i64;
     while written < 4 * roll_bytes {
-        let futures: Vec<_> = (0..GROUPS)
-            .map(|g| {
-                let commit = partition_zero(round, &metadata);
-                engine.commit_offsets(&group(g), &[commit])
-            })
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
-        }
+        storm_round(&engine, round, &metadata);
         written += GROUPS * metadata.len() as u64;
         round += 1;
     }
@@ -878,12 +880,7 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
     // Rounds until the fourth dirty roll, stopping right after it.
     while rolls_seen < 4 {
         assert!(round < 1000, "no dirty rolls");
-        let futures: Vec<_> = (0..GROUPS)
-            .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, &metadata)]))
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
-        }
+        storm_round(&engine, round, &metadata);
         round += 1;
         rolls_seen = shard_metrics(&engine).dirty_rolls;
     }
@@ -1010,12 +1007,7 @@ fn recycled_segment_power_cut(names_at_once: bool) {
             round < 2000,
             "no segment recycled (spare seen: {spare_seen})"
         );
-        let futures: Vec<_> = (0..GROUPS)
-            .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, &metadata)]))
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
-        }
+        storm_round(&engine, round, &metadata);
         round += 1;
         let exists = disk.file_bytes(&spare).is_some();
         recycled = spare_seen && !exists;
@@ -1024,12 +1016,7 @@ fn recycled_segment_power_cut(names_at_once: bool) {
     // A few rounds into the recycled segment, so that new data and an old tail are both
     // in it, then a power cut.
     for _ in 0..3 {
-        let futures: Vec<_> = (0..GROUPS)
-            .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, &metadata)]))
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
-        }
+        storm_round(&engine, round, &metadata);
         round += 1;
     }
     disk.crash();
