@@ -860,10 +860,8 @@ fn the_dirty_roll_size_grows_with_the_live_data() {
     engine.close().unwrap();
 }
 
-/// Sealed segments whose every record was overwritten are dropped without being read; the
-/// rest is read and compacted as before, and nothing live is lost.
 /// Background compaction leaves a freshly rolled segment alone until the partition has
-/// appended about one rewrite of its keys: in a storm over few keys the segment is dead by
+/// appended two rewrites of its keys: in a storm over few keys the segment is dead by
 /// then and is dropped unread, not read whole to keep the last round's records. When the
 /// commits stop right after a roll, it is compacted once `log.cleaner.backoff.ms` has
 /// passed, by an idle shard with nothing else to wake it.
@@ -1044,6 +1042,8 @@ fn recycled_segment_power_cut(names_at_once: bool) {
     }
 }
 
+/// Sealed segments whose every record was overwritten are dropped without being read; the
+/// rest is read and compacted as before, and nothing live is lost.
 #[test]
 fn segments_with_nothing_live_are_dropped_unread() {
     let disk = SimDisk::new(9);

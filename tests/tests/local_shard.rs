@@ -390,3 +390,69 @@ fn release_during_a_failing_checkpoint(disk: &SimDisk, segment_bytes: u64) {
         );
     }
 }
+
+/// A release while a background compaction of the partition is past its rename to
+/// `.swap`: the release completes the compaction first (its background syncs waited for),
+/// and a directory sync failing there fails the partition closed, so the release is refused
+/// and the partition stays (its acknowledged commits live in this shard's journal). Before
+/// the refusal was checked after the compaction's completion, the partition was handed on
+/// with its log abandoned, and the old shard's later checkpoints retired the journal that
+/// held its commits (a review found it). A power cut and a reopen lose nothing.
+#[test]
+fn a_release_during_a_committed_compaction_whose_directory_sync_fails_is_refused() {
+    let disk = SimDisk::new(31);
+    let mut config = local_config();
+    config.log_cleaner_enable = true;
+    config.log_cleaner_backoff_ms = 0;
+    let mut shards = open_local_with(&disk, config.clone());
+    let group = "release-app";
+    let home = shards.iter().position(|s| s.owns_group(group)).unwrap();
+    let partition = shards[home].partition_for(group);
+    let dir =
+        std::path::PathBuf::from(SIM_DATA_DIR).join(format!("__consumer_offsets-{partition}"));
+    let swaps = |disk: &SimDisk| {
+        disk.file_paths()
+            .into_iter()
+            .filter(|p| {
+                p.parent() == Some(dir.as_path()) && p.extension().is_some_and(|e| e == "swap")
+            })
+            .count()
+    };
+    let metadata = "r".repeat(4000);
+    // Slow background syncs: the compaction waits at its commit point for a while.
+    disk.set_background_sync_reaps(200);
+    let mut round = 0i64;
+    while swaps(&disk) == 0 {
+        assert!(round < 2000, "no compaction reached its commit point");
+        let offsets: Vec<OffsetCommit<'_>> = (0..16)
+            .map(|p| OffsetCommit {
+                metadata: &metadata,
+                ..commit("t", p, round)
+            })
+            .collect();
+        let durable = shards[home].commit_offsets(group, &offsets);
+        shards[home].flush();
+        durable.wait().unwrap();
+        round += 1;
+    }
+    disk.fail_next_background_dir_syncs(1);
+    let refusal = match shards[home].release_partition(partition) {
+        Ok(_) => panic!("released a partition whose compaction failed it closed"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(refusal, Error::PartitionFailed { .. }),
+        "{refusal}"
+    );
+    assert!(shards[home].owns(partition), "a failed partition stays");
+    disk.crash();
+    drop(shards);
+    let engine = open_sim(&disk, &config).unwrap();
+    for p in 0..16 {
+        assert_eq!(
+            fetch_one(&engine, group, "t", p).unwrap(),
+            Some(round - 1),
+            "t/{p}"
+        );
+    }
+}

@@ -554,10 +554,13 @@ impl CompactionJob {
     fn finish(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let dir = ctx.log.dir().to_path_buf();
         if self.inputs.len() >= REMOVALS_MAX {
+            // Removed, then the directory synced before the rename: a rename durable before
+            // a removal would bring an old segment back with no `.swap` beside it.
             let removed = self
                 .inputs
                 .iter()
-                .try_for_each(|input| ctx.storage.remove_file(&input.path));
+                .try_for_each(|input| ctx.storage.remove_file(&input.path))
+                .and_then(|()| ctx.storage.sync_dir(&dir));
             return match removed {
                 Ok(()) => self.rename_into_place(ctx),
                 Err(error) => {
@@ -696,6 +699,11 @@ impl CompactionJob {
         ctx.metrics.segments_quarantined += 1;
         self.abandon(ctx.storage);
         StepOutcome::Quarantined { segment, reason }
+    }
+
+    /// The token its background operations carry.
+    pub(crate) fn sync_token(&self) -> u64 {
+        self.sync_token
     }
 
     /// Whether the job waits for its background sync's outcome (no step can progress).

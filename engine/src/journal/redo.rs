@@ -197,6 +197,14 @@ fn apply(
             redone += segment.redo(storage, journal, partition_entries, &mut payload)?;
             recreated += u32::from(segment.missing);
         }
+        // The names the entries were written under must be durable before the journal
+        // files go: a killed process (not a power cut) leaves a roll's new segment named
+        // in the page cache only, and this redo found it there.
+        if newest_on_disk.is_some() {
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+        }
     }
     Ok((redone, recreated))
 }

@@ -323,7 +323,10 @@ impl PartitionLog {
             written: valid_len,
             staged: Vec::new(),
             reserved,
-            dir_sync_owed: false,
+            // Names found here may be in the page cache only (the process that rolled or
+            // recycled a segment was killed before a checkpoint synced the directory): the
+            // first checkpoint that covers this partition syncs it.
+            dir_sync_owed: settings.journaled,
             segments_created: 0,
             dir_sync_covers: None,
             spare_len: None,

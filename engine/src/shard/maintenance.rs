@@ -46,6 +46,10 @@ pub(crate) struct Maintenance {
     /// Jobs started so far (wrapping): the low bits of each one's background sync token,
     /// so that an abandoned job's sync finishing late is told apart.
     jobs_started: u32,
+    /// The token of an abandoned job's background operation still in flight: it holds the
+    /// compactor's storage slot ([`crate::compact::job::COMPACTION_SYNCS_MAX`]), so no job
+    /// starts until it is reaped.
+    abandoned_sync: Option<u64>,
     /// Something changed that may have made a segment cleanable.
     maybe_dirty: bool,
     /// When a group that background compaction left alone (freshly sealed, see
@@ -80,6 +84,7 @@ impl Maintenance {
             job: None,
             job_steps: 0,
             jobs_started: 0,
+            abandoned_sync: None,
             maybe_dirty: true,
             retry_at: None,
             defer_max: Duration::from_millis(config.log_cleaner_backoff_ms),
@@ -100,18 +105,23 @@ impl Maintenance {
     /// waits for its background sync).
     pub(crate) fn has_compaction_work(&self) -> bool {
         let job_can_step = self.job.as_ref().map(|job| !job.waits_for_sync());
-        self.cleaner_enabled && job_can_step.unwrap_or(self.maybe_dirty)
+        let can_start = self.maybe_dirty && self.abandoned_sync.is_none();
+        self.cleaner_enabled && job_can_step.unwrap_or(can_start)
     }
 
-    /// Whether the running job waits for a background sync (the shard polls its
-    /// completion).
+    /// Whether a background operation of the compactor is in flight (the running job waits
+    /// for it, or an abandoned job left it): the shard polls its completion.
     pub(crate) fn sync_in_flight(&self) -> bool {
-        self.job.as_ref().is_some_and(CompactionJob::waits_for_sync)
+        self.abandoned_sync.is_some()
+            || self.job.as_ref().is_some_and(CompactionJob::waits_for_sync)
     }
 
-    /// Hands a reaped background sync's outcome to the running job, if it is its sync.
+    /// Hands a reaped background sync's outcome to the running job, if it is its sync; an
+    /// abandoned job's frees the compactor's slot.
     pub(crate) fn sync_finished(&mut self, token: u64, result: std::io::Result<()>) {
-        if let Some(job) = self.job.as_mut() {
+        if self.abandoned_sync == Some(token) {
+            self.abandoned_sync = None;
+        } else if let Some(job) = self.job.as_mut() {
             job.sync_finished(token, result);
         }
     }
@@ -244,10 +254,11 @@ impl Shard {
             }
             // Bounded: a job ends (finishes, fails, quarantines) within STEPS_PER_COMPACTION_MAX
             // steps and three background syncs, each waited for once.
-            while self.maintenance.job.is_some() {
+            while self.maintenance.job.is_some() || self.maintenance.sync_in_flight() {
                 if self.maintenance.sync_in_flight() {
                     if self.advance_checkpoint(true) == 0 {
-                        break; // the storage reports nothing: left to the background
+                        // The storage reports nothing: left to the background.
+                        return Ok(self.metrics.compaction.compactions - before);
                     }
                     continue;
                 }
@@ -350,6 +361,9 @@ impl Shard {
     /// Picks the dirtiest cleanable group of the shard and starts compacting it; with
     /// `defer` (background compaction) not a freshly sealed one ([`select::Deferral`]).
     fn start_compaction(&mut self, now_ms: i64, defer: bool) -> bool {
+        if self.maintenance.abandoned_sync.is_some() {
+            return false; // the compactor's storage slot is still taken
+        }
         if !std::mem::take(&mut self.maintenance.maybe_dirty) {
             return false;
         }
@@ -435,6 +449,9 @@ impl Shard {
             }
         }
         if let Some(mut job) = self.maintenance.job.take() {
+            if job.waits_for_sync() {
+                self.maintenance.abandoned_sync = Some(job.sync_token());
+            }
             job.abandon(self.storage.as_mut());
         }
     }

@@ -459,16 +459,21 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        // A compaction past its commit point completes first (its background syncs waited
+        // for): any failure there fails the partition closed, and so may a checkpoint sync
+        // of it the waits start and reap.
+        self.abandon_compaction(partition);
         // Closing syncs the segment: not while a checkpoint's sync of it is in flight (see
         // `roll_dirty_segments`). Waiting takes its outcome first; a failed one fails the
-        // partition closed, and `unload_refusal` then keeps it here.
+        // partition closed.
         // Bounded: a partition's checkpoint makes at most two syncs (segment, directory),
         // and each round takes the outcome of every one in flight.
         while self.checkpoint_syncing.contains(&partition) && self.advance_checkpoint(true) > 0 {}
+        // Last, after everything above that could fail it closed: a partition failed closed
+        // with the journal stays here (`unload_refusal`).
         if let Some(refused) = self.unload_refusal(partition) {
             return Err(refused);
         }
-        self.abandon_compaction(partition);
         self.unload_groups(partition);
         let slot = self
             .partitions

@@ -402,6 +402,14 @@ impl SimDisk {
         state.crash();
     }
 
+    /// Kills the process without a power cut: storages opened before fail every later call,
+    /// and nothing is lost (the page cache, data and names, outlives the process).
+    pub fn kill_process(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.locks.clear();
+    }
+
     /// Crashes so far (by [`SimDisk::crash`] or [`SimDisk::crash_after_ops`]).
     pub fn crashes(&self) -> u64 {
         self.state().generation
@@ -776,6 +784,8 @@ impl Storage for SimStorage {
         }
         let path = self.path(file)?;
         let mut state = self.live()?;
+        // A crash countdown counts background starts too (see `crash_after_ops`).
+        state.count_op()?;
         let fails = if takes_one_for(&mut state.fail_next_background_syncs_to, &path) {
             true
         } else if state.fail_next_background_syncs > 0 {
@@ -829,6 +839,7 @@ impl Storage for SimStorage {
             return Err(io::Error::other("too many background syncs"));
         }
         let mut state = self.live()?;
+        state.count_op()?;
         if !state.dirs.contains(dir) {
             return Err(not_found(dir));
         }

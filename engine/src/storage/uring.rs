@@ -45,6 +45,8 @@ pub struct UringStorage {
     fsync_scope: FsyncScope,
     /// Background operations submitted and not yet handed out.
     background: Background,
+    /// Whether the kernel runs `unlinkat` through the ring (Linux ≥ 5.11).
+    ring_unlinks: bool,
 }
 
 /// The background operations of a [`UringStorage`]: syncs, and chains of directory
@@ -67,9 +69,10 @@ struct BackgroundChain {
     /// Entries not yet completed.
     remaining: usize,
     first_error: Option<io::Error>,
-    /// The directory the entries work in, open until the last completes, so its fd number
-    /// cannot name another file while an entry may still wait in the submission queue.
-    _directory: File,
+    /// The file or directory the entries work in, open until the last completes, so its fd
+    /// number cannot name another file while an entry may still wait in the submission
+    /// queue.
+    _file: File,
     /// The paths the entries point at, alive until the last completes.
     _paths: Vec<CString>,
 }
@@ -135,13 +138,20 @@ impl UringStorage {
                 ));
             }
         }
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // `unlinkat` through the ring needs Linux 5.11; before, removals run on the calling
+        // thread (a probe that fails counts as no support).
+        let mut probe = io_uring::Probe::new();
+        let ring_unlinks = ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(opcode::UnlinkAt::CODE);
         Ok(UringStorage {
-            ring: IoUring::new(RING_ENTRIES)?,
+            ring,
             files: Vec::new(),
             free_ids: Vec::new(),
             dir_lock: None,
             fsync_scope,
             background: Background::default(),
+            ring_unlinks,
         })
     }
 
@@ -333,16 +343,35 @@ impl UringStorage {
         Ok(())
     }
 
-    /// Queues a background sync's entry tagged with `token` and submits it.
-    fn submit_background(&mut self, sync: squeue::Entry, token: u64) -> io::Result<()> {
-        let sync = sync.user_data(BACKGROUND_BIT | token);
-        // SAFETY: an fsync carries no buffer, and its fd stays open until submission (a
-        // segment's until it is closed, a directory's until its completion is reaped).
-        unsafe { self.ring.submission().push(&sync) }
+    /// Queues a background operation's entries, tagged with `token`, and submits them;
+    /// `file` and `paths` (what the entries point at) are held until the last completes.
+    fn submit_chain(
+        &mut self,
+        entries: Vec<squeue::Entry>,
+        file: File,
+        paths: Vec<CString>,
+        token: u64,
+    ) -> io::Result<()> {
+        let user_data = BACKGROUND_BIT | token;
+        let entries: Vec<squeue::Entry> = entries
+            .into_iter()
+            .map(|e| e.user_data(user_data))
+            .collect();
+        // SAFETY: the entries carry no buffer; the fd and the paths they point at (CStrings,
+        // whose heap buffers do not move when the vector holding them does) stay alive in
+        // the chain until its last entry completes.
+        unsafe { self.ring.submission().push_multiple(&entries) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.background.chains.push(BackgroundChain {
+            token,
+            remaining: entries.len(),
+            first_error: None,
+            _file: file,
+            _paths: paths,
+        });
         self.background.in_flight.push(token);
-        // On an error the entry stays queued and goes with the next submission; the caller
-        // counts this sync as failed and ignores its completion.
+        // On an error the entries stay queued and go with the next submission; the caller
+        // counts this operation as failed and ignores its completion.
         self.ring.submit()?;
         Ok(())
     }
@@ -532,13 +561,14 @@ impl Storage for UringStorage {
 
     fn start_background_sync(&mut self, file: FileId, token: u64) -> io::Result<()> {
         self.check_background_room(token)?;
-        let fd = self.file(file)?.as_raw_fd();
-        let sync = opcode::Fsync::new(types::Fd(fd))
+        // A duplicate of the fd, held until the completion: the caller may close the file
+        // at once (a compaction's copy), and if the submission fails the entry stays
+        // queued, so the fd number must not name another file before it runs.
+        let file = self.file(file)?.try_clone()?;
+        let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
-        // The kernel holds its own reference to the file from submission, so closing the
-        // fd before it completes is safe.
-        self.submit_background(sync, token)
+        self.submit_chain(vec![sync], file, Vec::new(), token)
     }
 
     fn start_background_dir_sync(&mut self, dir: &Path, token: u64) -> io::Result<()> {
@@ -556,6 +586,15 @@ impl Storage for UringStorage {
             return Err(io::Error::other("too many removals for one submission"));
         }
         let directory = File::open(dir)?;
+        if !self.ring_unlinks {
+            // An older kernel: removed here, in order; only the directory's sync goes to
+            // the ring.
+            for file in files {
+                std::fs::remove_file(file)?;
+            }
+            let sync = opcode::Fsync::new(types::Fd(directory.as_raw_fd())).build();
+            return self.submit_chain(vec![sync], directory, Vec::new(), token);
+        }
         let paths = files
             .iter()
             .map(|path| {
@@ -563,7 +602,6 @@ impl Storage for UringStorage {
                     .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
             })
             .collect::<io::Result<Vec<CString>>>()?;
-        let user_data = BACKGROUND_BIT | token;
         let cwd = types::Fd(libc::AT_FDCWD);
         // Linked so that they run in order, the directory's sync last.
         let mut entries: Vec<squeue::Entry> = paths
@@ -572,33 +610,12 @@ impl Storage for UringStorage {
                 opcode::UnlinkAt::new(cwd, path.as_ptr())
                     .build()
                     .flags(squeue::Flags::IO_LINK)
-                    .user_data(user_data)
             })
             .collect();
         // A directory's fsync makes its entries durable: no DATASYNC, the entries are
         // metadata.
-        entries.push(
-            opcode::Fsync::new(types::Fd(directory.as_raw_fd()))
-                .build()
-                .user_data(user_data),
-        );
-        // SAFETY: the paths the entries point at (CStrings, whose heap buffers do not move
-        // when the vector holding them does) and the directory's fd stay alive in the chain
-        // until its last entry completes.
-        unsafe { self.ring.submission().push_multiple(&entries) }
-            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.background.chains.push(BackgroundChain {
-            token,
-            remaining: entries.len(),
-            first_error: None,
-            _directory: directory,
-            _paths: paths,
-        });
-        self.background.in_flight.push(token);
-        // On an error the entries stay queued and go with the next submission; the caller
-        // counts this operation as failed and ignores its completion.
-        self.ring.submit()?;
-        Ok(())
+        entries.push(opcode::Fsync::new(types::Fd(directory.as_raw_fd())).build());
+        self.submit_chain(entries, directory, paths, token)
     }
 
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
