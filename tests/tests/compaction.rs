@@ -920,19 +920,21 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
 /// did. The copy's sync failing abandons the compaction (the old segments stand, a later
 /// one succeeds); the commit point's directory sync failing leaves the swap's state
 /// unknown, so the partition fails closed, and a reopen recovers it. Nothing acknowledged
-/// is lost either way. (Syncs per file, so the journal's checkpoint makes no background
-/// syncs to take the injected failures.)
+/// is lost either way. (With syncs per file the journal's checkpoint makes no background
+/// syncs to take the injected failures; with the journal, the copy's sync is picked out by
+/// its file's extension.)
 #[test]
 fn failed_background_syncs_of_a_compaction_abandon_it_or_fail_the_partition_closed() {
-    for fail_commit_point in [false, true] {
-        let context = if fail_commit_point {
-            "commit point"
-        } else {
-            "copy"
+    use coffer::FsyncScope::{File, Journal};
+    for (scope, fail_commit_point) in [(File, false), (File, true), (Journal, false)] {
+        let context = match (scope, fail_commit_point) {
+            (_, true) => "commit point",
+            (File, false) => "copy",
+            (_, false) => "copy, with the journal",
         };
         let disk = SimDisk::new(21);
         let mut config = config(1, false);
-        config.fsync_scope = coffer::FsyncScope::File;
+        config.fsync_scope = scope;
         let engine = open_sim(&disk, &config).unwrap();
         let metadata = "f".repeat(3000);
         let mut model = Model::default();
@@ -944,7 +946,7 @@ fn failed_background_syncs_of_a_compaction_abandon_it_or_fail_the_partition_clos
         if fail_commit_point {
             disk.fail_next_background_dir_syncs(1);
         } else {
-            disk.fail_next_background_syncs(1);
+            disk.fail_next_background_syncs_to("cleaned", 1);
         }
         let compacted = engine.compact(wall_ms());
         let metrics = engine.metrics().unwrap();
