@@ -101,6 +101,14 @@ fn storm_round(engine: &Engine, round: i64, metadata: &str) {
     }
 }
 
+/// Every group holds `offset` at partition 0 of [`TOPIC`] (the last storm round).
+fn assert_every_group_at(engine: &Engine, offset: i64) {
+    for g in 0..GROUPS {
+        let found = coffer_tests::fetch_one(engine, &group(g), TOPIC, 0).unwrap();
+        assert_eq!(found, Some(offset), "{}", group(g));
+    }
+}
+
 /// Every group's offsets equal the model's.
 fn check(engine: &Engine, model: &Model, context: &str) {
     let groups = (0..GROUPS).map(group).chain(model.groups.iter().cloned());
@@ -752,10 +760,7 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     disk.crash();
     drop(engine);
     let engine = open_sim(&disk, &config).unwrap();
-    for g in 0..GROUPS {
-        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
-        assert_eq!(found, Some(round - 1), "{}", group(g));
-    }
+    assert_every_group_at(&engine, round - 1);
 }
 
 /// A dirty roll runs after the acks of the flush that filled the segment, so a roll that
@@ -910,10 +915,7 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
     disk.crash();
     drop(engine);
     let engine = open_sim(&disk, &config).unwrap();
-    for g in 0..GROUPS {
-        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
-        assert_eq!(found, Some(round - 1), "{}", group(g));
-    }
+    assert_every_group_at(&engine, round - 1);
 }
 
 /// A compaction's syncs run in the background; their failures mean what the blocking ones
@@ -1030,18 +1032,12 @@ fn recycled_segment_power_cut(names_at_once: bool) {
     } else {
         assert_eq!(report.journal.segments_recreated, 1, "{report:?}");
     }
-    for g in 0..GROUPS {
-        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
-        assert_eq!(found, Some(round - 1), "{}", group(g));
-    }
+    assert_every_group_at(&engine, round - 1);
     engine.close().unwrap();
     drop(engine);
     let engine = open_sim(&disk, &config).unwrap();
     assert_eq!(engine.recovery_report().truncations().count(), 0);
-    for g in 0..GROUPS {
-        let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
-        assert_eq!(found, Some(round - 1), "{}", group(g));
-    }
+    assert_every_group_at(&engine, round - 1);
 }
 
 /// Sealed segments whose every record was overwritten are dropped without being read; the

@@ -152,6 +152,21 @@ fn acked_commits_missing_from_the_segments_after_a_power_cut_come_back_from_the_
     }
 }
 
+/// Rounds of 64 commits of 4 KB (about 256 KiB) that [`rolls_without_checkpoints_config`]
+/// takes without a checkpoint.
+const ROLLING_ROUNDS: i64 = 24;
+
+/// One shard, one partition: 1 MiB segments roll every four rounds of 64 commits of 4 KB,
+/// and [`ROLLING_ROUNDS`] rounds fit in one journal file of 16 MiB, so no checkpoint runs
+/// and no directory is synced after the first segment's creation.
+fn rolls_without_checkpoints_config() -> coffer::Config {
+    let mut config = journal_config(1, 1);
+    config.offsets_topic_segment_bytes = 1024 * 1024;
+    config.group_commit_bytes_max = 8 * 1024 * 1024;
+    config.journal_file_bytes = config.journal_file_bytes_min();
+    config
+}
+
 /// A journaled roll leaves the new segment's directory entry to the next checkpoint, so a
 /// power cut before it loses the newest segment's name (a roll that finds the name still
 /// owed syncs the directory first, so never an older one); the journal still holds every
@@ -161,14 +176,8 @@ fn acked_commits_missing_from_the_segments_after_a_power_cut_come_back_from_the_
 fn segments_whose_names_a_power_cut_lost_are_recreated_from_the_journal() {
     for seed in 0..4u64 {
         let disk = SimDisk::new(seed);
-        let mut config = journal_config(1, 1);
-        // About 256 KiB a round: 1 MiB segments roll every four rounds, and 24 rounds fit
-        // in one journal file of 16 MiB, so no checkpoint runs and no directory is synced
-        // after the first segment's creation.
-        config.offsets_topic_segment_bytes = 1024 * 1024;
-        config.group_commit_bytes_max = 8 * 1024 * 1024;
-        config.journal_file_bytes = config.journal_file_bytes_min();
-        let rounds = 24;
+        let config = rolls_without_checkpoints_config();
+        let rounds = ROLLING_ROUNDS;
         let engine = open_sim(&disk, &config).unwrap();
         let metadata = "s".repeat(4000);
         let groups: Vec<String> = (0..64).map(|g| format!("named-{g}")).collect();
@@ -701,14 +710,11 @@ fn a_failed_checkpoint_sync_is_never_masked_by_a_dirty_roll_of_the_same_segment(
 fn a_process_kill_then_a_power_cut_after_journaled_rolls_loses_nothing() {
     for seed in 0..4u64 {
         let disk = SimDisk::new(seed);
-        let mut config = journal_config(1, 1);
-        config.offsets_topic_segment_bytes = 1024 * 1024;
-        config.group_commit_bytes_max = 8 * 1024 * 1024;
-        config.journal_file_bytes = config.journal_file_bytes_min();
+        let config = rolls_without_checkpoints_config();
         let engine = open_sim(&disk, &config).unwrap();
         let metadata = "s".repeat(4000);
         let groups: Vec<String> = (0..64).map(|g| format!("named-{g}")).collect();
-        let (acked, refused) = commit_rounds(&engine, &groups, 24, &metadata, |_| {});
+        let (acked, refused) = commit_rounds(&engine, &groups, ROLLING_ROUNDS, &metadata, |_| {});
         assert_eq!(refused, 0);
         assert_eq!(engine.metrics().unwrap()[0].journal_checkpoints, 0);
         disk.kill_process();

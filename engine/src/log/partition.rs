@@ -348,8 +348,9 @@ impl PartitionLog {
         partition: u32,
         settings: LogSettings,
     ) -> Result<PartitionLog> {
-        let active = create_segment(storage, &dir, 0, settings, DirSync::Now)
-            .map_err(|e| Error::io(format!("creating a segment in {}", dir.display()), e))?;
+        let active =
+            create_segment(storage, &dir, 0, settings, (SegmentFile::New, DirSync::Now))
+                .map_err(|e| Error::io(format!("creating a segment in {}", dir.display()), e))?;
         let mut table = SegmentTable::default();
         table.push_segment(0);
         Ok(PartitionLog {
@@ -575,29 +576,12 @@ impl PartitionLog {
         } else {
             DirSync::Now
         };
-        let spare = self.spare_len.take();
-        let (next, reserved) = match spare {
-            Some(len) => {
-                let next = recycle_spare(
-                    storage,
-                    &self.dir,
-                    self.next_offset,
-                    self.settings,
-                    dir_sync,
-                )?;
-                (next, len)
-            }
-            None => {
-                let next = create_segment(
-                    storage,
-                    &self.dir,
-                    self.next_offset,
-                    self.settings,
-                    dir_sync,
-                )?;
-                (next, self.settings.reserve_for(0))
-            }
+        let (source, reserved) = match self.spare_len.take() {
+            Some(len) => (SegmentFile::Spare, len),
+            None => (SegmentFile::New, self.settings.reserve_for(0)),
         };
+        let (dir, base_offset) = (&self.dir, self.next_offset);
+        let next = create_segment(storage, dir, base_offset, self.settings, (source, dir_sync))?;
         self.dir_sync_owed = dir_sync == DirSync::Owed;
         self.segments_created = self.segments_created.wrapping_add(1);
         self.reserved = reserved;
@@ -786,33 +770,16 @@ fn find_spare(
     Ok(None)
 }
 
-/// The next active segment from the partition's spare file: renamed to the segment's name
-/// and opened. Its old bytes stay until appends overwrite them: what lies past the new data
-/// is a tail of batches with lower offsets, which recovery cuts as torn (a valid batch after
-/// a bad one counts as good data only with higher offsets than any before it).
-fn recycle_spare(
-    storage: &mut dyn Storage,
-    dir: &Path,
-    base_offset: i64,
-    settings: LogSettings,
-    dir_sync: DirSync,
-) -> std::io::Result<ActiveSegment> {
-    debug_assert!(settings.preallocate);
-    let path = dir.join(segment_file_name(base_offset));
-    storage.rename(&dir.join(SPARE_SEGMENT_NAME), &path)?;
-    let file = storage.open(&path, OpenMode::Existing)?;
-    if dir_sync == DirSync::Now
-        && let Err(error) = storage.sync_dir(dir)
-    {
-        storage.close(file);
-        return Err(error);
-    }
-    Ok(ActiveSegment {
-        base_offset,
-        path,
-        file,
-        len: 0,
-    })
+/// Where a new active segment's file comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegmentFile {
+    /// A new, empty file (preallocated with `log.preallocate`).
+    New,
+    /// The partition's spare ([`SPARE_SEGMENT_NAME`]), renamed to the segment's name. Its
+    /// old bytes stay until appends overwrite them: what lies past the new data is a tail
+    /// of batches with lower offsets, which recovery cuts as torn (a valid batch after a bad
+    /// one counts as good data only with higher offsets than any before it).
+    Spare,
 }
 
 fn create_segment(
@@ -820,15 +787,22 @@ fn create_segment(
     dir: &Path,
     base_offset: i64,
     settings: LogSettings,
-    dir_sync: DirSync,
+    (source, dir_sync): (SegmentFile, DirSync),
 ) -> std::io::Result<ActiveSegment> {
     let path = dir.join(segment_file_name(base_offset));
-    let file = storage.open(&path, OpenMode::CreateNew)?;
+    let file = match source {
+        SegmentFile::New => storage.open(&path, OpenMode::CreateNew)?,
+        SegmentFile::Spare => {
+            debug_assert!(settings.preallocate);
+            storage.rename(&dir.join(SPARE_SEGMENT_NAME), &path)?;
+            storage.open(&path, OpenMode::Existing)?
+        }
+    };
     let prepared = (|| {
-        if settings.preallocate {
+        if source == SegmentFile::New && settings.preallocate {
             storage.allocate(file, settings.reserve_for(0))?;
         }
-        if !settings.journaled {
+        if source == SegmentFile::New && !settings.journaled {
             storage.sync(file)?;
         }
         match dir_sync {
@@ -837,8 +811,8 @@ fn create_segment(
         }
     })();
     if let Err(error) = prepared {
-        // The partition fails closed; the file is left for the next open (empty, it reads as
-        // an empty active segment), its handle is not.
+        // The partition fails closed; the file is left for the next open (it reads as an
+        // active segment with nothing, or only a torn tail, in it), its handle is not.
         storage.close(file);
         return Err(error);
     }

@@ -61,24 +61,15 @@ pub fn install(
     end_offset: i64,
     replaced: &[PathBuf],
 ) -> Result<PathBuf, InstallError> {
-    commit(storage, dir, base_offset, end_offset).map_err(InstallError::BeforeCommit)?;
+    // Step 1: after an error the rename's durability is unknown.
+    rename_to_swap(storage, dir, base_offset, end_offset)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(InstallError::BeforeCommit)?;
     complete(storage, dir, base_offset, end_offset, replaced).map_err(InstallError::AfterCommit)
 }
 
-/// Step 1: renames the synced `.cleaned` copy to `.swap` and syncs the directory. After an
-/// error the rename's durability is unknown.
-pub fn commit(
-    storage: &mut dyn Storage,
-    dir: &Path,
-    base_offset: i64,
-    end_offset: i64,
-) -> io::Result<()> {
-    rename_to_swap(storage, dir, base_offset, end_offset)?;
-    storage.sync_dir(dir)
-}
-
-/// Step 1 without its directory sync, which the caller makes (the compactor, in the
-/// background): the commit point is reached when that sync succeeds.
+/// Step 1 without its directory sync, which the caller makes ([`install`], or the
+/// compactor in the background): the commit point is reached when that sync succeeds.
 pub fn rename_to_swap(
     storage: &mut dyn Storage,
     dir: &Path,
@@ -90,24 +81,9 @@ pub fn rename_to_swap(
     storage.rename(&cleaned, &swap)
 }
 
-/// Steps 2 and 3, after [`commit`]: removes the replaced segments and renames the swap to
-/// `<base>.log`; returns that path.
+/// Steps 2 and 3, after step 1: removes the replaced segments, renames the swap to
+/// `<base>.log` and syncs the directory; returns that path.
 pub fn complete(
-    storage: &mut dyn Storage,
-    dir: &Path,
-    base_offset: i64,
-    end_offset: i64,
-    replaced: &[PathBuf],
-) -> io::Result<PathBuf> {
-    let segment = replace(storage, dir, base_offset, end_offset, replaced)?;
-    storage.sync_dir(dir)?;
-    Ok(segment)
-}
-
-/// Steps 2 and 3 without the directory sync, which the caller makes (the compactor, in the
-/// background): until it succeeds a crash may bring back any of this, and recovery
-/// completes the swap again.
-pub fn replace(
     storage: &mut dyn Storage,
     dir: &Path,
     base_offset: i64,
@@ -119,6 +95,7 @@ pub fn replace(
         storage.remove_file(path)?;
     }
     storage.rename(&swap, &segment)?;
+    storage.sync_dir(dir)?;
     Ok(segment)
 }
 

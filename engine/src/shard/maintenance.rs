@@ -150,10 +150,11 @@ impl Shard {
     ) -> Result<super::Request, crossbeam_channel::RecvTimeoutError> {
         use crossbeam_channel::{RecvTimeoutError, TryRecvError};
         loop {
-            if Instant::now() >= self.maintenance.next_retention_check {
+            let now = Instant::now();
+            if now >= self.maintenance.next_retention_check {
                 self.retention_check(super::wall_clock_ms());
             }
-            let retry_at = self.maintenance.retry_due(Instant::now());
+            let retry_at = self.maintenance.retry_due(now);
             // Group deadlines (session expiry, rebalance timeouts) bound every wait.
             let group_bound = self.group_wait_bound();
             if self.maintenance.has_compaction_work() {
