@@ -58,3 +58,30 @@ pub fn drain_resolved<E>(
     }
     Ok(())
 }
+
+/// CPU time used so far by this process's threads whose name starts with each of
+/// `prefixes` (one sum per prefix), from `/proc/self/task/*/schedstat` (time on CPU, ns).
+/// Threads that ended are not counted: take it around a window the threads outlive.
+pub fn threads_cpu_time(prefixes: &[&str]) -> std::io::Result<Vec<Duration>> {
+    let mut sums = vec![Duration::ZERO; prefixes.len()];
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path();
+        // A thread may end between the listing and the reads: skip it then.
+        let Ok(name) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let Some(index) = prefixes.iter().position(|p| name.starts_with(p)) else {
+            continue;
+        };
+        let Ok(schedstat) = std::fs::read_to_string(path.join("schedstat")) else {
+            continue;
+        };
+        let on_cpu_ns: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|field| field.parse().ok())
+            .ok_or_else(|| std::io::Error::other("unexpected /proc schedstat format"))?;
+        sums[index] += Duration::from_nanos(on_cpu_ns);
+    }
+    Ok(sums)
+}

@@ -389,7 +389,16 @@ struct EngineOut {
     /// Durations of the compaction steps in the measured window (count in `counters`).
     compaction_step_us: Percentiles,
     engine_commit_us: Percentiles,
+    /// CPU time of the shard threads in the measured window.
+    shard_cpu: Duration,
+    /// CPU time of the shards' io_uring workers in the measured window (those alive at
+    /// its end).
+    io_worker_cpu: Duration,
 }
+
+/// Name prefixes of the engine's threads whose CPU time the run reports: the shards, and
+/// the io_uring workers the kernel starts for them (named after the submitting thread).
+const ENGINE_THREADS: [&str; 2] = ["coffer-shard", "iou-wrk"];
 
 /// The first shard's core (where the floors run too).
 fn shard_core(args: &Args, cores: &[core_affinity::CoreId]) -> Option<core_affinity::CoreId> {
@@ -427,6 +436,7 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop_at = measure_from + Duration::from_secs_f64(args.duration);
 
+    let mut cpu = [Duration::ZERO; ENGINE_THREADS.len()];
     let (before, after, outs) = std::thread::scope(|scope| -> BoxResult<_> {
         let mut handles = Vec::with_capacity(committers);
         for thread in 0..committers {
@@ -485,8 +495,13 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         };
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let before = engine.metrics()?;
+        let cpu_before = coffer_bench::threads_cpu_time(&ENGINE_THREADS)?;
         std::thread::sleep(stop_at.saturating_duration_since(Instant::now()));
+        let cpu_after = coffer_bench::threads_cpu_time(&ENGINE_THREADS)?;
         let after = engine.metrics()?;
+        for (used, (after, before)) in cpu.iter_mut().zip(cpu_after.iter().zip(&cpu_before)) {
+            *used = after.saturating_sub(*before);
+        }
         if let Some(heartbeater) = heartbeater {
             match heartbeater.join() {
                 Ok((answered, errors, cpu_share)) => println!(
@@ -538,6 +553,8 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
             &m.commit_latency_us
         })),
+        shard_cpu: cpu[0],
+        io_worker_cpu: cpu[1],
     })
 }
 
@@ -1118,6 +1135,14 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         r.p50,
         r.p99,
         r.max
+    );
+    let offsets = c.partition_offsets.max(1) as f64;
+    println!(
+        "  shard threads on CPU {:.1} % of a core, {:.0} ns per partition offset; io workers {:.1} % ({:.0} ns)",
+        engine.shard_cpu.as_secs_f64() / secs * 100.0,
+        engine.shard_cpu.as_nanos() as f64 / offsets,
+        engine.io_worker_cpu.as_secs_f64() / secs * 100.0,
+        engine.io_worker_cpu.as_nanos() as f64 / offsets
     );
     let s = engine.compaction_step_us;
     println!(
