@@ -918,6 +918,60 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
     assert_every_group_at(&engine, round - 1);
 }
 
+/// Under full-segment rolls there is always a freshly sealed segment: background compaction
+/// takes the segments sealed long enough ago and leaves only the fresh ones. It used to
+/// defer every group that reached the newest sealed segment: with the live data smaller
+/// than a segment (one group reaches the newest) and more than half a segment's records
+/// (two rewrites of the keys take longer than a roll), the compactor stopped for as long
+/// as the storm lasted and the log grew without bound.
+#[test]
+fn a_storm_of_full_segment_rolls_keeps_the_log_near_the_live_data() {
+    let disk = SimDisk::new(15);
+    let mut config = storm_config();
+    const SEGMENT_BYTES: u64 = 1024 * 1024;
+    config.offsets_topic_segment_bytes = SEGMENT_BYTES;
+    let engine = open_sim(&disk, &config).unwrap();
+    // About 4 KiB a record, every partition of 25 groups a round: 200 keys, 800 KiB live,
+    // more than half of a segment's 256 records.
+    let metadata = "r".repeat(4000);
+    let commits: Vec<OffsetCommit<'_>> = (0..TOPIC_PARTITIONS as i32)
+        .map(|partition| OffsetCommit {
+            partition,
+            ..partition_zero(0, &metadata)
+        })
+        .collect();
+    const STORM_GROUPS: u64 = 25;
+    const ROUNDS: i64 = 50;
+    for round in 0..ROUNDS {
+        let round_commits: Vec<_> = commits
+            .iter()
+            .map(|commit| OffsetCommit {
+                offset: round,
+                ..*commit
+            })
+            .collect();
+        let futures: Vec<_> = (0..STORM_GROUPS)
+            .map(|g| engine.commit_offsets(&group(g), &round_commits))
+            .collect();
+        for future in futures {
+            future.wait().unwrap();
+        }
+    }
+    let metrics = engine.metrics().unwrap().remove(0);
+    let space = metrics.partitions[0];
+    let compaction = &metrics.compaction;
+    assert!(compaction.compactions > 0, "{compaction:?}");
+    // About 40 MiB committed: the log keeps a few fresh segments and what compaction left.
+    assert!(
+        space.log_bytes <= 8 * SEGMENT_BYTES,
+        "{space:?} {compaction:?}"
+    );
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(&disk, &config).unwrap();
+    assert_every_group_at(&engine, ROUNDS - 1);
+}
+
 /// A compaction's syncs run in the background; their failures mean what the blocking ones
 /// did. The copy's sync failing abandons the compaction (the old segments stand, a later
 /// one succeeds); the commit point's directory sync failing leaves the swap's state

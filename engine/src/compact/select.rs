@@ -19,15 +19,20 @@ use crate::log::PartitionLog;
 /// keys picked at random all but about e^-2 (14 %) of them.
 pub(crate) const DEFERRAL_REWRITES: u64 = 2;
 
-/// Background compaction leaves a group alone while its newest segment is freshly sealed:
-/// until the partition has appended [`DEFERRAL_REWRITES`] times as many records since the
-/// seal as it holds live ones, and at most `log.cleaner.backoff.ms` (Kafka's cleaner
+/// Background compaction leaves freshly sealed segments alone: each one until the partition
+/// has appended [`DEFERRAL_REWRITES`] times as many records since its seal as it holds live
+/// ones, and at most `log.cleaner.backoff.ms` (Kafka's cleaner
 /// looks for work that often, so it never compacts a segment the moment it rolls either;
 /// `Config::log_cleaner_backoff_ms`). In a commit storm
 /// over a fixed key set a rolled segment's last live records die within one rewrite of the
 /// keys; compacting at once read the whole segment to keep a few of them (about 12 steps
 /// of up to 256 KiB per 4 MiB roll, 230 µs each on the shard thread, benchmarks.md session
 /// 10), where a little later it is dropped unread. Explicit compactions do not wait.
+///
+/// The segments that wait are always the newest (a later seal has had fewer appends since,
+/// and less time), so background compaction groups only the older ones before them. Under
+/// full-segment rolls there is always a fresh segment: a deferral of every group that
+/// reached it would stop the compactor for as long as the storm lasts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deferral {
     /// Now, on the clock of [`crate::log::SealedSegment::sealed_at`].
@@ -39,11 +44,24 @@ pub(crate) struct Deferral {
 }
 
 impl Deferral {
-    /// Whether the group whose newest segment is sealed segment `newest` waits, noting
+    /// How many of `log`'s sealed segments, from the oldest, background compaction may
+    /// take now: those before the freshly sealed ones. Notes when the oldest fresh one stops
+    /// waiting by age.
+    fn eligible_segments(&mut self, log: &PartitionLog) -> usize {
+        let live: u64 = log.table().segments().iter().map(|s| s.live).sum();
+        let mut eligible = log.sealed_segments().len();
+        // Bounded by the sealed segments; stops at the newest one that no longer waits.
+        while eligible > 0 && self.defers(log, eligible - 1, live) {
+            eligible -= 1;
+        }
+        eligible
+    }
+
+    /// Whether sealed segment `index` waits (with `live` records in the partition), noting
     /// when it stops waiting by age.
-    fn defers(&mut self, log: &PartitionLog, newest: usize) -> bool {
+    fn defers(&mut self, log: &PartitionLog, index: usize, live: u64) -> bool {
         let sealed = log.sealed_segments();
-        let Some(sealed_at) = sealed[newest].sealed_at else {
+        let Some(sealed_at) = sealed[index].sealed_at else {
             return false;
         };
         let until = sealed_at + self.wait_max;
@@ -51,10 +69,9 @@ impl Deferral {
             return false;
         }
         let sealed_at_offset = sealed
-            .get(newest + 1)
+            .get(index + 1)
             .map_or(log.active_base_offset(), |next| next.base_offset);
         let appended = log.next_offset().saturating_sub(sealed_at_offset).max(0) as u64;
-        let live: u64 = log.table().segments().iter().map(|s| s.live).sum();
         if appended >= live.saturating_mul(DEFERRAL_REWRITES) {
             return false;
         }
@@ -90,17 +107,18 @@ pub(crate) struct Candidate {
 }
 
 /// The most cleanable group of `log`, if any is cleanable at `now_ms`; with a `deferral`
-/// (background compaction), not one whose newest segment is freshly sealed.
+/// (background compaction), of the segments before the freshly sealed ones.
 pub(crate) fn best_group(
     partition: u32,
     log: &PartitionLog,
     quarantined: &BTreeSet<i64>,
     (settings, now_ms): (SelectSettings, i64),
-    mut deferral: Option<&mut Deferral>,
+    deferral: Option<&mut Deferral>,
 ) -> Option<Candidate> {
-    let sealed = log.sealed_segments();
+    let eligible = deferral.map_or(log.sealed_segments().len(), |d| d.eligible_segments(log));
+    let sealed = &log.sealed_segments()[..eligible];
     let stats = log.table().segments();
-    debug_assert_eq!(stats.len(), sealed.len() + 1);
+    debug_assert_eq!(stats.len(), log.sealed_segments().len() + 1);
     let tombstones_through_ms = now_ms.saturating_sub(settings.delete_retention_ms);
     let mut best: Option<Candidate> = None;
     let mut index = 0;
@@ -133,11 +151,6 @@ pub(crate) fn best_group(
         let starts_log = first == 0;
         let dirty_enough = dirty_records_enough(dirty_ratio, dead_records, settings);
         if !(dirty_enough || (starts_log && expired_tombstones)) {
-            continue;
-        }
-        if let Some(deferral) = deferral.as_deref_mut()
-            && deferral.defers(log, index - 1)
-        {
             continue;
         }
         let candidate = Candidate {
@@ -235,7 +248,11 @@ mod tests {
         // the live ones.
         let deferred = best_group(0, &log, &none, (settings(), 0), Some(&mut deferral));
         assert_eq!(deferred, None);
-        assert_eq!(deferral.retry_at, Some(sealed_at + WAIT_MAX));
+        // Both wait; the older one's wait ends first.
+        let older_sealed_at = log.sealed_segments()[0]
+            .sealed_at
+            .expect("sealed by a roll");
+        assert_eq!(deferral.retry_at, Some(older_sealed_at + WAIT_MAX));
         // At the longest deferral it is cleanable by age alone.
         deferral.now = sealed_at + WAIT_MAX;
         let aged = best_group(0, &log, &none, (settings(), 0), Some(&mut deferral));
@@ -249,9 +266,42 @@ mod tests {
             dead(log, next - RECORDS_PER_BATCH..next);
             best_group(0, log, &none, (settings(), 0), Some(&mut deferral))
         };
-        assert_eq!(rewrite(&mut log), None, "20 appended, 11 live");
+        // 20 appended since the newest sealed segment rolled, 30 since the one before it:
+        // that one alone may go.
+        let older = rewrite(&mut log);
+        assert_eq!(older.map(|c| (c.first, c.count)), Some((0, 1)));
         let rewritten = rewrite(&mut log);
         assert_eq!(rewritten.map(|c| (c.first, c.count)), Some((0, 2)));
+    }
+
+    #[test]
+    fn segments_sealed_long_enough_ago_are_compacted_while_fresh_ones_keep_coming() {
+        // Full-segment rolls in a storm: a fresh segment is always there. Twelve sealed
+        // segments, all dead but the newest three; 40 records live.
+        let mut log = log(12);
+        let none = BTreeSet::new();
+        dead(&mut log, 0..90);
+        let sealed = log.sealed_segments();
+        let (oldest_at, newest_at) = (sealed[0].sealed_at.unwrap(), sealed[11].sealed_at.unwrap());
+        const WAIT_MAX: Duration = Duration::from_secs(15);
+        let mut deferral = Deferral {
+            now: newest_at,
+            wait_max: WAIT_MAX,
+            retry_at: None,
+        };
+        // Appended since each seal: 120 - 10 i records after segment i's. Twice the live
+        // records is 80: segments 0 to 4 may go, 5 to 11 wait.
+        let best = best_group(0, &log, &none, (settings(), 0), Some(&mut deferral)).unwrap();
+        assert_eq!((best.first, best.count), (0, 5));
+        assert!(
+            deferral
+                .retry_at
+                .is_some_and(|at| at >= oldest_at + WAIT_MAX)
+        );
+        // Explicit compaction does not wait: the nine dead segments and the first live one,
+        // whose 60 bytes fit in one segment.
+        let explicit = best_group(0, &log, &none, (settings(), 0), None).unwrap();
+        assert_eq!((explicit.first, explicit.count), (0, 10));
     }
 
     #[test]
