@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::compact::job::{CompactionJob, StepContext, StepOutcome};
+use crate::compact::job::{CompactionJob, StepContext, StepOutcome, WALK_STEPS_PER_CHARGED_STEP};
 use crate::compact::retention::{self, ExpiredOffset, GroupActivity};
 use crate::compact::select::{self, Candidate, SelectSettings};
 use crate::compact::{
@@ -282,6 +282,7 @@ impl Shard {
             return;
         };
         let partition = job.partition;
+        let walking = job.is_walking();
         let started = Instant::now();
         let outcome = {
             let hosted = &mut self.partitions[partition as usize];
@@ -307,11 +308,12 @@ impl Shard {
         let step_us = started.elapsed().as_micros() as u64;
         self.metrics.compaction.steps += 1;
         let read = self.metrics.compaction.bytes_read - read_before;
-        // A step that read nothing (a swap, a file switch) still costs a step's worth.
-        let cost = if read == 0 {
-            COMPACTION_STEP_BYTES_MAX as u64
-        } else {
-            read
+        // A step that read nothing (a swap, a file switch) still costs a step's worth; a step
+        // of the live-position walk a fraction of one.
+        let cost = match (read, walking) {
+            (0, true) => COMPACTION_STEP_BYTES_MAX as u64 / WALK_STEPS_PER_CHARGED_STEP,
+            (0, false) => COMPACTION_STEP_BYTES_MAX as u64,
+            (read, _) => read,
         };
         self.maintenance.credit_bytes = self.maintenance.credit_bytes.saturating_sub(cost);
         ShardMetrics::record_latency(&mut self.metrics.compaction_step_us, step_us);
