@@ -253,6 +253,15 @@ pub struct OffsetCache {
 pub(crate) struct PositionWalk {
     table_generation: u64,
     next_slot: usize,
+    started: bool,
+    restarts: u32,
+}
+
+impl PositionWalk {
+    /// Times the walk started over because the group table it was walking was replaced.
+    pub(crate) fn restarts(&self) -> u32 {
+        self.restarts
+    }
 }
 
 /// A reader of an offset cache: `Clone + Send + Sync`, usable from any thread, never blocks.
@@ -561,10 +570,12 @@ impl OffsetCache {
         keys_min: usize,
         mut f: impl FnMut(u64),
     ) -> bool {
-        if walk.table_generation != self.table_generation {
+        if !walk.started || walk.table_generation != self.table_generation {
             *walk = PositionWalk {
                 table_generation: self.table_generation,
                 next_slot: 0,
+                started: true,
+                restarts: walk.restarts + u32::from(walk.started),
             };
         }
         let slots = &self.table().slots;

@@ -11,10 +11,11 @@
 //! Liveness is read at copy time. A record copied live may die before the swap; it is then
 //! simply counted dead in the new segment. A record never comes back to life (new values go
 //! to the active segment, past the job's range), so nothing live at swap time was left out.
-//! That also makes a snapshot of the live positions a safe filter: at the first copy step
-//! the job takes the positions of the cache's live keys in its range ([`LivePositions`]),
-//! and a value record of an offset commit whose offset is not among them is dead without
-//! decoding its key; the few that are among them are checked against the cache as before.
+//! That also makes the live positions a safe filter: before the first copy step the job
+//! marks the positions of the cache's live keys in its range ([`LivePositions`], a walk
+//! spread over steps, which need not be a snapshot: see [`LivePositions::walk`]), and a
+//! value record of an offset commit whose offset is not marked is dead without decoding its
+//! key; the marked ones are checked against the cache as before.
 
 use std::path::{Path, PathBuf};
 
@@ -97,7 +98,7 @@ pub(crate) struct CompactionJob {
     kept_flags: Vec<bool>,
     /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
     records_dropped_unread: u64,
-    /// The live offset commits' positions in the job's range, taken at the first copy step.
+    /// The live offset commits' positions in the job's range, taken before the first copy.
     live: LiveFilter,
     /// Where the job is once every input is copied.
     phase: Phase,
@@ -150,6 +151,11 @@ const WALKED_KEYS_PER_RECORD_TEST: u64 = 8;
 /// groups): about 0.4 ms of the shard's time on the dev VM, where the whole walk of a
 /// 128,000-key partition in one step took 3 ms.
 const LIVE_WALK_KEYS_PER_STEP: usize = 16 * 1024;
+
+/// Restarts of a job's walk (its cache's group table replaced under it) after which the job
+/// gives the filter up and tests record by record: bounds a walk that groups being created
+/// faster than it advances would otherwise keep starting over.
+const LIVE_WALK_RESTARTS_MAX: u32 = 4;
 
 /// Walk steps charged as one step of the compactor's credit (see
 /// `COMPACTION_READ_PER_BYTE_WRITTEN`): a job's walk, taken in one step at first, was charged
@@ -267,7 +273,10 @@ impl CompactionJob {
             self.live = self.decide_live_filter(ctx);
         }
         if let LiveFilter::Walking { positions, walk } = &mut self.live {
-            if positions.walk(ctx.cache, walk) {
+            if walk.restarts() > LIVE_WALK_RESTARTS_MAX {
+                // The cache keeps outgrowing its group table under the walk.
+                self.live = LiveFilter::Off;
+            } else if positions.walk(ctx.cache, walk) {
                 let positions = std::mem::replace(positions, LivePositions::empty(0, 0));
                 self.live = LiveFilter::On(positions);
             }
@@ -297,10 +306,11 @@ impl CompactionJob {
     }
 
     /// Takes the live positions if the walk costs less than what it saves: it visits every
-    /// key of the cache in one step, and saves a decode and a lookup per dead record of the
-    /// job. A dirty segment holds several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`),
-    /// so a job usually has more records than its partition has keys; a small job in a
-    /// large partition does not, and is tested record by record instead.
+    /// key of the cache (a few ns each, [`LIVE_WALK_KEYS_PER_STEP`] a step), and saves a
+    /// decode and a lookup (~150 ns) per dead record of the job. A dirty segment holds
+    /// several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`), so a job usually has more
+    /// records than its partition has keys; a small job in a large partition may not, and
+    /// is tested record by record instead.
     fn decide_live_filter(&self, ctx: &StepContext<'_>) -> LiveFilter {
         // The job's segments stay in the log until its swap (`finish` checks it).
         let stats = &ctx.log.table().segments()[self.first..self.first + self.inputs.len()];
@@ -945,6 +955,7 @@ mod tests {
             }
         }
         assert!(steps >= 2, "one step took the whole walk ({steps})");
+        assert!(walk.restarts() >= 1, "the table grew under the walk");
         let found: Vec<i64> = (0..60_000)
             .filter(|&offset| live.contains(offset))
             .collect();

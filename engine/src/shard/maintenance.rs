@@ -282,7 +282,7 @@ impl Shard {
             return;
         };
         let partition = job.partition;
-        let walking = job.is_walking();
+        let walked_before = job.is_walking();
         let started = Instant::now();
         let outcome = {
             let hosted = &mut self.partitions[partition as usize];
@@ -306,6 +306,8 @@ impl Shard {
             job.step(&mut ctx)
         };
         let step_us = started.elapsed().as_micros() as u64;
+        // The step that starts the walk, and the one that ends it, are walk steps too.
+        let walking = walked_before || job.is_walking();
         self.metrics.compaction.steps += 1;
         let read = self.metrics.compaction.bytes_read - read_before;
         // A step that read nothing (a swap, a file switch) still costs a step's worth; a step
