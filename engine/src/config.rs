@@ -156,8 +156,8 @@ pub struct Config {
     /// compaction of the segments that start the log.
     pub log_cleaner_delete_retention_ms: u64,
     /// `log.cleaner.backoff.ms` (15000): Kafka's cleaner sleeps this long when it finds
-    /// nothing to clean. Here it is the longest background compaction leaves a freshly
-    /// rolled segment alone: it waits for about one rewrite of the partition's keys (see
+    /// nothing to clean. Here it is the longest background compaction leaves the newest
+    /// sealed segment alone: it waits for two rewrites of the partition's keys (see
     /// `compact::select::Deferral`), or this long when the commits stop.
     pub log_cleaner_backoff_ms: u64,
     /// `offsets.retention.minutes` (10080): how long the offsets of a group without members
