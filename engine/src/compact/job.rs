@@ -911,16 +911,126 @@ mod tests {
     use super::*;
     use crate::cache::OffsetValueRef;
 
-    #[test]
-    fn the_live_position_walk_finds_every_position_in_its_range_across_steps_and_rebuilds() {
-        let mut cache = OffsetCache::new();
-        let value = OffsetValueRef {
+    /// A value; only its log position matters to these tests.
+    fn value() -> OffsetValueRef<'static> {
+        OffsetValueRef {
             offset: 1,
             leader_epoch: 0,
             commit_timestamp_ms: 0,
             expire_timestamp_ms: -1,
             metadata: "",
-        };
+        }
+    }
+
+    /// Random churn between the walk's steps (updates, removals, new groups in bursts that
+    /// rebuild the table, new topics, grown partition arrays, groups removed and re-added):
+    /// every key whose position at the walk's start is still its position at the end is
+    /// marked. (Written after a review's adversarial test of the same property.)
+    #[test]
+    fn the_live_position_walk_misses_no_surviving_position_under_random_churn() {
+        type Key = (String, String, i32);
+        let value = value();
+        for seed in 1..=4u64 {
+            // xorshift64: the test's seeded generator.
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |below: u64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state % below
+            };
+            let mut cache = OffsetCache::new();
+            let mut model: std::collections::HashMap<Key, u64> = Default::default();
+            let upsert = |cache: &mut OffsetCache,
+                          model: &mut std::collections::HashMap<Key, u64>,
+                          key: Key,
+                          position| {
+                let cache_key = OffsetKey {
+                    group: &key.0,
+                    topic: &key.1,
+                    partition: key.2,
+                };
+                cache.upsert(cache_key, value, position).unwrap();
+                model.insert(key, position);
+            };
+            let mut position = 100u64;
+            for g in 0..2000 + next(4000) {
+                for t in 0..1 + next(3) {
+                    for p in 0..1 + next(6) {
+                        let key = (format!("g{g}"), format!("t{t}"), p as i32);
+                        upsert(&mut cache, &mut model, key, position);
+                        position += 1;
+                    }
+                }
+            }
+            let at_start = model.clone();
+            let keys: Vec<Key> = at_start.keys().cloned().collect();
+            let mut live = LivePositions::empty(100, position - 100);
+            let mut walk = PositionWalk::default();
+            let mut steps = 0;
+            // Bounded by the assertion: churn restarts the walk at most once per burst.
+            while !live.walk(&cache, &mut walk) {
+                steps += 1;
+                assert!(steps < 1000, "seed {seed}: the walk does not end");
+                let pick = |n: u64| keys[n as usize].clone();
+                if next(2) == 0 {
+                    for _ in 0..next(4000) {
+                        let key = (format!("b{}", next(1 << 20)), "x".to_owned(), 0);
+                        upsert(&mut cache, &mut model, key, position);
+                        position += 1;
+                    }
+                }
+                for _ in 0..next(300) {
+                    let (group, topic, partition) = pick(next(keys.len() as u64));
+                    let churned = match next(5) {
+                        0 => Some((group, topic, partition)),
+                        1 => Some((group, format!("y{}", next(50)), 0)),
+                        2 => Some((group, topic, 20 + next(200) as i32)),
+                        3 => {
+                            let key = OffsetKey {
+                                group: &group,
+                                topic: &topic,
+                                partition,
+                            };
+                            cache.take(key).unwrap();
+                            model.remove(&(group, topic, partition));
+                            None
+                        }
+                        _ => {
+                            let doomed: Vec<Key> =
+                                model.keys().filter(|k| k.0 == group).cloned().collect();
+                            for (g, t, p) in doomed {
+                                let key = OffsetKey {
+                                    group: &g,
+                                    topic: &t,
+                                    partition: p,
+                                };
+                                cache.take(key).unwrap();
+                                model.remove(&(g, t, p));
+                            }
+                            (next(2) == 0).then(|| (group, "z".to_owned(), 0))
+                        }
+                    };
+                    if let Some(key) = churned {
+                        upsert(&mut cache, &mut model, key, position);
+                        position += 1;
+                    }
+                }
+            }
+            let missed: Vec<&Key> = at_start
+                .iter()
+                .filter(|(key, start)| model.get(*key) == Some(*start))
+                .filter(|(_, start)| !live.contains(**start as i64))
+                .map(|(key, _)| key)
+                .collect();
+            assert!(missed.is_empty(), "seed {seed}, {steps} steps: {missed:?}");
+        }
+    }
+
+    #[test]
+    fn the_live_position_walk_finds_every_position_in_its_range_across_steps_and_rebuilds() {
+        let mut cache = OffsetCache::new();
+        let value = value();
         let upsert = |cache: &mut OffsetCache, group: &str, partition: i32, position| {
             let key = OffsetKey {
                 group,
