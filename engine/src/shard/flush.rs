@@ -1,0 +1,434 @@
+//! A shard's flush: the batch's commits encoded per offsets partition, written with the
+//! journal's entry (or each partition's batch synced) in one durable submission, applied to
+//! the caches and acknowledged; then the staged segment writes and the dirty rolls.
+
+use std::time::Instant;
+
+use super::group_commit::{PendingOffset, encode_partition_batch};
+use super::{HostedPartition, SEGMENT_WRITE_BYTES_MIN, Shard, ShardMetrics, wall_clock_ms};
+use crate::cache::{OffsetKey, OffsetValueRef};
+use crate::config::FsyncScope;
+use crate::error::{Error, Result};
+use crate::log::liveness::SegmentTable;
+use crate::storage::WriteOp;
+
+impl Shard {
+    /// Writes the batch: encode per partition, one durable submission, then apply and ack.
+    pub(super) fn flush(&mut self) {
+        let now = Instant::now();
+        let timestamp_ms = wall_clock_ms();
+        // Commits past their deadline, or for a failed partition, fail without being
+        // written. Removal must keep arrival order: coalescing takes the last entry per key.
+        let partitions = &self.partitions;
+        let commit_timeout_ms = self.commit_timeout_ms;
+        let refused = self.batch.requests.extract_if(.., |commit| {
+            let refused = partitions
+                .get(commit.offsets_partition as usize)
+                .is_none_or(|hosted| hosted.refusal(commit.offsets_partition).is_some());
+            refused || commit.deadline <= now
+        });
+        for commit in refused {
+            let partition = commit.offsets_partition;
+            let error = self
+                .partitions
+                .get(partition as usize)
+                .map_or(Some(Error::NotCoordinator { partition }), |hosted| {
+                    hosted.refusal(partition)
+                })
+                .unwrap_or(Error::CommitTimeout {
+                    timeout_ms: commit_timeout_ms,
+                });
+            self.metrics.commit_errors += 1;
+            self.pools.commits.answer(commit, Err(error));
+        }
+        self.batch.sort_entries();
+        self.flush_partitions.clear();
+        let partitions = &mut self.partitions;
+        let flush_partitions = &mut self.flush_partitions;
+        self.batch.for_each_partition(|partition, latest| {
+            let hosted = &mut partitions[partition as usize];
+            let Some(log) = hosted.log.as_ref() else {
+                return;
+            };
+            // The records' offsets, which the cache stores as their log positions (the
+            // compactor's liveness test), start here.
+            hosted.encoded_base_offset = log.next_offset();
+            hosted.encoded_last_offset = encode_partition_batch(
+                &mut hosted.encoded,
+                log.next_offset(),
+                timestamp_ms,
+                latest,
+            );
+            flush_partitions.push(partition);
+        });
+        let flush_started = Instant::now();
+        self.write_partitions();
+        let flush_us = flush_started.elapsed().as_micros() as u64;
+        ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
+        self.metrics.flushes += 1;
+        self.apply_and_ack(timestamp_ms);
+        if self.journal.is_some() {
+            self.write_full_stages();
+        }
+        self.roll_dirty_segments();
+    }
+
+    /// After the acks, rolls each partition this flush placed whose active segment is
+    /// dirty enough for the compactor ([`PartitionLog::roll_if_dirty`]): a roll syncs the
+    /// sealed segment and creates the next, and the flush's commits need neither. A failed
+    /// roll fails its partition closed (with the journal, what it acked is in the journal
+    /// files, kept for the next open).
+    fn roll_dirty_segments(&mut self) {
+        let mut rolled = false;
+        for &partition in &self.placed_partitions {
+            // Not while a checkpoint's background sync of this segment is in flight: the
+            // roll's `fsync` would share the file with it, and Linux reports a writeback
+            // error once per open file, so the roll could see success for lost pages. A
+            // dirty roll can wait for a later flush.
+            if self.checkpoint_syncing.contains(&partition) {
+                continue;
+            }
+            let hosted = &mut self.partitions[partition as usize];
+            let Some(log) = hosted.log.as_mut().filter(|log| log.wants_dirty_roll()) else {
+                continue;
+            };
+            let started = Instant::now();
+            match log.roll_if_dirty(self.storage.as_mut()) {
+                Ok(true) => {
+                    rolled = true;
+                    self.metrics.dirty_rolls += 1;
+                    let roll_us = started.elapsed().as_micros() as u64;
+                    ShardMetrics::record_latency(&mut self.metrics.dirty_roll_us, roll_us);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    let reason = format!("rolling a segment: {error}");
+                    hosted.fail_closed(partition, reason, &self.failed);
+                    if let Some(log) = hosted.log.take() {
+                        log.abandon(self.storage.as_mut());
+                    }
+                }
+            }
+        }
+        if rolled {
+            self.maintenance.note_maybe_dirty();
+        }
+    }
+
+    /// With a journal, writes the staged batches of the partitions this flush placed whose
+    /// stage holds [`SEGMENT_WRITE_BYTES_MIN`] or more, in one storage submission, unsynced
+    /// (the checkpoint syncs them). Fewer, larger writes than one per flush; and after the
+    /// acks, because the journal already holds these batches durably: a segment write that
+    /// stalls (page cache, the filesystem's own journal) no longer holds a flush's commits.
+    /// A failed write fails its partition closed; its journal files are kept for the next
+    /// open, which redoes them.
+    fn write_full_stages(&mut self) {
+        let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
+        let mut writing = std::mem::take(&mut self.writing_partitions);
+        debug_assert!(ops.is_empty() && writing.is_empty());
+        let placed = &self.placed_partitions;
+        let stage = (SEGMENT_WRITE_BYTES_MIN, false);
+        stage_writes(&self.partitions, placed, stage, &mut ops, &mut writing);
+        if !ops.is_empty() {
+            self.storage.write_durable(&ops, &mut self.flush_results);
+        }
+        self.write_ops = recycle_ops(ops);
+        self.stages_written(&writing, "writing the segment: ");
+        for &partition in &writing {
+            let hosted = &mut self.partitions[partition as usize];
+            if hosted.failure.is_some()
+                && let Some(log) = hosted.log.take()
+            {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+        writing.clear();
+        self.writing_partitions = writing;
+    }
+
+    /// Takes the outcomes (in `flush_results`) of the stage writes of `writing`: a written
+    /// stage is done with; a failed write fails its partition closed (`context` prefixes the
+    /// reason). Never retried: the page cache may already have dropped the data, and
+    /// recovery reads the disk.
+    fn stages_written(&mut self, writing: &[u32], context: &str) {
+        let synced = self.journal.is_none() && self.fsync_scope == FsyncScope::File;
+        for (result, &partition) in self.flush_results.iter().zip(writing) {
+            let hosted = &mut self.partitions[partition as usize];
+            match result {
+                Ok(()) => {
+                    if let Some(log) = hosted.log.as_mut() {
+                        log.staged_written();
+                    }
+                    self.metrics.syncs += u64::from(synced);
+                }
+                Err(error) => {
+                    hosted.fail_closed(partition, format!("{context}{error}"), &self.failed)
+                }
+            }
+        }
+    }
+
+    /// Places each partition's batch (rolling segments as needed) and writes them all, with
+    /// the journal's entries when there is a journal.
+    pub(super) fn write_partitions(&mut self) {
+        if self.journal.is_none() || self.prepare_journal() {
+            // After the rotation, whose checkpoint may have just started syncs.
+            self.settle_syncs_before_full_rolls();
+            self.write_placed();
+        } else {
+            // Nothing placed: the stage writes after the acks have nothing of this flush.
+            self.placed_partitions.clear();
+        }
+        self.advance_checkpoint(false);
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            if hosted.failure.is_some()
+                && let Some(log) = hosted.log.take()
+            {
+                log.abandon(self.storage.as_mut());
+            }
+        }
+    }
+
+    /// A full segment rolls inside the flush (`prepare_append`), and its roll's `fsync`
+    /// must not share the file with a checkpoint's background sync still in flight (see
+    /// `roll_dirty_segments`): when a partition about to roll has one, waits for the
+    /// checkpoint's syncs and takes their outcomes first (a failed one fails the partition
+    /// closed, and this flush refuses its commits). Rare: a full segment during a checkpoint.
+    fn settle_syncs_before_full_rolls(&mut self) {
+        let partitions = &self.partitions;
+        let rolls_while_syncing = self.flush_partitions.iter().any(|&partition| {
+            let hosted = &partitions[partition as usize];
+            self.checkpoint_syncing.contains(&partition)
+                && hosted
+                    .log
+                    .as_ref()
+                    .is_some_and(|log| log.rolls_before(hosted.encoded.len()))
+        });
+        if rolls_while_syncing {
+            self.advance_checkpoint(true);
+        }
+    }
+
+    /// The storage submission of a flush and its outcome per partition.
+    fn write_placed(&mut self) {
+        let placed = self.place_and_journal();
+        // The ops borrow the logs' staged bytes; the vector itself is the shard's, reused.
+        let mut ops: Vec<WriteOp<'_>> = std::mem::take(&mut self.write_ops);
+        let mut writing = std::mem::take(&mut self.writing_partitions);
+        debug_assert!(ops.is_empty() && writing.is_empty());
+        // With a journal only its write is in the flush: the segments get their staged
+        // batches after the acks (`write_full_stages`). Without one, every batch is written
+        // and synced here.
+        if self.journal.is_none() {
+            stage_writes(&self.partitions, &placed, (0, true), &mut ops, &mut writing);
+        }
+        if let Some(journal) = self.journal.as_ref() {
+            ops.push(journal.write_op());
+        }
+        self.storage.write_durable(&ops, &mut self.flush_results);
+        self.write_ops = recycle_ops(ops);
+        let journaled = if self.journal.is_some() {
+            self.journal_written(writing.len())
+        } else {
+            Ok(())
+        };
+        // One syncfs covered the whole flush.
+        if self.fsync_scope == FsyncScope::Filesystem && !writing.is_empty() {
+            self.metrics.syncs += 1;
+        }
+        self.stages_written(&writing, "");
+        writing.clear();
+        self.writing_partitions = writing;
+        for &partition in &placed {
+            let hosted = &mut self.partitions[partition as usize];
+            if let Err(reason) = &journaled {
+                hosted.fail_closed(partition, reason.clone(), &self.failed);
+            }
+            if hosted.failure.is_some() {
+                continue;
+            }
+            if let (Some(log), Some(last)) = (hosted.log.as_mut(), hosted.encoded_last_offset) {
+                let records = last + 1 - log.next_offset();
+                log.commit_append(hosted.encoded.len(), last);
+                self.metrics.batches += 1;
+                self.metrics.records += records as u64;
+                self.metrics.bytes += hosted.encoded.len() as u64;
+            }
+        }
+        self.placed_partitions = placed;
+    }
+
+    /// Places each partition's batch in its log (rolling segments as needed) and stages it
+    /// there, and with a journal adds its entry. Returns the partitions placed (the shard's
+    /// reused vector; `write_placed` gives it back).
+    fn place_and_journal(&mut self) -> Vec<u32> {
+        let mut placed = std::mem::take(&mut self.placed_partitions);
+        placed.clear();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.begin_flush();
+        }
+        for &partition in &self.flush_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
+            assert!(hosted.encoded.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
+            let Some(log) = hosted.log.as_mut() else {
+                continue;
+            };
+            match log.prepare_append(self.storage.as_mut(), hosted.encoded.len()) {
+                Ok((_file, position)) => {
+                    log.stage(&hosted.encoded);
+                    placed.push(partition);
+                    if let Some(journal) = self.journal.as_mut() {
+                        let segment = log.active_base_offset();
+                        journal.add(partition, segment, position, &hosted.encoded);
+                        self.journal_dirty[partition as usize] = true;
+                    }
+                }
+                Err(error) => {
+                    let reason = format!("rolling a segment: {error}");
+                    hosted.fail_closed(partition, reason, &self.failed);
+                }
+            }
+        }
+        placed
+    }
+
+    /// Applies durable partitions' commits to their tables, then acks every request.
+    fn apply_and_ack(&mut self, timestamp_ms: i64) {
+        let partitions = &mut self.partitions;
+        let mut dead_records = false;
+        let dead_records_ref = &mut dead_records;
+        let tombstones = &mut self.metrics.tombstones;
+        self.batch.for_each_partition(|partition, latest| {
+            let hosted = &mut partitions[partition as usize];
+            if hosted.failure.is_some() {
+                return;
+            }
+            let (Some(cache), Some(log)) = (hosted.cache.as_mut(), hosted.log.as_mut()) else {
+                return;
+            };
+            let table = log.table_mut();
+            let mut records = (hosted.encoded_base_offset..).zip(latest).peekable();
+            while let Some((record_offset, (group, pending))) = records.next() {
+                // Validation bounds the partition below the cache's limit, so no cache call
+                // can fail for a commit that got this far.
+                if pending.tombstone {
+                    *tombstones += 1;
+                    table.mark_dead(record_offset);
+                    table.note_tombstone(record_offset, timestamp_ms);
+                    let key = OffsetKey {
+                        group,
+                        topic: &pending.topic,
+                        partition: pending.partition,
+                    };
+                    note_replaced(table, dead_records_ref, cache.take(key));
+                    continue;
+                }
+                // The batch is sorted by group and topic: the run of this (group, topic)'s
+                // updates that follows shares one lookup.
+                let Ok(mut writer) = cache.topic_writer(group, &pending.topic, pending.partition)
+                else {
+                    debug_assert!(false, "a validated partition refused by the cache");
+                    continue;
+                };
+                let value = |pending| offset_value(pending, timestamp_ms);
+                let replaced =
+                    writer.replace(pending.partition, value(pending), record_offset as u64);
+                note_replaced(table, dead_records_ref, replaced);
+                let same_topic = |(_, (next_group, next)): &(i64, (&str, &PendingOffset))| {
+                    !next.tombstone && *next_group == group && next.topic == pending.topic
+                };
+                while let Some((record_offset, (_, next))) = records.next_if(same_topic) {
+                    let replaced =
+                        writer.replace(next.partition, value(next), record_offset as u64);
+                    note_replaced(table, dead_records_ref, replaced);
+                }
+            }
+        });
+        if dead_records {
+            self.maintenance.note_maybe_dirty();
+        }
+        let now = Instant::now();
+        for commit in self.batch.requests.drain(..) {
+            let hosted = &self.partitions[commit.offsets_partition as usize];
+            let result = match &hosted.failure {
+                None => {
+                    self.metrics.commits += 1;
+                    self.metrics.partition_offsets += commit.offsets().len() as u64;
+                    let waited_us = now.duration_since(commit.accepted).as_micros() as u64;
+                    ShardMetrics::record_latency(&mut self.metrics.commit_latency_us, waited_us);
+                    Ok(())
+                }
+                Some(reason) => {
+                    self.metrics.commit_errors += 1;
+                    Err(Error::PartitionFailed {
+                        partition: commit.offsets_partition,
+                        reason: reason.clone(),
+                    })
+                }
+            };
+            self.pools
+                .commits
+                .answer_deferred(commit, result, &mut self.wakes);
+        }
+        self.wakes.wake_all();
+        self.batch.clear();
+    }
+}
+
+/// The cache's value for a committed offset.
+fn offset_value(pending: &PendingOffset, commit_timestamp_ms: i64) -> OffsetValueRef<'_> {
+    OffsetValueRef {
+        offset: pending.offset,
+        leader_epoch: pending.leader_epoch.unwrap_or(-1),
+        commit_timestamp_ms,
+        expire_timestamp_ms: pending.expire_timestamp_ms,
+        metadata: &pending.metadata,
+    }
+}
+
+/// Accounts for a cache update: the record it replaced (if any) is now dead.
+fn note_replaced(table: &mut SegmentTable, dead_records: &mut bool, replaced: Result<Option<u64>>) {
+    debug_assert!(replaced.is_ok());
+    if let Ok(Some(old)) = replaced {
+        table.mark_dead(old as i64);
+        *dead_records = true;
+    }
+}
+
+/// Adds a write of each of `which` partitions' staged bytes when there are any and at least
+/// `bytes_min` of them (synced when `sync`) to `ops`, and the partition to `writing`.
+fn stage_writes<'a>(
+    partitions: &'a [HostedPartition],
+    which: &[u32],
+    (bytes_min, sync): (usize, bool),
+    ops: &mut Vec<WriteOp<'a>>,
+    writing: &mut Vec<u32>,
+) {
+    for &partition in which {
+        let Some(log) = partitions[partition as usize].log.as_ref() else {
+            continue;
+        };
+        let (file, position, bytes) = log.staged_write();
+        if !bytes.is_empty() && bytes.len() >= bytes_min {
+            writing.push(partition);
+            ops.push(WriteOp {
+                file,
+                position,
+                bytes,
+                sync,
+            });
+        }
+    }
+}
+
+/// Empties a flush's write ops and keeps their buffer for the next flush. The ops borrowed
+/// the flush's encoded batches; once cleared no borrow is left, and collecting the empty
+/// iterator into the `'static` element type reuses the allocation in place (same layout).
+fn recycle_ops(mut ops: Vec<WriteOp<'_>>) -> Vec<WriteOp<'static>> {
+    ops.clear();
+    ops.into_iter()
+        .map(|_| unreachable!("the vector was just cleared"))
+        .collect()
+}
