@@ -30,13 +30,12 @@ pub(crate) const DEFERRED_SEGMENTS_MAX: usize = 1;
 /// Background compaction leaves the newest sealed segment alone while it is fresh
 /// ([`DEFERRED_SEGMENTS_MAX`]): until the partition has appended [`DEFERRAL_REWRITES`] times
 /// as many records since its seal as it holds live ones, and at most
-/// `log.cleaner.backoff.ms` (Kafka's cleaner
-/// looks for work that often, so it never compacts a segment the moment it rolls either;
-/// `Config::log_cleaner_backoff_ms`). In a commit storm
-/// over a fixed key set a rolled segment's last live records die within one rewrite of the
-/// keys; compacting at once read the whole segment to keep a few of them (about 12 steps
-/// of up to 256 KiB per 4 MiB roll, 230 µs each on the shard thread, benchmarks.md session
-/// 10), where a little later it is dropped unread. Explicit compactions do not wait.
+/// `log.cleaner.backoff.ms` (`Config::log_cleaner_backoff_ms`; Kafka's cleaner looks for
+/// work that often, so it never compacts a segment the moment it rolls either). In a commit
+/// storm over a fixed key set a rolled segment's last live records die within one rewrite
+/// of the keys; compacting at once read the whole segment to keep a few of them (about 12
+/// steps of up to 256 KiB per 4 MiB roll, 230 µs each on the shard thread, benchmarks.md
+/// session 10), where a little later it is dropped unread. Explicit compactions do not wait.
 ///
 /// Background compaction groups only the segments before the one that waits. Under
 /// full-segment rolls there is always a fresh segment: deferring every group that reached
