@@ -93,12 +93,25 @@ fn storm_config() -> Config {
 
 /// Commits `round` to partition 0 for every group at once and waits for all of them.
 fn storm_round(engine: &Engine, round: i64, metadata: &str) {
-    let futures: Vec<_> = (0..GROUPS)
-        .map(|g| engine.commit_offsets(&group(g), &[partition_zero(round, metadata)]))
+    commit_round(engine, GROUPS, &[partition_zero(round, metadata)]);
+}
+
+/// Commits `commits` for each of the first `groups` groups at once and waits for all.
+fn commit_round(engine: &Engine, groups: u64, commits: &[OffsetCommit<'_>]) {
+    let futures: Vec<_> = (0..groups)
+        .map(|g| engine.commit_offsets(&group(g), commits))
         .collect();
     for future in futures {
         future.wait().unwrap();
     }
+}
+
+/// Cuts the power under `engine` and reopens: every group holds `offset` at partition 0.
+fn every_group_survives_a_power_cut(disk: &SimDisk, engine: Engine, config: &Config, offset: i64) {
+    disk.crash();
+    drop(engine);
+    let engine = open_sim(disk, config).unwrap();
+    assert_every_group_at(&engine, offset);
 }
 
 /// Every group holds `offset` at partition 0 of [`TOPIC`] (the last storm round).
@@ -757,10 +770,7 @@ fn a_storm_over_few_keys_rolls_dirty_segments_and_the_log_stays_small() {
     );
     assert!(sim_segments(&disk, 0).len() >= 2);
 
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
-    assert_every_group_at(&engine, round - 1);
+    every_group_survives_a_power_cut(&disk, engine, &config, round - 1);
 }
 
 /// A dirty roll runs after the acks of the flush that filled the segment, so a roll that
@@ -912,10 +922,7 @@ fn freshly_rolled_segments_wait_for_a_rewrite_of_the_keys_or_the_backoff() {
         0,
         "left for the explicit one"
     );
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
-    assert_every_group_at(&engine, round - 1);
+    every_group_survives_a_power_cut(&disk, engine, &config, round - 1);
 }
 
 /// Under full-segment rolls there is always a freshly sealed segment: background compaction
@@ -950,12 +957,7 @@ fn a_storm_of_full_segment_rolls_keeps_the_log_near_the_live_data() {
                 ..*commit
             })
             .collect();
-        let futures: Vec<_> = (0..STORM_GROUPS)
-            .map(|g| engine.commit_offsets(&group(g), &round_commits))
-            .collect();
-        for future in futures {
-            future.wait().unwrap();
-        }
+        commit_round(&engine, STORM_GROUPS, &round_commits);
     }
     let metrics = engine.metrics().unwrap().remove(0);
     let space = metrics.partitions[0];
@@ -966,10 +968,7 @@ fn a_storm_of_full_segment_rolls_keeps_the_log_near_the_live_data() {
         space.log_bytes <= 8 * SEGMENT_BYTES,
         "{space:?} {compaction:?}"
     );
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
-    assert_every_group_at(&engine, ROUNDS - 1);
+    every_group_survives_a_power_cut(&disk, engine, &config, ROUNDS - 1);
 }
 
 /// A compaction's syncs run in the background; their failures mean what the blocking ones

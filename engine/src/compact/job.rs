@@ -564,13 +564,25 @@ impl CompactionJob {
         let dir = ctx.log.dir().to_path_buf();
         let started = swap::rename_to_swap(ctx.storage, &dir, base_offset, self.end_offset)
             .and_then(|()| ctx.storage.start_background_dir_sync(&dir, self.sync_token));
-        match started {
+        // On an error the rename's durability is unknown: fail closed.
+        self.after_commit(started, Phase::Committing, "committing the swap")
+    }
+
+    /// Where a step past the rename to `.swap` leaves the job once it started, or waited
+    /// for, a background operation: in phase `next`, or failed closed (`context` prefixes
+    /// the reason), since only recovery may complete the swap then.
+    fn after_commit(
+        &mut self,
+        result: std::io::Result<()>,
+        next: Phase,
+        context: &str,
+    ) -> StepOutcome {
+        match result {
             Ok(()) => {
-                self.phase = Phase::Committing;
+                self.phase = next;
                 StepOutcome::Continue
             }
-            // The rename's durability is unknown: fail closed.
-            Err(error) => StepOutcome::FailedAfterCommit(format!("committing the swap: {error}")),
+            Err(error) => StepOutcome::FailedAfterCommit(format!("{context}: {error}")),
         }
     }
 
@@ -578,14 +590,8 @@ impl CompactionJob {
     fn swap_committed(&mut self) -> StepOutcome {
         match self.sync_outcome.take() {
             None => StepOutcome::Continue,
-            Some(Ok(())) => {
-                self.phase = Phase::Committed;
-                StepOutcome::Continue
-            }
             // A failed directory sync leaves the rename's durability unknown: fail closed.
-            Some(Err(error)) => {
-                StepOutcome::FailedAfterCommit(format!("committing the swap: {error}"))
-            }
+            Some(synced) => self.after_commit(synced, Phase::Committed, "committing the swap"),
         }
     }
 
@@ -632,16 +638,10 @@ impl CompactionJob {
             .filter(|&i| Some(i) != spare)
             .map(|i| self.inputs[i].path.as_path())
             .collect();
-        match ctx
+        let started = ctx
             .storage
-            .start_background_removals(&dir, &files, self.sync_token)
-        {
-            Ok(()) => {
-                self.phase = Phase::Removing;
-                StepOutcome::Continue
-            }
-            Err(error) => StepOutcome::FailedAfterCommit(format!("completing the swap: {error}")),
-        }
+            .start_background_removals(&dir, &files, self.sync_token);
+        self.after_commit(started, Phase::Removing, "completing the swap")
     }
 
     /// The replaced segments' removal finished.
@@ -666,13 +666,7 @@ impl CompactionJob {
             .storage
             .rename(&swap, &path)
             .and_then(|()| ctx.storage.start_background_dir_sync(&dir, self.sync_token));
-        match renamed {
-            Ok(()) => {
-                self.phase = Phase::Finishing { path };
-                StepOutcome::Continue
-            }
-            Err(error) => StepOutcome::FailedAfterCommit(format!("completing the swap: {error}")),
-        }
+        self.after_commit(renamed, Phase::Finishing { path }, "completing the swap")
     }
 
     /// The last directory sync finished: updates the log's segment list.

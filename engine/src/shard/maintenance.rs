@@ -256,17 +256,24 @@ impl Shard {
             // Bounded: a job ends (finishes, fails, quarantines) within STEPS_PER_COMPACTION_MAX
             // steps and three background syncs, each waited for once.
             while self.maintenance.job.is_some() || self.maintenance.sync_in_flight() {
-                if self.maintenance.sync_in_flight() {
-                    if self.advance_checkpoint(true) == 0 {
-                        // The storage reports nothing: left to the background.
-                        return Ok(self.metrics.compaction.compactions - before);
-                    }
-                    continue;
+                if !self.advance_compaction_waiting(now_ms) {
+                    // Left to the background.
+                    return Ok(self.metrics.compaction.compactions - before);
                 }
-                self.compaction_step(now_ms);
             }
         }
         Ok(self.metrics.compaction.compactions - before)
+    }
+
+    /// One round of a compaction the caller may block for: waits for the outcome of the
+    /// compactor's background operation in flight, if any, else runs one step. False when
+    /// the storage reports nothing to wait for.
+    fn advance_compaction_waiting(&mut self, now_ms: i64) -> bool {
+        if self.maintenance.sync_in_flight() {
+            return self.advance_checkpoint(true) != 0;
+        }
+        self.compaction_step(now_ms);
+        true
     }
 
     /// One step of background compaction: of the running job, or starts one.
@@ -445,12 +452,8 @@ impl Shard {
             .as_ref()
             .is_some_and(CompactionJob::is_committed)
         {
-            if self.maintenance.sync_in_flight() {
-                if self.advance_checkpoint(true) == 0 {
-                    break;
-                }
-            } else {
-                self.compaction_step(super::wall_clock_ms());
+            if !self.advance_compaction_waiting(super::wall_clock_ms()) {
+                break;
             }
         }
         if let Some(mut job) = self.maintenance.job.take() {

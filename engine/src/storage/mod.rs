@@ -128,6 +128,14 @@ pub trait Storage: Send + 'static {
 /// the submission queue at once.
 pub const REMOVALS_MAX: usize = 64;
 
+/// The bound [`Storage::start_background_removals`] enforces before anything else.
+pub(crate) fn check_removals(files: &[&Path]) -> io::Result<()> {
+    if files.len() >= REMOVALS_MAX {
+        return Err(io::Error::other("too many removals for one submission"));
+    }
+    Ok(())
+}
+
 /// Most background syncs ([`Storage::start_background_sync`]) outstanding at once. Small on
 /// purpose: when the journal's sync still went through io_uring's bounded pool of kernel
 /// workers, it queued behind a pool full of checkpoint syncs for tens of milliseconds (flush

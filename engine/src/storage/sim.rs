@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{FileId, OpenMode, REMOVALS_MAX, Storage, WriteOp};
+use super::{FileId, OpenMode, Storage, WriteOp};
 
 /// Reaps that pass a finished background sync over before one reports it.
 const BACKGROUND_REAPS_PASSED_OVER: u8 = 2;
@@ -812,9 +812,7 @@ impl Storage for SimStorage {
         files: &[&Path],
         token: u64,
     ) -> io::Result<()> {
-        if files.len() >= REMOVALS_MAX {
-            return Err(io::Error::other("too many removals for one submission"));
-        }
+        super::check_removals(files)?;
         if self.background.len() >= super::BACKGROUND_SYNCS_MAX {
             return Err(io::Error::other("too many background syncs"));
         }

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::{FileId, OpenMode, REMOVALS_MAX, Storage, WriteOp};
+use super::{FileId, OpenMode, Storage, WriteOp};
 use crate::config::FsyncScope;
 
 /// The first kernel whose `syncfs` reports writeback errors (errseq on the superblock).
@@ -582,9 +582,7 @@ impl Storage for UringStorage {
         token: u64,
     ) -> io::Result<()> {
         self.check_background_room(token)?;
-        if files.len() >= REMOVALS_MAX {
-            return Err(io::Error::other("too many removals for one submission"));
-        }
+        super::check_removals(files)?;
         let directory = File::open(dir)?;
         if !self.ring_unlinks {
             // An older kernel: removed here, in order; only the directory's sync goes to
