@@ -732,3 +732,109 @@ fn a_process_kill_then_a_power_cut_after_journaled_rolls_loses_nothing() {
         assert_acked_exactly(&again, &acked);
     }
 }
+
+/// Two flushes in flight: with requests waiting, the shard gathers and encodes the next
+/// batch while the journal syncs the one before (`flushes_encoded_in_shadow`), and gives
+/// it its offsets only once that one is done. Four committers with their own groups, each
+/// round waiting for its outcomes; disk writes stall so requests queue up during a flush.
+/// Seeds 0–1: no fault, and after a power cut every group holds exactly its last
+/// acknowledged round. Seeds 2–5: syncs fail now and then (a journal's at least once); a
+/// failure fails its
+/// flush's partitions closed (the next flush's commits for them fail too, never placed),
+/// and after a power cut every group holds its last acknowledged round, or at most the
+/// one its first refusal was for (a failed sync's data may have reached the disk; nothing
+/// after it may).
+#[test]
+fn flushes_encoded_while_the_previous_one_syncs_lose_nothing_and_fail_alone() {
+    const COMMITTERS: usize = 4;
+    const ROUNDS: i64 = 24;
+    for seed in 0..6u64 {
+        let disk = SimDisk::new(seed);
+        let config = journal_config(4, 1);
+        let engine = open_sim(&disk, &config).unwrap();
+        disk.set_write_stall(std::time::Duration::from_micros(500));
+        let faulty = seed >= 2;
+        if faulty {
+            disk.set_faults(coffer::storage::SimFaults {
+                write_error_one_in: 0,
+                sync_error_one_in: 60,
+            });
+        }
+        let outcomes: Vec<(HashMap<String, i64>, HashMap<String, i64>)> =
+            std::thread::scope(|scope| {
+                let committers: Vec<_> = (0..COMMITTERS)
+                    .map(|committer| {
+                        let (engine, disk) = (&engine, &disk);
+                        scope.spawn(move || {
+                            let groups: Vec<String> =
+                                (0..64).map(|g| format!("shadow-{committer}-{g}")).collect();
+                            let mut acked = HashMap::new();
+                            let mut first_refused = HashMap::new();
+                            for round in 0..ROUNDS {
+                                if faulty && committer == 0 && round == ROUNDS / 2 {
+                                    disk.fail_next_syncs_to("journal", 1);
+                                }
+                                for (group, result) in commit_round(engine, &groups, round, "") {
+                                    match result {
+                                        Ok(()) => {
+                                            assert!(
+                                                !first_refused.contains_key(&group),
+                                                "{group}: acked after a refusal"
+                                            );
+                                            acked.insert(group, round);
+                                        }
+                                        Err(error) => {
+                                            assert!(
+                                                matches!(error, Error::PartitionFailed { .. }),
+                                                "{error}"
+                                            );
+                                            first_refused.entry(group).or_insert(round);
+                                        }
+                                    }
+                                }
+                            }
+                            (acked, first_refused)
+                        })
+                    })
+                    .collect();
+                committers
+                    .into_iter()
+                    .map(|c| c.join().expect("committer"))
+                    .collect()
+            });
+        let metrics = engine.metrics().unwrap();
+        let shadowed: u64 = metrics.iter().map(|m| m.flushes_encoded_in_shadow).sum();
+        let flushes: u64 = metrics.iter().map(|m| m.flushes).sum();
+        eprintln!("seed {seed}: {shadowed} of {flushes} flushes encoded in another's shadow");
+        assert!(
+            shadowed > 0,
+            "seed {seed}: no flush was encoded in another's shadow"
+        );
+        disk.crash();
+        drop(engine);
+        disk.set_faults(coffer::storage::SimFaults::default());
+        disk.set_write_stall(std::time::Duration::ZERO);
+        let reopened = open_sim(&disk, &config).unwrap();
+        let mut refusals = 0;
+        for (acked, first_refused) in &outcomes {
+            if !faulty {
+                assert!(first_refused.is_empty(), "seed {seed}: {first_refused:?}");
+                assert_acked_exactly(&reopened, acked);
+                continue;
+            }
+            refusals += first_refused.len();
+            for committer_group in acked.keys().chain(first_refused.keys()) {
+                let found = fetch_one(&reopened, committer_group, TOPIC, 0).unwrap();
+                let low = acked.get(committer_group).copied();
+                let high = first_refused.get(committer_group).copied().or(low);
+                assert!(
+                    found >= low && found <= high,
+                    "seed {seed} {committer_group}: {found:?} outside {low:?}..={high:?}"
+                );
+            }
+        }
+        if faulty {
+            assert!(refusals > 0, "seed {seed}: no sync failed");
+        }
+    }
+}

@@ -321,6 +321,7 @@ struct Counters {
     commits: u64,
     partition_offsets: u64,
     flushes: u64,
+    flushes_encoded_in_shadow: u64,
     batches: u64,
     records: u64,
     bytes: u64,
@@ -336,6 +337,7 @@ impl Counters {
             c.commits += m.commits;
             c.partition_offsets += m.partition_offsets;
             c.flushes += m.flushes;
+            c.flushes_encoded_in_shadow += m.flushes_encoded_in_shadow;
             c.batches += m.batches;
             c.records += m.records;
             c.bytes += m.bytes;
@@ -351,6 +353,8 @@ impl Counters {
             commits: self.commits - before.commits,
             partition_offsets: self.partition_offsets - before.partition_offsets,
             flushes: self.flushes - before.flushes,
+            flushes_encoded_in_shadow: self.flushes_encoded_in_shadow
+                - before.flushes_encoded_in_shadow,
             batches: self.batches - before.batches,
             records: self.records - before.records,
             bytes: self.bytes - before.bytes,
@@ -1113,9 +1117,10 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         e.p50, e.p99, e.p999
     );
     println!(
-        "  flushes {} ({:.0}/s), records/flush {:.1}, batches/flush {:.1}, syncs {} ({:.0}/s), bytes/record {:.1}",
+        "  flushes {} ({:.0}/s, {:.0} % encoded during the previous one's sync), records/flush {:.1}, batches/flush {:.1}, syncs {} ({:.0}/s), bytes/record {:.1}",
         c.flushes,
         c.flushes as f64 / secs,
+        100.0 * c.flushes_encoded_in_shadow as f64 / c.flushes.max(1) as f64,
         records_per_flush,
         c.batches as f64 / c.flushes.max(1) as f64,
         c.syncs,

@@ -486,6 +486,19 @@ impl<'a> BatchWriter<'a> {
     }
 }
 
+/// Sets the base offset of the encoded batch at the start of `batch`, leaving every other
+/// byte as it is. The CRC does not cover the base offset (Kafka's brokers assign it the same
+/// way when they append a producer's batch), so the batch stays valid: a flush encodes its
+/// batches before it knows where they go, and gives each its offset when it is placed.
+///
+/// # Panics
+/// When `batch` is shorter than a batch header (a caller bug: only encoded batches come here).
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    use offsets as o;
+    assert!(batch.len() >= BATCH_HEADER_BYTES, "not an encoded batch");
+    batch[o::BASE_OFFSET..o::BATCH_LENGTH].copy_from_slice(&base_offset.to_be_bytes());
+}
+
 /// Checks a batch's framing — length sane and within `buf`, magic 2, CRC-32C, no
 /// compression — and returns a view of it. `buf` starts at the batch and may extend past it.
 ///
@@ -1013,6 +1026,19 @@ mod tests {
         }
         w.finish();
         assert_eq!(out.as_ptr(), ptr, "the buffer was reallocated");
+    }
+
+    #[test]
+    fn a_batch_given_its_base_offset_after_encoding_stays_valid() {
+        let mut bytes = worked_example();
+        let before = parse_batch(&bytes).unwrap().header;
+        set_base_offset(&mut bytes, 1_234_567);
+        let after = parse_batch(&bytes).expect("the CRC still holds").header;
+        assert_eq!(after.base_offset, 1_234_567);
+        assert_eq!(
+            (after.crc, after.last_offset_delta, after.records_count),
+            (before.crc, before.last_offset_delta, before.records_count)
+        );
     }
 
     /// Kafka's CRC covers attributes..end; base offset and partition leader epoch are left out

@@ -617,7 +617,7 @@ impl Shard {
             };
             let base_offset = log.next_offset();
             let (encoded, too_large) = encode_group_batch(
-                &mut hosted.encoded,
+                &mut hosted.encoded.bytes,
                 base_offset,
                 timestamp_ms,
                 run,
@@ -631,8 +631,8 @@ impl Shard {
             if encoded.is_empty() {
                 continue;
             }
-            hosted.encoded_base_offset = base_offset;
-            hosted.encoded_last_offset = Some(base_offset + encoded.len() as i64 - 1);
+            // Placement gives the batch this same base offset: nothing is placed between.
+            hosted.encoded.records = encoded.len() as u32;
             self.flush_partitions.push(partition);
             written.extend(
                 encoded
@@ -642,7 +642,7 @@ impl Shard {
             );
         }
         if !self.flush_partitions.is_empty() {
-            self.write_partitions();
+            self.write_partitions(None);
         }
         let coordinator = &mut self.groups.coordinator;
         for (record, position) in written {

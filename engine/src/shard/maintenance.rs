@@ -68,6 +68,12 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
+    /// Whether the periodic retention check is due at `now` (it runs between requests, so
+    /// a shard that keeps two flushes in flight lets its pipeline empty first).
+    pub(super) fn retention_check_due(&self, now: Instant) -> bool {
+        now >= self.next_retention_check
+    }
+
     pub(crate) fn new(config: &Config, events: EventSink) -> Maintenance {
         let retention_check_interval =
             Duration::from_millis(config.offsets_retention_check_interval_ms);

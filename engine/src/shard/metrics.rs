@@ -25,6 +25,9 @@ pub struct ShardMetrics {
     pub partition_offsets: u64,
     /// Flushes (group commits) performed.
     pub flushes: u64,
+    /// Flushes gathered and encoded while the one before waited for its journal sync (two
+    /// flushes in flight; `FsyncScope::Journal` only).
+    pub flushes_encoded_in_shadow: u64,
     /// Batches written, one per dirty partition per flush.
     pub batches: u64,
     /// Records written, after coalescing.
@@ -88,6 +91,7 @@ impl ShardMetrics {
             commit_errors: 0,
             partition_offsets: 0,
             flushes: 0,
+            flushes_encoded_in_shadow: 0,
             batches: 0,
             records: 0,
             bytes: 0,

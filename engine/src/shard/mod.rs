@@ -42,6 +42,7 @@ use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
 use crate::sync::atomic::{AtomicBool, Ordering};
+use flush::{EncodedBatch, NextFlush};
 use group_commit::{CommitPool, GroupCommitBatch, PendingCommit};
 use groups::{GroupReplay, ShardGroups};
 use maintenance::Maintenance;
@@ -187,12 +188,10 @@ struct HostedPartition {
     failure: Option<String>,
     /// The partition's offsets, readable from any thread (the engine holds the readers).
     cache: Option<Box<OffsetCache>>,
-    /// This partition's encoded batch of the current flush.
-    encoded: Vec<u8>,
-    /// First offset of `encoded`.
-    encoded_base_offset: i64,
-    /// Last offset of `encoded`, when the partition is in the current flush.
-    encoded_last_offset: Option<i64>,
+    /// This partition's batch of the current flush.
+    encoded: EncodedBatch,
+    /// Its batch of the next flush, encoded while the current one's journal sync runs.
+    next_encoded: EncodedBatch,
     /// Compactor state outside the log and cache (group metadata records, quarantine).
     compaction: PartitionCompaction,
 }
@@ -211,9 +210,8 @@ impl HostedPartition {
             log: None,
             failure: None,
             cache: None,
-            encoded: Vec::new(),
-            encoded_base_offset: 0,
-            encoded_last_offset: None,
+            encoded: EncodedBatch::default(),
+            next_encoded: EncodedBatch::default(),
             compaction: PartitionCompaction::default(),
         }
     }
@@ -249,6 +247,10 @@ pub(crate) struct Shard {
     read_buf: Vec<u8>,
     partitions: Vec<HostedPartition>,
     batch: GroupCommitBatch,
+    /// The commit timestamp of the batch being flushed (its records' and cache values').
+    flush_timestamp_ms: i64,
+    /// The next flush, encoded in the shadow of the current one's journal sync.
+    next: NextFlush,
     linger: Duration,
     commit_timeout_ms: u64,
     flush_results: Vec<std::io::Result<()>>,
@@ -291,6 +293,19 @@ pub(crate) struct Shard {
 enum Step {
     Continue,
     Stop(Option<Sender<Result<()>>>),
+}
+
+/// The shard thread's end of its request queue, and the requests taken from it but not
+/// yet handled.
+struct Inbox {
+    requests: Receiver<Request>,
+    /// A commit that did not fit in the batch being gathered: the first of the next.
+    carry: Option<PendingCommit>,
+    /// A request other than a commit that came while a flush was in flight: handled once
+    /// no flush is encoded or in flight, so it overtakes no commit and none overtakes it.
+    held: Option<Request>,
+    /// The shard stops after this flush: nothing more is gathered into a next one.
+    stopping: bool,
 }
 
 impl Shard {
@@ -338,6 +353,8 @@ impl Shard {
             },
             read_buf: Vec::new(),
             batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
+            flush_timestamp_ms: 0,
+            next: NextFlush::new(partitions.len(), config.group_commit_bytes_max),
             partitions,
             linger: Duration::from_micros(config.group_commit_linger_us),
             commit_timeout_ms: config.offsets_commit_timeout_ms,
@@ -442,9 +459,8 @@ impl Shard {
             log: Some(log),
             failure: None,
             cache: Some(cache),
-            encoded: Vec::new(),
-            encoded_base_offset: 0,
-            encoded_last_offset: None,
+            encoded: EncodedBatch::default(),
+            next_encoded: EncodedBatch::default(),
             compaction,
         };
         self.maintenance.note_maybe_dirty();
@@ -523,50 +539,38 @@ impl Shard {
 
     /// Serves requests until closed or every sender is gone, then closes the logs.
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
-        let mut carry: Option<PendingCommit> = None;
+        let mut inbox = Inbox {
+            requests,
+            carry: None,
+            held: None,
+            stopping: false,
+        };
         let stop = loop {
-            let mut step = Step::Continue;
-            match carry.take() {
-                Some(commit) => self.add(commit, &mut carry),
-                None => match self.next_request(&requests) {
-                    Ok(request) => step = self.handle(request, &mut carry),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break None,
-                },
-            }
-            // Adaptive batching: take what queued up during the last flush, without waiting.
-            while matches!(step, Step::Continue) && carry.is_none() {
-                match requests.try_recv() {
-                    Ok(request) => step = self.handle(request, &mut carry),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => step = Step::Stop(None),
-                }
-            }
-            // The heartbeats just answered: their callers are woken once, before the linger
-            // and the flush's sync.
-            self.wakes.wake_all();
-            if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty() {
-                let deadline = Instant::now() + self.linger;
-                while matches!(step, Step::Continue) && carry.is_none() {
-                    match requests.recv_deadline(deadline) {
-                        Ok(request) => step = self.handle(request, &mut carry),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
-                    }
-                }
-                self.wakes.wake_all();
-            }
-            if !self.batch.is_empty() {
-                self.flush();
+            let step = if self.next.is_encoded() {
+                // The batch encoded while the last flush's journal synced goes out first;
+                // what queued meanwhile waits for its sync (see `flush.rs`).
+                self.promote_next();
+                self.flush_encoded(Some(&mut inbox));
                 self.after_flush();
-            }
+                Step::Continue
+            } else {
+                let step = self.gather(&mut inbox);
+                if !self.batch.is_empty() {
+                    inbox.stopping = matches!(step, Step::Stop(_));
+                    self.encode_current();
+                    self.flush_encoded(Some(&mut inbox));
+                    self.after_flush();
+                }
+                step
+            };
             self.service_groups();
             self.check_failed_flags();
             // Nothing owed while the shard may block on its inbox.
             self.wakes.wake_all();
             if let Step::Stop(reply) = step {
-                if let Some(commit) = carry.take() {
-                    self.add(commit, &mut carry);
+                debug_assert!(!self.next.is_encoded(), "nothing is encoded while stopping");
+                if let Some(commit) = inbox.carry.take() {
+                    self.add(commit, &mut inbox.carry);
                     self.flush();
                 }
                 break reply;
@@ -577,6 +581,47 @@ impl Shard {
             // The closer may have given up waiting; nothing to do then.
             let _ = reply.send(result);
         }
+    }
+
+    /// Takes requests into the batch: a request held back during the last flush first, or
+    /// a commit carried over from it, else the next request (waiting for one while idle);
+    /// then whatever else queued up, without waiting (adaptive batching), and with a linger
+    /// what comes within it. Returns whether the shard is to stop.
+    fn gather(&mut self, inbox: &mut Inbox) -> Step {
+        let mut step = Step::Continue;
+        if let Some(request) = inbox.held.take() {
+            step = self.handle(request, &mut inbox.carry);
+        } else if let Some(commit) = inbox.carry.take() {
+            self.add(commit, &mut inbox.carry);
+        } else {
+            match self.next_request(&inbox.requests) {
+                Ok(request) => step = self.handle(request, &mut inbox.carry),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
+            }
+        }
+        while matches!(step, Step::Continue) && inbox.carry.is_none() {
+            match inbox.requests.try_recv() {
+                Ok(request) => step = self.handle(request, &mut inbox.carry),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => step = Step::Stop(None),
+            }
+        }
+        // The heartbeats just answered: their callers are woken once, before the linger
+        // and the flush's sync.
+        self.wakes.wake_all();
+        if matches!(step, Step::Continue) && !self.linger.is_zero() && !self.batch.is_empty() {
+            let deadline = Instant::now() + self.linger;
+            while matches!(step, Step::Continue) && inbox.carry.is_none() {
+                match inbox.requests.recv_deadline(deadline) {
+                    Ok(request) => step = self.handle(request, &mut inbox.carry),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
+                }
+            }
+            self.wakes.wake_all();
+        }
+        step
     }
 
     /// Frees the hosted caches' retired memory that no reader holds; returns whether some is

@@ -89,6 +89,16 @@ pub trait Storage: Send + 'static {
     /// `results` is cleared and receives one result per op, in order. A file appears at most
     /// once in `ops`. A synced op is durable only if its result is `Ok`.
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>);
+    /// Starts a flush's lone synced write (the journal's) without waiting for its sync:
+    /// writes `op.bytes` before it returns (the caller may reuse them at once) and starts
+    /// the `fdatasync`, whose outcome [`finish_synced_write`](Self::finish_synced_write)
+    /// waits for. The shard encodes its next flush meanwhile. At most one is outstanding;
+    /// an error means nothing was started and nothing may be called durable.
+    fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()>;
+    /// Waits for the sync [`start_synced_write`](Self::start_synced_write) started and
+    /// returns its outcome: the write is durable only if this is `Ok`. Fails when none is
+    /// outstanding. Background completions seen meanwhile are kept for the next reap.
+    fn finish_synced_write(&mut self) -> io::Result<()>;
     /// Starts an `fdatasync` of `file` and returns without waiting for it; its outcome comes
     /// back from a later [`reap_background_syncs`](Self::reap_background_syncs), tagged with
     /// `token`. At most [`BACKGROUND_SYNCS_MAX`] may be outstanding. The file may be closed

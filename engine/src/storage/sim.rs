@@ -323,6 +323,7 @@ impl SimDisk {
             files: Vec::new(),
             lock: None,
             background: Vec::new(),
+            synced_write: None,
         }
     }
 
@@ -482,6 +483,8 @@ pub struct SimStorage {
     lock: Option<(PathBuf, u64)>,
     /// Background syncs started and not yet reported.
     background: Vec<BackgroundSync>,
+    /// The file of the synced write started and not yet finished.
+    synced_write: Option<PathBuf>,
 }
 
 fn eio(what: &str) -> io::Error {
@@ -901,6 +904,31 @@ impl Storage for SimStorage {
         for op in ops {
             results.push(self.write_one(op));
         }
+    }
+
+    fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()> {
+        if self.synced_write.is_some() {
+            return Err(io::Error::other("a synced write is already in flight"));
+        }
+        let stall = self
+            .live()
+            .map_or(std::time::Duration::ZERO, |state| state.write_stall);
+        if !stall.is_zero() {
+            std::thread::sleep(stall);
+        }
+        // Written now, synced at the finish: a crash between the two may lose the write, as
+        // on a real disk while its sync runs.
+        let path = self.path(op.file)?;
+        self.write_cached(op.file, op.position, op.bytes)?;
+        self.synced_write = Some(path);
+        Ok(())
+    }
+
+    fn finish_synced_write(&mut self) -> io::Result<()> {
+        let Some(path) = self.synced_write.take() else {
+            return Err(io::Error::other("no synced write in flight"));
+        };
+        self.live()?.sync_file(&path, "fdatasync")
     }
 }
 

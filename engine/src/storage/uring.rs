@@ -35,6 +35,10 @@ const WRITE_BYTES_MAX: usize = u32::MAX as usize;
 /// `user_data` bit of a background sync's completion; the rest is its token. A flush's
 /// entries use the low bits (op index and write/sync), far below it.
 const BACKGROUND_BIT: u64 = 1 << 63;
+/// `user_data` bit of a synced write's `fdatasync` ([`Storage::start_synced_write`]); the
+/// rest is its sequence number, so a completion left over from a failed submission is
+/// never taken for a later write's.
+const SYNCED_WRITE_BIT: u64 = 1 << 62;
 
 /// The production storage: std files plus one io_uring per instance (per shard).
 pub struct UringStorage {
@@ -47,6 +51,41 @@ pub struct UringStorage {
     background: Background,
     /// Whether the kernel runs `unlinkat` through the ring (Linux ≥ 5.11).
     ring_unlinks: bool,
+    /// The synced write whose sync is in flight, if any.
+    synced_write: SyncedWrite,
+}
+
+/// The one synced write a [`UringStorage`] may have in flight
+/// ([`Storage::start_synced_write`]).
+#[derive(Default)]
+struct SyncedWrite {
+    /// Sequence number of the last one started.
+    sequence: u64,
+    /// Whether its sync is in flight.
+    in_flight: bool,
+    /// Its outcome, once its completion was seen (possibly while reaping other entries).
+    outcome: Option<io::Result<()>>,
+}
+
+impl SyncedWrite {
+    /// Takes a synced write's completion; false for any other entry's. A stale one (from a
+    /// submission that failed) is dropped.
+    fn take(&mut self, cqe: &io_uring::cqueue::Entry) -> bool {
+        let user_data = cqe.user_data();
+        if user_data & BACKGROUND_BIT != 0 || user_data & SYNCED_WRITE_BIT == 0 {
+            return false;
+        }
+        if self.in_flight && user_data == SYNCED_WRITE_BIT | self.sequence {
+            let code = cqe.result();
+            self.outcome = Some(if code >= 0 {
+                Ok(())
+            } else {
+                let error = io::Error::from_raw_os_error(-code);
+                Err(io::Error::new(error.kind(), format!("fdatasync: {error}")))
+            });
+        }
+        true
+    }
 }
 
 /// The background operations of a [`UringStorage`]: syncs, and chains of directory
@@ -152,6 +191,7 @@ impl UringStorage {
             fsync_scope,
             background: Background::default(),
             ring_unlinks,
+            synced_write: SyncedWrite::default(),
         })
     }
 
@@ -230,7 +270,7 @@ impl UringStorage {
                 return;
             }
             for cqe in self.ring.completion() {
-                if self.background.take(&cqe) {
+                if self.background.take(&cqe) || self.synced_write.take(&cqe) {
                     continue;
                 }
                 reaped += 1;
@@ -547,6 +587,70 @@ impl Storage for UringStorage {
         }
     }
 
+    fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()> {
+        if self.synced_write.in_flight {
+            return Err(io::Error::other("a synced write is already in flight"));
+        }
+        let file = self.file(op.file)?;
+        // The write is a plain `pwrite` here (a copy into the page cache the caller waits
+        // for anyway); only the sync, which waits on the device, goes to the ring.
+        if let Err(error) = file.write_all_at(op.bytes, op.position) {
+            return Err(io::Error::new(error.kind(), format!("write: {error}")));
+        }
+        let fd = file.as_raw_fd();
+        self.synced_write.sequence += 1;
+        let user_data = SYNCED_WRITE_BIT | self.synced_write.sequence;
+        debug_assert!(user_data & BACKGROUND_BIT == 0);
+        let sync = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the entry carries no buffer; the fd stays open until the sync is finished
+        // (the journal closes its file only between flushes). If the submission fails, the
+        // queued entry goes with a later one and its stale completion is ignored.
+        unsafe { self.ring.submission().push(&sync) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        self.ring.submit()?;
+        self.synced_write.in_flight = true;
+        self.synced_write.outcome = None;
+        Ok(())
+    }
+
+    fn finish_synced_write(&mut self) -> io::Result<()> {
+        if !self.synced_write.in_flight {
+            return Err(io::Error::other("no synced write in flight"));
+        }
+        // Bounded: every turn either takes the outcome or waits for a completion, and the
+        // sync's own completion comes (or the wait fails).
+        loop {
+            for cqe in self.ring.completion() {
+                if !self.synced_write.take(&cqe) {
+                    let background = self.background.take(&cqe);
+                    debug_assert!(
+                        background,
+                        "a flush entry outstanding during a synced write"
+                    );
+                }
+            }
+            if let Some(outcome) = self.synced_write.outcome.take() {
+                self.synced_write.in_flight = false;
+                return outcome;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    // The sync's outcome cannot be known: it must not count as durable.
+                    self.synced_write.in_flight = false;
+                    return Err(io::Error::new(
+                        error.kind(),
+                        format!("waiting for fdatasync: {error}"),
+                    ));
+                }
+            }
+        }
+    }
+
     fn confine_workers_to_this_thread(&mut self) -> io::Result<()> {
         // SAFETY: an all-zero cpu_set_t is a valid empty set; sched_getaffinity fills it for
         // the calling thread (pid 0) and reports failure through its return value.
@@ -619,9 +723,10 @@ impl Storage for UringStorage {
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
         loop {
             for cqe in self.ring.completion() {
-                let background = self.background.take(&cqe);
-                // Only background operations can be outstanding between flushes.
-                debug_assert!(background);
+                let ours = self.background.take(&cqe) || self.synced_write.take(&cqe);
+                // Only background operations and synced writes can be outstanding between
+                // flushes.
+                debug_assert!(ours);
             }
             if !wait || self.background.in_flight.is_empty() {
                 break;
@@ -683,6 +788,39 @@ mod tests {
         );
         assert_eq!(std::fs::read(&one).expect("read"), b"abclone");
         assert_eq!(std::fs::read(&two).expect("read"), b"pair");
+    }
+
+    #[test]
+    fn a_synced_write_finishes_with_its_own_outcome_beside_background_syncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        std::fs::write(&path, b"").expect("create");
+        let (mut storage, file) = storage_with(&path);
+        assert!(storage.finish_synced_write().is_err(), "nothing in flight");
+        let mut bytes = b"first".to_vec();
+        storage
+            .start_synced_write(&WriteOp {
+                sync: true,
+                ..op(file, 0, &bytes)
+            })
+            .expect("started");
+        // The bytes are the caller's again at once; a second start is refused.
+        bytes.copy_from_slice(b"XXXXX");
+        assert!(storage.start_synced_write(&op(file, 5, &bytes)).is_err());
+        storage
+            .start_background_sync(file, 7)
+            .expect("background sync");
+        assert!(storage.finish_synced_write().is_ok());
+        assert!(storage.finish_synced_write().is_err(), "finished once");
+        let mut done = Vec::new();
+        storage.reap_background_syncs(true, &mut done);
+        assert!(matches!(done.as_slice(), [(7, Ok(()))]), "{done:?}");
+        // The next one gets its own completion.
+        storage
+            .start_synced_write(&op(file, 5, b"second"))
+            .expect("started");
+        assert!(storage.finish_synced_write().is_ok());
+        assert_eq!(std::fs::read(&path).expect("read"), b"firstsecond");
     }
 
     #[test]
