@@ -734,8 +734,9 @@ fn a_process_kill_then_a_power_cut_after_journaled_rolls_loses_nothing() {
 }
 
 /// Two flushes in flight: with requests waiting, the shard gathers and encodes the next
-/// batch while the journal syncs the one before (`flushes_encoded_in_shadow`), and gives
-/// it its offsets only once that one is done. Four committers with their own groups, each
+/// batch while the journal syncs the one before (`flushes_encoded_in_shadow`), gives it its
+/// offsets only once that one is durable, and acknowledges that one while the next syncs
+/// (`flushes_acked_in_shadow`). Four committers with their own groups, each
 /// round waiting for its outcomes; disk writes stall so requests queue up during a flush.
 /// Seeds 0–1: no fault, and after a power cut every group holds exactly its last
 /// acknowledged round. Seeds 2–5: syncs fail now and then (a journal's at least once); a
@@ -804,11 +805,19 @@ fn flushes_encoded_while_the_previous_one_syncs_lose_nothing_and_fail_alone() {
             });
         let metrics = engine.metrics().unwrap();
         let shadowed: u64 = metrics.iter().map(|m| m.flushes_encoded_in_shadow).sum();
+        let acked_in_shadow: u64 = metrics.iter().map(|m| m.flushes_acked_in_shadow).sum();
         let flushes: u64 = metrics.iter().map(|m| m.flushes).sum();
-        eprintln!("seed {seed}: {shadowed} of {flushes} flushes encoded in another's shadow");
+        eprintln!(
+            "seed {seed}: of {flushes} flushes {shadowed} encoded and {acked_in_shadow} \
+             acknowledged during another's sync"
+        );
         assert!(
             shadowed > 0,
             "seed {seed}: no flush was encoded in another's shadow"
+        );
+        assert!(
+            faulty || acked_in_shadow > 0,
+            "seed {seed}: no flush was acknowledged in another's shadow"
         );
         disk.crash();
         drop(engine);

@@ -322,6 +322,7 @@ struct Counters {
     partition_offsets: u64,
     flushes: u64,
     flushes_encoded_in_shadow: u64,
+    flushes_acked_in_shadow: u64,
     batches: u64,
     records: u64,
     bytes: u64,
@@ -338,6 +339,7 @@ impl Counters {
             c.partition_offsets += m.partition_offsets;
             c.flushes += m.flushes;
             c.flushes_encoded_in_shadow += m.flushes_encoded_in_shadow;
+            c.flushes_acked_in_shadow += m.flushes_acked_in_shadow;
             c.batches += m.batches;
             c.records += m.records;
             c.bytes += m.bytes;
@@ -355,6 +357,7 @@ impl Counters {
             flushes: self.flushes - before.flushes,
             flushes_encoded_in_shadow: self.flushes_encoded_in_shadow
                 - before.flushes_encoded_in_shadow,
+            flushes_acked_in_shadow: self.flushes_acked_in_shadow - before.flushes_acked_in_shadow,
             batches: self.batches - before.batches,
             records: self.records - before.records,
             bytes: self.bytes - before.bytes,
@@ -1117,10 +1120,11 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         e.p50, e.p99, e.p999
     );
     println!(
-        "  flushes {} ({:.0}/s, {:.0} % encoded during the previous one's sync), records/flush {:.1}, batches/flush {:.1}, syncs {} ({:.0}/s), bytes/record {:.1}",
+        "  flushes {} ({:.0}/s; {:.0} % encoded during the previous one's sync, {:.0} % acked during the next one's), records/flush {:.1}, batches/flush {:.1}, syncs {} ({:.0}/s), bytes/record {:.1}",
         c.flushes,
         c.flushes as f64 / secs,
         100.0 * c.flushes_encoded_in_shadow as f64 / c.flushes.max(1) as f64,
+        100.0 * c.flushes_acked_in_shadow as f64 / c.flushes.max(1) as f64,
         records_per_flush,
         c.batches as f64 / c.flushes.max(1) as f64,
         c.syncs,

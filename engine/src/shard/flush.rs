@@ -46,17 +46,39 @@ impl EncodedBatch {
     }
 }
 
-/// The flush after the one in flight: its commits, gathered and encoded while the journal
-/// syncs the one before (two flushes in flight). Its batches are placed, and so given
-/// their offsets, only once that one is durable, acknowledged and applied: a failed flush
-/// never leaves a later one's commits on disk, and the offsets follow on from what the
-/// logs hold (a partition that failed meanwhile refuses its commits at placement).
+/// Most flushes one turn of the shard's loop keeps in flight back to back. Each flush of
+/// such a run is applied and acknowledged while the next one syncs; the turn ends with
+/// its last one applied, so the work between turns (compaction steps, group timers, held
+/// requests) only ever sees applied flushes.
+const PIPELINED_FLUSHES_PER_TURN_MAX: u32 = 8;
+
+/// What the shard's second flush slot holds (see [`NextFlush`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum NextState {
+    /// Nothing: free to gather into.
+    Empty,
+    /// A batch gathered and encoded while the flush before it synced, to be placed next.
+    Encoded,
+    /// The flush before the current one: durable, not yet applied to the caches nor
+    /// acknowledged; that happens while the current one syncs.
+    Durable,
+}
+
+/// The shard's second flush slot, beside the current one (`Shard::batch`,
+/// `flush_partitions`): two flushes in flight. While the journal syncs the current flush,
+/// the slot's durable flush (the one before) is applied and acknowledged, then the slot
+/// gathers and encodes the one after. An encoded batch is placed, and so given its
+/// offsets, only once the flush before it is durable: a failed flush never has a later
+/// one's commits on disk ahead of it, and the offsets follow on from what the logs hold (a
+/// partition that failed meanwhile refuses its commits at placement).
 pub(super) struct NextFlush {
     batch: GroupCommitBatch,
-    /// Its partitions with an encoded batch (`HostedPartition::next_encoded`).
+    /// Its partitions with an encoded batch.
     partitions: Vec<u32>,
     timestamp_ms: i64,
-    encoded: bool,
+    /// Which of each partition's two [`EncodedBatch`]es is this slot's.
+    parity: usize,
+    state: NextState,
 }
 
 impl NextFlush {
@@ -65,17 +87,18 @@ impl NextFlush {
             batch: GroupCommitBatch::new(partitions, group_commit_bytes_max),
             partitions: Vec::with_capacity(partitions),
             timestamp_ms: 0,
-            encoded: false,
+            parity: 1,
+            state: NextState::Empty,
         }
     }
 
     /// Whether a batch is encoded and waits to be flushed.
     pub(super) fn is_encoded(&self) -> bool {
-        self.encoded
+        self.state == NextState::Encoded
     }
 }
 
-/// Which of a shard's two flushes.
+/// Which of a shard's two flush slots.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
     Current,
@@ -87,8 +110,8 @@ impl Shard {
     /// and ack. For the callers that need it done before they go on (unload, close, expiry).
     pub(super) fn flush(&mut self) {
         debug_assert!(
-            !self.next.encoded,
-            "a flush would overtake the encoded next one"
+            self.next.state == NextState::Empty,
+            "a flush would overtake the next one"
         );
         self.encode_current();
         self.flush_encoded(None);
@@ -102,27 +125,51 @@ impl Shard {
 
     /// Makes the encoded next flush the current one.
     pub(super) fn promote_next(&mut self) {
-        debug_assert!(self.next.encoded && self.batch.is_empty());
+        debug_assert!(self.next.state == NextState::Encoded && self.batch.is_empty());
+        self.swap_slots();
+        self.next.state = NextState::Empty;
+    }
+
+    fn swap_slots(&mut self) {
         std::mem::swap(&mut self.batch, &mut self.next.batch);
         std::mem::swap(&mut self.flush_partitions, &mut self.next.partitions);
-        for &partition in &self.flush_partitions {
-            let hosted = &mut self.partitions[partition as usize];
-            std::mem::swap(&mut hosted.encoded, &mut hosted.next_encoded);
-        }
-        self.flush_timestamp_ms = self.next.timestamp_ms;
-        self.next.encoded = false;
+        std::mem::swap(&mut self.flush_timestamp_ms, &mut self.next.timestamp_ms);
+        std::mem::swap(&mut self.flush_parity, &mut self.next.parity);
     }
 
     /// Writes the encoded current batch in one durable submission, then applies and acks
-    /// it; with `shadow` (the shard's inbox) the next batch may be gathered and encoded
-    /// while the journal syncs this one.
-    pub(super) fn flush_encoded(&mut self, shadow: Option<&mut super::Inbox>) {
-        let flush_started = Instant::now();
-        let shadow_us = self.write_partitions(shadow);
-        let flush_us = (flush_started.elapsed().as_micros() as u64).saturating_sub(shadow_us);
-        ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
-        self.metrics.flushes += 1;
-        self.apply_and_ack(self.flush_timestamp_ms);
+    /// it. With `shadow` (the shard's inbox), while the journal syncs it the next batch may
+    /// be gathered and encoded; and then it goes out as soon as this one is durable, this
+    /// one being applied and acknowledged during its sync, up to
+    /// [`PIPELINED_FLUSHES_PER_TURN_MAX`] flushes.
+    pub(super) fn flush_encoded(&mut self, mut shadow: Option<&mut super::Inbox>) {
+        for flushes in 1..=PIPELINED_FLUSHES_PER_TURN_MAX {
+            let flush_started = Instant::now();
+            let shadow_us = self.write_partitions(shadow.as_deref_mut());
+            let flush_us = (flush_started.elapsed().as_micros() as u64).saturating_sub(shadow_us);
+            ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
+            self.metrics.flushes += 1;
+            if self.next.state == NextState::Durable {
+                // The flush before was not acknowledged in this one's shadow (its journal
+                // write went the blocking way): before this one's, then.
+                self.apply_and_ack(Slot::Next);
+            }
+            let pipelined = shadow.is_some()
+                && self.next.state == NextState::Encoded
+                && flushes < PIPELINED_FLUSHES_PER_TURN_MAX
+                && !self.maintenance_due();
+            if !pipelined {
+                break;
+            }
+            // The segments get only durable bytes: before the next batch is placed.
+            if self.journal.is_some() {
+                self.write_full_stages();
+            }
+            self.roll_dirty_segments();
+            self.swap_slots();
+            self.next.state = NextState::Durable;
+        }
+        self.apply_and_ack(Slot::Current);
         if self.journal.is_some() {
             self.write_full_stages();
         }
@@ -133,16 +180,18 @@ impl Shard {
     /// them, sorts the rest and encodes each partition's latest offsets into one batch
     /// (offsets given at placement), listing the partitions encoded.
     fn encode(&mut self, slot: Slot) {
-        let (batch, flush_partitions, timestamp_ms) = match slot {
+        let (batch, flush_partitions, timestamp_ms, parity) = match slot {
             Slot::Current => (
                 &mut self.batch,
                 &mut self.flush_partitions,
                 self.flush_timestamp_ms,
+                self.flush_parity,
             ),
             Slot::Next => (
                 &mut self.next.batch,
                 &mut self.next.partitions,
                 self.next.timestamp_ms,
+                self.next.parity,
             ),
         };
         let now = Instant::now();
@@ -178,10 +227,7 @@ impl Shard {
             if hosted.log.is_none() {
                 return;
             }
-            let encoded = match slot {
-                Slot::Current => &mut hosted.encoded,
-                Slot::Next => &mut hosted.next_encoded,
-            };
+            let encoded = &mut hosted.encoded[parity];
             // Encoded from offset 0: the records' offsets, which the cache stores as their
             // log positions (the compactor's liveness test), are given at placement.
             let last = encode_partition_batch(&mut encoded.bytes, 0, timestamp_ms, latest);
@@ -197,17 +243,32 @@ impl Shard {
     fn next_worth_encoding(&self, inbox: &super::Inbox) -> bool {
         inbox.held.is_none()
             && !inbox.stopping
-            && !self.next.encoded
+            && self.next.state != NextState::Encoded
             && (inbox.carry.is_some() || inbox.requests.len() >= SHADOW_REQUESTS_MIN)
             && !self.maintenance.retention_check_due(Instant::now())
     }
 
-    /// In the shadow of the current flush's journal sync: takes the commits waiting in the
-    /// inbox into the next batch (up to the first other request, which is held, or a full
-    /// batch) and encodes it. Returns the microseconds it took.
-    fn encode_next_in_shadow(&mut self, inbox: &mut super::Inbox) -> u64 {
+    /// Whether work that runs between the loop's turns is due (a compaction step earned,
+    /// group timers or records waiting): the turn's run of flushes in flight ends, so it
+    /// runs with every flush applied.
+    fn maintenance_due(&self) -> bool {
+        self.compaction_step_earned() || self.groups_due()
+    }
+
+    /// In the shadow of the current flush's journal sync: applies and acknowledges the
+    /// flush before it if it waits, then, when `inbox` is given and worth it, takes the
+    /// commits waiting there into the next batch (up to the first other request, which is
+    /// held, or a full batch) and encodes it. Returns the microseconds it took.
+    fn work_in_sync_shadow(&mut self, inbox: Option<&mut super::Inbox>) -> u64 {
         let started = Instant::now();
-        debug_assert!(!self.next.encoded && self.next.batch.is_empty());
+        if self.next.state == NextState::Durable {
+            self.apply_and_ack(Slot::Next);
+            self.metrics.flushes_acked_in_shadow += 1;
+        }
+        let Some(inbox) = inbox.filter(|inbox| self.next_worth_encoding(inbox)) else {
+            return started.elapsed().as_micros() as u64;
+        };
+        debug_assert!(self.next.state == NextState::Empty && self.next.batch.is_empty());
         if let Some(commit) = inbox.carry.take() {
             let added = self.next.batch.try_add(commit);
             debug_assert!(added.is_ok(), "an empty batch takes any commit");
@@ -236,9 +297,10 @@ impl Shard {
         if !self.next.batch.is_empty() {
             self.next.timestamp_ms = wall_clock_ms();
             self.encode(Slot::Next);
-            self.next.encoded = !self.next.batch.is_empty();
-            self.metrics.flushes_encoded_in_shadow += u64::from(self.next.encoded);
-            if !self.next.encoded {
+            if !self.next.batch.is_empty() {
+                self.next.state = NextState::Encoded;
+                self.metrics.flushes_encoded_in_shadow += 1;
+            } else {
                 // Every commit refused: the batch's byte counts start from zero again.
                 self.next.batch.clear();
             }
@@ -376,10 +438,9 @@ impl Shard {
         let rolls_while_syncing = self.flush_partitions.iter().any(|&partition| {
             let hosted = &partitions[partition as usize];
             self.checkpoint_syncing.contains(&partition)
-                && hosted
-                    .log
-                    .as_ref()
-                    .is_some_and(|log| log.rolls_before(hosted.encoded.bytes.len()))
+                && hosted.log.as_ref().is_some_and(|log| {
+                    log.rolls_before(hosted.encoded[self.flush_parity].bytes.len())
+                })
         });
         if rolls_while_syncing {
             self.advance_checkpoint(true);
@@ -401,12 +462,16 @@ impl Shard {
         if self.journal.is_none() {
             stage_writes(&self.partitions, &placed, (0, true), &mut ops, &mut writing);
         }
-        let shadow = shadow.filter(|inbox| {
-            self.journal.is_some() && !placed.is_empty() && self.next_worth_encoding(inbox)
-        });
-        if let Some(inbox) = shadow {
-            // Two flushes in flight: the journal's sync runs while the shard gathers and
-            // encodes the next batch. With a journal, its write is the flush's only one.
+        // Two flushes in flight: the journal's sync runs while the shard acknowledges the
+        // flush before and gathers and encodes the one after; worth the ring's wake-ups
+        // only when there is enough of that work.
+        let durable_before = self.next.state == NextState::Durable;
+        let work_in_shadow = durable_before
+            || shadow
+                .as_deref()
+                .is_some_and(|inbox| self.next_worth_encoding(inbox));
+        if self.journal.is_some() && !placed.is_empty() && work_in_shadow {
+            // With a journal, its write is the flush's only one.
             debug_assert!(ops.is_empty());
             self.write_ops = recycle_ops(ops);
             let started = match self.journal.as_ref() {
@@ -414,7 +479,7 @@ impl Shard {
                 None => Err(std::io::Error::other("no journal")),
             };
             let synced = started.and_then(|()| {
-                shadow_us = self.encode_next_in_shadow(inbox);
+                shadow_us = self.work_in_sync_shadow(shadow);
                 self.storage.finish_synced_write()
             });
             self.flush_results.clear();
@@ -446,12 +511,13 @@ impl Shard {
             if hosted.failure.is_some() {
                 continue;
             }
-            if let (Some(log), Some(last)) = (hosted.log.as_mut(), hosted.encoded.last_offset()) {
-                debug_assert_eq!(hosted.encoded.base_offset, log.next_offset());
-                log.commit_append(hosted.encoded.bytes.len(), last);
+            let encoded = &hosted.encoded[self.flush_parity];
+            if let (Some(log), Some(last)) = (hosted.log.as_mut(), encoded.last_offset()) {
+                debug_assert_eq!(encoded.base_offset, log.next_offset());
+                log.commit_append(encoded.bytes.len(), last);
                 self.metrics.batches += 1;
-                self.metrics.records += u64::from(hosted.encoded.records);
-                self.metrics.bytes += hosted.encoded.bytes.len() as u64;
+                self.metrics.records += u64::from(encoded.records);
+                self.metrics.bytes += encoded.bytes.len() as u64;
             }
         }
         self.placed_partitions = placed;
@@ -470,7 +536,7 @@ impl Shard {
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
-            let encoded = &mut hosted.encoded;
+            let encoded = &mut hosted.encoded[self.flush_parity];
             assert!(encoded.bytes.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
             let Some(log) = hosted.log.as_mut() else {
                 continue;
@@ -495,13 +561,23 @@ impl Shard {
         placed
     }
 
-    /// Applies durable partitions' commits to their tables, then acks every request.
-    fn apply_and_ack(&mut self, timestamp_ms: i64) {
+    /// Applies a durable flush's commits to the partitions' tables, then acks every
+    /// request of the slot's batch (a failed partition's with its failure).
+    fn apply_and_ack(&mut self, slot: Slot) {
+        let (batch, parity, timestamp_ms) = match slot {
+            Slot::Current => (&mut self.batch, self.flush_parity, self.flush_timestamp_ms),
+            Slot::Next => {
+                debug_assert!(self.next.state == NextState::Durable);
+                self.next.state = NextState::Empty;
+                let next = &mut self.next;
+                (&mut next.batch, next.parity, next.timestamp_ms)
+            }
+        };
         let partitions = &mut self.partitions;
         let mut dead_records = false;
         let dead_records_ref = &mut dead_records;
         let tombstones = &mut self.metrics.tombstones;
-        self.batch.for_each_partition(|partition, latest| {
+        batch.for_each_partition(|partition, latest| {
             let hosted = &mut partitions[partition as usize];
             if hosted.failure.is_some() {
                 return;
@@ -510,7 +586,9 @@ impl Shard {
                 return;
             };
             let table = log.table_mut();
-            let mut records = (hosted.encoded.base_offset..).zip(latest).peekable();
+            let mut records = (hosted.encoded[parity].base_offset..)
+                .zip(latest)
+                .peekable();
             while let Some((record_offset, (group, pending))) = records.next() {
                 // Validation bounds the partition below the cache's limit, so no cache call
                 // can fail for a commit that got this far.
@@ -551,7 +629,7 @@ impl Shard {
             self.maintenance.note_maybe_dirty();
         }
         let now = Instant::now();
-        for commit in self.batch.requests.drain(..) {
+        for commit in batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
             let result = match &hosted.failure {
                 None => {
@@ -574,7 +652,7 @@ impl Shard {
                 .answer_deferred(commit, result, &mut self.wakes);
         }
         self.wakes.wake_all();
-        self.batch.clear();
+        batch.clear();
     }
 }
 

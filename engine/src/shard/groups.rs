@@ -334,6 +334,13 @@ impl Shard {
             .then_some(GROUP_TICK_INTERVAL)
     }
 
+    /// Whether `service_groups` has work now: timers due or records to write.
+    pub(super) fn groups_due(&self) -> bool {
+        let timers_due = self.groups.coordinator.has_timers()
+            && self.groups.now_ms() >= self.groups.next_tick_ms;
+        timers_due || !self.groups.records.is_empty()
+    }
+
     /// Rejects a commit the group's generation fences (on the shard thread, where the group
     /// lives); otherwise hands it back to be batched.
     pub(super) fn fence_commit(&mut self, commit: PendingCommit) -> Option<PendingCommit> {
@@ -617,7 +624,7 @@ impl Shard {
             };
             let base_offset = log.next_offset();
             let (encoded, too_large) = encode_group_batch(
-                &mut hosted.encoded.bytes,
+                &mut hosted.encoded[self.flush_parity].bytes,
                 base_offset,
                 timestamp_ms,
                 run,
@@ -632,7 +639,7 @@ impl Shard {
                 continue;
             }
             // Placement gives the batch this same base offset: nothing is placed between.
-            hosted.encoded.records = encoded.len() as u32;
+            hosted.encoded[self.flush_parity].records = encoded.len() as u32;
             self.flush_partitions.push(partition);
             written.extend(
                 encoded

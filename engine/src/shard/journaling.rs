@@ -30,7 +30,11 @@ impl Shard {
         let payload_bytes: usize = self
             .flush_partitions
             .iter()
-            .map(|&p| partitions[p as usize].encoded.bytes.len())
+            .map(|&p| {
+                partitions[p as usize].encoded[self.flush_parity]
+                    .bytes
+                    .len()
+            })
             .sum();
         let entries = self.flush_partitions.len();
         let fits = |shard: &Shard| {

@@ -231,12 +231,8 @@ impl Shard {
     /// After a flush: under sustained load, a step once the commits since the last one
     /// earned it (see `COMPACTION_READ_PER_BYTE_WRITTEN`).
     pub(super) fn after_flush(&mut self) {
-        let committed = self.metrics.bytes;
-        let earned = committed.saturating_sub(self.maintenance.committed_bytes_seen);
-        self.maintenance.committed_bytes_seen = committed;
-        let cap = COMPACTION_CREDIT_STEPS_MAX * COMPACTION_STEP_BYTES_MAX as u64;
-        let credit = &mut self.maintenance.credit_bytes;
-        *credit = (*credit + earned * COMPACTION_READ_PER_BYTE_WRITTEN).min(cap);
+        self.maintenance.credit_bytes = self.compaction_credit_bytes();
+        self.maintenance.committed_bytes_seen = self.metrics.bytes;
         for _ in 0..COMPACTION_STEPS_PER_FLUSH_MAX {
             let earned_a_step = self.maintenance.credit_bytes >= COMPACTION_STEP_BYTES_MAX as u64;
             if !earned_a_step || !self.maintenance.has_compaction_work() {
@@ -244,6 +240,19 @@ impl Shard {
             }
             self.compaction_step(super::wall_clock_ms());
         }
+    }
+
+    /// The compactor's credit with the bytes committed since the last `after_flush`.
+    fn compaction_credit_bytes(&self) -> u64 {
+        let earned = (self.metrics.bytes).saturating_sub(self.maintenance.committed_bytes_seen);
+        let cap = COMPACTION_CREDIT_STEPS_MAX * COMPACTION_STEP_BYTES_MAX as u64;
+        (self.maintenance.credit_bytes + earned * COMPACTION_READ_PER_BYTE_WRITTEN).min(cap)
+    }
+
+    /// Whether the next `after_flush` would run a compaction step.
+    pub(super) fn compaction_step_earned(&self) -> bool {
+        self.compaction_credit_bytes() >= COMPACTION_STEP_BYTES_MAX as u64
+            && self.maintenance.has_compaction_work()
     }
 
     /// Runs compactions until no segment group is cleanable at `now_ms` (an explicit request:

@@ -28,6 +28,8 @@ pub struct ShardMetrics {
     /// Flushes gathered and encoded while the one before waited for its journal sync (two
     /// flushes in flight; `FsyncScope::Journal` only).
     pub flushes_encoded_in_shadow: u64,
+    /// Flushes applied and acknowledged while the next one's journal synced.
+    pub flushes_acked_in_shadow: u64,
     /// Batches written, one per dirty partition per flush.
     pub batches: u64,
     /// Records written, after coalescing.
@@ -92,6 +94,7 @@ impl ShardMetrics {
             partition_offsets: 0,
             flushes: 0,
             flushes_encoded_in_shadow: 0,
+            flushes_acked_in_shadow: 0,
             batches: 0,
             records: 0,
             bytes: 0,

@@ -188,10 +188,9 @@ struct HostedPartition {
     failure: Option<String>,
     /// The partition's offsets, readable from any thread (the engine holds the readers).
     cache: Option<Box<OffsetCache>>,
-    /// This partition's batch of the current flush.
-    encoded: EncodedBatch,
-    /// Its batch of the next flush, encoded while the current one's journal sync runs.
-    next_encoded: EncodedBatch,
+    /// This partition's batches in the shard's two flush slots (indexed by the slot's
+    /// parity: `Shard::flush_parity`, `NextFlush::parity`).
+    encoded: [EncodedBatch; 2],
     /// Compactor state outside the log and cache (group metadata records, quarantine).
     compaction: PartitionCompaction,
 }
@@ -210,8 +209,7 @@ impl HostedPartition {
             log: None,
             failure: None,
             cache: None,
-            encoded: EncodedBatch::default(),
-            next_encoded: EncodedBatch::default(),
+            encoded: Default::default(),
             compaction: PartitionCompaction::default(),
         }
     }
@@ -249,6 +247,8 @@ pub(crate) struct Shard {
     batch: GroupCommitBatch,
     /// The commit timestamp of the batch being flushed (its records' and cache values').
     flush_timestamp_ms: i64,
+    /// Which of each partition's two encoded batches the current flush's is.
+    flush_parity: usize,
     /// The next flush, encoded in the shadow of the current one's journal sync.
     next: NextFlush,
     linger: Duration,
@@ -354,6 +354,7 @@ impl Shard {
             read_buf: Vec::new(),
             batch: GroupCommitBatch::new(partitions.len(), config.group_commit_bytes_max),
             flush_timestamp_ms: 0,
+            flush_parity: 0,
             next: NextFlush::new(partitions.len(), config.group_commit_bytes_max),
             partitions,
             linger: Duration::from_micros(config.group_commit_linger_us),
@@ -459,8 +460,7 @@ impl Shard {
             log: Some(log),
             failure: None,
             cache: Some(cache),
-            encoded: EncodedBatch::default(),
-            next_encoded: EncodedBatch::default(),
+            encoded: Default::default(),
             compaction,
         };
         self.maintenance.note_maybe_dirty();
