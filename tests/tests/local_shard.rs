@@ -456,3 +456,33 @@ fn a_release_during_a_committed_compaction_whose_directory_sync_fails_is_refused
         );
     }
 }
+
+/// A group deleted while a commit of a key it did not have yet waits in the same batch: the
+/// delete lists the group's keys only once that commit is applied, so the new key gets its
+/// tombstone too and is gone, at once and after a reopen (found by review: the keys came
+/// from the cache alone, and the batched key outlived the delete).
+#[test]
+fn a_group_deleted_behind_a_batched_commit_of_a_new_key_loses_that_key_too() {
+    let disk = SimDisk::new(5);
+    let mut shards = open_local(&disk);
+    let group = "doomed";
+    let shard = shards
+        .iter_mut()
+        .find(|shard| shard.owns_group(group))
+        .expect("an owner");
+    let first = shard.commit_offsets(group, &[commit("t", 0, 1)]);
+    shard.flush();
+    first.wait().expect("durable");
+    let batched = shard.commit_offsets(group, &[commit("t", 1, 2)]);
+    let deleted = shard.delete_group(group);
+    shard.flush();
+    batched.wait().expect("the batched commit");
+    deleted.wait().expect("the delete");
+    assert_eq!(shard.fetch_all_offsets(group).expect("fetch"), vec![]);
+    for shard in shards {
+        shard.close().expect("close");
+    }
+    let engine = open_sim(&disk, &local_config()).expect("reopen");
+    assert_eq!(fetch_one(&engine, group, "t", 0).expect("fetch"), None);
+    assert_eq!(fetch_one(&engine, group, "t", 1).expect("fetch"), None);
+}

@@ -31,6 +31,10 @@ pub(super) struct EncodedBatch {
     pub(super) records: u32,
     /// Its first offset, from its placement on.
     pub(super) base_offset: i64,
+    /// Whether its flush made it durable: its commits are applied and acknowledged from
+    /// this, not from the partition's state when that happens (a later flush may fail the
+    /// partition closed in between).
+    durable: bool,
 }
 
 impl EncodedBatch {
@@ -59,9 +63,10 @@ pub(super) enum NextState {
     Empty,
     /// A batch gathered and encoded while the flush before it synced, to be placed next.
     Encoded,
-    /// The flush before the current one: durable, not yet applied to the caches nor
-    /// acknowledged; that happens while the current one syncs.
-    Durable,
+    /// The flush before the current one, its write finished (durable, or failed for some
+    /// partitions), not yet applied to the caches nor answered; that happens while the
+    /// current one syncs.
+    Written,
 }
 
 /// The shard's second flush slot, beside the current one (`Shard::batch`,
@@ -109,7 +114,7 @@ impl Shard {
     /// Writes the batch at once: encode per partition, one durable submission, then apply
     /// and ack. For the callers that need it done before they go on (unload, close, expiry).
     pub(super) fn flush(&mut self) {
-        debug_assert!(
+        assert!(
             self.next.state == NextState::Empty,
             "a flush would overtake the next one"
         );
@@ -141,7 +146,8 @@ impl Shard {
     /// it. With `shadow` (the shard's inbox), while the journal syncs it the next batch may
     /// be gathered and encoded; and then it goes out as soon as this one is durable, this
     /// one being applied and acknowledged during its sync, up to
-    /// [`PIPELINED_FLUSHES_PER_TURN_MAX`] flushes.
+    /// [`PIPELINED_FLUSHES_PER_TURN_MAX`] flushes. Then the last one's staged segment
+    /// writes and dirty rolls.
     pub(super) fn flush_encoded(&mut self, mut shadow: Option<&mut super::Inbox>) {
         for flushes in 1..=PIPELINED_FLUSHES_PER_TURN_MAX {
             let flush_started = Instant::now();
@@ -149,7 +155,7 @@ impl Shard {
             let flush_us = (flush_started.elapsed().as_micros() as u64).saturating_sub(shadow_us);
             ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
             self.metrics.flushes += 1;
-            if self.next.state == NextState::Durable {
+            if self.next.state == NextState::Written {
                 // The flush before was not acknowledged in this one's shadow (its journal
                 // write went the blocking way): before this one's, then.
                 self.apply_and_ack(Slot::Next);
@@ -161,13 +167,11 @@ impl Shard {
             if !pipelined {
                 break;
             }
-            // The segments get only durable bytes: before the next batch is placed.
-            if self.journal.is_some() {
-                self.write_full_stages();
-            }
-            self.roll_dirty_segments();
+            // The stage writes and dirty rolls wait for the turn's end, after the acks (the
+            // segments then get durable bytes only, and no ack waits behind them): meanwhile
+            // a partition's stage holds at most this turn's batches more.
             self.swap_slots();
-            self.next.state = NextState::Durable;
+            self.next.state = NextState::Written;
         }
         self.apply_and_ack(Slot::Current);
         if self.journal.is_some() {
@@ -222,6 +226,10 @@ impl Shard {
         batch.sort_entries();
         flush_partitions.clear();
         let partitions = &mut self.partitions;
+        // No answer may come from an earlier flush's outcome.
+        for hosted in partitions.iter_mut() {
+            hosted.encoded[parity].durable = false;
+        }
         batch.for_each_partition(|partition, latest| {
             let hosted = &mut partitions[partition as usize];
             if hosted.log.is_none() {
@@ -261,7 +269,7 @@ impl Shard {
     /// held, or a full batch) and encodes it. Returns the microseconds it took.
     fn work_in_sync_shadow(&mut self, inbox: Option<&mut super::Inbox>) -> u64 {
         let started = Instant::now();
-        if self.next.state == NextState::Durable {
+        if self.next.state == NextState::Written {
             self.apply_and_ack(Slot::Next);
             self.metrics.flushes_acked_in_shadow += 1;
         }
@@ -273,9 +281,10 @@ impl Shard {
             let added = self.next.batch.try_add(commit);
             debug_assert!(added.is_ok(), "an empty batch takes any commit");
         }
-        // Bounded: each turn takes one request out of the bounded inbox, and it stops at
-        // the first that is not a commit or does not fit.
-        loop {
+        // Bounded: at most the inbox's capacity of requests (fenced commits do not fill
+        // the batch), stopping at the first that is not a commit or does not fit.
+        let requests_max = inbox.requests.capacity().unwrap_or(SHADOW_REQUESTS_MIN);
+        for _ in 0..requests_max {
             match inbox.requests.try_recv() {
                 Ok(super::Request::Commit(commit)) => {
                     let Some(commit) = self.fence_commit(commit) else {
@@ -465,7 +474,7 @@ impl Shard {
         // Two flushes in flight: the journal's sync runs while the shard acknowledges the
         // flush before and gathers and encodes the one after; worth the ring's wake-ups
         // only when there is enough of that work.
-        let durable_before = self.next.state == NextState::Durable;
+        let durable_before = self.next.state == NextState::Written;
         let work_in_shadow = durable_before
             || shadow
                 .as_deref()
@@ -511,10 +520,11 @@ impl Shard {
             if hosted.failure.is_some() {
                 continue;
             }
-            let encoded = &hosted.encoded[self.flush_parity];
+            let encoded = &mut hosted.encoded[self.flush_parity];
             if let (Some(log), Some(last)) = (hosted.log.as_mut(), encoded.last_offset()) {
                 debug_assert_eq!(encoded.base_offset, log.next_offset());
                 log.commit_append(encoded.bytes.len(), last);
+                encoded.durable = true;
                 self.metrics.batches += 1;
                 self.metrics.records += u64::from(encoded.records);
                 self.metrics.bytes += encoded.bytes.len() as u64;
@@ -538,7 +548,9 @@ impl Shard {
             // Recovery's torn-tail window relies on this bound (GroupCommitBatch::try_add).
             let encoded = &mut hosted.encoded[self.flush_parity];
             assert!(encoded.bytes.len() <= crate::log::reader::PARTITION_FLUSH_BYTES_MAX);
-            let Some(log) = hosted.log.as_mut() else {
+            encoded.durable = false;
+            // A partition failed closed since the batch was encoded takes nothing more.
+            let Some(log) = hosted.log.as_mut().filter(|_| hosted.failure.is_none()) else {
                 continue;
             };
             match log.prepare_append(self.storage.as_mut(), encoded.bytes.len()) {
@@ -561,13 +573,14 @@ impl Shard {
         placed
     }
 
-    /// Applies a durable flush's commits to the partitions' tables, then acks every
-    /// request of the slot's batch (a failed partition's with its failure).
+    /// Applies the slot's flush to the partitions' caches and segment tables where it was
+    /// durable, then answers every request of its batch: Ok where durable, the partition's
+    /// failure where not.
     fn apply_and_ack(&mut self, slot: Slot) {
         let (batch, parity, timestamp_ms) = match slot {
             Slot::Current => (&mut self.batch, self.flush_parity, self.flush_timestamp_ms),
             Slot::Next => {
-                debug_assert!(self.next.state == NextState::Durable);
+                debug_assert!(self.next.state == NextState::Written);
                 self.next.state = NextState::Empty;
                 let next = &mut self.next;
                 (&mut next.batch, next.parity, next.timestamp_ms)
@@ -579,29 +592,29 @@ impl Shard {
         let tombstones = &mut self.metrics.tombstones;
         batch.for_each_partition(|partition, latest| {
             let hosted = &mut partitions[partition as usize];
-            if hosted.failure.is_some() {
-                return;
-            }
-            let (Some(cache), Some(log)) = (hosted.cache.as_mut(), hosted.log.as_mut()) else {
+            let encoded = &hosted.encoded[parity];
+            let (true, Some(cache)) = (encoded.durable, hosted.cache.as_mut()) else {
                 return;
             };
-            let table = log.table_mut();
-            let mut records = (hosted.encoded[parity].base_offset..)
-                .zip(latest)
-                .peekable();
+            // A partition failed closed since (by a later flush) keeps serving what it
+            // holds, this flush included; its segment table went with its log.
+            let mut table = hosted.log.as_mut().map(|log| log.table_mut());
+            let mut records = (encoded.base_offset..).zip(latest).peekable();
             while let Some((record_offset, (group, pending))) = records.next() {
                 // Validation bounds the partition below the cache's limit, so no cache call
                 // can fail for a commit that got this far.
                 if pending.tombstone {
                     *tombstones += 1;
-                    table.mark_dead(record_offset);
-                    table.note_tombstone(record_offset, timestamp_ms);
+                    if let Some(table) = table.as_deref_mut() {
+                        table.mark_dead(record_offset);
+                        table.note_tombstone(record_offset, timestamp_ms);
+                    }
                     let key = OffsetKey {
                         group,
                         topic: &pending.topic,
                         partition: pending.partition,
                     };
-                    note_replaced(table, dead_records_ref, cache.take(key));
+                    note_replaced(table.as_deref_mut(), dead_records_ref, cache.take(key));
                     continue;
                 }
                 // The batch is sorted by group and topic: the run of this (group, topic)'s
@@ -614,14 +627,14 @@ impl Shard {
                 let value = |pending| offset_value(pending, timestamp_ms);
                 let replaced =
                     writer.replace(pending.partition, value(pending), record_offset as u64);
-                note_replaced(table, dead_records_ref, replaced);
+                note_replaced(table.as_deref_mut(), dead_records_ref, replaced);
                 let same_topic = |(_, (next_group, next)): &(i64, (&str, &PendingOffset))| {
                     !next.tombstone && *next_group == group && next.topic == pending.topic
                 };
                 while let Some((record_offset, (_, next))) = records.next_if(same_topic) {
                     let replaced =
                         writer.replace(next.partition, value(next), record_offset as u64);
-                    note_replaced(table, dead_records_ref, replaced);
+                    note_replaced(table.as_deref_mut(), dead_records_ref, replaced);
                 }
             }
         });
@@ -631,19 +644,19 @@ impl Shard {
         let now = Instant::now();
         for commit in batch.requests.drain(..) {
             let hosted = &self.partitions[commit.offsets_partition as usize];
-            let result = match &hosted.failure {
-                None => {
+            let result = match (hosted.encoded[parity].durable, &hosted.failure) {
+                (true, _) => {
                     self.metrics.commits += 1;
                     self.metrics.partition_offsets += commit.offsets().len() as u64;
                     let waited_us = now.duration_since(commit.accepted).as_micros() as u64;
                     ShardMetrics::record_latency(&mut self.metrics.commit_latency_us, waited_us);
                     Ok(())
                 }
-                Some(reason) => {
+                (false, failure) => {
                     self.metrics.commit_errors += 1;
                     Err(Error::PartitionFailed {
                         partition: commit.offsets_partition,
-                        reason: reason.clone(),
+                        reason: failure.clone().unwrap_or_else(|| "not written".into()),
                     })
                 }
             };
@@ -668,9 +681,13 @@ fn offset_value(pending: &PendingOffset, commit_timestamp_ms: i64) -> OffsetValu
 }
 
 /// Accounts for a cache update: the record it replaced (if any) is now dead.
-fn note_replaced(table: &mut SegmentTable, dead_records: &mut bool, replaced: Result<Option<u64>>) {
+fn note_replaced(
+    table: Option<&mut SegmentTable>,
+    dead_records: &mut bool,
+    replaced: Result<Option<u64>>,
+) {
     debug_assert!(replaced.is_ok());
-    if let Ok(Some(old)) = replaced {
+    if let (Ok(Some(old)), Some(table)) = (replaced, table) {
         table.mark_dead(old as i64);
         *dead_records = true;
     }

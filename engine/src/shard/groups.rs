@@ -485,6 +485,11 @@ impl Shard {
         deadline: std::time::Instant,
         reply: Completer,
     ) {
+        // The keys come from the cache: commits batched before the delete go first, so it
+        // lists (and tombstones) theirs too.
+        if !self.batch.is_empty() {
+            self.flush();
+        }
         let Some(cache) = self.partitions[offsets_partition as usize].cache.as_ref() else {
             let error = Error::NotCoordinator {
                 partition: offsets_partition,

@@ -554,6 +554,10 @@ impl Shard {
                 self.after_flush();
                 Step::Continue
             } else {
+                // Nothing encoded or in flight: the retention check may run (`next_request`
+                // reaches it only when no commit is carried over, and a due check stops the
+                // shard from encoding ahead until it has run).
+                self.retention_if_due();
                 let step = self.gather(&mut inbox);
                 if !self.batch.is_empty() {
                     inbox.stopping = matches!(step, Step::Stop(_));

@@ -92,8 +92,9 @@ pub trait Storage: Send + 'static {
     /// Starts a flush's lone synced write (the journal's) without waiting for its sync:
     /// writes `op.bytes` before it returns (the caller may reuse them at once) and starts
     /// the `fdatasync`, whose outcome [`finish_synced_write`](Self::finish_synced_write)
-    /// waits for. The shard encodes its next flush meanwhile. At most one is outstanding;
-    /// an error means nothing was started and nothing may be called durable.
+    /// waits for. The shard encodes its next flush meanwhile. At most one is outstanding.
+    /// An error means the write is not durable and nothing is outstanding (a sync the
+    /// kernel may still run is the storage's to keep safe, not the caller's).
     fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()>;
     /// Waits for the sync [`start_synced_write`](Self::start_synced_write) started and
     /// returns its outcome: the write is durable only if this is `Ok`. Fails when none is

@@ -55,27 +55,42 @@ pub struct UringStorage {
     synced_write: SyncedWrite,
 }
 
+/// Most syncs of synced writes left queued by failed submissions (or a failed wait) whose
+/// completions have not come yet; past it the ring is taken as broken and synced writes are
+/// refused.
+const SYNCED_WRITE_ORPHANS_MAX: usize = 4;
+
 /// The one synced write a [`UringStorage`] may have in flight
 /// ([`Storage::start_synced_write`]).
 #[derive(Default)]
 struct SyncedWrite {
     /// Sequence number of the last one started.
     sequence: u64,
-    /// Whether its sync is in flight.
-    in_flight: bool,
+    /// The one in flight: its own duplicate of the file's descriptor, held until its
+    /// completion, so the sync never runs on a descriptor number the file's closing freed
+    /// for another file (where it could consume that file's writeback error).
+    in_flight: Option<File>,
     /// Its outcome, once its completion was seen (possibly while reaping other entries).
     outcome: Option<io::Result<()>>,
+    /// Syncs whose outcome nobody waits for any more (their submission or the wait for them
+    /// failed) but which may still run: their descriptors, until their completions come.
+    orphans: Vec<(u64, File)>,
 }
 
 impl SyncedWrite {
-    /// Takes a synced write's completion; false for any other entry's. A stale one (from a
-    /// submission that failed) is dropped.
+    /// Takes a synced write's completion; false for any other entry's. An orphan's is
+    /// dropped, with its descriptor.
     fn take(&mut self, cqe: &io_uring::cqueue::Entry) -> bool {
         let user_data = cqe.user_data();
         if user_data & BACKGROUND_BIT != 0 || user_data & SYNCED_WRITE_BIT == 0 {
             return false;
         }
-        if self.in_flight && user_data == SYNCED_WRITE_BIT | self.sequence {
+        let sequence = user_data & !SYNCED_WRITE_BIT;
+        if let Some(index) = self.orphans.iter().position(|(s, _)| *s == sequence) {
+            self.orphans.swap_remove(index);
+            return true;
+        }
+        if self.in_flight.is_some() && sequence == self.sequence {
             let code = cqe.result();
             self.outcome = Some(if code >= 0 {
                 Ok(())
@@ -588,8 +603,11 @@ impl Storage for UringStorage {
     }
 
     fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()> {
-        if self.synced_write.in_flight {
+        if self.synced_write.in_flight.is_some() {
             return Err(io::Error::other("a synced write is already in flight"));
+        }
+        if self.synced_write.orphans.len() >= SYNCED_WRITE_ORPHANS_MAX {
+            return Err(io::Error::other("io_uring has not run earlier syncs"));
         }
         let file = self.file(op.file)?;
         // The write is a plain `pwrite` here (a copy into the page cache the caller waits
@@ -597,27 +615,31 @@ impl Storage for UringStorage {
         if let Err(error) = file.write_all_at(op.bytes, op.position) {
             return Err(io::Error::new(error.kind(), format!("write: {error}")));
         }
-        let fd = file.as_raw_fd();
+        let file = file.try_clone()?;
         self.synced_write.sequence += 1;
-        let user_data = SYNCED_WRITE_BIT | self.synced_write.sequence;
+        let sequence = self.synced_write.sequence;
+        let user_data = SYNCED_WRITE_BIT | sequence;
         debug_assert!(user_data & BACKGROUND_BIT == 0);
-        let sync = opcode::Fsync::new(types::Fd(fd))
+        let sync = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
             .build()
             .user_data(user_data);
-        // SAFETY: the entry carries no buffer; the fd stays open until the sync is finished
-        // (the journal closes its file only between flushes). If the submission fails, the
-        // queued entry goes with a later one and its stale completion is ignored.
+        // SAFETY: the entry carries no buffer, and its descriptor (`file`, a duplicate) stays
+        // open until its completion is seen, as the one in flight or as an orphan.
         unsafe { self.ring.submission().push(&sync) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        self.ring.submit()?;
-        self.synced_write.in_flight = true;
+        if let Err(error) = self.ring.submit() {
+            // The entry stays queued and runs with a later submission: not durable now.
+            self.synced_write.orphans.push((sequence, file));
+            return Err(error);
+        }
+        self.synced_write.in_flight = Some(file);
         self.synced_write.outcome = None;
         Ok(())
     }
 
     fn finish_synced_write(&mut self) -> io::Result<()> {
-        if !self.synced_write.in_flight {
+        if self.synced_write.in_flight.is_none() {
             return Err(io::Error::other("no synced write in flight"));
         }
         // Bounded: every turn either takes the outcome or waits for a completion, and the
@@ -633,15 +655,19 @@ impl Storage for UringStorage {
                 }
             }
             if let Some(outcome) = self.synced_write.outcome.take() {
-                self.synced_write.in_flight = false;
+                self.synced_write.in_flight = None;
                 return outcome;
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
-                    // The sync's outcome cannot be known: it must not count as durable.
-                    self.synced_write.in_flight = false;
+                    // The sync's outcome cannot be known: it must not count as durable. It
+                    // may still run: its descriptor stays open until its completion.
+                    if let Some(file) = self.synced_write.in_flight.take() {
+                        let sequence = self.synced_write.sequence;
+                        self.synced_write.orphans.push((sequence, file));
+                    }
                     return Err(io::Error::new(
                         error.kind(),
                         format!("waiting for fdatasync: {error}"),
