@@ -1,11 +1,12 @@
 //! A shard's flush: the batch's commits encoded per offsets partition, written with the
 //! journal's entry (or each partition's batch synced) in one durable submission, applied to
-//! the caches and acknowledged; then the staged segment writes and the dirty rolls.
+//! the caches and acknowledged; then the staged segment writes and the dirty rolls. Under
+//! load, two flushes are in flight (`pipeline.rs`).
 
 use std::time::Instant;
 
-use super::group_commit::GroupCommitBatch;
 use super::group_commit::{PendingOffset, encode_partition_batch};
+use super::pipeline::{NextState, PIPELINED_FLUSHES_PER_TURN_MAX};
 use super::{HostedPartition, SEGMENT_WRITE_BYTES_MIN, Shard, ShardMetrics, wall_clock_ms};
 use crate::cache::{OffsetKey, OffsetValueRef};
 use crate::config::FsyncScope;
@@ -13,13 +14,6 @@ use crate::error::{Error, Result};
 use crate::format;
 use crate::log::liveness::SegmentTable;
 use crate::storage::WriteOp;
-
-/// Requests waiting in the inbox, at the start of a flush's journal sync, for the next
-/// flush to be encoded while it runs. Below it the sync runs on the shard thread: handing
-/// it to the ring's worker costs two context switches on the shard's core, which a few
-/// commits' encoding does not pay back (at 64 requests in flight the ack p99 was ~14 %
-/// lower without them, benchmarks.md session 6).
-const SHADOW_REQUESTS_MIN: usize = 32;
 
 /// One offsets partition's record batch in a flush: encoded first, given its offsets when
 /// it is placed in the log.
@@ -50,62 +44,9 @@ impl EncodedBatch {
     }
 }
 
-/// Most flushes one turn of the shard's loop keeps in flight back to back. Each flush of
-/// such a run is applied and acknowledged while the next one syncs; the turn ends with
-/// its last one applied, so the work between turns (compaction steps, group timers, held
-/// requests) only ever sees applied flushes.
-const PIPELINED_FLUSHES_PER_TURN_MAX: u32 = 8;
-
-/// What the shard's second flush slot holds (see [`NextFlush`]).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum NextState {
-    /// Nothing: free to gather into.
-    Empty,
-    /// A batch gathered and encoded while the flush before it synced, to be placed next.
-    Encoded,
-    /// The flush before the current one, its write finished (durable, or failed for some
-    /// partitions), not yet applied to the caches nor answered; that happens while the
-    /// current one syncs.
-    Written,
-}
-
-/// The shard's second flush slot, beside the current one (`Shard::batch`,
-/// `flush_partitions`): two flushes in flight. While the journal syncs the current flush,
-/// the slot's durable flush (the one before) is applied and acknowledged, then the slot
-/// gathers and encodes the one after. An encoded batch is placed, and so given its
-/// offsets, only once the flush before it is durable: a failed flush never has a later
-/// one's commits on disk ahead of it, and the offsets follow on from what the logs hold (a
-/// partition that failed meanwhile refuses its commits at placement).
-pub(super) struct NextFlush {
-    batch: GroupCommitBatch,
-    /// Its partitions with an encoded batch.
-    partitions: Vec<u32>,
-    timestamp_ms: i64,
-    /// Which of each partition's two [`EncodedBatch`]es is this slot's.
-    parity: usize,
-    state: NextState,
-}
-
-impl NextFlush {
-    pub(super) fn new(partitions: usize, group_commit_bytes_max: usize) -> NextFlush {
-        NextFlush {
-            batch: GroupCommitBatch::new(partitions, group_commit_bytes_max),
-            partitions: Vec::with_capacity(partitions),
-            timestamp_ms: 0,
-            parity: 1,
-            state: NextState::Empty,
-        }
-    }
-
-    /// Whether a batch is encoded and waits to be flushed.
-    pub(super) fn is_encoded(&self) -> bool {
-        self.state == NextState::Encoded
-    }
-}
-
 /// Which of a shard's two flush slots.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Slot {
+pub(super) enum Slot {
     Current,
     Next,
 }
@@ -126,20 +67,6 @@ impl Shard {
     pub(super) fn encode_current(&mut self) {
         self.flush_timestamp_ms = wall_clock_ms();
         self.encode(Slot::Current);
-    }
-
-    /// Makes the encoded next flush the current one.
-    pub(super) fn promote_next(&mut self) {
-        debug_assert!(self.next.state == NextState::Encoded && self.batch.is_empty());
-        self.swap_slots();
-        self.next.state = NextState::Empty;
-    }
-
-    fn swap_slots(&mut self) {
-        std::mem::swap(&mut self.batch, &mut self.next.batch);
-        std::mem::swap(&mut self.flush_partitions, &mut self.next.partitions);
-        std::mem::swap(&mut self.flush_timestamp_ms, &mut self.next.timestamp_ms);
-        std::mem::swap(&mut self.flush_parity, &mut self.next.parity);
     }
 
     /// Writes the encoded current batch in one durable submission, then applies and acks
@@ -183,7 +110,7 @@ impl Shard {
     /// Refuses the slot's commits past their deadline or for a partition that cannot take
     /// them, sorts the rest and encodes each partition's latest offsets into one batch
     /// (offsets given at placement), listing the partitions encoded.
-    fn encode(&mut self, slot: Slot) {
+    pub(super) fn encode(&mut self, slot: Slot) {
         let (batch, flush_partitions, timestamp_ms, parity) = match slot {
             Slot::Current => (
                 &mut self.batch,
@@ -243,78 +170,6 @@ impl Shard {
             encoded.base_offset = 0;
             flush_partitions.push(partition);
         });
-    }
-
-    /// Whether the next flush is worth gathering and encoding while this one's journal
-    /// syncs: enough requests wait, nothing is held back for an empty pipeline (a request
-    /// other than a commit, a stop, a retention check due).
-    fn next_worth_encoding(&self, inbox: &super::Inbox) -> bool {
-        inbox.held.is_none()
-            && !inbox.stopping
-            && self.next.state != NextState::Encoded
-            && (inbox.carry.is_some() || inbox.requests.len() >= SHADOW_REQUESTS_MIN)
-            && !self.maintenance.retention_check_due(Instant::now())
-    }
-
-    /// Whether work that runs between the loop's turns is due (a compaction step earned,
-    /// group timers or records waiting): the turn's run of flushes in flight ends, so it
-    /// runs with every flush applied.
-    fn maintenance_due(&self) -> bool {
-        self.compaction_step_earned() || self.groups_due()
-    }
-
-    /// In the shadow of the current flush's journal sync: applies and acknowledges the
-    /// flush before it if it waits, then, when `inbox` is given and worth it, takes the
-    /// commits waiting there into the next batch (up to the first other request, which is
-    /// held, or a full batch) and encodes it. Returns the microseconds it took.
-    fn work_in_sync_shadow(&mut self, inbox: Option<&mut super::Inbox>) -> u64 {
-        let started = Instant::now();
-        if self.next.state == NextState::Written {
-            self.apply_and_ack(Slot::Next);
-            self.metrics.flushes_acked_in_shadow += 1;
-        }
-        let Some(inbox) = inbox.filter(|inbox| self.next_worth_encoding(inbox)) else {
-            return started.elapsed().as_micros() as u64;
-        };
-        debug_assert!(self.next.state == NextState::Empty && self.next.batch.is_empty());
-        if let Some(commit) = inbox.carry.take() {
-            let added = self.next.batch.try_add(commit);
-            debug_assert!(added.is_ok(), "an empty batch takes any commit");
-        }
-        // Bounded: at most the inbox's capacity of requests (fenced commits do not fill
-        // the batch), stopping at the first that is not a commit or does not fit.
-        let requests_max = inbox.requests.capacity().unwrap_or(SHADOW_REQUESTS_MIN);
-        for _ in 0..requests_max {
-            match inbox.requests.try_recv() {
-                Ok(super::Request::Commit(commit)) => {
-                    let Some(commit) = self.fence_commit(commit) else {
-                        continue;
-                    };
-                    if let Err(commit) = self.next.batch.try_add(commit) {
-                        inbox.carry = Some(commit);
-                        break;
-                    }
-                }
-                Ok(request) => {
-                    inbox.held = Some(request);
-                    break;
-                }
-                // Empty, or every sender gone: the next gather sees which.
-                Err(_) => break,
-            }
-        }
-        if !self.next.batch.is_empty() {
-            self.next.timestamp_ms = wall_clock_ms();
-            self.encode(Slot::Next);
-            if !self.next.batch.is_empty() {
-                self.next.state = NextState::Encoded;
-                self.metrics.flushes_encoded_in_shadow += 1;
-            } else {
-                // Every commit refused: the batch's byte counts start from zero again.
-                self.next.batch.clear();
-            }
-        }
-        started.elapsed().as_micros() as u64
     }
 
     /// After the acks, rolls each partition this flush placed whose active segment is
@@ -576,7 +431,7 @@ impl Shard {
     /// Applies the slot's flush to the partitions' caches and segment tables where it was
     /// durable, then answers every request of its batch: Ok where durable, the partition's
     /// failure where not.
-    fn apply_and_ack(&mut self, slot: Slot) {
+    pub(super) fn apply_and_ack(&mut self, slot: Slot) {
         let (batch, parity, timestamp_ms) = match slot {
             Slot::Current => (&mut self.batch, self.flush_parity, self.flush_timestamp_ms),
             Slot::Next => {

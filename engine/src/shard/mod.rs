@@ -14,6 +14,7 @@ mod journaling;
 mod local;
 mod maintenance;
 mod metrics;
+mod pipeline;
 
 pub use groups::HeartbeatBoard;
 pub(crate) use groups::{
@@ -42,10 +43,11 @@ use crate::log::liveness::SegmentTable;
 use crate::log::{LogSettings, PartitionLog, PartitionRecovery};
 use crate::storage::{Storage, WriteOp};
 use crate::sync::atomic::{AtomicBool, Ordering};
-use flush::{EncodedBatch, NextFlush};
+use flush::EncodedBatch;
 use group_commit::{CommitPool, GroupCommitBatch, PendingCommit};
 use groups::{GroupReplay, ShardGroups};
 use maintenance::Maintenance;
+use pipeline::NextFlush;
 
 /// The free lists the request path recycles through, shared by the callers' side (engine
 /// handle or shard-local API) and the shards.
