@@ -158,7 +158,7 @@ impl<T: Send> Notify for Slot<T> {
 /// Most wakeups [`DeferredWakes`] holds of each kind; one more wakes those held first.
 pub(crate) const WAKES_DEFERRED_MAX: usize = 4096;
 
-/// Wakeups owed by completions made in a row, fired together by [`wake_all`]
+/// Wakeups owed by completions made in a row, fired together by [`wake_all`](DeferredWakes::wake_all)
 /// (Self::wake_all).
 ///
 /// Waking a caller blocked on another core is a futex syscall and an interrupt to that

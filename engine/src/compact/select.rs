@@ -42,7 +42,7 @@ pub(crate) const DEFERRED_SEGMENTS_MAX: usize = 1;
 /// it stopped the compactor for as long as the storm lasted.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deferral {
-    /// Now, on the clock of [`crate::log::SealedSegment::sealed_at`].
+    /// Now, on the clock of [`crate::log::segment::SealedSegment::sealed_at`].
     pub now: Instant,
     /// The longest a group waits.
     pub wait_max: Duration,

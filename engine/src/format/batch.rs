@@ -326,7 +326,7 @@ impl<'a> BatchWriter<'a> {
     }
 
     /// Writes a record's framing up to and including the key length; returns nothing, the
-    /// caller writes the key next and then calls [`Self::frame_value`].
+    /// caller writes the key next and then calls [`Self::frame_value_len`].
     #[inline]
     fn frame_head(
         &mut self,

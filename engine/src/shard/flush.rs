@@ -173,7 +173,7 @@ impl Shard {
     }
 
     /// After the acks, rolls each partition this flush placed whose active segment is
-    /// dirty enough for the compactor ([`PartitionLog::roll_if_dirty`]): a roll syncs the
+    /// dirty enough for the compactor ([`PartitionLog::roll_if_dirty`](crate::log::PartitionLog::roll_if_dirty)): a roll syncs the
     /// sealed segment and creates the next, and the flush's commits need neither. A failed
     /// roll fails its partition closed (with the journal, what it acked is in the journal
     /// files, kept for the next open).

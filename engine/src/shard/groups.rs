@@ -682,7 +682,7 @@ impl Shard {
     }
 
     /// Recovery met these GroupMetadata records in a partition: restore its groups (at
-    /// open, once every partition is read: see [`finish_opening_groups`]).
+    /// open, once every partition is read: see [`finish_opening_groups`](Shard::finish_opening_groups)).
     pub(super) fn restore_groups(&mut self, partition: u32, replay: GroupReplay) {
         if let Some(opening) = self.groups.opening.as_mut() {
             opening.push((partition, replay));

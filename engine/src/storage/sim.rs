@@ -383,7 +383,7 @@ impl SimDisk {
     }
 
     /// Makes background syncs slow: each is passed over by `reaps` non-waiting reaps
-    /// before it is reported (by default [`BACKGROUND_REAPS_PASSED_OVER`]), so the shard
+    /// before it is reported (by default `BACKGROUND_REAPS_PASSED_OVER`, 2), so the shard
     /// flushes more while its checkpoint's syncs are in flight.
     pub fn set_background_sync_reaps(&self, reaps: u8) {
         self.state().background_reaps_passed_over = reaps;
