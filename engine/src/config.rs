@@ -120,6 +120,12 @@ pub struct Config {
     /// more commits after the first one arrives; 0 (default) means adaptive batching only:
     /// whatever arrives while a flush is in flight forms the next batch.
     pub group_commit_linger_us: u64,
+    /// No Kafka name. With `FsyncScope::Journal`, how many requests must wait when a flush
+    /// starts for the shard to keep two flushes in flight (the next gathered and encoded,
+    /// the one before acknowledged, while the journal syncs; docs/architecture.md). Below
+    /// it the sync runs on the shard thread, which is faster for small flushes. Default 32;
+    /// `usize::MAX` never overlaps.
+    pub group_commit_overlap_requests_min: usize,
     /// Group id → offsets partition mapping: Kafka's (default) or Redpanda's.
     pub group_partitioner: GroupPartitioner,
     /// No Kafka name. Shard threads, each owning the offsets partitions `p` with
@@ -189,6 +195,7 @@ impl Config {
             log_preallocate: true,
             group_commit_bytes_max: 4 * 1024 * 1024,
             group_commit_linger_us: 0,
+            group_commit_overlap_requests_min: 32,
             request_queue_depth_max: 4096,
             fsync_scope: FsyncScope::Journal,
             journal_file_bytes: 64 * 1024 * 1024,

@@ -9,13 +9,6 @@ use super::flush::Slot;
 use super::group_commit::GroupCommitBatch;
 use super::{Shard, wall_clock_ms};
 
-/// Requests waiting in the inbox, at the start of a flush's journal sync, for the next
-/// flush to be encoded while it runs. Below it the sync runs on the shard thread: handing
-/// it to the ring's worker costs two context switches on the shard's core, which a few
-/// commits' encoding does not pay back (at 64 requests in flight the ack p99 was ~14 %
-/// lower without them, benchmarks.md session 6).
-const SHADOW_REQUESTS_MIN: usize = 32;
-
 /// Most flushes one turn of the shard's loop keeps in flight back to back. Each flush of
 /// such a run is applied and acknowledged while the next one syncs; the turn ends with
 /// its last one applied, so the work between turns (compaction steps, group timers, held
@@ -92,7 +85,7 @@ impl Shard {
         inbox.held.is_none()
             && !inbox.stopping
             && self.next.state != NextState::Encoded
-            && (inbox.carry.is_some() || inbox.requests.len() >= SHADOW_REQUESTS_MIN)
+            && (inbox.carry.is_some() || inbox.requests.len() >= self.overlap_requests_min)
             && !self.maintenance.retention_check_due(Instant::now())
     }
 
@@ -123,7 +116,7 @@ impl Shard {
         }
         // Bounded: at most the inbox's capacity of requests (fenced commits do not fill
         // the batch), stopping at the first that is not a commit or does not fit.
-        let requests_max = inbox.requests.capacity().unwrap_or(SHADOW_REQUESTS_MIN);
+        let requests_max = inbox.requests.capacity().unwrap_or(1);
         for _ in 0..requests_max {
             match inbox.requests.try_recv() {
                 Ok(super::Request::Commit(commit)) => {
