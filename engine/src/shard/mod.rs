@@ -613,7 +613,13 @@ impl Shard {
                 Err(RecvTimeoutError::Disconnected) => step = Step::Stop(None),
             }
         }
-        while matches!(step, Step::Continue) && inbox.carry.is_none() {
+        // Bounded by the inbox's capacity: requests that do not fill the batch (fenced
+        // commits, heartbeats) may keep coming as fast as they are taken.
+        let requests_max = inbox.requests.capacity().unwrap_or(1);
+        for _ in 0..requests_max {
+            if !matches!(step, Step::Continue) || inbox.carry.is_some() {
+                break;
+            }
             match inbox.requests.try_recv() {
                 Ok(request) => step = self.handle(request, &mut inbox.carry),
                 Err(TryRecvError::Empty) => break,
