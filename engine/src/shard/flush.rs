@@ -28,7 +28,7 @@ pub(super) struct EncodedBatch {
     /// Whether its flush made it durable: its commits are applied and acknowledged from
     /// this, not from the partition's state when that happens (a later flush may fail the
     /// partition closed in between).
-    durable: bool,
+    pub(super) durable: bool,
 }
 
 impl EncodedBatch {
@@ -73,8 +73,8 @@ impl Shard {
     /// it. With `shadow` (the shard's inbox), while the journal syncs it the next batch may
     /// be gathered and encoded; and then it goes out as soon as this one is durable, this
     /// one being applied and acknowledged during its sync, up to
-    /// [`PIPELINED_FLUSHES_PER_TURN_MAX`] flushes. Then the last one's staged segment
-    /// writes and dirty rolls.
+    /// [`PIPELINED_FLUSHES_PER_TURN_MAX`] flushes. Then the staged segment writes and
+    /// dirty rolls of every partition the turn placed.
     pub(super) fn flush_encoded(&mut self, mut shadow: Option<&mut super::Inbox>) {
         for flushes in 1..=PIPELINED_FLUSHES_PER_TURN_MAX {
             let flush_started = Instant::now();
@@ -82,6 +82,7 @@ impl Shard {
             let flush_us = (flush_started.elapsed().as_micros() as u64).saturating_sub(shadow_us);
             ShardMetrics::record_latency(&mut self.metrics.flush_latency_us, flush_us);
             self.metrics.flushes += 1;
+            self.note_placed_this_turn();
             if self.next.state == NextState::Written {
                 // The flush before was not acknowledged in this one's shadow (its journal
                 // write went the blocking way): before this one's, then.
@@ -101,10 +102,26 @@ impl Shard {
             self.next.state = NextState::Written;
         }
         self.apply_and_ack(Slot::Current);
+        // Every partition the turn placed, not only its last flush's.
+        std::mem::swap(&mut self.placed_partitions, &mut self.turn_placed);
+        self.turn_placed.clear();
+        for &partition in &self.placed_partitions {
+            self.partitions[partition as usize].placed_this_turn = false;
+        }
         if self.journal.is_some() {
             self.write_full_stages();
         }
         self.roll_dirty_segments();
+    }
+
+    /// Adds the partitions the flush just written placed to the turn's.
+    fn note_placed_this_turn(&mut self) {
+        for &partition in &self.placed_partitions {
+            let hosted = &mut self.partitions[partition as usize];
+            if !std::mem::replace(&mut hosted.placed_this_turn, true) {
+                self.turn_placed.push(partition);
+            }
+        }
     }
 
     /// Refuses the slot's commits past their deadline or for a partition that cannot take
@@ -280,7 +297,6 @@ impl Shard {
             // Nothing placed: the stage writes after the acks have nothing of this flush.
             self.placed_partitions.clear();
         }
-        self.advance_checkpoint(false);
         for &partition in &self.flush_partitions {
             let hosted = &mut self.partitions[partition as usize];
             if hosted.failure.is_some()
@@ -289,6 +305,9 @@ impl Shard {
                 log.abandon(self.storage.as_mut());
             }
         }
+        // After the failed partitions' logs are gone: a checkpoint never writes a failed
+        // flush's staged batch into its segment (it keeps the journal file instead).
+        self.advance_checkpoint(false);
         shadow_us
     }
 

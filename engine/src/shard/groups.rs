@@ -657,6 +657,7 @@ impl Shard {
             self.write_partitions(None);
         }
         let coordinator = &mut self.groups.coordinator;
+        let flush_parity = self.flush_parity;
         for (record, position) in written {
             let hosted = &mut self.partitions[record.offsets_partition as usize];
             if hosted.failure.is_none()
@@ -670,9 +671,11 @@ impl Shard {
                     log.table_mut(),
                 );
             }
-            let outcome = match hosted.failure {
-                None => Ok(position),
-                Some(_) => Err(GroupError::NotCoordinator),
+            // Its own flush's outcome: a checkpoint failing in the same write may have
+            // failed the partition since, with the record durable.
+            let outcome = match hosted.encoded[flush_parity].durable {
+                true => Ok(position),
+                false => Err(GroupError::NotCoordinator),
             };
             coordinator.persisted(&record.group_id, record.generation_id, outcome, now_ms);
         }

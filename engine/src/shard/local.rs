@@ -420,6 +420,9 @@ impl LocalShard {
     /// DeleteGroups (see [`Engine::delete_group`](crate::Engine::delete_group)): refused with
     /// `NON_EMPTY_GROUP` while the group has members; otherwise tombstones for its offsets
     /// and metadata, durable after the next [`flush`](Self::flush) resolves the future.
+    /// Commits batched before it are flushed first, on this call (it blocks for that
+    /// write), so that their keys are tombstoned too; they are not counted by the next
+    /// `flush`.
     pub fn delete_group(&mut self, group_id: &str) -> CommitFuture {
         if let Err(error) = validate_group(group_id) {
             return CommitFuture::resolved(Err(error));

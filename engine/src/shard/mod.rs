@@ -193,6 +193,8 @@ struct HostedPartition {
     /// This partition's batches in the shard's two flush slots (indexed by the slot's
     /// parity: `Shard::flush_parity`, `NextFlush::parity`).
     encoded: [EncodedBatch; 2],
+    /// In `Shard::turn_placed` (placed by a flush of the loop's current turn).
+    placed_this_turn: bool,
     /// Compactor state outside the log and cache (group metadata records, quarantine).
     compaction: PartitionCompaction,
 }
@@ -212,6 +214,7 @@ impl HostedPartition {
             failure: None,
             cache: None,
             encoded: Default::default(),
+            placed_this_turn: false,
             compaction: PartitionCompaction::default(),
         }
     }
@@ -230,8 +233,9 @@ impl HostedPartition {
 
 /// With the journal, a segment's staged batches are written once they reach this many
 /// bytes (or at a checkpoint, roll or close): one larger write every few flushes instead of
-/// one small write per flush per partition. Bounds the memory staged per partition (plus
-/// one batch).
+/// one small write per flush per partition. Checked at the end of each turn of the shard's
+/// loop for every partition the turn placed, so it bounds the memory staged per partition
+/// (plus one turn's batches, at most `PIPELINED_FLUSHES_PER_TURN_MAX`).
 const SEGMENT_WRITE_BYTES_MIN: usize = 64 * 1024;
 
 /// How often an idle shard retries freeing cache memory a pinned reader held back.
@@ -266,6 +270,9 @@ pub(crate) struct Shard {
     /// The partitions of `flush_partitions` whose write was placed, and the writes' buffer
     /// (kept empty between flushes, see `write_partitions`), reused so a flush allocates nothing.
     placed_partitions: Vec<u32>,
+    /// Every partition the flushes of the loop's current turn placed: their staged
+    /// segment writes and dirty rolls run once, at the turn's end.
+    turn_placed: Vec<u32>,
     write_ops: Vec<WriteOp<'static>>,
     /// The placed partitions whose staged bytes this flush writes, in op order.
     writing_partitions: Vec<u32>,
@@ -370,7 +377,8 @@ impl Shard {
             commit_timeout_ms: config.offsets_commit_timeout_ms,
             flush_results: Vec::new(),
             flush_partitions: Vec::new(),
-            placed_partitions: Vec::new(),
+            placed_partitions: Vec::with_capacity(config.offsets_topic_num_partitions as usize),
+            turn_placed: Vec::with_capacity(config.offsets_topic_num_partitions as usize),
             write_ops: Vec::new(),
             writing_partitions: Vec::new(),
             pools,
@@ -470,6 +478,7 @@ impl Shard {
             failure: None,
             cache: Some(cache),
             encoded: Default::default(),
+            placed_this_turn: false,
             compaction,
         };
         self.maintenance.note_maybe_dirty();
