@@ -733,6 +733,22 @@ fn a_process_kill_then_a_power_cut_after_journaled_rolls_loses_nothing() {
     }
 }
 
+/// A one-shard journaled engine on a simulated disk whose writes stall for `stall`, so
+/// requests queue up during a flush, and which keeps two flushes in flight whenever any
+/// request waits (a loaded test machine may leave few).
+fn pipelined_engine(
+    seed: u64,
+    partitions: u32,
+    stall: std::time::Duration,
+) -> (SimDisk, coffer::Config, Engine) {
+    let disk = SimDisk::new(seed);
+    let mut config = journal_config(partitions, 1);
+    config.group_commit_overlap_requests_min = 1;
+    let engine = open_sim(&disk, &config).unwrap();
+    disk.set_write_stall(stall);
+    (disk, config, engine)
+}
+
 /// Two flushes in flight: with requests waiting, the shard gathers and encodes the next
 /// batch while the journal syncs the one before (`flushes_encoded_in_shadow`), gives it its
 /// offsets only once that one is durable, and acknowledges that one while the next syncs
@@ -740,11 +756,10 @@ fn a_process_kill_then_a_power_cut_after_journaled_rolls_loses_nothing() {
 /// round waiting for its outcomes; disk writes stall so requests queue up during a flush.
 /// Seeds 0–1: no fault, and after a power cut every group holds exactly its last
 /// acknowledged round. Seeds 2–5: syncs fail now and then (a journal's at least once); a
-/// failure fails its
-/// flush's partitions closed (the next flush's commits for them fail too, never placed),
-/// and after a power cut every group holds its last acknowledged round, or at most the
-/// one its first refusal was for (a failed sync's data may have reached the disk; nothing
-/// after it may).
+/// failure fails its flush's partitions closed (the next flush's commits for them fail
+/// too, never placed), and after a power cut every group holds its last acknowledged
+/// round, or at most the one its first refusal was for (a failed sync's data may have
+/// reached the disk; nothing after it may).
 #[test]
 fn flushes_encoded_while_the_previous_one_syncs_lose_nothing_and_fail_alone() {
     const COMMITTERS: usize = 8;
@@ -753,12 +768,8 @@ fn flushes_encoded_while_the_previous_one_syncs_lose_nothing_and_fail_alone() {
     // seeds, so a busy test machine only makes it rarer.
     let (mut shadowed_total, mut acked_in_shadow_total) = (0, 0);
     for seed in 0..6u64 {
-        let disk = SimDisk::new(seed);
-        let mut config = journal_config(4, 1);
-        // Any request waiting is enough: a loaded test machine may leave few.
-        config.group_commit_overlap_requests_min = 1;
-        let engine = open_sim(&disk, &config).unwrap();
-        disk.set_write_stall(std::time::Duration::from_millis(1));
+        let stall = std::time::Duration::from_millis(1);
+        let (disk, config, engine) = pipelined_engine(seed, 4, stall);
         let faulty = seed >= 2;
         if faulty {
             disk.set_faults(coffer::storage::SimFaults {
@@ -871,11 +882,8 @@ fn a_flush_acknowledged_during_the_next_ones_sync_is_not_failed_by_the_next_ones
     const WINDOW: usize = 64;
     let mut refusals = 0;
     for seed in 0..4u64 {
-        let disk = SimDisk::new(seed);
-        let mut config = journal_config(2, 1);
-        config.group_commit_overlap_requests_min = 1;
-        let engine = open_sim(&disk, &config).unwrap();
-        disk.set_write_stall(std::time::Duration::from_micros(300));
+        let stall = std::time::Duration::from_micros(300);
+        let (disk, config, engine) = pipelined_engine(seed, 2, stall);
         let metadata = "x".repeat(4000);
         let outcomes: Vec<(HashMap<String, i64>, usize)> = std::thread::scope(|scope| {
             let committers: Vec<_> = (0..COMMITTERS)

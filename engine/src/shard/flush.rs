@@ -167,6 +167,10 @@ impl Shard {
             self.metrics.commit_errors += 1;
             self.pools.commits.answer(commit, Err(error));
         }
+        if batch.is_empty() {
+            // Every commit refused: its byte counts start from zero again.
+            batch.clear();
+        }
         batch.sort_entries();
         flush_partitions.clear();
         let partitions = &mut self.partitions;

@@ -142,9 +142,6 @@ impl Shard {
             if !self.next.batch.is_empty() {
                 self.next.state = NextState::Encoded;
                 self.metrics.flushes_encoded_in_shadow += 1;
-            } else {
-                // Every commit refused: the batch's byte counts start from zero again.
-                self.next.batch.clear();
             }
         }
         started.elapsed().as_micros() as u64

@@ -825,10 +825,7 @@ mod tests {
         assert!(storage.finish_synced_write().is_err(), "nothing in flight");
         let mut bytes = b"first".to_vec();
         storage
-            .start_synced_write(&WriteOp {
-                sync: true,
-                ..op(file, 0, &bytes)
-            })
+            .start_synced_write(&op(file, 0, &bytes))
             .expect("started");
         // The bytes are the caller's again at once; a second start is refused.
         bytes.copy_from_slice(b"XXXXX");
