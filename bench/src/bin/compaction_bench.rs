@@ -92,6 +92,10 @@ fn wall_ms() -> i64 {
 
 struct RunOut {
     offsets_per_s: f64,
+    /// CPU time of the shard threads and their io_uring workers in the measured window, per
+    /// acknowledged partition offset: what the compactor costs the shard's core, without the
+    /// noise a shared machine puts in throughput.
+    engine_cpu_ns_per_offset: f64,
     latency_us: Histogram<u64>,
     metrics: Vec<ShardMetrics>,
 }
@@ -135,6 +139,7 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
     let mut acks = 0u64;
     let mut request = 0u64;
     let mut commits = Vec::with_capacity(args.partitions_per_request as usize);
+    let (mut cpu_from, mut cpu_to) = (None, None);
     let mut complete = |issued: Instant, result: coffer::Result<()>| -> BoxResult<()> {
         result?;
         let now = Instant::now();
@@ -145,7 +150,14 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
         Ok(())
     };
     loop {
-        if Instant::now() < stop_at {
+        let now = Instant::now();
+        if cpu_from.is_none() && now >= measure_from {
+            cpu_from = Some(engine_cpu()?);
+        }
+        if cpu_to.is_none() && now >= stop_at {
+            cpu_to = Some(engine_cpu()?);
+        }
+        if now < stop_at {
             while queue.len() < args.in_flight {
                 let group = (request % u64::from(args.groups)) as usize;
                 let slices = (args.topic_partitions / args.partitions_per_request).max(1);
@@ -172,11 +184,22 @@ fn storm(args: &Args, engine: &Engine) -> BoxResult<RunOut> {
         drain_resolved(&mut queue, &mut cx, &mut complete)?;
     }
     let offsets = acks * args.partitions_per_request as u64;
+    let cpu = match (cpu_from, cpu_to) {
+        (Some(from), Some(to)) => to.saturating_sub(from),
+        _ => Duration::ZERO,
+    };
     Ok(RunOut {
         offsets_per_s: offsets as f64 / args.duration,
+        engine_cpu_ns_per_offset: cpu.as_nanos() as f64 / offsets.max(1) as f64,
         latency_us,
         metrics: engine.metrics()?,
     })
+}
+
+/// CPU time the engine's threads (shards and their io_uring workers) have used.
+fn engine_cpu() -> BoxResult<Duration> {
+    let sums = coffer_bench::threads_cpu_time(&["coffer-shard", "iou-wrk"])?;
+    Ok(sums.iter().sum())
 }
 
 fn report(mode: &str, round: u32, out: &RunOut, dir_bytes: u64) {
@@ -195,11 +218,12 @@ fn report(mode: &str, round: u32, out: &RunOut, dir_bytes: u64) {
     let h = &out.latency_us;
     println!(
         "{mode:>3} round {round}: {:>10.0} offsets/s  ack p50 {:>6} p99 {:>6} p999 {:>6} µs  \
-         log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  on disk {:.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  step p50 {} p99 {} max {} µs",
+         engine CPU {:.0} ns/offset  log {:>6.1} MiB live {:>5.1} MiB ({:.2}x)  on disk {:.1} MiB ({:.2}x)  compactions {} read {:.1} MiB written {:.1} MiB  tested by key {}  step p50 {} p99 {} max {} µs",
         out.offsets_per_s,
         h.value_at_quantile(0.5),
         h.value_at_quantile(0.99),
         h.value_at_quantile(0.999),
+        out.engine_cpu_ns_per_offset,
         log as f64 / 1048576.0,
         live as f64 / 1048576.0,
         log as f64 / live.max(1) as f64,
@@ -208,6 +232,7 @@ fn report(mode: &str, round: u32, out: &RunOut, dir_bytes: u64) {
         sum(|m| m.compaction.compactions),
         sum(|m| m.compaction.bytes_read) as f64 / 1048576.0,
         sum(|m| m.compaction.bytes_written) as f64 / 1048576.0,
+        sum(|m| m.compaction.records_tested_by_key),
         step(0.5),
         step(0.99),
         step(1.0),

@@ -177,7 +177,6 @@ impl BulkLoad<'_> {
             .shared
             .groups
             .swap(Box::into_raw(Box::new(table)), Ordering::Release);
-        cache.table_generation += 1;
         // SAFETY: unlinked just now; it held no group (the cache was empty), only perhaps
         // tombstones, and readers may still be walking it.
         cache.retire(unsafe { Box::from_raw(old) });

@@ -242,26 +242,6 @@ pub struct OffsetCache {
     group_topics: usize,
     live_keys: usize,
     max_partitions: i32,
-    /// Counts replacements of the group table: a [`PositionWalk`] spread over several calls
-    /// starts over when the table it was walking is gone.
-    table_generation: u64,
-}
-
-/// Where a walk of a cache's log positions spread over several calls stands
-/// ([`OffsetCache::walk_log_positions`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PositionWalk {
-    table_generation: u64,
-    next_slot: usize,
-    started: bool,
-    restarts: u32,
-}
-
-impl PositionWalk {
-    /// Times the walk started over because the group table it was walking was replaced.
-    pub(crate) fn restarts(&self) -> u32 {
-        self.restarts
-    }
 }
 
 /// A reader of an offset cache: `Clone + Send + Sync`, usable from any thread, never blocks.
@@ -333,7 +313,6 @@ impl OffsetCache {
             group_topics: 0,
             live_keys: 0,
             max_partitions: max_partitions.max(1),
-            table_generation: 0,
         }
     }
 
@@ -528,10 +507,8 @@ impl OffsetCache {
         f.present.then_some(f.log_position)
     }
 
-    /// Calls `f` with the log position of every live key (writer side, any order). The
-    /// compactor takes these once per job: a record is live iff some key's position is its
-    /// offset, which is cheaper to test than decoding each record's key and looking it up.
-    /// O(groups + partitions).
+    /// Calls `f` with the log position of every live key (writer side, any order): the
+    /// records a compaction of the whole log would keep. O(groups + partitions).
     pub fn for_each_log_position(&self, mut f: impl FnMut(u64)) {
         for slot in self.table().slots.iter() {
             let g = slot.load(Ordering::Relaxed);
@@ -550,58 +527,6 @@ impl OffsetCache {
                 }
             }
         }
-    }
-
-    /// [`for_each_log_position`](Self::for_each_log_position) spread over calls: from where
-    /// `walk` stands, calls `f` with the log position of every live key of whole groups
-    /// until it has visited at least `keys_min` keys. Returns whether the walk is complete.
-    /// A walk whose group table was replaced since its last call starts over (reporting
-    /// some positions again).
-    ///
-    /// Between calls the cache changes, so the positions reported are not a snapshot: a key
-    /// updated after its group was visited is reported at its old position, and a group
-    /// added behind the walk is not reported at all. Both only ever concern positions
-    /// newer than the walk's start, so a caller asking about records older than that (the
-    /// compactor, about sealed segments) learns every position that was live at the start
-    /// and is live still, plus some that have died since.
-    pub(crate) fn walk_log_positions(
-        &self,
-        walk: &mut PositionWalk,
-        keys_min: usize,
-        mut f: impl FnMut(u64),
-    ) -> bool {
-        if !walk.started || walk.table_generation != self.table_generation {
-            *walk = PositionWalk {
-                table_generation: self.table_generation,
-                next_slot: 0,
-                started: true,
-                restarts: walk.restarts + u32::from(walk.started),
-            };
-        }
-        let slots = &self.table().slots;
-        let mut visited = 0usize;
-        // Bounded by the table's slots.
-        while walk.next_slot < slots.len() && visited < keys_min {
-            let g = slots[walk.next_slot].load(Ordering::Relaxed);
-            walk.next_slot += 1;
-            if !is_node(g) {
-                continue;
-            }
-            // SAFETY: writer access; a linked group node is live.
-            let list = unsafe { (*g).topics() };
-            for t in list.iter() {
-                // SAFETY: writer access; a listed topic's partition array is live.
-                let parts = unsafe { t.parts() };
-                visited += parts.slots.len();
-                for part in parts.slots.iter() {
-                    let fields = part.load_own();
-                    if fields.present {
-                        f(fields.log_position);
-                    }
-                }
-            }
-        }
-        walk.next_slot >= slots.len()
     }
 
     /// Live keys.
@@ -836,7 +761,6 @@ impl OffsetCache {
             .shared
             .groups
             .swap(Box::into_raw(Box::new(new)), Ordering::Release);
-        self.table_generation += 1;
         self.groups_used = self.groups_live;
         // SAFETY: unlinked just now; the nodes it points at are still live (shared with the
         // new table), and dropping a table does not drop its nodes.

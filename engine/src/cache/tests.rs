@@ -252,7 +252,7 @@ proptest! {
             prop_assert_eq!(r.get(g, t, *p), Some(v.clone()));
             prop_assert_eq!(c.log_position(key(g, t, *p)), Some(*pos));
         }
-        // The compactor's walk: exactly the live keys' positions.
+        // Exactly the live keys' positions.
         let mut positions = Vec::new();
         c.for_each_log_position(|position| positions.push(position));
         positions.sort_unstable();

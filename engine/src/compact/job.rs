@@ -9,17 +9,19 @@
 //! not reproduce, are copied untouched (see docs/architecture.md, "Transactional offsets").
 //!
 //! Liveness is read at copy time. A record copied live may die before the swap; it is then
-//! simply counted dead in the new segment. A record never comes back to life (new values go
-//! to the active segment, past the job's range), so nothing live at swap time was left out.
-//! That also makes the live positions a safe filter: before the first copy step the job
-//! marks the positions of the cache's live keys in its range ([`LivePositions`], a walk
-//! spread over steps, which need not be a snapshot: see [`LivePositions::walk`]), and a
-//! value record of an offset commit whose offset is not marked is dead without decoding its
-//! key; the marked ones are checked against the cache as before.
+//! simply counted dead in the new segment (its input's dead-record map goes into the new
+//! segment's). A record never comes back to life (new values go to the active segment, past
+//! the job's range), so nothing live at swap time was left out.
+//!
+//! An offset commit's value record is judged by its offset alone: its segment's
+//! [`DeadRecords`] map says whether it died, exactly as the cache would (debug builds check
+//! every such verdict against the cache). Only records of an untracked segment, tombstones
+//! (kept while their key stays absent) and group metadata records are judged by decoding
+//! their key and looking it up.
 
 use std::path::{Path, PathBuf};
 
-use crate::cache::{OffsetCache, OffsetKey, PositionWalk};
+use crate::cache::{OffsetCache, OffsetKey};
 use crate::compact::{COMPACTION_STEP_BYTES_MAX, CompactionMetrics, PartitionCompaction};
 use crate::format::batch::{ATTR_DELETE_HORIZON, ATTR_LOG_APPEND_TIME};
 use crate::format::schema::{OFFSET_COMMIT_KEY_TYPE, OFFSET_COMMIT_KEY_TYPE_LEGACY};
@@ -28,6 +30,7 @@ use crate::format::{
     RecordKey, RecordView, decode_key, key_record_type, parse_batch,
 };
 use crate::log::PartitionLog;
+use crate::log::dead_records::DeadRecords;
 use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
 use crate::log::reader::BATCH_READ_BYTES_MAX;
 use crate::log::segment::SealedSegment;
@@ -98,8 +101,6 @@ pub(crate) struct CompactionJob {
     kept_flags: Vec<bool>,
     /// Records of inputs dropped without being read (see [`nothing_to_keep`]), 0 if read.
     records_dropped_unread: u64,
-    /// The live offset commits' positions in the job's range, taken before the first copy.
-    live: LiveFilter,
     /// Where the job is once every input is copied.
     phase: Phase,
     /// Tags this job's background syncs ([`Storage::start_background_sync`]).
@@ -140,33 +141,6 @@ enum Phase {
 /// Background syncs a compaction keeps in flight: one (see [`Phase`]). The journal's
 /// checkpoint uses the rest of [`crate::storage::BACKGROUND_SYNCS_MAX`].
 pub(crate) const COMPACTION_SYNCS_MAX: usize = 1;
-
-/// Keys of the cache one walk for the live-position filter visits in the time one record's
-/// key decode and lookup takes, about: the walk reads the cache's slots in order (a few ns
-/// each), a lookup hashes, probes and compares the group and topic (~150 ns). A job whose
-/// records times this are fewer than its partition's keys is tested record by record.
-const WALKED_KEYS_PER_RECORD_TEST: u64 = 8;
-
-/// Keys of the cache one step of the live-position filter's walk visits at least (whole
-/// groups): about 0.4 ms of the shard's time on the dev VM, where the whole walk of a
-/// 128,000-key partition in one step took 3 ms.
-const LIVE_WALK_KEYS_PER_STEP: usize = 16 * 1024;
-
-/// Restarts of a job's walk (its cache's group table replaced under it) after which the job
-/// gives the filter up and tests record by record: bounds a walk that groups being created
-/// faster than it advances would otherwise keep starting over.
-const LIVE_WALK_RESTARTS_MAX: u32 = 4;
-
-/// Walk steps charged as one step of the compactor's credit (see
-/// `COMPACTION_READ_PER_BYTE_WRITTEN`): a job's walk, taken in one step at first, was charged
-/// one step; charging each of its ~8 steps a whole one halved how often a 1.28 M-key storm
-/// compacted and held its log at 2.0× the live data on disk instead of 1.8×.
-pub(crate) const WALK_STEPS_PER_CHARGED_STEP: u64 = 8;
-
-/// Widest offset range the live-position filter covers: one bit per offset, so at most an
-/// 8 MiB map per job. A wider job (a long-compacted log's sparse segments) is tested record
-/// by record.
-const LIVE_FILTER_OFFSETS_MAX: u64 = 1 << 26;
 
 /// What to do with one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +207,6 @@ impl CompactionJob {
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
             kept_flags: Vec::new(),
             records_dropped_unread,
-            live: LiveFilter::Undecided,
             phase: Phase::Copying,
             sync_token,
             sync_outcome: None,
@@ -269,19 +242,6 @@ impl CompactionJob {
             return StepOutcome::Continue;
         }
         ctx.out_buf.clear();
-        if matches!(self.live, LiveFilter::Undecided) {
-            self.live = self.decide_live_filter(ctx);
-        }
-        if let LiveFilter::Walking { positions, walk } = &mut self.live {
-            if walk.restarts() > LIVE_WALK_RESTARTS_MAX {
-                // The cache keeps outgrowing its group table under the walk.
-                self.live = LiveFilter::Off;
-            } else if positions.walk(ctx.cache, walk) {
-                let positions = std::mem::replace(positions, LivePositions::empty(0, 0));
-                self.live = LiveFilter::On(positions);
-            }
-            return StepOutcome::Continue;
-        }
         let consumed = match self.copy_window(ctx, file) {
             Ok(consumed) => consumed,
             Err(reason) => return self.quarantine(ctx, reason),
@@ -305,33 +265,11 @@ impl CompactionJob {
         StepOutcome::Continue
     }
 
-    /// Takes the live positions if the walk costs less than what it saves: it visits every
-    /// key of the cache (a few ns each, [`LIVE_WALK_KEYS_PER_STEP`] a step), and saves a
-    /// decode and a lookup (~150 ns) per dead record of the job. A dirty segment holds
-    /// several records per live key (`DIRTY_ROLL_LIVE_MULTIPLE`), so a job usually has more
-    /// records than its partition has keys; a small job in a large partition may not, and
-    /// is tested record by record instead.
-    fn decide_live_filter(&self, ctx: &StepContext<'_>) -> LiveFilter {
-        // The job's segments stay in the log until its swap (`finish` checks it).
-        let stats = &ctx.log.table().segments()[self.first..self.first + self.inputs.len()];
-        let records: u64 = stats.iter().map(|s| s.records).sum();
-        let base = self.inputs[0].base_offset;
-        let span = u64::try_from(self.end_offset - base).unwrap_or(u64::MAX);
-        let walk_costs_more = ctx.cache.len() as u64 > records * WALKED_KEYS_PER_RECORD_TEST;
-        if walk_costs_more || span > LIVE_FILTER_OFFSETS_MAX {
-            return LiveFilter::Off;
-        }
-        LiveFilter::Walking {
-            positions: LivePositions::empty(base, span),
-            walk: PositionWalk::default(),
-        }
-    }
-
     /// Reads up to a step's bytes of the current input at the current position and appends
     /// the live part of every whole batch in it to `out_buf`; returns the bytes consumed.
     fn copy_window(&mut self, ctx: &mut StepContext<'_>, file: FileId) -> Result<u64, String> {
         let input = &self.inputs[self.input];
-        let left = input.len - self.input_position;
+        let (left, base_offset) = (input.len - self.input_position, input.base_offset);
         let mut want = left.min(COMPACTION_STEP_BYTES_MAX as u64) as usize;
         // A batch bigger than a step is read whole (bounded by the reader's batch limit).
         if want < BATCH_LOG_OVERHEAD_BYTES {
@@ -364,7 +302,15 @@ impl CompactionJob {
             }
             let view = parse_batch(rest).map_err(|e| e.to_string())?;
             self.check_offsets(&view)?;
-            self.copy_batch(ctx.cache, ctx.partition, ctx.metrics, &view, ctx.out_buf)
+            // The inputs stay in the log's table until the swap (`install` checks it).
+            let dead = &ctx.log.table().segments()[self.first + self.input].dead_records;
+            let judge = Judge {
+                cache: ctx.cache,
+                partition: ctx.partition,
+                dead,
+                base_offset,
+            };
+            self.copy_batch(&judge, ctx.metrics, &view, ctx.out_buf)
                 .map_err(|e| format!("malformed record: {e}"))?;
             self.last_offset = Some(view.header.last_offset());
             consumed += view.total_bytes();
@@ -397,8 +343,7 @@ impl CompactionJob {
     /// Appends the live part of one batch to `out`.
     fn copy_batch(
         &mut self,
-        cache: &OffsetCache,
-        partition: &PartitionCompaction,
+        judge: &Judge<'_>,
         metrics: &mut CompactionMetrics,
         view: &BatchView<'_>,
         out: &mut Vec<u8>,
@@ -417,7 +362,7 @@ impl CompactionJob {
         self.kept_flags.clear();
         for record in view.records() {
             let record = record?;
-            let fate = self.fate(cache, partition, view, &record)?;
+            let fate = self.fate(judge, metrics, view, &record)?;
             self.kept_flags
                 .push(matches!(fate, Fate::Keep | Fate::KeepTombstone));
             match fate {
@@ -474,29 +419,37 @@ impl CompactionJob {
     /// the log.
     fn fate(
         &self,
-        cache: &OffsetCache,
-        partition: &PartitionCompaction,
+        judge: &Judge<'_>,
+        metrics: &mut CompactionMetrics,
         view: &BatchView<'_>,
         record: &RecordView<'_>,
     ) -> Result<Fate, FormatError> {
+        let Judge {
+            cache,
+            partition,
+            dead,
+            base_offset,
+        } = *judge;
         let offset = record.offset(&view.header);
         let key = record
             .key
             .ok_or(FormatError::Malformed("record without a key"))?;
         let commit_key_types = [OFFSET_COMMIT_KEY_TYPE_LEGACY, OFFSET_COMMIT_KEY_TYPE];
-        if let LiveFilter::On(live) = &self.live
-            && record.value.is_some()
-            && !live.contains(offset)
+        // `check_offsets` keeps every record of the batch at or past its input's base.
+        let within = u64::try_from(offset - base_offset).unwrap_or(u64::MAX);
+        if record.value.is_some()
             && commit_key_types.contains(&key_record_type(key)?)
+            && let Some(is_dead) = dead.is_dead(within)
         {
-            // Dead since the snapshot at the latest: most records of a commit storm. No key
-            // decode, no lookup.
-            debug_assert!(
+            // Most records of a commit storm: no key decode, no lookup.
+            debug_assert_eq!(
+                is_dead,
                 dead_by_key(cache, key, offset),
-                "the live-position filter dropped offset {offset}, which its key says is live"
+                "the dead-record map's verdict on offset {offset} differs from its key's"
             );
-            return Ok(Fate::Drop);
+            return Ok(if is_dead { Fate::Drop } else { Fate::Keep });
         }
+        metrics.records_tested_by_key += 1;
         let latest = match decode_key(key)? {
             RecordKey::OffsetCommit(key) => cached_position(cache, key),
             RecordKey::GroupMetadata(key) => match partition.group_record_offset(key.group) {
@@ -696,16 +649,23 @@ impl CompactionJob {
         });
         assert!(unchanged, "sealed segments changed under a compaction");
         let base_offset = self.inputs[0].base_offset;
-        let live_before: u64 = ctx.log.table().segments()[range.clone()]
-            .iter()
-            .map(|s| s.live)
-            .sum();
+        let replaced = &ctx.log.table().segments()[range.clone()];
+        let live_before: u64 = replaced.iter().map(|s| s.live).sum();
+        // Offsets are kept, so the inputs' maps, side by side, are the copy's: the records
+        // dropped stay marked (nobody asks), and those that died during the job are marked.
+        let span = u64::try_from(self.end_offset - base_offset).unwrap_or(u64::MAX);
+        let parts = replaced.iter().map(|s| {
+            let distance = u64::try_from(s.base_offset - base_offset).unwrap_or(u64::MAX);
+            (distance, &s.dead_records)
+        });
+        let dead_records = DeadRecords::merged(parts, span, self.records_written);
         let stats = SegmentStats {
             base_offset,
             records: self.records_written,
             live: (live_before + self.tombstones_kept).min(self.records_written),
             tombstones: self.tombstones_kept,
             tombstone_min_timestamp_ms: self.tombstone_min_timestamp_ms,
+            dead_records,
         };
         let segment = SealedSegment {
             base_offset,
@@ -741,11 +701,6 @@ impl CompactionJob {
     /// The token its background operations carry.
     pub(crate) fn sync_token(&self) -> u64 {
         self.sync_token
-    }
-
-    /// Whether the job's next step takes live positions from the cache (reads no file).
-    pub(crate) fn is_walking(&self) -> bool {
-        matches!(self.live, LiveFilter::Walking { .. })
     }
 
     /// Whether the job waits for its background sync's outcome (no step can progress).
@@ -791,8 +746,9 @@ impl CompactionJob {
     }
 }
 
-/// What the per-record test says of a value record the live-position filter drops: its key
-/// decodes, and the cache does not point at it (debug builds check every drop with it).
+/// What the per-record test says of an offset commit's value record: dead unless its key
+/// decodes and the cache points at it (debug builds check every verdict of the dead-record
+/// maps with it).
 fn dead_by_key(cache: &OffsetCache, key: &[u8], offset: i64) -> bool {
     match decode_key(key) {
         Ok(RecordKey::OffsetCommit(key)) => cached_position(cache, key) != Some(offset),
@@ -811,68 +767,15 @@ fn cached_position(cache: &OffsetCache, key: OffsetCommitKey<'_>) -> Option<i64>
     cache.log_position(key).map(|p| p as i64)
 }
 
-/// Where a job stands on the live-position filter.
-#[derive(Debug)]
-enum LiveFilter {
-    /// Not decided yet: the job has not copied anything.
-    Undecided,
-    /// Every record is tested by its key (the job is smaller than its partition's cache).
-    Off,
-    /// Taking the live positions from the cache, a bounded part per step, before copying.
-    Walking {
-        positions: LivePositions,
-        walk: PositionWalk,
-    },
-    /// Records whose offset is not among these are dead.
-    On(LivePositions),
-}
-
-/// The log positions of a cache's live keys inside a job's offset range: one bit per
-/// offset of the range.
-#[derive(Debug)]
-struct LivePositions {
-    base: i64,
-    span: u64,
-    bits: Vec<u64>,
-}
-
-impl LivePositions {
-    /// None yet, for the `span` offsets from `base` (at most [`LIVE_FILTER_OFFSETS_MAX`]).
-    /// Allocated once per job.
-    fn empty(base: i64, span: u64) -> LivePositions {
-        debug_assert!(span <= LIVE_FILTER_OFFSETS_MAX);
-        LivePositions {
-            base,
-            span,
-            bits: vec![0; span.div_ceil(64) as usize],
-        }
-    }
-
-    /// Takes the positions of the next [`LIVE_WALK_KEYS_PER_STEP`] keys of `cache` (or
-    /// more, whole groups) from where `walk` stands; returns whether the walk is complete.
-    /// Spread over steps the walk still finds every record of the job's (sealed) range
-    /// that was live when it started and is live still (see
-    /// [`OffsetCache::walk_log_positions`]); one that dies meanwhile may be marked too, and
-    /// is then tested by its key.
-    fn walk(&mut self, cache: &OffsetCache, walk: &mut PositionWalk) -> bool {
-        let (base, span) = (self.base as u64, self.span);
-        cache.walk_log_positions(walk, LIVE_WALK_KEYS_PER_STEP, |position| {
-            let index = position.wrapping_sub(base);
-            if index < span {
-                self.bits[(index / 64) as usize] |= 1 << (index % 64);
-            }
-        })
-    }
-
-    fn contains(&self, offset: i64) -> bool {
-        // Checked: a record's offset comes from the file.
-        let index = offset.checked_sub(self.base).map(u64::try_from);
-        let Some(Ok(index)) = index else {
-            return false;
-        };
-        let word = self.bits.get((index / 64) as usize);
-        word.is_some_and(|word| word & (1 << (index % 64)) != 0)
-    }
+/// What a record's fate is read from: the in-memory state, and its input's dead-record map.
+#[derive(Clone, Copy)]
+struct Judge<'a> {
+    cache: &'a OffsetCache,
+    partition: &'a PartitionCompaction,
+    /// The map of the input being copied.
+    dead: &'a DeadRecords,
+    /// That input's base offset: bit 0 of its map.
+    base_offset: i64,
 }
 
 /// Whether segments with these stats hold no record a compaction would keep, so it can drop
@@ -897,175 +800,5 @@ fn read_exact(
         Ok(read) if read == buf.len() => Ok(()),
         Ok(read) => Err(format!("short read: {read} of {} bytes", buf.len())),
         Err(error) => Err(format!("reading: {error}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cache::OffsetValueRef;
-
-    /// A value; only its log position matters to these tests.
-    fn value() -> OffsetValueRef<'static> {
-        OffsetValueRef {
-            offset: 1,
-            leader_epoch: 0,
-            commit_timestamp_ms: 0,
-            expire_timestamp_ms: -1,
-            metadata: "",
-        }
-    }
-
-    /// Random churn between the walk's steps (updates, removals, new groups in bursts that
-    /// rebuild the table, new topics, grown partition arrays, groups removed and re-added):
-    /// every key whose position at the walk's start is still its position at the end is
-    /// marked. (Written after a review's adversarial test of the same property.)
-    #[test]
-    fn the_live_position_walk_misses_no_surviving_position_under_random_churn() {
-        type Key = (String, String, i32);
-        let value = value();
-        for seed in 1..=4u64 {
-            // xorshift64: the test's seeded generator.
-            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let mut next = move |below: u64| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state % below
-            };
-            let mut cache = OffsetCache::new();
-            let mut model: std::collections::HashMap<Key, u64> = Default::default();
-            let upsert = |cache: &mut OffsetCache,
-                          model: &mut std::collections::HashMap<Key, u64>,
-                          key: Key,
-                          position| {
-                let cache_key = OffsetKey {
-                    group: &key.0,
-                    topic: &key.1,
-                    partition: key.2,
-                };
-                cache.upsert(cache_key, value, position).unwrap();
-                model.insert(key, position);
-            };
-            let mut position = 100u64;
-            for g in 0..2000 + next(4000) {
-                for t in 0..1 + next(3) {
-                    for p in 0..1 + next(6) {
-                        let key = (format!("g{g}"), format!("t{t}"), p as i32);
-                        upsert(&mut cache, &mut model, key, position);
-                        position += 1;
-                    }
-                }
-            }
-            let at_start = model.clone();
-            let keys: Vec<Key> = at_start.keys().cloned().collect();
-            let mut live = LivePositions::empty(100, position - 100);
-            let mut walk = PositionWalk::default();
-            let mut steps = 0;
-            // Bounded by the assertion: churn restarts the walk at most once per burst.
-            while !live.walk(&cache, &mut walk) {
-                steps += 1;
-                assert!(steps < 1000, "seed {seed}: the walk does not end");
-                let pick = |n: u64| keys[n as usize].clone();
-                if next(2) == 0 {
-                    for _ in 0..next(4000) {
-                        let key = (format!("b{}", next(1 << 20)), "x".to_owned(), 0);
-                        upsert(&mut cache, &mut model, key, position);
-                        position += 1;
-                    }
-                }
-                for _ in 0..next(300) {
-                    let (group, topic, partition) = pick(next(keys.len() as u64));
-                    let churned = match next(5) {
-                        0 => Some((group, topic, partition)),
-                        1 => Some((group, format!("y{}", next(50)), 0)),
-                        2 => Some((group, topic, 20 + next(200) as i32)),
-                        3 => {
-                            let key = OffsetKey {
-                                group: &group,
-                                topic: &topic,
-                                partition,
-                            };
-                            cache.take(key).unwrap();
-                            model.remove(&(group, topic, partition));
-                            None
-                        }
-                        _ => {
-                            let doomed: Vec<Key> =
-                                model.keys().filter(|k| k.0 == group).cloned().collect();
-                            for (g, t, p) in doomed {
-                                let key = OffsetKey {
-                                    group: &g,
-                                    topic: &t,
-                                    partition: p,
-                                };
-                                cache.take(key).unwrap();
-                                model.remove(&(g, t, p));
-                            }
-                            (next(2) == 0).then(|| (group, "z".to_owned(), 0))
-                        }
-                    };
-                    if let Some(key) = churned {
-                        upsert(&mut cache, &mut model, key, position);
-                        position += 1;
-                    }
-                }
-            }
-            let missed: Vec<&Key> = at_start
-                .iter()
-                .filter(|(key, start)| model.get(*key) == Some(*start))
-                .filter(|(_, start)| !live.contains(**start as i64))
-                .map(|(key, _)| key)
-                .collect();
-            assert!(missed.is_empty(), "seed {seed}, {steps} steps: {missed:?}");
-        }
-    }
-
-    #[test]
-    fn the_live_position_walk_finds_every_position_in_its_range_across_steps_and_rebuilds() {
-        let mut cache = OffsetCache::new();
-        let value = value();
-        let upsert = |cache: &mut OffsetCache, group: &str, partition: i32, position| {
-            let key = OffsetKey {
-                group,
-                topic: "t",
-                partition,
-            };
-            cache.upsert(key, value, position).unwrap();
-        };
-        // 5000 groups of 8 keys: the walk takes several steps. In the range [100, 40100):
-        // group g's keys at 100 + 8 g + p; a key below and one past the range besides.
-        for g in 0..5000 {
-            for p in 0..8 {
-                upsert(&mut cache, &format!("g{g}"), p, 100 + 8 * g + p as u64);
-            }
-        }
-        upsert(&mut cache, "below", 0, 99);
-        upsert(&mut cache, "past", 0, 40_100);
-        let mut live = LivePositions::empty(100, 40_000);
-        let mut walk = PositionWalk::default();
-        let mut steps = 0;
-        // Bounded: a walk visits every slot of the table it started on once.
-        while !live.walk(&cache, &mut walk) {
-            steps += 1;
-            assert!(steps < 100, "the walk does not end");
-            if steps == 1 {
-                // New groups grow (rebuild) the group table: the walk starts over. Their
-                // keys are newer than the range, as anything a cache gains during a
-                // compaction is.
-                for g in 0..5000 {
-                    upsert(&mut cache, &format!("new{g}"), 0, 50_000 + g);
-                }
-            }
-        }
-        assert!(steps >= 2, "one step took the whole walk ({steps})");
-        assert!(walk.restarts() >= 1, "the table grew under the walk");
-        let found: Vec<i64> = (0..60_000)
-            .filter(|&offset| live.contains(offset))
-            .collect();
-        assert_eq!(found, (100..40_100).collect::<Vec<i64>>());
-        assert!(!live.contains(-1));
-        assert!(!live.contains(i64::MIN));
-        assert!(!live.contains(i64::MAX));
     }
 }

@@ -16,12 +16,17 @@
 //! Tombstones count as dead from the moment they are written (they will go), and as live in
 //! the segment a compaction writes while they are retained (so a retained tombstone does not
 //! keep its segment dirty). Control, transactional and unknown records are always live.
+//!
+//! Beside the counts, each segment keeps *which* of its records are dead
+//! ([`DeadRecords`]), so the compactor drops a dead record by its offset alone.
+
+use super::dead_records::DeadRecords;
 
 /// Sentinel for "no tombstone in the segment".
 pub const NO_TOMBSTONE_MS: i64 = i64::MAX;
 
 /// Record counts of one segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentStats {
     /// Offset its name carries.
     pub base_offset: i64,
@@ -33,6 +38,8 @@ pub struct SegmentStats {
     pub tombstones: u64,
     /// Timestamp of its oldest tombstone, [`NO_TOMBSTONE_MS`] if none.
     pub tombstone_min_timestamp_ms: i64,
+    /// Which of its records are dead.
+    pub dead_records: DeadRecords,
 }
 
 impl SegmentStats {
@@ -44,6 +51,7 @@ impl SegmentStats {
             live: 0,
             tombstones: 0,
             tombstone_min_timestamp_ms: NO_TOMBSTONE_MS,
+            dead_records: DeadRecords::default(),
         }
     }
 
@@ -74,14 +82,25 @@ impl SegmentTable {
         &self.segments
     }
 
-    /// Starts accounting for a new last segment.
+    /// Starts accounting for a new last segment; the one before is sealed.
     pub fn push_segment(&mut self, base_offset: i64) {
         debug_assert!(
             self.segments
                 .last()
                 .is_none_or(|s| s.base_offset < base_offset)
         );
+        if let Some(last) = self.segments.last_mut() {
+            last.dead_records.seal();
+        }
         self.segments.push(SegmentStats::new(base_offset));
+    }
+
+    /// Reserves room in the last segment's dead-record map for `records` records, so
+    /// appends to it allocate nothing (see [`DeadRecords::with_capacity`]).
+    pub fn reserve_active(&mut self, records: u64) {
+        if let Some(last) = self.segments.last_mut() {
+            last.dead_records.reserve(records);
+        }
     }
 
     /// Counts `count` new live records appended to the last segment.
@@ -110,6 +129,9 @@ impl SegmentTable {
             "dead record {offset} in a segment with none live"
         );
         segment.live = segment.live.saturating_sub(1);
+        // In the segment: `index_of` found it at or past the base.
+        let within = (offset - segment.base_offset) as u64;
+        segment.dead_records.mark(within, segment.records);
         sealed
     }
 

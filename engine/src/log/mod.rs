@@ -5,8 +5,10 @@
 //!   torn-tail inspection recovery relies on.
 //! * [`partition`] — one partition's log: recovery on open, appends, rolls, close.
 //! * [`liveness`] — per-segment live/dead record counts, the compactor's input.
+//! * [`dead_records`] — which records of a segment are dead, by offset.
 //! * [`swap`] — the crash-safe protocol that replaces segments with their compacted copy.
 
+pub mod dead_records;
 pub mod liveness;
 pub mod partition;
 pub mod reader;

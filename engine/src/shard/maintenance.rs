@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::compact::job::{CompactionJob, StepContext, StepOutcome, WALK_STEPS_PER_CHARGED_STEP};
+use crate::compact::job::{CompactionJob, StepContext, StepOutcome};
 use crate::compact::retention::{self, ExpiredOffset, GroupActivity};
 use crate::compact::select::{self, Candidate, SelectSettings};
 use crate::compact::{
@@ -304,7 +304,6 @@ impl Shard {
             return;
         };
         let partition = job.partition;
-        let walked_before = job.is_walking();
         let started = Instant::now();
         let outcome = {
             let hosted = &mut self.partitions[partition as usize];
@@ -328,16 +327,12 @@ impl Shard {
             job.step(&mut ctx)
         };
         let step_us = started.elapsed().as_micros() as u64;
-        // The step that starts the walk, and the one that ends it, are walk steps too.
-        let walking = walked_before || job.is_walking();
         self.metrics.compaction.steps += 1;
         let read = self.metrics.compaction.bytes_read - read_before;
-        // A step that read nothing (a swap, a file switch) still costs a step's worth; a step
-        // of the live-position walk a fraction of one.
-        let cost = match (read, walking) {
-            (0, true) => COMPACTION_STEP_BYTES_MAX as u64 / WALK_STEPS_PER_CHARGED_STEP,
-            (0, false) => COMPACTION_STEP_BYTES_MAX as u64,
-            (read, _) => read,
+        // A step that read nothing (a swap, a file switch) still costs a step's worth.
+        let cost = match read {
+            0 => COMPACTION_STEP_BYTES_MAX as u64,
+            read => read,
         };
         self.maintenance.credit_bytes = self.maintenance.credit_bytes.saturating_sub(cost);
         ShardMetrics::record_latency(&mut self.metrics.compaction_step_us, step_us);
