@@ -435,7 +435,8 @@ impl CompactionJob {
             .key
             .ok_or(FormatError::Malformed("record without a key"))?;
         let commit_key_types = [OFFSET_COMMIT_KEY_TYPE_LEGACY, OFFSET_COMMIT_KEY_TYPE];
-        // `check_offsets` keeps every record of the batch at or past its input's base.
+        // `check_offsets` keeps the batch inside its input's range, and the record iterator
+        // every record inside its batch's, so `within` indexes this input's map.
         let within = u64::try_from(offset - base_offset).unwrap_or(u64::MAX);
         if record.value.is_some()
             && commit_key_types.contains(&key_record_type(key)?)

@@ -120,8 +120,8 @@ pub struct CompactionMetrics {
     pub bytes_written: u64,
     /// Records dropped (dead values, superseded group metadata, expired tombstones).
     pub records_dropped: u64,
-    /// Records whose fate took a key decode and a cache lookup: tombstones, group metadata,
-    /// and the records of segments whose dead-record map is untracked
+    /// Records whose fate took a key decode and a lookup: tombstones, group metadata, records
+    /// of unknown key types, and the records of segments whose dead-record map is untracked
     /// ([`crate::log::dead_records`]). Every other record is judged by its offset.
     pub records_tested_by_key: u64,
     /// Tombstones dropped after `delete.retention.ms`.

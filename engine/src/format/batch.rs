@@ -584,6 +584,8 @@ impl<'a> BatchView<'a> {
             r: Reader::new(self.records_bytes()),
             remaining: self.header.records_count,
             done: false,
+            previous_delta: -1,
+            last_delta: self.header.last_offset_delta,
         }
     }
 }
@@ -625,6 +627,11 @@ pub struct RecordIter<'a> {
     r: Reader<'a>,
     remaining: i32,
     done: bool,
+    /// The offset delta of the record before; deltas increase (gaps allowed: a compacted
+    /// batch) and stay within the header's last offset delta, so every record's offset lies
+    /// in its batch's range, where recovery and the compactor look for it.
+    previous_delta: i32,
+    last_delta: i32,
 }
 
 fn read_var_bytes<'a>(
@@ -702,7 +709,16 @@ impl<'a> Iterator for RecordIter<'a> {
             };
         }
         self.remaining -= 1;
-        let item = decode_record(&mut self.r);
+        let item = decode_record(&mut self.r).and_then(|record| {
+            let delta = record.offset_delta;
+            if delta <= self.previous_delta || delta > self.last_delta {
+                return Err(FormatError::Malformed(
+                    "record offset delta not increasing or past the batch's last",
+                ));
+            }
+            self.previous_delta = delta;
+            Ok(record)
+        });
         if item.is_err() {
             self.done = true;
         }
@@ -949,6 +965,35 @@ mod tests {
             .map(|r| r.expect("ok").offset_delta)
             .collect();
         assert_eq!(deltas, [0, 5, 6]);
+    }
+
+    /// A record's offset delta must increase and stay within the header's last offset delta:
+    /// recovery and the compactor charge and judge a record by the offset it claims, so a
+    /// record claiming another batch's offset (a CRC-valid batch with a bad delta) is refused.
+    #[test]
+    fn offset_deltas_out_of_order_or_past_the_last_are_refused() {
+        let mut out = Vec::new();
+        let mut w = BatchWriter::begin(&mut out, BatchParams::default());
+        w.append_with_offset_delta(0, 1, b"a", Some(b"1"));
+        w.append_with_offset_delta(5, 1, b"b", Some(b"2"));
+        w.finish();
+        let deltas = |bytes: &[u8]| -> Result<Vec<i32>, FormatError> {
+            let view = parse_batch(bytes)?;
+            view.records().map(|r| r.map(|r| r.offset_delta)).collect()
+        };
+        assert_eq!(deltas(&out), Ok(vec![0, 5]));
+        // The header's last offset delta below the second record's.
+        let mut short = out.clone();
+        short[offsets::LAST_OFFSET_DELTA..offsets::LAST_OFFSET_DELTA + 4]
+            .copy_from_slice(&2i32.to_be_bytes());
+        reseal(&mut short);
+        assert!(matches!(deltas(&short), Err(FormatError::Malformed(_))));
+        // The second record's delta (one varint byte: zigzag 10) rewritten to 0, a repeat.
+        let second = out.len() - 1 - out.iter().rev().position(|&b| b == 10).unwrap();
+        let mut repeated = out.clone();
+        repeated[second] = 0;
+        reseal(&mut repeated);
+        assert!(matches!(deltas(&repeated), Err(FormatError::Malformed(_))));
     }
 
     #[test]

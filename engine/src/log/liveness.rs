@@ -90,7 +90,8 @@ impl SegmentTable {
                 .is_none_or(|s| s.base_offset < base_offset)
         );
         if let Some(last) = self.segments.last_mut() {
-            last.dead_records.seal();
+            let span = u64::try_from(base_offset - last.base_offset).unwrap_or(0);
+            last.dead_records.seal(span, last.records);
         }
         self.segments.push(SegmentStats::new(base_offset));
     }
@@ -131,7 +132,7 @@ impl SegmentTable {
         segment.live = segment.live.saturating_sub(1);
         // In the segment: `index_of` found it at or past the base.
         let within = (offset - segment.base_offset) as u64;
-        segment.dead_records.mark(within, segment.records);
+        segment.dead_records.mark(within);
         sealed
     }
 
@@ -184,5 +185,26 @@ mod tests {
         table.replace(0..1, SegmentStats::new(2));
         assert!(!table.mark_dead(1));
         assert_eq!(table.segments()[0].base_offset, 2);
+    }
+
+    /// Recovery counts a compacted segment's records batch by batch and learns its span only
+    /// when the next segment starts: a mark far into a sparse front (a retained tombstone)
+    /// must not drop the map before the segment's count and span are known.
+    #[test]
+    fn a_sparse_segment_keeps_its_map_when_its_whole_count_fits_the_bound() {
+        let mut table = SegmentTable::default();
+        table.push_segment(0);
+        table.add_records(1);
+        table.add_records(1);
+        table.mark_dead(10_000);
+        table.add_records(200);
+        table.push_segment(10_201);
+        let sealed = &table.segments()[0].dead_records;
+        assert_eq!(sealed.is_dead(10_000), Some(true));
+        assert_eq!(sealed.is_dead(9_999), Some(false));
+        // A segment this sparse (two records over 100,000 offsets) is left untracked.
+        table.add_records(2);
+        table.push_segment(110_201);
+        assert!(table.segments()[1].dead_records.is_untracked());
     }
 }
