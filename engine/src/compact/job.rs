@@ -30,7 +30,7 @@ use crate::format::{
     RecordKey, RecordView, decode_key, key_record_type, parse_batch,
 };
 use crate::log::PartitionLog;
-use crate::log::dead_records::DeadRecords;
+use crate::log::dead_records::{DeadRecords, MergedPart};
 use crate::log::liveness::{NO_TOMBSTONE_MS, SegmentStats};
 use crate::log::reader::BATCH_READ_BYTES_MAX;
 use crate::log::segment::SealedSegment;
@@ -655,11 +655,15 @@ impl CompactionJob {
         // Offsets are kept, so the inputs' maps, side by side, are the copy's: the records
         // dropped stay marked (nobody asks), and those that died during the job are marked.
         let span = u64::try_from(self.end_offset - base_offset).unwrap_or(u64::MAX);
-        let parts = replaced.iter().map(|s| {
-            let distance = u64::try_from(s.base_offset - base_offset).unwrap_or(u64::MAX);
-            (distance, &s.dead_records)
-        });
-        let dead_records = DeadRecords::merged(parts, span, self.records_written);
+        let parts: Vec<MergedPart<'_>> = replaced
+            .iter()
+            .map(|s| MergedPart {
+                distance: u64::try_from(s.base_offset - base_offset).unwrap_or(u64::MAX),
+                records: s.records,
+                dead: &s.dead_records,
+            })
+            .collect();
+        let dead_records = DeadRecords::merged(&parts, span, self.records_written);
         let stats = SegmentStats {
             base_offset,
             records: self.records_written,

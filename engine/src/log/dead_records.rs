@@ -14,14 +14,21 @@
 //! far more offsets than it holds records. A segment whose span is past the bound when it
 //! is sealed (or written by a compaction) has its map dropped: it is *untracked*, and the
 //! compactor tests its records by key, as it did before these maps existed. So memory stays
-//! within 8 bytes per record of the log (1 bit per record for fresh segments), against the
-//! 48 bytes a key costs in the offset cache. A sealed map covers its whole span, so marking
+//! within 32 bytes per record of the log (1 bit per record for fresh segments), below the
+//! 48 bytes a key costs in the offset cache. A compaction's output that is too sparse, or
+//! merges an untracked segment, keeps a map of the widest *suffix* of its range that its
+//! tracked inputs cover within the bound (`from`): a storm's compactions merge the sparse head
+//! of the log with fresh segments, and without the suffix one sparse head would leave every
+//! later merge untracked. A sealed map covers its whole span, so marking
 //! its records never grows it. While a segment is still being filled (the active one, or
 //! one recovery is replaying, whose span is not known yet) its map grows as marks need, up
 //! to [`MARK_BITS_MAX`].
 
-/// Bits a map may hold per record of its segment (beyond [`SLACK_BITS`]).
-pub const BITS_PER_RECORD_MAX: u64 = 64;
+/// Bits a map may hold per record of its segment (beyond [`SLACK_BITS`]). A commit storm's
+/// compactions write segments spanning 120–180 offsets per record they keep (1.28 M keys,
+/// benchmarks.md, session 13): at 64 their maps were dropped, and about a tenth of the
+/// records the compactor read went back to a key decode and a lookup.
+pub const BITS_PER_RECORD_MAX: u64 = 256;
 
 /// Bits any map may hold whatever its record count: a small segment's gaps cost little.
 pub const SLACK_BITS: u64 = 4096;
@@ -42,11 +49,25 @@ fn bound_bits(records: u64) -> u64 {
 /// The dead records of one segment (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeadRecords {
-    /// Bit `i % 64` of word `i / 64`: the record at offset `base + i` is dead. Bits past the
-    /// end are clear.
+    /// Bit `j % 64` of word `j / 64`: the record at offset `base + from + j` is dead. Bits
+    /// past the end are clear.
     words: Vec<u64>,
+    /// The first index tracked: records below `base + from` are untracked (a compaction kept
+    /// only a suffix of its range, see the module docs). 0 but for such a compaction's map.
+    from: u64,
     /// The map was dropped: it would have outgrown its bound.
     untracked: bool,
+}
+
+/// One segment a compaction replaces, as [`DeadRecords::merged`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct MergedPart<'a> {
+    /// Its base offset's distance from the new segment's base.
+    pub distance: u64,
+    /// Records it holds.
+    pub records: u64,
+    /// Its map.
+    pub dead: &'a DeadRecords,
 }
 
 impl DeadRecords {
@@ -56,6 +77,7 @@ impl DeadRecords {
     pub fn with_capacity(records: u64) -> DeadRecords {
         DeadRecords {
             words: Vec::with_capacity(words_for(records)),
+            from: 0,
             untracked: false,
         }
     }
@@ -64,6 +86,7 @@ impl DeadRecords {
     pub fn untracked() -> DeadRecords {
         DeadRecords {
             words: Vec::new(),
+            from: 0,
             untracked: true,
         }
     }
@@ -76,11 +99,12 @@ impl DeadRecords {
     /// Whether the record at offset `base + index` is dead; `None` when untracked.
     #[inline]
     pub fn is_dead(&self, index: u64) -> Option<bool> {
-        if self.untracked {
+        if self.untracked || index < self.from {
             return None;
         }
-        let word = usize::try_from(index / 64).ok()?;
-        Some(self.words.get(word).is_some_and(|w| w & bit(index) != 0))
+        let j = index - self.from;
+        let word = usize::try_from(j / 64).ok()?;
+        Some(self.words.get(word).is_some_and(|w| w & bit(j) != 0))
     }
 
     /// Marks the record at `base + index` dead. Grows the map of a segment still being
@@ -88,9 +112,10 @@ impl DeadRecords {
     /// already covers its span.
     #[inline]
     pub fn mark(&mut self, index: u64) {
-        if self.untracked {
+        if self.untracked || index < self.from {
             return;
         }
+        let index = index - self.from;
         if index >= MARK_BITS_MAX {
             *self = DeadRecords::untracked();
             return;
@@ -125,35 +150,57 @@ impl DeadRecords {
         if self.untracked {
             return;
         }
-        if span > bound_bits(records) || self.words.len() > words_for(span) {
+        let tracked = span.saturating_sub(self.from);
+        if tracked > bound_bits(records) || self.words.len() > words_for(tracked) {
             // Too sparse to keep, or marked past its span (bad data): judged by key.
             *self = DeadRecords::untracked();
             return;
         }
-        self.words.resize(words_for(span), 0);
+        self.words.resize(words_for(tracked), 0);
         self.words.shrink_to_fit();
     }
 
-    /// The map of a segment that replaces consecutive segments, each given with its map and
-    /// its first offset's distance from the new segment's base; the new segment holds
-    /// `records` records and spans `span` offsets. Untracked if any part is, or if the span
-    /// is past the new segment's bound.
-    pub fn merged<'a>(
-        parts: impl IntoIterator<Item = (u64, &'a DeadRecords)>,
-        span: u64,
-        records: u64,
-    ) -> DeadRecords {
-        if span > bound_bits(records) {
+    /// The map of a segment that replaces consecutive segments (`parts`, in offset order);
+    /// the new segment holds `records` records and spans `span` offsets. It tracks the widest
+    /// suffix of the span that is within its bound and that its parts track: a part that is
+    /// untracked (or tracks only a suffix) moves the start past it. Untracked if no suffix is
+    /// left, or if a part has a mark past the span (not this segment's).
+    pub fn merged(parts: &[MergedPart<'_>], span: u64, records: u64) -> DeadRecords {
+        let mut from = span.saturating_sub(bound_bits(records));
+        for (k, part) in parts.iter().enumerate() {
+            let end = parts.get(k + 1).map_or(span, |next| next.distance);
+            if end <= from || part.records == 0 {
+                continue; // before the suffix, or no record to ask about
+            }
+            if part.dead.untracked {
+                from = end;
+            } else if part.dead.from > 0 {
+                // Tracks only its own suffix.
+                from = from.max(part.distance + part.dead.from);
+            }
+        }
+        if from >= span {
             return DeadRecords::untracked();
         }
-        let mut merged = vec![0u64; words_for(span)];
-        for (shift, part) in parts {
-            if part.untracked || !or_shifted(&mut merged, &part.words, shift, span) {
+        let mut words = vec![0u64; words_for(span - from)];
+        for (k, part) in parts.iter().enumerate() {
+            let end = parts.get(k + 1).map_or(span, |next| next.distance);
+            if end <= from || part.records == 0 {
+                continue;
+            }
+            // Where the part's bit 0 lands, relative to the suffix.
+            let start = part.distance + part.dead.from;
+            let within = match start.checked_sub(from) {
+                Some(shift) => or_shifted(&mut words, &part.dead.words, shift, span - from),
+                None => or_bits_from(&mut words, &part.dead.words, from - start, span - from),
+            };
+            if !within {
                 return DeadRecords::untracked();
             }
         }
         DeadRecords {
-            words: merged,
+            words,
+            from,
             untracked: false,
         }
     }
@@ -185,6 +232,28 @@ fn or_shifted(map: &mut [u64], part: &[u64], shift: u64, span: u64) -> bool {
         if carried != 0 {
             // At or below `highest`, so inside the map.
             map[word_shift + w + 1] |= carried;
+        }
+    }
+    true
+}
+
+/// ORs the bits of `part` from bit `skip` on into `map`, bit `skip` of `part` at bit 0 of
+/// `map`, one set bit at a time (a part that starts before a merged map's suffix: rare);
+/// false if a set bit would land at or past `span`.
+fn or_bits_from(map: &mut [u64], part: &[u64], skip: u64, span: u64) -> bool {
+    for (w, &word) in part.iter().enumerate() {
+        let mut rest = word;
+        // Bounded by the word's set bits.
+        while rest != 0 {
+            let j = (w as u64) * 64 + u64::from(rest.trailing_zeros());
+            rest &= rest - 1;
+            let Some(target) = j.checked_sub(skip) else {
+                continue;
+            };
+            if target >= span {
+                return false;
+            }
+            map[(target / 64) as usize] |= bit(target);
         }
     }
     true
@@ -249,12 +318,12 @@ mod tests {
         let mut map = DeadRecords::default();
         map.mark(10_000);
         assert_eq!(map.is_dead(10_000), Some(true));
-        // 202 records: the bound is 202 × 64 + 4096 = 17,024 bits, past a 10,201 span.
+        // 40 records: the bound (40 × 256 + 4096 = 14,336 bits) is past a 10,201 span.
         let mut kept = map.clone();
-        kept.seal(10_201, 202);
+        kept.seal(10_201, 40);
         assert_eq!(kept.is_dead(10_000), Some(true));
-        // Ten records over 5,000 offsets: past 10 × 64 + 4096.
-        map.seal(5000 + 10 * BITS_PER_RECORD_MAX, 10);
+        // Ten records over a span just past their bound.
+        map.seal(SLACK_BITS + 10 * BITS_PER_RECORD_MAX + 1, 10);
         assert!(map.is_untracked());
         assert_eq!(map.is_dead(10_000), None);
         map.mark(0);
@@ -270,6 +339,18 @@ mod tests {
         assert!(huge.is_untracked());
     }
 
+    /// Parts as `merged` takes them: (distance, records, map).
+    fn parts<'a>(parts: &[(u64, u64, &'a DeadRecords)]) -> Vec<MergedPart<'a>> {
+        parts
+            .iter()
+            .map(|&(distance, records, dead)| MergedPart {
+                distance,
+                records,
+                dead,
+            })
+            .collect()
+    }
+
     #[test]
     fn merged_maps_keep_each_part_at_its_distance_from_the_new_base() {
         let mut first = DeadRecords::default();
@@ -278,19 +359,63 @@ mod tests {
         for index in [0, 53, 54, 65, 127] {
             second.mark(index);
         }
-        let merged = DeadRecords::merged([(0, &first), (10, &second)], 140, 20);
+        let both = parts(&[(0, 10, &first), (10, 10, &second)]);
+        let merged = DeadRecords::merged(&both, 140, 20);
         // Bits carried across a word boundary (53 + 10 = 63, 54 + 10 = 64) and into the
         // next word (127 + 10 = 137).
         assert_eq!(dead_in(&merged, 140), vec![3, 10, 63, 64, 75, 137]);
         // Word-aligned distances copy whole words.
-        let aligned = DeadRecords::merged([(64, &second)], 200, 20);
+        let aligned = DeadRecords::merged(&parts(&[(64, 10, &second)]), 200, 20);
         assert_eq!(dead_in(&aligned, 200), vec![64, 117, 118, 129, 191]);
-        // Any untracked part, or a span past the bound, leaves the result untracked.
-        let untracked = DeadRecords::untracked();
-        assert!(DeadRecords::merged([(0, &first), (10, &untracked)], 140, 20).is_untracked());
-        assert!(DeadRecords::merged([(0, &first)], SLACK_BITS + 65, 1).is_untracked());
         // A part reaching past the span is not this segment's.
-        assert!(DeadRecords::merged([(95, &second)], 140, 20).is_untracked());
+        let past = DeadRecords::merged(&parts(&[(95, 10, &second)]), 140, 20);
+        assert!(past.is_untracked());
+        // An untracked last part leaves nothing tracked; an empty one does not matter.
+        let untracked = DeadRecords::untracked();
+        let last = DeadRecords::merged(&parts(&[(0, 10, &first), (10, 5, &untracked)]), 140, 20);
+        assert!(last.is_untracked());
+        let empty = parts(&[(0, 10, &first), (10, 0, &untracked)]);
+        assert_eq!(dead_in(&DeadRecords::merged(&empty, 140, 20), 140), vec![3]);
+    }
+
+    /// A storm's compactions merge a sparse (untracked) head of the log with fresh segments:
+    /// the merged map keeps the suffix the fresh ones cover, and a map too wide for its
+    /// records keeps the suffix its bound allows.
+    #[test]
+    fn merged_maps_keep_the_widest_tracked_suffix() {
+        let untracked = DeadRecords::untracked();
+        let mut fresh = DeadRecords::default();
+        for index in [0, 5, 99] {
+            fresh.mark(index);
+        }
+        let head_and_fresh = parts(&[(0, 3, &untracked), (1000, 100, &fresh)]);
+        let merged = DeadRecords::merged(&head_and_fresh, 1100, 50);
+        assert!(!merged.is_untracked());
+        assert_eq!(merged.is_dead(999), None, "the head is untracked");
+        assert_eq!(dead_in(&merged, 1100), vec![1000, 1005, 1099]);
+        assert_eq!(merged.is_dead(1001), Some(false));
+        // Merged again, behind a later fresh segment: the suffix starts where it did.
+        let mut later = DeadRecords::default();
+        later.mark(1);
+        let again = parts(&[(0, 50, &merged), (1100, 10, &later)]);
+        let twice = DeadRecords::merged(&again, 1200, 40);
+        assert_eq!(twice.is_dead(999), None);
+        assert_eq!(dead_in(&twice, 1200), vec![1000, 1005, 1099, 1101]);
+        // Marks after the merge land in the suffix; below it they are ignored.
+        let mut marked = twice.clone();
+        marked.mark(1150);
+        marked.mark(10);
+        assert_eq!(dead_in(&marked, 1200), vec![1000, 1005, 1099, 1101, 1150]);
+        // One record over a span past its bound: only the last `bound` offsets are tracked,
+        // the part's bits below them dropped.
+        let mut sparse = DeadRecords::default();
+        sparse.mark(10);
+        sparse.mark(9000);
+        let bound = SLACK_BITS + BITS_PER_RECORD_MAX;
+        let wide = DeadRecords::merged(&parts(&[(0, 1, &sparse)]), 10_000, 1);
+        assert_eq!(wide.is_dead(10_000 - bound - 1), None);
+        assert_eq!(dead_in(&wide, 10_000), vec![9000]);
+        assert_eq!(wide.heap_bytes(), (bound as usize).div_ceil(64) * 8);
     }
 
     /// The word-wise merge agrees with setting each bit at its distance, for every
@@ -303,7 +428,7 @@ mod tests {
             part.mark(index);
         }
         for shift in 0..200 {
-            let merged = DeadRecords::merged([(shift, &part)], 600, 600);
+            let merged = DeadRecords::merged(&parts(&[(shift, 300, &part)]), 600, 600);
             let want: Vec<u64> = marks.iter().map(|i| i + shift).collect();
             assert_eq!(dead_in(&merged, 600), want, "shift {shift}");
         }
