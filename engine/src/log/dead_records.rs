@@ -96,7 +96,8 @@ impl DeadRecords {
         self.untracked
     }
 
-    /// Whether the record at offset `base + index` is dead; `None` when untracked.
+    /// Whether the record at offset `base + index` is dead; `None` when the map is untracked
+    /// or `index` is below its tracked suffix.
     #[inline]
     pub fn is_dead(&self, index: u64) -> Option<bool> {
         if self.untracked || index < self.from {
@@ -116,12 +117,14 @@ impl DeadRecords {
             return;
         }
         let index = index - self.from;
-        if index >= MARK_BITS_MAX {
-            *self = DeadRecords::untracked();
-            return;
-        }
         let word = (index / 64) as usize;
         if word >= self.words.len() {
+            // The cap bounds growth before a span is known; a sealed or merged map already
+            // covers its span (within its own bound), whatever its size.
+            if index >= MARK_BITS_MAX {
+                *self = DeadRecords::untracked();
+                return;
+            }
             // Past the reservation only in recovery (a segment replayed before its span is
             // known) or when an active segment outgrows its expected records: not per
             // commit.
@@ -164,7 +167,7 @@ impl DeadRecords {
     /// the new segment holds `records` records and spans `span` offsets. It tracks the widest
     /// suffix of the span that is within its bound and that its parts track: a part that is
     /// untracked (or tracks only a suffix) moves the start past it. Untracked if no suffix is
-    /// left, or if a part has a mark past the span (not this segment's).
+    /// left, or if a part within the suffix has a mark past the span (not this segment's).
     pub fn merged(parts: &[MergedPart<'_>], span: u64, records: u64) -> DeadRecords {
         let mut from = span.saturating_sub(bound_bits(records));
         for (k, part) in parts.iter().enumerate() {
@@ -238,23 +241,28 @@ fn or_shifted(map: &mut [u64], part: &[u64], shift: u64, span: u64) -> bool {
 }
 
 /// ORs the bits of `part` from bit `skip` on into `map`, bit `skip` of `part` at bit 0 of
-/// `map`, one set bit at a time (a part that starts before a merged map's suffix: rare);
-/// false if a set bit would land at or past `span`.
+/// `map`, a word at a time (a part that starts before a merged map's suffix); false if a set
+/// bit would land at or past `span`.
 fn or_bits_from(map: &mut [u64], part: &[u64], skip: u64, span: u64) -> bool {
-    for (w, &word) in part.iter().enumerate() {
-        let mut rest = word;
-        // Bounded by the word's set bits.
-        while rest != 0 {
-            let j = (w as u64) * 64 + u64::from(rest.trailing_zeros());
-            rest &= rest - 1;
-            let Some(target) = j.checked_sub(skip) else {
-                continue;
-            };
-            if target >= span {
-                return false;
-            }
-            map[(target / 64) as usize] |= bit(target);
+    let (word_skip, bit_skip) = ((skip / 64) as usize, (skip % 64) as u32);
+    let Some(kept) = part.get(word_skip..) else {
+        return true; // every bit of the part is below the suffix
+    };
+    for (t, &low) in kept.iter().enumerate() {
+        let high = if bit_skip == 0 {
+            0
+        } else {
+            kept.get(t + 1).map_or(0, |&next| next << (64 - bit_skip))
+        };
+        let word = (low >> bit_skip) | high;
+        if word == 0 {
+            continue;
         }
+        let highest = (t as u64) * 64 + u64::from(63 - word.leading_zeros());
+        if highest >= span {
+            return false;
+        }
+        map[t] |= word;
     }
     true
 }
@@ -431,6 +439,17 @@ mod tests {
             let merged = DeadRecords::merged(&parts(&[(shift, 300, &part)]), 600, 600);
             let want: Vec<u64> = marks.iter().map(|i| i + shift).collect();
             assert_eq!(dead_in(&merged, 600), want, "shift {shift}");
+        } // One record, so the bound (4352 bits) cuts the suffix inside the part at every
+        // distance from a word boundary.
+        let bound = SLACK_BITS + BITS_PER_RECORD_MAX;
+        for cut in 0..200 {
+            let span = bound + cut;
+            let merged = DeadRecords::merged(&parts(&[(0, 1, &part)]), span, 1);
+            let want: Vec<u64> = marks.iter().copied().filter(|&i| i >= cut).collect();
+            assert_eq!(dead_in(&merged, span), want, "cut {cut}");
+            if let Some(below) = cut.checked_sub(1) {
+                assert_eq!(merged.is_dead(below), None, "cut {cut}");
+            }
         }
     }
 }
