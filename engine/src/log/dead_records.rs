@@ -8,26 +8,28 @@
 //! metadata record superseded. Offsets with no record (a compacted segment's gaps) keep
 //! whatever bit they had: nobody asks about them.
 //!
-//! A sealed segment's map is bounded by its records: at most [`BITS_PER_RECORD_MAX`] bits
-//! per record, plus [`SLACK_BITS`]. A fresh segment's offsets are contiguous (one bit per
-//! record); a compacted segment's have gaps, and a segment compacted many times can span
-//! far more offsets than it holds records. A segment whose span is past the bound when it
-//! is sealed (or written by a compaction) has its map dropped: it is *untracked*, and the
-//! compactor tests its records by key, as it did before these maps existed. So memory stays
-//! within 32 bytes per record of the log (1 bit per record for fresh segments), below the
-//! 48 bytes a key costs in the offset cache. A compaction's output that is too sparse, or
-//! merges an untracked segment, keeps a map of the widest *suffix* of its range that its
-//! tracked inputs cover within the bound (`from`): a storm's compactions merge the sparse head
-//! of the log with fresh segments, and without the suffix one sparse head would leave every
-//! later merge untracked. A sealed map covers its whole span, so marking
-//! its records never grows it. While a segment is still being filled (the active one, or
-//! one recovery is replaying, whose span is not known yet) its map grows as marks need, up
-//! to [`MARK_BITS_MAX`].
+//! Bounds, so memory stays within 32 bytes per record of the log (1 bit per record for fresh
+//! segments), below the 48 bytes a key costs in the offset cache:
+//!
+//! * A sealed segment's map holds at most [`BITS_PER_RECORD_MAX`] bits per record of the
+//!   segment, plus [`SLACK_BITS`]. A fresh segment's offsets are contiguous (one bit per
+//!   record); a compacted segment's have gaps, and a segment compacted many times can span far
+//!   more offsets than it holds records. A segment sealed with a span past the bound has its
+//!   map dropped: it is *untracked*, and the compactor tests its records by key, as it did
+//!   before these maps existed.
+//! * A compaction's output that is too sparse, or merges an untracked segment, keeps the map
+//!   of the widest *suffix* of its range that its tracked inputs cover within the bound
+//!   (`from`; indexes below it are untracked). A storm's compactions merge the sparse head of
+//!   the log with fresh segments: without suffixes one sparse head left every later merge
+//!   untracked.
+//! * A sealed or merged map covers its whole span, so marking its records never grows it.
+//!   While a segment is still being filled (the active one, or one recovery is replaying,
+//!   whose span is not known yet) its map grows as marks need, up to [`MARK_BITS_MAX`].
 
-/// Bits a map may hold per record of its segment (beyond [`SLACK_BITS`]). A commit storm's
-/// compactions write segments spanning 120–180 offsets per record they keep (1.28 M keys,
-/// benchmarks.md, session 13): at 64 their maps were dropped, and about a tenth of the
-/// records the compactor read went back to a key decode and a lookup.
+/// Bits a map may hold per record of its segment (beyond [`SLACK_BITS`]): 32 bytes. A
+/// commit storm's compactions (1.28 M keys, benchmarks.md, session 13) wrote segments
+/// spanning 120 to over 1,000 offsets per record they keep; the suffix rule, not this bound,
+/// keeps those tracked.
 pub const BITS_PER_RECORD_MAX: u64 = 256;
 
 /// Bits any map may hold whatever its record count: a small segment's gaps cost little.
