@@ -113,6 +113,13 @@ impl SegmentTable {
     }
 
     fn index_of(&self, offset: i64) -> Option<usize> {
+        // Most records die in the active segment (a key committed again soon after): one
+        // comparison instead of a search, once per replaced key on the commit path.
+        if let Some(last) = self.segments.last()
+            && offset >= last.base_offset
+        {
+            return Some(self.segments.len() - 1);
+        }
         let after = self.segments.partition_point(|s| s.base_offset <= offset);
         after.checked_sub(1)
     }
