@@ -1022,6 +1022,19 @@ fn compaction_judges_records_by_their_segments_dead_record_maps_also_after_a_reo
             compaction.records_tested_by_key, 0,
             "{context}: {compaction:?}"
         );
+        let space = metrics.iter().flat_map(|m| &m.partitions).next().unwrap();
+        assert_eq!(space.untracked_segments, 0, "{context}: {space:?}");
+        // Sealed maps are a bit per offset: a few hundred bytes for this log, plus the
+        // active segment's reservation (1 MiB / 64 bytes a record, 2 KiB).
+        let reservation = coffer::config::SEGMENT_BYTES_MIN / 64 / 8;
+        assert!(
+            space.dead_records_bytes >= reservation,
+            "{context}: {space:?}"
+        );
+        assert!(
+            space.dead_records_bytes < 4 * reservation,
+            "{context}: {space:?}"
+        );
     };
     hot(&engine, &mut model, 0..700);
     assert!(engine.compact(wall_ms()).unwrap() > 0);

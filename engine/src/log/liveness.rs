@@ -82,6 +82,23 @@ impl SegmentTable {
         &self.segments
     }
 
+    /// Heap bytes of the segments' dead-record maps.
+    pub fn dead_records_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.dead_records.heap_bytes() as u64)
+            .sum()
+    }
+
+    /// Segments whose dead-record map was dropped.
+    pub fn untracked_segments(&self) -> u32 {
+        let untracked = self
+            .segments
+            .iter()
+            .filter(|s| s.dead_records.is_untracked());
+        untracked.count() as u32
+    }
+
     /// Starts accounting for a new last segment; the one before is sealed.
     pub fn push_segment(&mut self, base_offset: i64) {
         debug_assert!(

@@ -627,6 +627,8 @@ pub(super) fn partition_space(shard: &Shard) -> Vec<PartitionSpace> {
                 live_bytes_estimate: log.live_bytes_estimate(),
                 segments: log.segment_count() as u32,
                 quarantined_segments: hosted.compaction.quarantined.len() as u32,
+                dead_records_bytes: log.table().dead_records_bytes(),
+                untracked_segments: log.table().untracked_segments(),
             })
         })
         .collect()
@@ -645,4 +647,9 @@ pub struct PartitionSpace {
     pub segments: u32,
     /// Segments the compactor quarantined.
     pub quarantined_segments: u32,
+    /// Heap bytes of the segments' dead-record maps ([`crate::log::dead_records`]), the
+    /// active segment's reservation included (reserved, touched only as its records die).
+    pub dead_records_bytes: u64,
+    /// Segments whose dead-record map was dropped: their records are tested by key.
+    pub untracked_segments: u32,
 }
