@@ -108,10 +108,15 @@ fn commit_round(engine: &Engine, groups: u64, commits: &[OffsetCommit<'_>]) {
 
 /// Cuts the power under `engine` and reopens: every group holds `offset` at partition 0.
 fn every_group_survives_a_power_cut(disk: &SimDisk, engine: Engine, config: &Config, offset: i64) {
+    let engine = power_cut(disk, engine, config);
+    assert_every_group_at(&engine, offset);
+}
+
+/// Cuts the power under `engine` (what was not synced is lost) and reopens.
+fn power_cut(disk: &SimDisk, engine: Engine, config: &Config) -> Engine {
     disk.crash();
     drop(engine);
-    let engine = open_sim(disk, config).unwrap();
-    assert_every_group_at(&engine, offset);
+    open_sim(disk, config).unwrap()
 }
 
 /// Every group holds `offset` at partition 0 of [`TOPIC`] (the last storm round).
@@ -259,9 +264,7 @@ fn model_run(seed: u64, operations: u32, cleaner: bool) {
             }
             92..95 => {
                 tombstones_dropped += dropped_tombstones(&engine);
-                disk.crash();
-                drop(engine);
-                engine = open_sim(&disk, &config).unwrap();
+                engine = power_cut(&disk, engine, &config);
                 check(&engine, &model, &format!("step {step} after crash"));
             }
             95..97 => {
@@ -277,9 +280,7 @@ fn model_run(seed: u64, operations: u32, cleaner: bool) {
     compactions += engine.compact(wall_ms() + 2 * DAY_MS).unwrap();
     check(&engine, &model, "final compaction");
     tombstones_dropped += dropped_tombstones(&engine);
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     check(&engine, &model, "final reopen");
     if !cleaner {
         assert!(compactions > 0, "seed {seed}: the run compacted");
@@ -361,9 +362,7 @@ fn a_crash_between_any_two_compaction_operations_recovers() {
         check(&engine, &model, &context);
         engine.compact(far).unwrap();
         check(&engine, &model, &context);
-        disk.crash();
-        drop(engine);
-        let engine = open_sim(&disk, &config).unwrap();
+        let engine = power_cut(&disk, engine, &config);
         check(&engine, &model, &context);
         engine.close().unwrap();
         if !crashed {
@@ -603,9 +602,7 @@ fn a_tombstone_outlives_older_values_of_its_key_in_uncompacted_segments() {
     let far = wall_ms() + 2 * DAY_MS;
     assert!(engine.compact(far).unwrap() > 0, "segment 1 was compacted");
     check(&engine, &model, "after compaction");
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     check(&engine, &model, "after recovery");
     assert_eq!(
         engine.fetch_offsets("live", &[(TOPIC, 0)]).unwrap(),
@@ -721,9 +718,7 @@ fn deleting_and_expiring_a_very_large_group_works() {
     assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
     assert_eq!(engine.run_retention_check(soon).unwrap(), partitions as u64);
     assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     assert!(engine.fetch_all_offsets("deleted").unwrap().is_empty());
     assert!(engine.fetch_all_offsets("expired").unwrap().is_empty());
     assert_eq!(engine.recovery_report().tombstones, 2 * partitions as u64);
@@ -813,9 +808,7 @@ fn a_failed_dirty_roll_fails_the_partition_closed_and_loses_no_acked_commit() {
     assert!(refusal.contains("rolling a segment"), "{refusal}");
     assert!(acked.len() as u64 == GROUPS, "{acked:?}");
 
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     for (&g, &offset) in &acked {
         let found = coffer_tests::fetch_one(&engine, &group(g), TOPIC, 0).unwrap();
         assert_eq!(found, Some(offset), "{}", group(g));
@@ -973,9 +966,7 @@ fn a_storm_of_full_segment_rolls_keeps_the_log_near_the_live_data() {
     };
     storm(&engine, 0..ROUNDS);
     // And again after a power cut, from the log as recovery rebuilt it.
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     assert_every_group_at(&engine, ROUNDS - 1);
     storm(&engine, ROUNDS..2 * ROUNDS);
     every_group_survives_a_power_cut(&disk, engine, &config, 2 * ROUNDS - 1);
@@ -1007,11 +998,8 @@ fn compaction_judges_records_by_their_segments_dead_record_maps_also_after_a_reo
     };
     let judged_by_offset = |engine: &Engine, context: &str| {
         let metrics = engine.metrics().unwrap();
-        let compaction = metrics
-            .iter()
-            .find(|m| !m.partitions.is_empty())
-            .map(|m| &m.compaction)
-            .unwrap();
+        let shard = metrics.iter().find(|m| !m.partitions.is_empty()).unwrap();
+        let (compaction, space) = (&shard.compaction, &shard.partitions[0]);
         assert!(compaction.compactions > 0, "{context}: {compaction:?}");
         assert!(compaction.bytes_written > 0, "{context}: {compaction:?}");
         assert!(
@@ -1022,7 +1010,6 @@ fn compaction_judges_records_by_their_segments_dead_record_maps_also_after_a_reo
             compaction.records_tested_by_key, 0,
             "{context}: {compaction:?}"
         );
-        let space = metrics.iter().flat_map(|m| &m.partitions).next().unwrap();
         assert_eq!(space.untracked_segments, 0, "{context}: {space:?}");
         // Sealed maps are a bit per offset: a few hundred bytes for this log, plus the
         // active segment's reservation (1 MiB / 64 bytes a record, 2 KiB).
@@ -1040,9 +1027,7 @@ fn compaction_judges_records_by_their_segments_dead_record_maps_also_after_a_reo
     assert!(engine.compact(wall_ms()).unwrap() > 0);
     judged_by_offset(&engine, "first compaction");
     check(&engine, &model, "after the first compaction");
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     check(&engine, &model, "after a power cut");
     hot(&engine, &mut model, 700..1400);
     assert!(engine.compact(wall_ms()).unwrap() > 0);
@@ -1107,9 +1092,7 @@ fn failed_background_syncs_of_a_compaction_abandon_it_or_fail_the_partition_clos
             commit(&engine, &mut model, &group(0), 0, 5000, &metadata, None);
             check(&engine, &model, context);
         }
-        disk.crash();
-        drop(engine);
-        let engine = open_sim(&disk, &config).unwrap();
+        let engine = power_cut(&disk, engine, &config);
         check(&engine, &model, &format!("{context}, after a power cut"));
     }
 }
@@ -1159,9 +1142,7 @@ fn recycled_segment_power_cut(names_at_once: bool) {
         storm_round(&engine, round, &metadata);
         round += 1;
     }
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     let report = engine.recovery_report();
     // With names durable only after a sync, which of the two the power cut left depends
     // on whether a checkpoint synced the directory after the roll (its timing is the
@@ -1204,8 +1185,6 @@ fn segments_with_nothing_live_are_dropped_unread() {
     let sealed_bytes = (segments as u64 - 1) * coffer::config::SEGMENT_BYTES_MIN;
     assert!(compaction.bytes_read < sealed_bytes / 2, "{compaction:?}");
     check(&engine, &model, "after compaction");
-    disk.crash();
-    drop(engine);
-    let engine = open_sim(&disk, &config).unwrap();
+    let engine = power_cut(&disk, engine, &config);
     check(&engine, &model, "after a power cut");
 }

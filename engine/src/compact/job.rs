@@ -15,9 +15,10 @@
 //!
 //! An offset commit's value record is judged by its offset alone: its segment's
 //! [`DeadRecords`] map says whether it died, exactly as the cache would (debug builds check
-//! every such verdict against the cache). Only records of an untracked segment, tombstones
-//! (kept while their key stays absent) and group metadata records are judged by decoding
-//! their key and looking it up.
+//! every such verdict against the cache). Only tombstones (kept while their key stays
+//! absent), group metadata and unknown records, and records a map does not track (an
+//! untracked segment, or below a merged map's tracked suffix) are judged by decoding their
+//! key and looking it up.
 
 use std::path::{Path, PathBuf};
 
@@ -291,6 +292,13 @@ impl CompactionJob {
         let window = &mut ctx.read_buf[..want];
         read_exact(ctx.storage, file, self.input_position, window)?;
         let window = &ctx.read_buf[..want];
+        // The inputs stay in the log's table until the swap (`install` checks it).
+        let judge = Judge {
+            cache: ctx.cache,
+            partition: ctx.partition,
+            dead: &ctx.log.table().segments()[self.first + self.input].dead_records,
+            base_offset,
+        };
         let mut consumed = 0usize;
         // Bounded: each iteration consumes one whole batch of the window.
         while window.len() - consumed >= BATCH_LOG_OVERHEAD_BYTES {
@@ -302,14 +310,6 @@ impl CompactionJob {
             }
             let view = parse_batch(rest).map_err(|e| e.to_string())?;
             self.check_offsets(&view)?;
-            // The inputs stay in the log's table until the swap (`install` checks it).
-            let dead = &ctx.log.table().segments()[self.first + self.input].dead_records;
-            let judge = Judge {
-                cache: ctx.cache,
-                partition: ctx.partition,
-                dead,
-                base_offset,
-            };
             self.copy_batch(&judge, ctx.metrics, &view, ctx.out_buf)
                 .map_err(|e| format!("malformed record: {e}"))?;
             self.last_offset = Some(view.header.last_offset());

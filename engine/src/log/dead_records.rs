@@ -73,17 +73,6 @@ pub struct MergedPart<'a> {
 }
 
 impl DeadRecords {
-    /// A map that starts with room for `records` records without growing, so appends to the
-    /// active segment allocate nothing until it holds that many (its pages are touched only
-    /// as records die).
-    pub fn with_capacity(records: u64) -> DeadRecords {
-        DeadRecords {
-            words: Vec::with_capacity(words_for(records)),
-            from: 0,
-            untracked: false,
-        }
-    }
-
     /// A map whose records are never looked up (tests, and segments nobody tracks).
     pub fn untracked() -> DeadRecords {
         DeadRecords {
@@ -139,8 +128,9 @@ impl DeadRecords {
         self.words[word] |= bit(index);
     }
 
-    /// Makes room for records up to `records` without growing (see
-    /// [`with_capacity`](Self::with_capacity)).
+    /// Makes room for `records` records without growing, so marking the active segment's
+    /// records allocates nothing until it holds that many (the room's pages are touched only
+    /// as records die).
     pub fn reserve(&mut self, records: u64) {
         if !self.untracked {
             let words = words_for(records);
@@ -171,14 +161,20 @@ impl DeadRecords {
     /// untracked (or tracks only a suffix) moves the start past it. Untracked if no suffix is
     /// left, or if a part within the suffix has a mark past the span (not this segment's).
     pub fn merged(parts: &[MergedPart<'_>], span: u64, records: u64) -> DeadRecords {
+        // The parts reaching into a suffix from `from`, each with its end; a part with no
+        // record has nothing to ask about.
+        let reaching = |from: u64| {
+            let ends = parts.iter().skip(1).map(|next| next.distance).chain([span]);
+            parts
+                .iter()
+                .zip(ends)
+                .filter(move |&(part, end)| end > from && part.records > 0)
+        };
         let mut from = span.saturating_sub(bound_bits(records));
-        for (k, part) in parts.iter().enumerate() {
-            let end = parts.get(k + 1).map_or(span, |next| next.distance);
-            if end <= from || part.records == 0 {
-                continue; // before the suffix, or no record to ask about
-            }
+        // `from` only moves forward: parts the suffix has passed change nothing.
+        for (part, end) in reaching(from) {
             if part.dead.untracked {
-                from = end;
+                from = from.max(end);
             } else if part.dead.from > 0 {
                 // Tracks only its own suffix.
                 from = from.max(part.distance + part.dead.from);
@@ -188,11 +184,7 @@ impl DeadRecords {
             return DeadRecords::untracked();
         }
         let mut words = vec![0u64; words_for(span - from)];
-        for (k, part) in parts.iter().enumerate() {
-            let end = parts.get(k + 1).map_or(span, |next| next.distance);
-            if end <= from || part.records == 0 {
-                continue;
-            }
+        for (part, _) in reaching(from) {
             // Where the part's bit 0 lands, relative to the suffix.
             let start = part.distance + part.dead.from;
             let within = match start.checked_sub(from) {
@@ -282,6 +274,12 @@ fn bit(index: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn reserved(records: u64) -> DeadRecords {
+        let mut map = DeadRecords::default();
+        map.reserve(records);
+        map
+    }
+
     fn dead_in(map: &DeadRecords, span: u64) -> Vec<u64> {
         (0..span)
             .filter(|&i| map.is_dead(i) == Some(true))
@@ -290,7 +288,7 @@ mod tests {
 
     #[test]
     fn marked_records_read_dead_and_the_rest_live() {
-        let mut map = DeadRecords::with_capacity(100);
+        let mut map = reserved(100);
         for index in [0, 63, 64, 99] {
             map.mark(index);
         }
@@ -300,7 +298,7 @@ mod tests {
 
     #[test]
     fn appends_within_the_capacity_do_not_grow_the_map() {
-        let mut map = DeadRecords::with_capacity(1000);
+        let mut map = reserved(1000);
         let reserved = map.heap_bytes();
         for index in 0..1000 {
             map.mark(index);
@@ -313,7 +311,7 @@ mod tests {
     #[test]
     fn a_sealed_map_covers_its_span_so_later_marks_do_not_grow_it() {
         // Sealed with its last records still live: their marks come later.
-        let mut map = DeadRecords::with_capacity(10_000);
+        let mut map = reserved(10_000);
         map.mark(3);
         map.seal(5000, 5000);
         let sealed = map.heap_bytes();

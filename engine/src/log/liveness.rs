@@ -114,7 +114,7 @@ impl SegmentTable {
     }
 
     /// Reserves room in the last segment's dead-record map for `records` records, so
-    /// appends to it allocate nothing (see [`DeadRecords::with_capacity`]).
+    /// appends to it allocate nothing (see [`DeadRecords::reserve`]).
     pub fn reserve_active(&mut self, records: u64) {
         if let Some(last) = self.segments.last_mut() {
             last.dead_records.reserve(records);

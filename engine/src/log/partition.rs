@@ -60,7 +60,7 @@ pub const SPARE_SEGMENT_NAME: &str = "spare-segment";
 pub const SPARE_SEGMENT_BYTES_MAX: u64 = 2 * DIRTY_ROLL_BYTES_MIN;
 
 /// Bytes per record the active segment's dead-record map is sized for up front
-/// ([`DeadRecords::with_capacity`](crate::log::dead_records::DeadRecords::with_capacity)):
+/// ([`DeadRecords::reserve`](crate::log::dead_records::DeadRecords::reserve)):
 /// an offset commit record takes 60–80 bytes in a batch of a few (benchmarks.md,
 /// "bytes/record"), so a segment of smaller records grows its map a time or two before it
 /// fills. For a 100 MiB segment the room is 200 KiB, reserved, not touched, until records
