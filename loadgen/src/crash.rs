@@ -285,7 +285,7 @@ pub fn run_parent(
         last_issued_seq: None,
     };
     let (verification, reopen_secs) = run::reopen_and_verify(config, fleet, &expected)?;
-    let log_bytes = run::log_bytes(&config.data_dir)?;
+    let after = run::dir_bytes(&config.data_dir)?;
     let hot = fleet.groups.iter().any(|g| g.hot);
     let keys_checked = verification.keys;
     Ok(Measures {
@@ -310,7 +310,9 @@ pub fn run_parent(
         generator_cpu: None,
         shards_cpu: None,
         peak_rss_bytes: sys::peak_rss_bytes(Who::Children),
-        log_bytes,
+        log_bytes: after.log,
+        disk_bytes_before_close: None,
+        disk_bytes_after_close: after.allocated,
         close_secs: None,
         reopen_secs,
         verification,

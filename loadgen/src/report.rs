@@ -135,6 +135,12 @@ pub struct FleetReport {
 pub struct Storage {
     /// Sum of `*.log` sizes after close (preallocation trimmed).
     pub log_bytes: u64,
+    /// Bytes allocated to every file under the data directory at the end of the run,
+    /// before close: segments with their preallocated space, spare segments, shard
+    /// journals (null in crash-resume).
+    pub disk_bytes_before_close: Option<u64>,
+    /// The same after close (crash-resume: after recovery and verification).
+    pub disk_bytes_after_close: u64,
     /// Requests acknowledged over the whole run (warmup and drain included).
     pub commits_total: u64,
     /// "engine metrics" (bytes the shards wrote) or "log files" (crash-resume: the engine's
@@ -153,6 +159,9 @@ pub struct Storage {
     pub live_bytes: u64,
     /// log_bytes ÷ live_bytes.
     pub space_amplification: f64,
+    /// disk_bytes_before_close (crash-resume: disk_bytes_after_close) ÷ live_bytes: what
+    /// the disk held for the engine against what a perfectly compacted log would hold.
+    pub disk_amplification: f64,
     pub close_secs: Option<f64>,
     /// Reopen (recovery) time before the verification.
     pub reopen_secs: f64,
@@ -419,6 +428,8 @@ impl Report {
             },
             storage: Storage {
                 log_bytes: m.log_bytes,
+                disk_bytes_before_close: m.disk_bytes_before_close,
+                disk_bytes_after_close: m.disk_bytes_after_close,
                 commits_total: m.total_acks,
                 bytes_written_source: bytes_source,
                 bytes_written,
@@ -430,6 +441,11 @@ impl Report {
                 live_keys: m.verification.live_keys,
                 live_bytes: m.verification.live_bytes,
                 space_amplification: per(m.log_bytes as f64, m.verification.live_bytes as f64),
+                disk_amplification: per(
+                    m.disk_bytes_before_close
+                        .unwrap_or(m.disk_bytes_after_close) as f64,
+                    m.verification.live_bytes as f64,
+                ),
                 close_secs: m.close_secs,
                 reopen_secs: m.reopen_secs,
             },
@@ -654,6 +670,16 @@ impl Report {
         row(
             "space amplification",
             format!("{:.1}", s.space_amplification),
+        );
+        let before_close = s
+            .disk_bytes_before_close
+            .map_or("-".to_string(), |b| b.to_string());
+        row(
+            "on disk before / after close",
+            format!(
+                "{before_close} / {} ({:.1} × live)",
+                s.disk_bytes_after_close, s.disk_amplification
+            ),
         );
         let close = s
             .close_secs

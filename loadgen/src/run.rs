@@ -117,7 +117,13 @@ pub struct Measures {
     /// CPU time of the engine's shard threads inside the window, when known.
     pub shards_cpu: Option<Duration>,
     pub peak_rss_bytes: u64,
+    /// `*.log` sizes after close (after recovery for crash-resume).
     pub log_bytes: u64,
+    /// Bytes allocated under the data directory at the end of the window, before close
+    /// (`None`: crash-resume, whose engine died in another process).
+    pub disk_bytes_before_close: Option<u64>,
+    /// The same after close (after recovery and verification for crash-resume).
+    pub disk_bytes_after_close: u64,
     pub close_secs: Option<f64>,
     pub reopen_secs: f64,
     pub verification: Verification,
@@ -426,13 +432,14 @@ pub fn close_and_measure(
     window: &WindowReadings,
 ) -> Result<Measures, String> {
     let engine_total = EngineCounters::read(&engine)?;
+    let before_close = dir_bytes(&config.data_dir)?;
     let close_started = Instant::now();
     engine
         .close()
         .map_err(|e| format!("closing the engine: {e}"))?;
     let close_secs = close_started.elapsed().as_secs_f64();
     drop(engine);
-    let log_bytes = log_bytes(&config.data_dir)?;
+    let after_close = dir_bytes(&config.data_dir)?;
     Ok(Measures {
         measured_secs: args.duration,
         commit: OpStats::default(),
@@ -453,7 +460,9 @@ pub fn close_and_measure(
         generator_cpu: Some(Duration::ZERO),
         shards_cpu: Some(window.shards_cpu),
         peak_rss_bytes: sys::peak_rss_bytes(Who::SelfProcess),
-        log_bytes,
+        log_bytes: after_close.log,
+        disk_bytes_before_close: Some(before_close.allocated),
+        disk_bytes_after_close: after_close.allocated,
         close_secs: Some(close_secs),
         reopen_secs: 0.0,
         verification: Verification::default(),
@@ -599,9 +608,20 @@ pub fn reopen_and_verify(
     Ok((verification, reopen_secs))
 }
 
-/// Sum of the sizes of the `*.log` files under `dir`.
-pub fn log_bytes(dir: &Path) -> Result<u64, String> {
-    let mut total = 0;
+/// What the files under a data directory take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirBytes {
+    /// Sum of the sizes of the `*.log` files (segments' lengths).
+    pub log: u64,
+    /// Blocks allocated to every file (`st_blocks` × 512): segments with their
+    /// preallocated space, spare segments, shard journals. What the disk holds for the engine.
+    pub allocated: u64,
+}
+
+/// [`DirBytes`] of everything under `dir`.
+pub fn dir_bytes(dir: &Path) -> Result<DirBytes, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = DirBytes::default();
     let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for entry in entries {
         let entry = entry.map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -609,12 +629,18 @@ pub fn log_bytes(dir: &Path) -> Result<u64, String> {
             .file_type()
             .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
         if kind.is_dir() {
-            total += log_bytes(&entry.path())?;
-        } else if kind.is_file() && entry.file_name().to_string_lossy().ends_with(".log") {
+            let below = dir_bytes(&entry.path())?;
+            total.log += below.log;
+            total.allocated += below.allocated;
+        } else if kind.is_file() {
             let meta = entry
                 .metadata()
                 .map_err(|e| format!("reading {}: {e}", entry.path().display()))?;
-            total += meta.len();
+            // st_blocks counts 512-byte units whatever the filesystem's block size.
+            total.allocated += meta.blocks() * 512;
+            if entry.file_name().to_string_lossy().ends_with(".log") {
+                total.log += meta.len();
+            }
         }
     }
     Ok(total)

@@ -84,6 +84,15 @@ fn run_scenario(scenario: &str, extra: &[&str]) -> serde_json::Value {
     let amplification = at("/storage/space_amplification").as_f64().unwrap();
     assert!(amplification >= 1.0, "space amplification {amplification}");
     assert!(at("/storage/live_bytes").as_u64().unwrap() > 0);
+    // Allocation is in whole blocks, so the disk holds at least the segments' data.
+    let disk_after = at("/storage/disk_bytes_after_close").as_u64().unwrap();
+    let log_bytes = at("/storage/log_bytes").as_u64().unwrap();
+    assert!(disk_after >= log_bytes, "{disk_after} < {log_bytes}");
+    if scenario != "crash-resume" {
+        let disk_before = at("/storage/disk_bytes_before_close").as_u64().unwrap();
+        assert!(disk_before >= log_bytes, "{disk_before} < {log_bytes}");
+    }
+    assert!(at("/storage/disk_amplification").as_f64().unwrap() >= 1.0);
     assert!(at("/cpu/cpu_us_per_commit").as_f64().unwrap() > 0.0);
     assert!(at("/cpu/peak_rss_bytes").as_u64().unwrap() > 0);
     assert!(at("/env/cores").as_u64().unwrap() > 0);
@@ -170,6 +179,10 @@ fn crash_resume_finds_every_acknowledged_commit() {
     );
     assert_eq!(crash["keys_checked"], report["verify"]["keys"]);
     assert_eq!(report["storage"]["close_secs"], serde_json::Value::Null);
+    assert_eq!(
+        report["storage"]["disk_bytes_before_close"],
+        serde_json::Value::Null
+    );
 }
 
 /// The group operations' rows: documented fields, no unexpected error anywhere, and only
