@@ -3,7 +3,9 @@
 //! * [`segment`] — segment file names and the active/sealed segment records.
 //! * [`reader`] — batch-by-batch reading with framing, CRC and offset checks, and the
 //!   torn-tail inspection recovery relies on.
-//! * [`partition`] — one partition's log: recovery on open, appends, rolls, close.
+//! * [`partition`] — one partition's log: appends, rolls, close.
+//! * `recovery` — a partition's segment files scanned at open, the active one's torn tail
+//!   cut.
 //! * [`liveness`] — per-segment live/dead record counts, the compactor's input.
 //! * [`dead_records`] — which records of a segment are dead, by offset.
 //! * [`swap`] — the crash-safe protocol that replaces segments with their compacted copy.
@@ -12,6 +14,7 @@ pub mod dead_records;
 pub mod liveness;
 pub mod partition;
 pub mod reader;
+mod recovery;
 pub mod segment;
 pub mod swap;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::{BatchView, FormatError};
 use crate::log::liveness::SegmentTable;
-use crate::log::reader::SegmentReader;
+use crate::log::recovery::recover_segments;
 use crate::log::segment::{
     ActiveSegment, SealedSegment, parse_segment_file_name, partition_dir, segment_file_name,
 };
@@ -98,7 +98,7 @@ impl LogSettings {
 
     /// The active segment's file length to reserve once its data reaches `end`: a step
     /// past it, within the segment's size.
-    fn reserve_for(&self, end: u64) -> u64 {
+    pub(super) fn reserve_for(&self, end: u64) -> u64 {
         let reserve = end
             .saturating_add(PREALLOCATE_STEP_BYTES)
             .min(self.segment_bytes);
@@ -193,17 +193,11 @@ impl PartitionLog {
             .map_err(|e| io("creating", e))?;
         crate::log::swap::recover(storage, &dir).map_err(|e| io("finishing a swap in", e))?;
         let names = storage.list_dir(&dir).map_err(|e| io("listing", e))?;
-        let mut table = SegmentTable::default();
-        let mut visit = |view: &BatchView<'_>, position: u64, table: &mut SegmentTable| {
-            table.add_records(view.header.records_count.max(0) as u64);
-            visit(view, position, table)
-        };
         let mut base_offsets: Vec<i64> = names
             .iter()
             .filter_map(|name| parse_segment_file_name(name))
             .collect();
         base_offsets.sort_unstable();
-
         let mut report = PartitionRecovery {
             partition,
             ..PartitionRecovery::default()
@@ -212,146 +206,44 @@ impl PartitionLog {
             let log = Self::create(storage, dir, partition, settings)?;
             return Ok((log, report));
         };
-        let mut last_offset: Option<i64> = None;
-        let mut sealed = Vec::with_capacity(sealed_bases.len());
-        for &base_offset in sealed_bases {
-            let path = dir.join(segment_file_name(base_offset));
-            let file = storage
-                .open(&path, OpenMode::Existing)
-                .map_err(|e| io("opening segment in", e))?;
-            let floor = Some(last_offset.unwrap_or(i64::MIN).max(base_offset - 1));
-            table.push_segment(base_offset);
-            let mut visit = |view: &BatchView<'_>, position: u64| visit(view, position, &mut table);
-            let scanned = scan_file(storage, file, read_buf, floor, false, &mut visit);
-            storage.close(file);
-            let (outcome, buf) = scanned?;
-            *read_buf = buf;
-            check_records(&outcome, &path)?;
-            if let Some(stop) = outcome.stop {
-                return Err(Error::Corrupt {
-                    file: path,
-                    position: stop.position,
-                    reason: format!("in a sealed segment: {}", stop.reason),
-                });
+        let recovered = recover_segments(
+            storage,
+            &dir,
+            (sealed_bases, active_base),
+            settings,
+            read_buf,
+            visit,
+            &mut report,
+        )?;
+        let spare_len = find_spare(storage, &dir, settings);
+        let spare_len = match spare_len {
+            Ok(len) => len,
+            Err(e) => {
+                storage.close(recovered.active.file);
+                return Err(io("reading the spare segment in", e));
             }
-            report.segments += 1;
-            report.batches += outcome.batches;
-            last_offset = outcome.last_offset.or(last_offset);
-            sealed.push(SealedSegment {
-                base_offset,
-                path,
-                len: outcome.valid_len,
-                sealed_at: None,
-            });
-        }
-
-        let path = dir.join(segment_file_name(active_base));
-        let file = storage
-            .open(&path, OpenMode::Existing)
-            .map_err(|e| io("opening segment in", e))?;
-        if last_offset.is_some_and(|last| last >= active_base) {
-            return Err(Error::Corrupt {
-                file: path,
-                position: 0,
-                reason: format!(
-                    "segment starts at offset {active_base}, not after offset {}",
-                    last_offset.unwrap_or_default()
-                ),
-            });
-        }
-        // The active segment has never been compacted: its batches run contiguously from
-        // the offset in its name.
-        let floor = Some(active_base - 1);
-        table.push_segment(active_base);
-        let mut visit = |view: &BatchView<'_>, position: u64| visit(view, position, &mut table);
-        let (outcome, mut reader_buf) =
-            scan_file(storage, file, read_buf, floor, true, &mut visit)?;
-        check_records(&outcome, &path)?;
-        report.segments += 1;
-        report.batches += outcome.batches;
-        last_offset = outcome.last_offset.or(last_offset);
-        let valid_len = outcome.valid_len;
-        if let Some(stop) = outcome.stop {
-            let mut reader = SegmentReader::new(storage, file, std::mem::take(&mut reader_buf))
-                .map_err(|e| io("reading segment in", e))?;
-            // `last_offset` is at least the segment's base - 1 (the scan's floor): a
-            // recycled file's old batches past the stop, with lower offsets, are no good
-            // data after bad.
-            let inspected = reader.inspect_tail(stop.position, last_offset);
-            let file_len = reader.file_len();
-            *read_buf = reader.into_buffer();
-            let (torn_bytes, later_batch) = inspected.map_err(|e| io("reading segment in", e))?;
-            if let Some(position) = later_batch {
-                return Err(Error::Corrupt {
-                    file: path,
-                    position: stop.position,
-                    reason: format!(
-                        "{}; a valid batch follows at byte {position}, so this is not a torn tail",
-                        stop.reason
-                    ),
-                });
-            }
-            // Without preallocation the file should end where the data does: anything past
-            // it is a partial write even if it starts with zero bytes.
-            let torn_bytes = if settings.preallocate {
-                torn_bytes
-            } else {
-                file_len - valid_len
-            };
-            if torn_bytes > 0 {
-                truncate_tail(storage, file, valid_len, settings)
-                    .map_err(|e| io("truncating", e))?;
-                report.truncation = Some(Truncation {
-                    file: path.clone(),
-                    position: valid_len,
-                    torn_bytes,
-                    reason: stop.reason,
-                });
-            }
-        } else {
-            *read_buf = reader_buf;
-        }
-        let reserved = if settings.preallocate && report.truncation.is_none() {
-            preallocate(storage, file, settings.reserve_for(valid_len))
-                .map_err(|e| io("allocating", e))?
-        } else {
-            settings.reserve_for(valid_len)
         };
-        // A compaction may have dropped the last records of the last sealed segment; the
-        // active segment still starts at the offset its name carries.
-        let next_offset = last_offset.map_or(active_base, |last| (last + 1).max(active_base));
+        let mut table = recovered.table;
+        table.reserve_active(settings.active_records_expected());
         let log = PartitionLog {
             partition,
             dir,
             settings,
-            sealed,
-            active: ActiveSegment {
-                base_offset: active_base,
-                path,
-                file,
-                len: valid_len,
-            },
-            next_offset,
+            sealed: recovered.sealed,
+            written: recovered.active.len,
+            active: recovered.active,
+            next_offset: recovered.next_offset,
             table,
-            written: valid_len,
             staged: Vec::new(),
-            reserved,
+            reserved: recovered.reserved,
             // Names found here may be in the page cache only (the process that rolled or
             // recycled a segment was killed before a checkpoint synced the directory): the
             // first checkpoint that covers this partition syncs it.
             dir_sync_owed: settings.journaled,
             segments_created: 0,
             dir_sync_covers: None,
-            spare_len: None,
+            spare_len,
         };
-        let mut log = log;
-        log.table.reserve_active(settings.active_records_expected());
-        log.spare_len = find_spare(storage, &log.dir, settings).map_err(|e| {
-            Error::io(
-                format!("reading the spare segment in {}", log.dir.display()),
-                e,
-            )
-        })?;
         Ok((log, report))
     }
 
@@ -695,67 +587,6 @@ impl PartitionLog {
     }
 }
 
-/// Scans a whole file; returns the outcome and the read buffer for reuse.
-fn scan_file(
-    storage: &mut dyn Storage,
-    file: FileId,
-    read_buf: &mut Vec<u8>,
-    floor: Option<i64>,
-    contiguous: bool,
-    visit: &mut dyn FnMut(&BatchView<'_>, u64) -> Result<(), FormatError>,
-) -> Result<(crate::log::reader::ScanOutcome, Vec<u8>)> {
-    let mut reader = SegmentReader::new(storage, file, std::mem::take(read_buf))
-        .map_err(|e| Error::io("reading a segment", e))?;
-    let outcome = reader.scan(floor, contiguous, visit);
-    let buf = reader.into_buffer();
-    match outcome {
-        Ok(outcome) => Ok((outcome, buf)),
-        Err(error) => {
-            *read_buf = buf;
-            Err(Error::io("reading a segment", error))
-        }
-    }
-}
-
-/// Fails if the visitor rejected a batch's records.
-fn check_records(outcome: &crate::log::reader::ScanOutcome, path: &Path) -> Result<()> {
-    match &outcome.bad_records {
-        Some((position, error)) => Err(Error::Corrupt {
-            file: path.to_path_buf(),
-            position: *position,
-            reason: format!("malformed record in a batch with a valid CRC: {error}"),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Cuts a torn tail: everything from `valid_len` on becomes zeros again, durably, so a later
-/// shorter write can never be followed by stale bytes.
-fn truncate_tail(
-    storage: &mut dyn Storage,
-    file: FileId,
-    valid_len: u64,
-    settings: LogSettings,
-) -> std::io::Result<()> {
-    storage.set_len(file, valid_len)?;
-    if settings.preallocate {
-        storage.allocate(file, settings.reserve_for(valid_len))?;
-    }
-    storage.sync(file)
-}
-
-/// Reserves `file` to at least `len` bytes; returns its length.
-fn preallocate(storage: &mut dyn Storage, file: FileId, len: u64) -> std::io::Result<u64> {
-    let file_len = storage.file_len(file)?;
-    if file_len >= len {
-        return Ok(file_len);
-    }
-    storage.allocate(file, len)?;
-    // Sync once now so that appends' fdatasyncs flush data only, not the new length.
-    storage.sync(file)?;
-    Ok(len)
-}
-
 /// When a new segment's directory entry is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DirSync {
@@ -1039,6 +870,46 @@ mod tests {
         let recycled = disk.file_bytes(&log.active.path).unwrap();
         assert_eq!(recycled.len() as u64, old_len);
         (log, storage)
+    }
+
+    #[test]
+    fn a_bad_batch_before_a_valid_one_fails_the_open_and_leaves_no_file_open() {
+        let disk = SimDisk::new(8);
+        let mut storage = disk.storage();
+        let (mut log, _) = reopen(&mut storage, RECYCLING);
+        for _ in 0..3 {
+            append_synced(&mut log, &mut storage);
+        }
+        let path = log.active.path.clone();
+        let second_batch = batch_at(0, 10).len();
+        log.close(&mut storage).unwrap();
+        drop(storage);
+        // One byte of the second batch's records flipped: its CRC fails, and the third
+        // batch after it is valid, so this is corruption, not a torn tail.
+        let mut bytes = disk.file_bytes(&path).unwrap();
+        bytes[second_batch + 70] ^= 0x01;
+        disk.put_file_bytes(&path, &bytes);
+        let mut storage = disk.storage();
+        let mut visit = |_: &BatchView<'_>, _: u64, _: &mut SegmentTable| Ok(());
+        let opened = PartitionLog::open(
+            &mut storage,
+            Path::new("/d"),
+            0,
+            RECYCLING,
+            &mut Vec::new(),
+            &mut visit,
+        );
+        match opened {
+            Err(Error::Corrupt {
+                position, reason, ..
+            }) => {
+                assert_eq!(position, second_batch as u64);
+                assert!(reason.contains("not a torn tail"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert_eq!(storage.open_files(), 0, "the failed open closed its files");
+        assert_eq!(disk.file_bytes(&path), Some(bytes), "nothing was cut");
     }
 
     #[test]

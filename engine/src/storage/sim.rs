@@ -506,6 +506,11 @@ fn not_found(path: &Path) -> io::Error {
 }
 
 impl SimStorage {
+    /// Files this storage holds open: a test's check that no path leaks a handle.
+    pub fn open_files(&self) -> usize {
+        self.files.iter().filter(|file| file.is_some()).count()
+    }
+
     /// Locks the disk, failing if this storage's process "died" in a crash.
     fn live(&self) -> io::Result<MutexGuard<'_, DiskState>> {
         let state = self.disk.state();
