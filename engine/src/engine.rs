@@ -140,7 +140,6 @@ impl Engine {
             journal_recovery,
             flush_sequence,
         } = open_data_dir(&config, make_storage)?;
-        let storage_error = |e| Error::io("creating a storage", e);
         // Enough pooled requests and completions for every queue to be full, plus a batch
         // being flushed behind each.
         let pooled = (2 * config.shards * config.request_queue_depth_max).min(COMMITS_POOLED_MAX);
@@ -150,15 +149,12 @@ impl Engine {
         };
         let completions = CompletionPool::prefilled(pooled);
         let heartbeat_slots = CompletionPool::prefilled(pooled);
-        let mut shards = Vec::with_capacity(config.shards);
-        let mut opening = Vec::with_capacity(config.shards);
         let (event_sender, events) = bounded(EVENT_QUEUE_DEPTH_MAX);
-        let mut first_error = None;
         let failed =
             crate::sync::Arc::new(FailedPartitions::new(config.offsets_topic_num_partitions));
         // One cache per offsets partition for the engine's life: the writer lives with the
         // shard serving the partition (and moves with it), the readers stay here.
-        let mut caches: Vec<Option<Box<OffsetCache>>> = (0..config.offsets_topic_num_partitions)
+        let caches: Vec<Option<Box<OffsetCache>>> = (0..config.offsets_topic_num_partitions)
             .map(|_| Some(Box::new(OffsetCache::new())))
             .collect();
         let readers: Vec<OffsetCacheReader> = caches
@@ -166,35 +162,20 @@ impl Engine {
             .flatten()
             .map(|cache| cache.reader())
             .collect();
-        for index in 0..config.shards {
-            let hosted: Vec<(u32, Box<OffsetCache>)> = (0..config.offsets_topic_num_partitions)
-                .filter(|p| *p as usize % config.shards == index)
-                .filter_map(|p| Some((p, caches[p as usize].take()?)))
-                .collect();
-            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let spawned = make_storage().map_err(storage_error).and_then(|storage| {
-                let shared = ShardShared {
-                    events: EventSink::new(event_sender.clone()),
-                    pools: pools.clone(),
-                    flush_sequence: flush_sequence.clone(),
-                    groups: SharedGroups::new(&config.groups),
-                    failed: failed.clone(),
-                };
-                spawn_shard(index, &config, storage, hosted, core, shared)
-            });
-            match spawned {
-                Ok((handle, opened)) => {
-                    shards.push(handle);
-                    opening.push(opened);
-                }
-                Err(error) => {
-                    first_error = Some(error);
-                    break;
-                }
-            }
-        }
+        let shared = || ShardShared {
+            events: EventSink::new(event_sender.clone()),
+            pools: pools.clone(),
+            flush_sequence: flush_sequence.clone(),
+            groups: SharedGroups::new(&config.groups),
+            failed: failed.clone(),
+        };
+        let SpawnedShards {
+            handles: shards,
+            recovery_reports,
+            error: mut first_error,
+        } = spawn_shards(&config, make_storage, &cores, caches, &shared);
         let mut recovery = RecoveryReport::default();
-        for opened in opening {
+        for opened in recovery_reports {
             match opened.recv().unwrap_or(Err(Error::Closed)) {
                 Ok(report) => recovery.merge(report),
                 Err(error) => {
@@ -784,6 +765,53 @@ fn committed(value: crate::cache::OffsetValueRef<'_>) -> CommittedOffset {
         commit_timestamp_ms: value.commit_timestamp_ms,
         expire_timestamp_ms: (value.expire_timestamp_ms >= 0).then_some(value.expire_timestamp_ms),
     }
+}
+
+/// Spawns the engine's shards, each with its own storage and the offsets partitions it
+/// hosts (round robin), their caches and what `shared` makes for each; returns them with the channels their recovery
+/// reports arrive on. Stops at the first shard that cannot start, returning its error.
+fn spawn_shards(
+    config: &Config,
+    make_storage: &dyn Fn() -> std::io::Result<Box<dyn Storage>>,
+    cores: &[core_affinity::CoreId],
+    mut caches: Vec<Option<Box<OffsetCache>>>,
+    shared: &dyn Fn() -> ShardShared,
+) -> SpawnedShards {
+    let mut spawned_shards = SpawnedShards {
+        handles: Vec::with_capacity(config.shards),
+        recovery_reports: Vec::with_capacity(config.shards),
+        error: None,
+    };
+    for index in 0..config.shards {
+        let hosted: Vec<(u32, Box<OffsetCache>)> = (0..config.offsets_topic_num_partitions)
+            .filter(|p| *p as usize % config.shards == index)
+            .filter_map(|p| Some((p, caches[p as usize].take()?)))
+            .collect();
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let spawned = make_storage()
+            .map_err(|e| Error::io("creating a storage", e))
+            .and_then(|storage| spawn_shard(index, config, storage, hosted, core, shared()));
+        match spawned {
+            Ok((handle, opened)) => {
+                spawned_shards.handles.push(handle);
+                spawned_shards.recovery_reports.push(opened);
+            }
+            Err(error) => {
+                spawned_shards.error = Some(error);
+                break;
+            }
+        }
+    }
+    spawned_shards
+}
+
+/// What [`spawn_shards`] started.
+struct SpawnedShards {
+    handles: Vec<ShardHandle>,
+    /// Where each started shard's recovery report (or failure) arrives.
+    recovery_reports: Vec<Receiver<Result<RecoveryReport>>>,
+    /// Why the next shard could not start, if one could not.
+    error: Option<Error>,
 }
 
 /// The cores the shards are pinned to, in shard order (empty: not pinned). Refuses a

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::group_commit::{PendingOffset, encode_partition_batch};
+use super::group_commit::{GroupCommitBatch, PendingOffset, encode_partition_batch};
 use super::pipeline::{NextState, PIPELINED_FLUSHES_PER_TURN_MAX};
 use super::{HostedPartition, SEGMENT_WRITE_BYTES_MIN, Shard, ShardMetrics, wall_clock_ms};
 use crate::cache::{OffsetKey, OffsetValueRef};
@@ -464,58 +464,12 @@ impl Shard {
                 (&mut next.batch, next.parity, next.timestamp_ms)
             }
         };
-        let partitions = &mut self.partitions;
-        let mut dead_records = false;
-        let dead_records_ref = &mut dead_records;
-        let tombstones = &mut self.metrics.tombstones;
-        batch.for_each_partition(|partition, latest| {
-            let hosted = &mut partitions[partition as usize];
-            let encoded = &hosted.encoded[parity];
-            let (true, Some(cache)) = (encoded.durable, hosted.cache.as_mut()) else {
-                return;
-            };
-            // A partition failed closed since (by a later flush) keeps serving what it
-            // holds, this flush included; its segment table went with its log.
-            let mut table = hosted.log.as_mut().map(|log| log.table_mut());
-            let mut records = (encoded.base_offset..).zip(latest).peekable();
-            while let Some((record_offset, (group, pending))) = records.next() {
-                // Validation bounds the partition below the cache's limit, so no cache call
-                // can fail for a commit that got this far.
-                if pending.tombstone {
-                    *tombstones += 1;
-                    if let Some(table) = table.as_deref_mut() {
-                        table.mark_dead(record_offset);
-                        table.note_tombstone(record_offset, timestamp_ms);
-                    }
-                    let key = OffsetKey {
-                        group,
-                        topic: &pending.topic,
-                        partition: pending.partition,
-                    };
-                    note_replaced(table.as_deref_mut(), dead_records_ref, cache.take(key));
-                    continue;
-                }
-                // The batch is sorted by group and topic: the run of this (group, topic)'s
-                // updates that follows shares one lookup.
-                let Ok(mut writer) = cache.topic_writer(group, &pending.topic, pending.partition)
-                else {
-                    debug_assert!(false, "a validated partition refused by the cache");
-                    continue;
-                };
-                let value = |pending| offset_value(pending, timestamp_ms);
-                let replaced =
-                    writer.replace(pending.partition, value(pending), record_offset as u64);
-                note_replaced(table.as_deref_mut(), dead_records_ref, replaced);
-                let same_topic = |(_, (next_group, next)): &(i64, (&str, &PendingOffset))| {
-                    !next.tombstone && *next_group == group && next.topic == pending.topic
-                };
-                while let Some((record_offset, (_, next))) = records.next_if(same_topic) {
-                    let replaced =
-                        writer.replace(next.partition, value(next), record_offset as u64);
-                    note_replaced(table.as_deref_mut(), dead_records_ref, replaced);
-                }
-            }
-        });
+        let dead_records = apply_to_caches(
+            batch,
+            &mut self.partitions,
+            (parity, timestamp_ms),
+            &mut self.metrics.tombstones,
+        );
         if dead_records {
             self.maintenance.note_maybe_dirty();
         }
@@ -545,6 +499,66 @@ impl Shard {
         self.wakes.wake_all();
         batch.clear();
     }
+}
+
+/// Applies a durable flush's offsets (`batch`, in the flush slot `parity`, committed at
+/// `timestamp_ms`) to the caches of the partitions it was durable for, and charges the
+/// records they replace as dead in the partitions' segment tables. Returns whether any
+/// record died.
+fn apply_to_caches(
+    batch: &GroupCommitBatch,
+    partitions: &mut [HostedPartition],
+    (parity, timestamp_ms): (usize, i64),
+    tombstones: &mut u64,
+) -> bool {
+    let mut dead_records = false;
+    batch.for_each_partition(|partition, latest| {
+        let hosted = &mut partitions[partition as usize];
+        let encoded = &hosted.encoded[parity];
+        let (true, Some(cache)) = (encoded.durable, hosted.cache.as_mut()) else {
+            return;
+        };
+        // A partition failed closed since (by a later flush) keeps serving what it
+        // holds, this flush included; its segment table went with its log.
+        let mut table = hosted.log.as_mut().map(|log| log.table_mut());
+        let mut records = (encoded.base_offset..).zip(latest).peekable();
+        while let Some((record_offset, (group, pending))) = records.next() {
+            // Validation bounds the partition below the cache's limit, so no cache call
+            // can fail for a commit that got this far.
+            if pending.tombstone {
+                *tombstones += 1;
+                if let Some(table) = table.as_deref_mut() {
+                    table.mark_dead(record_offset);
+                    table.note_tombstone(record_offset, timestamp_ms);
+                }
+                let key = OffsetKey {
+                    group,
+                    topic: &pending.topic,
+                    partition: pending.partition,
+                };
+                note_replaced(table.as_deref_mut(), &mut dead_records, cache.take(key));
+                continue;
+            }
+            // The batch is sorted by group and topic: the run of this (group, topic)'s
+            // updates that follows shares one lookup.
+            let Ok(mut writer) = cache.topic_writer(group, &pending.topic, pending.partition)
+            else {
+                debug_assert!(false, "a validated partition refused by the cache");
+                continue;
+            };
+            let value = |pending| offset_value(pending, timestamp_ms);
+            let replaced = writer.replace(pending.partition, value(pending), record_offset as u64);
+            note_replaced(table.as_deref_mut(), &mut dead_records, replaced);
+            let same_topic = |(_, (next_group, next)): &(i64, (&str, &PendingOffset))| {
+                !next.tombstone && *next_group == group && next.topic == pending.topic
+            };
+            while let Some((record_offset, (_, next))) = records.next_if(same_topic) {
+                let replaced = writer.replace(next.partition, value(next), record_offset as u64);
+                note_replaced(table.as_deref_mut(), &mut dead_records, replaced);
+            }
+        }
+    });
+    dead_records
 }
 
 /// The cache's value for a committed offset.

@@ -9,6 +9,10 @@
 //! kernel runs the partitions' syncs in parallel; the link keeps each sync after its write.
 //! With `FsyncScope::Filesystem` the writes go unlinked and one `syncfs` follows them. See
 //! docs/architecture.md for why this and not glommio's DMA files.
+//!
+//! A flush whose `io_uring_enter` the kernel refuses for good breaks the ring: its entries
+//! point at buffers the caller reuses once the call returns, so nothing may submit them
+//! later, and every later durable write fails instead (`UringStorage::broken`).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -39,6 +43,12 @@ const BACKGROUND_BIT: u64 = 1 << 63;
 /// rest is its sequence number, so a completion left over from a failed submission is
 /// never taken for a later write's.
 const SYNCED_WRITE_BIT: u64 = 1 << 62;
+/// How many times a flush's `io_uring_enter` refused for want of resources (`EAGAIN`, or
+/// `EBUSY` while completions overflow) is tried again, with completions reaped and
+/// [`RING_BUSY_PAUSE`] between tries, before the ring is taken as broken. The man page calls
+/// both transient; about 10 ms in all, well inside a commit timeout.
+const RING_BUSY_RETRIES_MAX: u32 = 100;
+const RING_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The production storage: std files plus one io_uring per instance (per shard).
 pub struct UringStorage {
@@ -53,6 +63,13 @@ pub struct UringStorage {
     ring_unlinks: bool,
     /// The synced write whose sync is in flight, if any.
     synced_write: SyncedWrite,
+    /// Why the ring is never entered again, once a flush's entries could not be submitted
+    /// or waited for (see [`UringStorage::write_chunk`]): every later durable write,
+    /// synced write and background operation fails.
+    broken: Option<String>,
+    /// Errors the next `io_uring_enter` calls return instead of entering (tests).
+    #[cfg(test)]
+    injected_enter_errors: std::collections::VecDeque<i32>,
 }
 
 /// Most syncs of synced writes left queued by failed submissions (or a failed wait) whose
@@ -207,7 +224,30 @@ impl UringStorage {
             background: Background::default(),
             ring_unlinks,
             synced_write: SyncedWrite::default(),
+            broken: None,
+            #[cfg(test)]
+            injected_enter_errors: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Fails once the ring is broken.
+    fn check_usable(&self) -> io::Result<()> {
+        match &self.broken {
+            None => Ok(()),
+            Some(reason) => Err(io::Error::other(format!(
+                "io_uring unusable since an earlier failure ({reason})"
+            ))),
+        }
+    }
+
+    /// `io_uring_enter`: submits every queued entry and waits for `want` completions.
+    fn enter(&mut self, want: usize) -> io::Result<usize> {
+        debug_assert!(self.broken.is_none(), "a broken ring entered");
+        #[cfg(test)]
+        if let Some(errno) = self.injected_enter_errors.pop_front() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.ring.submit_and_wait(want)
     }
 
     fn file(&self, id: FileId) -> io::Result<&File> {
@@ -249,7 +289,8 @@ impl UringStorage {
             let sync_here = op.sync && self.fsync_scope != FsyncScope::Filesystem;
             let mut queue = self.ring.submission();
             // SAFETY: the buffers `op.bytes` point into outlive this call, and this call does
-            // not return before every pushed entry has completed (the loop below).
+            // not return before every pushed entry has completed (the loop below) unless
+            // it marks the ring broken, after which nothing submits the entries still queued.
             let (push, entries) = unsafe {
                 match (op.bytes.is_empty(), sync_here) {
                     (false, true) => (
@@ -268,21 +309,30 @@ impl UringStorage {
             }
         }
         let mut reaped = 0usize;
+        let mut busy_retries = 0u32;
         while reaped < pushed {
-            if let Err(error) = self.ring.submit_and_wait(1) {
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match self.enter(1) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
+                    // Reap below, then submit and wait again.
+                    busy_retries += 1;
+                    std::thread::sleep(RING_BUSY_PAUSE);
                 }
-                // The kernel did not take the entries (or we cannot wait for them): nothing
-                // of this chunk may be called durable. Entries already in flight still
-                // complete; a ring error like this leaves the shard unable to continue, and
-                // the caller fails every partition of the chunk closed.
-                for result in results.iter_mut() {
-                    if result.is_ok() {
-                        *result = Err(io::Error::new(error.kind(), error.to_string()));
+                Err(error) => {
+                    // Nothing of this chunk may be called durable. Entries the kernel did not
+                    // take stay queued pointing at the caller's buffers, and entries it took
+                    // may still complete under this chunk's indexes: the ring is never
+                    // entered again, and the caller fails every partition of the chunk
+                    // closed (the shard's others fail at their next flush).
+                    self.broken = Some(format!("io_uring_enter: {error}"));
+                    for result in results.iter_mut() {
+                        if result.is_ok() {
+                            *result = Err(io::Error::new(error.kind(), error.to_string()));
+                        }
                     }
+                    return;
                 }
-                return;
             }
             for cqe in self.ring.completion() {
                 if self.background.take(&cqe) || self.synced_write.take(&cqe) {
@@ -407,6 +457,7 @@ impl UringStorage {
         paths: Vec<CString>,
         token: u64,
     ) -> io::Result<()> {
+        self.check_usable()?;
         let user_data = BACKGROUND_BIT | token;
         let entries: Vec<squeue::Entry> = entries
             .into_iter()
@@ -427,9 +478,15 @@ impl UringStorage {
         self.background.in_flight.push(token);
         // On an error the entries stay queued and go with the next submission; the caller
         // counts this operation as failed and ignores its completion.
-        self.ring.submit()?;
+        self.enter(0)?;
         Ok(())
     }
+}
+
+/// Whether `io_uring_enter` refused for want of resources: `EAGAIN`, or `EBUSY` (the
+/// completion queue overflowing), which the caller may retry after reaping completions.
+fn is_busy(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY))
 }
 
 /// A background entry's completion code as a result (the raw OS error kept, so a
@@ -583,6 +640,11 @@ impl Storage for UringStorage {
 
     fn write_durable(&mut self, ops: &[WriteOp<'_>], results: &mut Vec<io::Result<()>>) {
         results.clear();
+        if let Err(error) = self.check_usable() {
+            let message = error.to_string();
+            results.extend(ops.iter().map(|_| Err(io::Error::other(message.clone()))));
+            return;
+        }
         if let [op] = ops
             && op.sync
             && self.fsync_scope != FsyncScope::Filesystem
@@ -603,6 +665,7 @@ impl Storage for UringStorage {
     }
 
     fn start_synced_write(&mut self, op: &WriteOp<'_>) -> io::Result<()> {
+        self.check_usable()?;
         if self.synced_write.in_flight.is_some() {
             return Err(io::Error::other("a synced write is already in flight"));
         }
@@ -628,7 +691,7 @@ impl Storage for UringStorage {
         // open until its completion is seen, as the one in flight or as an orphan.
         unsafe { self.ring.submission().push(&sync) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        if let Err(error) = self.ring.submit() {
+        if let Err(error) = self.enter(0) {
             // The entry stays queued and runs with a later submission: not durable now.
             self.synced_write.orphans.push((sequence, file));
             return Err(error);
@@ -648,8 +711,9 @@ impl Storage for UringStorage {
             for cqe in self.ring.completion() {
                 if !self.synced_write.take(&cqe) {
                     let background = self.background.take(&cqe);
+                    // A broken ring's flush entries may still complete.
                     debug_assert!(
-                        background,
+                        background || self.broken.is_some(),
                         "a flush entry outstanding during a synced write"
                     );
                 }
@@ -658,7 +722,7 @@ impl Storage for UringStorage {
                 self.synced_write.in_flight = None;
                 return outcome;
             }
-            match self.ring.submit_and_wait(1) {
+            match self.check_usable().and_then(|()| self.enter(1)) {
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
@@ -751,13 +815,13 @@ impl Storage for UringStorage {
             for cqe in self.ring.completion() {
                 let ours = self.background.take(&cqe) || self.synced_write.take(&cqe);
                 // Only background operations and synced writes can be outstanding between
-                // flushes.
-                debug_assert!(ours);
+                // flushes (and a broken ring's flush entries).
+                debug_assert!(ours || self.broken.is_some());
             }
             if !wait || self.background.in_flight.is_empty() {
                 break;
             }
-            match self.ring.submit_and_wait(1) {
+            match self.check_usable().and_then(|()| self.enter(1)) {
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 // The ring cannot wait: report every outstanding sync as failed, so no
@@ -952,5 +1016,79 @@ mod tests {
         // A file id that is not open is an error, not a panic, on the lone path too.
         storage.write_durable(&[op(closed, 0, b"x")], &mut results);
         assert!(matches!(results.as_slice(), [Err(_)]), "{results:?}");
+    }
+
+    /// Two files under a fresh directory, open in a fresh storage.
+    fn two_files() -> (tempfile::TempDir, UringStorage, [FileId; 2]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut storage = UringStorage::new().expect("an io_uring");
+        let files = ["one", "two"].map(|name| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"").expect("create");
+            storage.open(&path, OpenMode::Existing).expect("open")
+        });
+        (dir, storage, files)
+    }
+
+    #[test]
+    fn a_flush_refused_for_want_of_resources_is_tried_again() {
+        let (dir, mut storage, [one, two]) = two_files();
+        storage.injected_enter_errors.extend([
+            libc::EAGAIN,
+            libc::EBUSY,
+            libc::EINTR,
+            libc::EAGAIN,
+        ]);
+        let mut results = Vec::new();
+        storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
+        assert!(
+            matches!(results.as_slice(), [Ok(()), Ok(())]),
+            "{results:?}"
+        );
+        assert!(storage.injected_enter_errors.is_empty());
+        assert!(storage.broken.is_none());
+        assert_eq!(std::fs::read(dir.path().join("one")).expect("read"), b"abc");
+        assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
+    }
+
+    #[test]
+    fn a_flush_the_ring_refuses_breaks_the_ring_and_its_entries_never_run() {
+        for refusals in [
+            vec![libc::EINVAL],
+            vec![libc::EAGAIN; RING_BUSY_RETRIES_MAX as usize + 1],
+        ] {
+            let (dir, mut storage, [one, two]) = two_files();
+            storage.injected_enter_errors.extend(refusals);
+            let mut results = Vec::new();
+            storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
+            assert!(
+                matches!(results.as_slice(), [Err(_), Err(_)]),
+                "{results:?}"
+            );
+            // Whatever comes next refuses, so the queued entries are never submitted.
+            storage.write_durable(&[op(one, 0, b"x"), op(two, 0, b"y")], &mut results);
+            assert!(
+                results.iter().all(|r| r
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("io_uring unusable"))),
+                "{results:?}"
+            );
+            storage.write_durable(&[op(one, 0, b"x")], &mut results);
+            assert!(matches!(results.as_slice(), [Err(_)]), "{results:?}");
+            storage
+                .start_synced_write(&op(one, 0, b"x"))
+                .expect_err("a synced write on a broken ring");
+            storage
+                .start_background_sync(one, 1)
+                .expect_err("a background sync on a broken ring");
+            let mut done = Vec::new();
+            storage.reap_background_syncs(true, &mut done);
+            assert!(done.is_empty(), "{done:?}");
+            drop(storage);
+            for name in ["one", "two"] {
+                let bytes = std::fs::read(dir.path().join(name)).expect("read");
+                assert!(bytes.is_empty(), "{name}: {bytes:?}");
+            }
+        }
     }
 }
