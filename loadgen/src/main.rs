@@ -106,6 +106,11 @@ pub struct Args {
     /// `filesystem` (one syncfs per group commit; for a data directory on a volume of its own).
     #[arg(long, value_name = "SCOPE", default_value = "journal", value_parser = ["file", "filesystem", "journal"])]
     pub fsync_scope: String,
+    /// `log.preallocate` of the engine: reserve each active segment's file ahead of its data
+    /// (and keep dropped segments as spares), so appends' syncs carry no length change. Off,
+    /// the data directory holds about half the disk with a small key set.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_preallocate: bool,
     /// Seed of the members' phases and visiting orders (and of nothing else).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

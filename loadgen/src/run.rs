@@ -206,6 +206,7 @@ pub fn engine_config(
         config.shards = shards;
     }
     config.fsync_scope = args.fsync_scope.parse()?;
+    config.log_preallocate = args.log_preallocate;
     if let Some(groups) = groups {
         config.groups.group_initial_rebalance_delay_ms = groups.initial_rebalance_delay_ms;
         // A session below Kafka's minimum (tests, quick storms) needs a lower broker minimum.

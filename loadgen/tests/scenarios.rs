@@ -142,7 +142,18 @@ fn commit_storm_runs_closed_loop() {
 
 #[test]
 fn steady_runs_open_loop_at_the_asked_rate() {
-    let report = run_scenario("steady", &["--groups", "200", "--rate", "1000"]);
+    let report = run_scenario(
+        "steady",
+        &[
+            "--groups",
+            "200",
+            "--rate",
+            "1000",
+            "--log-preallocate",
+            "false",
+        ],
+    );
+    assert_eq!(report["config"]["engine"]["log_preallocate"], false);
     assert_eq!(report["fleet"]["mode"], "open");
     assert_eq!(report["fleet"]["policy"], "auto");
     assert_eq!(report["ops"]["commit"]["latency_from"], "intended");
