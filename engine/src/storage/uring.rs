@@ -49,6 +49,10 @@ const SYNCED_WRITE_BIT: u64 = 1 << 62;
 /// both transient; about 10 ms in all, well inside a commit timeout.
 const RING_BUSY_RETRIES_MAX: u32 = 100;
 const RING_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
+/// How long a flush that breaks the ring waits for the entries the kernel already took
+/// (they point at the caller's buffers and name its descriptors) before it returns anyway;
+/// past it the storage never closes a descriptor again (see `UringStorage::files_held`).
+const RING_BROKEN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The production storage: std files plus one io_uring per instance (per shard).
 pub struct UringStorage {
@@ -67,7 +71,14 @@ pub struct UringStorage {
     /// or waited for (see [`UringStorage::write_chunk`]): every later durable write,
     /// synced write and background operation fails.
     broken: Option<String>,
-    /// Errors the next `io_uring_enter` calls return instead of entering (tests).
+    /// Set when a broken ring's flush entries did not all complete within
+    /// [`RING_BROKEN_DRAIN_MAX`]: a linked `fdatasync` still to run names its file by
+    /// descriptor number, so closed files are held open (never closed, their numbers never
+    /// reused for another file whose writeback error the sync could consume).
+    files_held: Vec<File>,
+    hold_files: bool,
+    /// Errors the next `io_uring_enter` calls return instead of entering (tests); 0 submits
+    /// without waiting and succeeds.
     #[cfg(test)]
     injected_enter_errors: std::collections::VecDeque<i32>,
 }
@@ -225,6 +236,8 @@ impl UringStorage {
             ring_unlinks,
             synced_write: SyncedWrite::default(),
             broken: None,
+            files_held: Vec::new(),
+            hold_files: false,
             #[cfg(test)]
             injected_enter_errors: std::collections::VecDeque::new(),
         })
@@ -241,13 +254,69 @@ impl UringStorage {
     }
 
     /// `io_uring_enter`: submits every queued entry and waits for `want` completions.
+    /// Never once the ring is broken.
     fn enter(&mut self, want: usize) -> io::Result<usize> {
-        debug_assert!(self.broken.is_none(), "a broken ring entered");
+        self.check_usable()?;
         #[cfg(test)]
-        if let Some(errno) = self.injected_enter_errors.pop_front() {
-            return Err(io::Error::from_raw_os_error(errno));
+        match self.injected_enter_errors.pop_front() {
+            Some(0) => return self.ring.submit(),
+            Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
+            None => {}
         }
         self.ring.submit_and_wait(want)
+    }
+
+    /// Submits every queued entry without waiting, through `EINTR` and up to
+    /// [`RING_BUSY_RETRIES_MAX`] refusals for want of resources, reaping what completed
+    /// between tries. For entries that carry no buffer (a synced write's sync, background
+    /// chains): on an error they stay queued, and go with a later submission.
+    fn submit_queued(&mut self) -> io::Result<()> {
+        let mut busy_retries = 0u32;
+        loop {
+            match self.enter(0) {
+                Ok(_) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
+                    busy_retries += 1;
+                    self.reap_others();
+                    std::thread::sleep(RING_BUSY_PAUSE);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Takes the completions in of background operations and synced writes (the only
+    /// entries outstanding outside `write_chunk`, but for a broken ring's flush entries).
+    fn reap_others(&mut self) {
+        for cqe in self.ring.completion() {
+            let ours = self.background.take(&cqe) || self.synced_write.take(&cqe);
+            debug_assert!(ours || self.broken.is_some(), "a flush entry outstanding");
+        }
+    }
+
+    /// Breaks the ring (see [`UringStorage::write_chunk`]) and waits, polling without
+    /// entering, for `in_flight` flush entries the kernel took and has not completed.
+    fn break_ring(&mut self, reason: String, mut in_flight: usize) {
+        self.broken = Some(reason);
+        let deadline = std::time::Instant::now() + RING_BROKEN_DRAIN_MAX;
+        // Bounded by the deadline.
+        while in_flight > 0 {
+            for cqe in self.ring.completion() {
+                if !(self.background.take(&cqe) || self.synced_write.take(&cqe)) {
+                    in_flight = in_flight.saturating_sub(1);
+                }
+            }
+            if in_flight == 0 {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                self.hold_files = true;
+                return;
+            }
+            // A syscall: the kernel posts task-work completions on its way back.
+            std::thread::sleep(RING_BUSY_PAUSE);
+        }
     }
 
     fn file(&self, id: FileId) -> io::Result<&File> {
@@ -260,6 +329,13 @@ impl UringStorage {
     /// Submits one chunk of ops and waits for all of its completions.
     fn write_chunk(&mut self, ops: &[WriteOp<'_>], results: &mut [io::Result<()>]) {
         debug_assert!(ops.len() <= WRITES_PER_SUBMIT_MAX && ops.len() == results.len());
+        if let Err(error) = self.check_usable() {
+            fail_all(results, &error);
+            return;
+        }
+        // Entries of failed earlier submissions still queued (buffer-free): the kernel takes
+        // them before this chunk's.
+        let queued_before = self.ring.submission().len();
         let mut pushed = 0usize;
         for (index, op) in ops.iter().enumerate() {
             let fd = match self.file(op.file) {
@@ -312,7 +388,7 @@ impl UringStorage {
         let mut busy_retries = 0u32;
         while reaped < pushed {
             match self.enter(1) {
-                Ok(_) => {}
+                Ok(_) => busy_retries = 0,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
                     // Reap below, then submit and wait again.
@@ -322,15 +398,17 @@ impl UringStorage {
                 Err(error) => {
                     // Nothing of this chunk may be called durable. Entries the kernel did not
                     // take stay queued pointing at the caller's buffers, and entries it took
-                    // may still complete under this chunk's indexes: the ring is never
-                    // entered again, and the caller fails every partition of the chunk
-                    // closed (the shard's others fail at their next flush).
-                    self.broken = Some(format!("io_uring_enter: {error}"));
-                    for result in results.iter_mut() {
-                        if result.is_ok() {
-                            *result = Err(io::Error::new(error.kind(), error.to_string()));
-                        }
-                    }
+                    // would complete under this chunk's indexes: the ring is never entered
+                    // again (so a later flush can neither submit the first nor count the
+                    // second as its own), and the caller fails every partition of the chunk
+                    // closed (the shard's others fail at their next flush). The entries the
+                    // kernel took are waited for before the buffers go back to the caller.
+                    let taken = (queued_before + pushed)
+                        .saturating_sub(self.ring.submission().len())
+                        .saturating_sub(queued_before);
+                    let in_flight = taken.saturating_sub(reaped);
+                    self.break_ring(format!("io_uring_enter: {error}"), in_flight);
+                    fail_all(results, &error);
                     return;
                 }
             }
@@ -478,8 +556,14 @@ impl UringStorage {
         self.background.in_flight.push(token);
         // On an error the entries stay queued and go with the next submission; the caller
         // counts this operation as failed and ignores its completion.
-        self.enter(0)?;
-        Ok(())
+        self.submit_queued()
+    }
+}
+
+/// Fails every result of `results` still `Ok` with (a copy of) `error`.
+fn fail_all(results: &mut [io::Result<()>], error: &io::Error) {
+    for result in results.iter_mut().filter(|result| result.is_ok()) {
+        *result = Err(io::Error::new(error.kind(), error.to_string()));
     }
 }
 
@@ -624,9 +708,12 @@ impl Storage for UringStorage {
 
     fn close(&mut self, file: FileId) {
         if let Some(slot) = self.files.get_mut(file.0 as usize)
-            && slot.take().is_some()
+            && let Some(closed) = slot.take()
         {
             self.free_ids.push(file.0);
+            if self.hold_files {
+                self.files_held.push(closed);
+            }
         }
     }
 
@@ -691,7 +778,7 @@ impl Storage for UringStorage {
         // open until its completion is seen, as the one in flight or as an orphan.
         unsafe { self.ring.submission().push(&sync) }
             .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-        if let Err(error) = self.enter(0) {
+        if let Err(error) = self.submit_queued() {
             // The entry stays queued and runs with a later submission: not durable now.
             self.synced_write.orphans.push((sequence, file));
             return Err(error);
@@ -706,25 +793,21 @@ impl Storage for UringStorage {
             return Err(io::Error::other("no synced write in flight"));
         }
         // Bounded: every turn either takes the outcome or waits for a completion, and the
-        // sync's own completion comes (or the wait fails).
+        // sync's own completion comes (or the wait fails, or is refused too often).
+        let mut busy_retries = 0u32;
         loop {
-            for cqe in self.ring.completion() {
-                if !self.synced_write.take(&cqe) {
-                    let background = self.background.take(&cqe);
-                    // A broken ring's flush entries may still complete.
-                    debug_assert!(
-                        background || self.broken.is_some(),
-                        "a flush entry outstanding during a synced write"
-                    );
-                }
-            }
+            self.reap_others();
             if let Some(outcome) = self.synced_write.outcome.take() {
                 self.synced_write.in_flight = None;
                 return outcome;
             }
-            match self.check_usable().and_then(|()| self.enter(1)) {
-                Ok(_) => {}
+            match self.enter(1) {
+                Ok(_) => busy_retries = 0,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
+                    busy_retries += 1;
+                    std::thread::sleep(RING_BUSY_PAUSE);
+                }
                 Err(error) => {
                     // The sync's outcome cannot be known: it must not count as durable. It
                     // may still run: its descriptor stays open until its completion.
@@ -811,19 +894,19 @@ impl Storage for UringStorage {
     }
 
     fn reap_background_syncs(&mut self, wait: bool, done: &mut Vec<(u64, io::Result<()>)>) {
+        let mut busy_retries = 0u32;
         loop {
-            for cqe in self.ring.completion() {
-                let ours = self.background.take(&cqe) || self.synced_write.take(&cqe);
-                // Only background operations and synced writes can be outstanding between
-                // flushes (and a broken ring's flush entries).
-                debug_assert!(ours || self.broken.is_some());
-            }
+            self.reap_others();
             if !wait || self.background.in_flight.is_empty() {
                 break;
             }
-            match self.check_usable().and_then(|()| self.enter(1)) {
-                Ok(_) => {}
+            match self.enter(1) {
+                Ok(_) => busy_retries = 0,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
+                    busy_retries += 1;
+                    std::thread::sleep(RING_BUSY_PAUSE);
+                }
                 // The ring cannot wait: report every outstanding sync as failed, so no
                 // caller counts on it.
                 Err(error) => {
@@ -1089,6 +1172,54 @@ mod tests {
                 let bytes = std::fs::read(dir.path().join(name)).expect("read");
                 assert!(bytes.is_empty(), "{name}: {bytes:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_flush_whose_wait_fails_waits_for_the_entries_the_kernel_took() {
+        let (dir, mut storage, [one, two]) = two_files();
+        // The first enter submits without waiting; the wait after it is refused.
+        storage.injected_enter_errors.extend([0, libc::EINVAL]);
+        let mut results = Vec::new();
+        storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
+        assert!(
+            matches!(results.as_slice(), [Err(_), Err(_)]),
+            "{results:?}"
+        );
+        assert!(storage.broken.is_some());
+        // The entries the kernel took ran to completion before the call returned, their
+        // completions taken: none comes in later.
+        assert!(!storage.hold_files, "the drain timed out");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(storage.ring.completion().count(), 0);
+        assert_eq!(std::fs::read(dir.path().join("one")).expect("read"), b"abc");
+        assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
+        storage.close(one);
+        assert!(storage.files_held.is_empty());
+    }
+
+    #[test]
+    fn a_flush_of_several_chunks_stops_at_the_chunk_that_breaks_the_ring() {
+        let (dir, mut storage, [one, two]) = two_files();
+        let bytes = [7u8; 4];
+        let ops: Vec<WriteOp<'_>> = (0..WRITES_PER_SUBMIT_MAX as u64 + 1)
+            .map(|i| WriteOp {
+                file: if i % 2 == 0 { one } else { two },
+                position: 4 * i,
+                bytes: &bytes,
+                sync: false,
+            })
+            .collect();
+        storage.injected_enter_errors.push_back(libc::EINVAL);
+        let mut results = Vec::new();
+        storage.write_durable(&ops, &mut results);
+        assert_eq!(results.len(), ops.len());
+        let done = results.iter().filter(|result| result.is_ok()).count();
+        assert_eq!(done, 0, "writes called done after the ring broke");
+        drop(storage);
+        for name in ["one", "two"] {
+            let bytes = std::fs::read(dir.path().join(name)).expect("read");
+            assert!(bytes.is_empty(), "{name}: {} bytes", bytes.len());
         }
     }
 }
