@@ -12,7 +12,8 @@
 //!
 //! A flush whose `io_uring_enter` the kernel refuses for good breaks the ring: its entries
 //! point at buffers the caller reuses once the call returns, so nothing may submit them
-//! later, and every later durable write fails instead (`UringStorage::broken`).
+//! later, and every later durable write fails instead (`UringStorage::broken`); the entries
+//! the kernel already took are waited for first.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -49,10 +50,18 @@ const SYNCED_WRITE_BIT: u64 = 1 << 62;
 /// both transient; about 10 ms in all, well inside a commit timeout.
 const RING_BUSY_RETRIES_MAX: u32 = 100;
 const RING_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_micros(100);
-/// How long a flush that breaks the ring waits for the entries the kernel already took
-/// (they point at the caller's buffers and name its descriptors) before it returns anyway;
-/// past it the storage never closes a descriptor again (see `UringStorage::files_held`).
-const RING_BROKEN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a flush that breaks the ring waits for the entries the kernel already took:
+/// they read the caller's buffers and name its descriptors, so the call cannot return
+/// before they complete. Past it the process aborts (a crash, which recovery handles)
+/// rather than hand the buffers back; a kernel that runs a write or sync for a minute has
+/// failed anyway.
+#[cfg(not(test))]
+const RING_BROKEN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+#[cfg(test)]
+const RING_BROKEN_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// `IORING_ENTER_GETEVENTS` (linux/io_uring.h): an enter that submits nothing still flushes
+/// completions the kernel holds back (overflow, deferred task work) into the queue.
+const IORING_ENTER_GETEVENTS: u32 = 1;
 
 /// The production storage: std files plus one io_uring per instance (per shard).
 pub struct UringStorage {
@@ -71,12 +80,6 @@ pub struct UringStorage {
     /// or waited for (see [`UringStorage::write_chunk`]): every later durable write,
     /// synced write and background operation fails.
     broken: Option<String>,
-    /// Set when a broken ring's flush entries did not all complete within
-    /// [`RING_BROKEN_DRAIN_MAX`]: a linked `fdatasync` still to run names its file by
-    /// descriptor number, so closed files are held open (never closed, their numbers never
-    /// reused for another file whose writeback error the sync could consume).
-    files_held: Vec<File>,
-    hold_files: bool,
     /// Errors the next `io_uring_enter` calls return instead of entering (tests); 0 submits
     /// without waiting and succeeds.
     #[cfg(test)]
@@ -236,8 +239,6 @@ impl UringStorage {
             ring_unlinks,
             synced_write: SyncedWrite::default(),
             broken: None,
-            files_held: Vec::new(),
-            hold_files: false,
             #[cfg(test)]
             injected_enter_errors: std::collections::VecDeque::new(),
         })
@@ -295,8 +296,12 @@ impl UringStorage {
         }
     }
 
-    /// Breaks the ring (see [`UringStorage::write_chunk`]) and waits, polling without
-    /// entering, for `in_flight` flush entries the kernel took and has not completed.
+    /// Breaks the ring (see [`UringStorage::write_chunk`]) and waits, without submitting
+    /// anything, for `in_flight` flush entries the kernel took and has not completed.
+    ///
+    /// # Panics
+    /// Aborts the process (panics in tests) if they have not completed within
+    /// [`RING_BROKEN_DRAIN_MAX`].
     fn break_ring(&mut self, reason: String, mut in_flight: usize) {
         self.broken = Some(reason);
         let deadline = std::time::Instant::now() + RING_BROKEN_DRAIN_MAX;
@@ -308,13 +313,29 @@ impl UringStorage {
                 }
             }
             if in_flight == 0 {
-                return;
+                break;
             }
             if std::time::Instant::now() >= deadline {
-                self.hold_files = true;
-                return;
+                let message = format!(
+                    "coffer: {in_flight} io_uring entries still running {RING_BROKEN_DRAIN_MAX:?} \
+                     after the ring broke ({}); aborting rather than hand their buffers back",
+                    self.broken.as_deref().unwrap_or_default()
+                );
+                #[cfg(test)]
+                panic!("{message}");
+                #[cfg(not(test))]
+                {
+                    eprintln!("{message}");
+                    std::process::abort();
+                }
             }
-            // A syscall: the kernel posts task-work completions on its way back.
+            // SAFETY: submits nothing (`to_submit` 0) and passes no argument; it only moves
+            // held-back completions into the queue. Its error is no reason to stop waiting.
+            let _ = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+            };
             std::thread::sleep(RING_BUSY_PAUSE);
         }
     }
@@ -437,6 +458,25 @@ impl UringStorage {
                     ));
                 }
             }
+        }
+    }
+}
+
+impl Drop for UringStorage {
+    /// Closing the ring does not wait for its entries: a background operation or synced
+    /// write still queued or running names its directory or file by descriptor number, so
+    /// their descriptors are left open (leaked) rather than closed under them, where the
+    /// number could come to name another file. Only a shard that stops with such an
+    /// operation unfinished (a failed wait, a broken ring) leaves any.
+    fn drop(&mut self) {
+        // Operations already complete drop their descriptors as usual.
+        self.reap_others();
+        for chain in self.background.chains.drain(..) {
+            std::mem::forget(chain);
+        }
+        std::mem::forget(self.synced_write.in_flight.take());
+        for (_, file) in self.synced_write.orphans.drain(..) {
+            std::mem::forget(file);
         }
     }
 }
@@ -708,12 +748,9 @@ impl Storage for UringStorage {
 
     fn close(&mut self, file: FileId) {
         if let Some(slot) = self.files.get_mut(file.0 as usize)
-            && let Some(closed) = slot.take()
+            && slot.take().is_some()
         {
             self.free_ids.push(file.0);
-            if self.hold_files {
-                self.files_held.push(closed);
-            }
         }
     }
 
@@ -1175,10 +1212,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flush_whose_wait_fails_waits_for_the_entries_the_kernel_took() {
-        let (dir, mut storage, [one, two]) = two_files();
-        // The first enter submits without waiting; the wait after it is refused.
+    /// A flush of "abc" to `one` and "de" to `two` whose first enter submits without
+    /// waiting and whose wait after it is refused: both fail.
+    fn flush_whose_wait_is_refused(storage: &mut UringStorage, [one, two]: [FileId; 2]) {
         storage.injected_enter_errors.extend([0, libc::EINVAL]);
         let mut results = Vec::new();
         storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
@@ -1186,16 +1222,19 @@ mod tests {
             matches!(results.as_slice(), [Err(_), Err(_)]),
             "{results:?}"
         );
+    }
+
+    #[test]
+    fn a_flush_whose_wait_fails_waits_for_the_entries_the_kernel_took() {
+        let (dir, mut storage, [one, two]) = two_files();
+        flush_whose_wait_is_refused(&mut storage, [one, two]);
         assert!(storage.broken.is_some());
         // The entries the kernel took ran to completion before the call returned, their
         // completions taken: none comes in later.
-        assert!(!storage.hold_files, "the drain timed out");
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(storage.ring.completion().count(), 0);
         assert_eq!(std::fs::read(dir.path().join("one")).expect("read"), b"abc");
         assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
-        storage.close(one);
-        assert!(storage.files_held.is_empty());
     }
 
     #[test]
@@ -1221,5 +1260,21 @@ mod tests {
             let bytes = std::fs::read(dir.path().join(name)).expect("read");
             assert!(bytes.is_empty(), "{name}: {} bytes", bytes.len());
         }
+    }
+
+    #[test]
+    fn a_broken_flush_waits_for_its_own_entries_not_for_those_queued_ahead_of_it() {
+        let (dir, mut storage, [one, two]) = two_files();
+        // A synced write whose sync the ring refuses: the sync stays queued, ahead of the
+        // flush's entries, and runs with them.
+        storage.injected_enter_errors.push_back(libc::EINVAL);
+        storage
+            .start_synced_write(&op(one, 8, b"journal"))
+            .expect_err("its sync was refused");
+        assert_eq!(storage.ring.submission().len(), 1);
+        // Counting the queued sync as the flush's would wait for a completion that never
+        // comes, and panic at the drain's deadline.
+        flush_whose_wait_is_refused(&mut storage, [one, two]);
+        assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
     }
 }
