@@ -80,10 +80,13 @@ pub struct UringStorage {
     /// or waited for (see [`UringStorage::write_chunk`]): every later durable write,
     /// synced write and background operation fails.
     broken: Option<String>,
-    /// Errors the next `io_uring_enter` calls return instead of entering (tests); 0 submits
-    /// without waiting and succeeds.
+    /// Per entry of the flush chunk being written: its op's index, and whether it is the
+    /// `fdatasync` linked to that op's write (`write_chunk`). Reused; `RING_ENTRIES` long at
+    /// most.
+    chunk_entries: Vec<(u16, bool)>,
+    /// What the next `io_uring_enter` calls do instead of submitting and waiting (tests).
     #[cfg(test)]
-    injected_enter_errors: std::collections::VecDeque<i32>,
+    injected_enters: std::collections::VecDeque<InjectedEnter>,
 }
 
 /// Most syncs of synced writes left queued by failed submissions (or a failed wait) whose
@@ -239,8 +242,9 @@ impl UringStorage {
             ring_unlinks,
             synced_write: SyncedWrite::default(),
             broken: None,
+            chunk_entries: Vec::with_capacity(RING_ENTRIES as usize),
             #[cfg(test)]
-            injected_enter_errors: std::collections::VecDeque::new(),
+            injected_enters: std::collections::VecDeque::new(),
         })
     }
 
@@ -259,9 +263,16 @@ impl UringStorage {
     fn enter(&mut self, want: usize) -> io::Result<usize> {
         self.check_usable()?;
         #[cfg(test)]
-        match self.injected_enter_errors.pop_front() {
-            Some(0) => return self.ring.submit(),
-            Some(errno) => return Err(io::Error::from_raw_os_error(errno)),
+        match self.injected_enters.pop_front() {
+            Some(InjectedEnter::Refuse(errno)) => return Err(io::Error::from_raw_os_error(errno)),
+            Some(InjectedEnter::SubmitOnly) => return self.ring.submit(),
+            // SAFETY: submits `entries` queued entries, no argument.
+            Some(InjectedEnter::SubmitFirst(entries)) => unsafe {
+                return self
+                    .ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(entries, 0, 0, None);
+            },
             None => {}
         }
         self.ring.submit_and_wait(want)
@@ -357,7 +368,48 @@ impl UringStorage {
         // Entries of failed earlier submissions still queued (buffer-free): the kernel takes
         // them before this chunk's.
         let queued_before = self.ring.submission().len();
-        let mut pushed = 0usize;
+        let pushed = self.push_chunk(ops, results);
+        let chunk = QueuedChunk {
+            queued_before,
+            pushed,
+        };
+        let mut reaped = 0usize;
+        let mut busy_retries = 0u32;
+        while reaped < pushed {
+            match self.enter(1) {
+                Ok(_) => {
+                    busy_retries = 0;
+                    self.check_split(chunk, results);
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
+                    // Reap below, then submit and wait again.
+                    busy_retries += 1;
+                    std::thread::sleep(RING_BUSY_PAUSE);
+                }
+                Err(error) => {
+                    // Nothing of this chunk may be called durable. Entries the kernel did not
+                    // take stay queued pointing at the caller's buffers, and entries it took
+                    // would complete under this chunk's indexes: the ring is never entered
+                    // again (so a later flush can neither submit the first nor count the
+                    // second as its own), and the caller fails every partition of the chunk
+                    // closed (the shard's others fail at their next flush). The entries the
+                    // kernel took are waited for before the buffers go back to the caller.
+                    let in_flight = self.taken(chunk).saturating_sub(reaped);
+                    self.break_ring(format!("io_uring_enter: {error}"), in_flight);
+                    fail_all(results, &error);
+                    return;
+                }
+            }
+            reaped += self.reap_chunk(ops, results);
+        }
+    }
+
+    /// Queues each op's write, linked (`IOSQE_IO_LINK`) to an `fdatasync` of its file where
+    /// the op syncs, or the sync alone for an op with no bytes; returns the entries queued.
+    /// Notes in `chunk_entries`, per entry, its op and whether it is a linked pair's sync.
+    fn push_chunk(&mut self, ops: &[WriteOp<'_>], results: &mut [io::Result<()>]) -> usize {
+        self.chunk_entries.clear();
         for (index, op) in ops.iter().enumerate() {
             let fd = match self.file(op.file) {
                 Ok(file) => file.as_raw_fd(),
@@ -385,81 +437,107 @@ impl UringStorage {
             // With `FsyncScope::Filesystem` one syncfs covers the whole flush (`write_durable`).
             let sync_here = op.sync && self.fsync_scope != FsyncScope::Filesystem;
             let mut queue = self.ring.submission();
-            // SAFETY: the buffers `op.bytes` point into outlive this call, and this call does
-            // not return before every pushed entry has completed (the loop below) unless
-            // it marks the ring broken, after which nothing submits the entries still queued.
-            let (push, entries) = unsafe {
+            // SAFETY: the buffers `op.bytes` point into outlive the chunk's call, which does
+            // not return before every pushed entry has completed (`write_chunk`) unless it
+            // marks the ring broken, after which nothing submits the entries still queued.
+            let (push, entries): (_, &[(u16, bool)]) = unsafe {
                 match (op.bytes.is_empty(), sync_here) {
                     (false, true) => (
                         queue.push_multiple(&[write.flags(squeue::Flags::IO_LINK), sync]),
-                        2,
+                        &[(index as u16, false), (index as u16, true)],
                     ),
-                    (false, false) => (queue.push(&write), 1),
-                    (true, true) => (queue.push(&sync), 1),
-                    (true, false) => (Ok(()), 0),
+                    (false, false) => (queue.push(&write), &[(index as u16, false)]),
+                    (true, true) => (queue.push(&sync), &[(index as u16, false)]),
+                    (true, false) => (Ok(()), &[]),
                 }
             };
             drop(queue);
             match push {
-                Ok(()) => pushed += entries,
+                // Within capacity: at most `RING_ENTRIES` entries fit in the queue.
+                Ok(()) => self.chunk_entries.extend_from_slice(entries),
                 Err(_) => results[index] = Err(io::Error::other("io_uring submission queue full")),
             }
         }
-        let mut reaped = 0usize;
-        let mut busy_retries = 0u32;
-        while reaped < pushed {
-            match self.enter(1) {
-                Ok(_) => busy_retries = 0,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) if is_busy(&error) && busy_retries < RING_BUSY_RETRIES_MAX => {
-                    // Reap below, then submit and wait again.
-                    busy_retries += 1;
-                    std::thread::sleep(RING_BUSY_PAUSE);
-                }
-                Err(error) => {
-                    // Nothing of this chunk may be called durable. Entries the kernel did not
-                    // take stay queued pointing at the caller's buffers, and entries it took
-                    // would complete under this chunk's indexes: the ring is never entered
-                    // again (so a later flush can neither submit the first nor count the
-                    // second as its own), and the caller fails every partition of the chunk
-                    // closed (the shard's others fail at their next flush). The entries the
-                    // kernel took are waited for before the buffers go back to the caller.
-                    let taken = (queued_before + pushed)
-                        .saturating_sub(self.ring.submission().len())
-                        .saturating_sub(queued_before);
-                    let in_flight = taken.saturating_sub(reaped);
-                    self.break_ring(format!("io_uring_enter: {error}"), in_flight);
-                    fail_all(results, &error);
-                    return;
-                }
-            }
-            for cqe in self.ring.completion() {
-                if self.background.take(&cqe) || self.synced_write.take(&cqe) {
-                    continue;
-                }
-                reaped += 1;
-                let index = (cqe.user_data() >> 1) as usize;
-                let is_sync = cqe.user_data() & 1 == 1;
-                let Some(result) = results.get_mut(index) else {
-                    continue;
-                };
-                if result.is_err() {
-                    continue; // keep the first error of the pair
-                }
-                let code = cqe.result();
-                if code < 0 {
-                    let error = io::Error::from_raw_os_error(-code);
-                    let what = if is_sync { "fdatasync" } else { "write" };
-                    *result = Err(io::Error::new(error.kind(), format!("{what}: {error}")));
-                } else if !is_sync && code as usize != ops[index].bytes.len() {
-                    *result = Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("short write: {code} of {} bytes", ops[index].bytes.len()),
-                    ));
-                }
-            }
+        self.chunk_entries.len()
+    }
+
+    /// How many of `chunk`'s entries the kernel has taken from the submission queue (FIFO,
+    /// after the entries queued before the chunk).
+    fn taken(&mut self, chunk: QueuedChunk) -> usize {
+        (chunk.queued_before + chunk.pushed)
+            .saturating_sub(self.ring.submission().len())
+            .saturating_sub(chunk.queued_before)
+    }
+
+    /// Fails the op whose write the kernel took without its linked sync: a submission the
+    /// kernel cuts short (it could not allocate a request) submits a link's head alone, and
+    /// the sync then goes out unlinked in a later call, free to run before the write.
+    fn check_split(&mut self, chunk: QueuedChunk, results: &mut [io::Result<()>]) {
+        let taken = self.taken(chunk);
+        if taken == 0 || taken >= chunk.pushed {
+            return;
+        }
+        if let Some(&(op, true)) = self.chunk_entries.get(taken)
+            && let Some(result @ Ok(())) = results.get_mut(op as usize)
+        {
+            *result = Err(io::Error::other(
+                "io_uring submitted a write apart from its linked fdatasync",
+            ));
         }
     }
+
+    /// Takes the completions in, a flush entry's into its op's result (the first error of
+    /// an op's pair stays); returns how many flush entries completed.
+    fn reap_chunk(&mut self, ops: &[WriteOp<'_>], results: &mut [io::Result<()>]) -> usize {
+        let mut reaped = 0;
+        for cqe in self.ring.completion() {
+            if self.background.take(&cqe) || self.synced_write.take(&cqe) {
+                continue;
+            }
+            reaped += 1;
+            let index = (cqe.user_data() >> 1) as usize;
+            let is_sync = cqe.user_data() & 1 == 1;
+            let Some(result) = results.get_mut(index) else {
+                continue;
+            };
+            if result.is_err() {
+                continue;
+            }
+            let code = cqe.result();
+            if code < 0 {
+                let error = io::Error::from_raw_os_error(-code);
+                let what = if is_sync { "fdatasync" } else { "write" };
+                *result = Err(io::Error::new(error.kind(), format!("{what}: {error}")));
+            } else if !is_sync && code as usize != ops[index].bytes.len() {
+                *result = Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {code} of {} bytes", ops[index].bytes.len()),
+                ));
+            }
+        }
+        reaped
+    }
+}
+
+/// What an `io_uring_enter` does instead of submitting everything and waiting (tests).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+enum InjectedEnter {
+    /// Fails with this errno, taking nothing.
+    Refuse(i32),
+    /// Submits everything queued, waits for nothing.
+    SubmitOnly,
+    /// Submits only the first this many entries, as a kernel short of requests does.
+    SubmitFirst(u32),
+}
+
+/// Where a flush chunk's entries sit in the submission queue.
+#[derive(Clone, Copy)]
+struct QueuedChunk {
+    /// Entries queued ahead of the chunk's.
+    queued_before: usize,
+    /// The chunk's entries.
+    pushed: usize,
 }
 
 impl Drop for UringStorage {
@@ -1153,19 +1231,17 @@ mod tests {
     #[test]
     fn a_flush_refused_for_want_of_resources_is_tried_again() {
         let (dir, mut storage, [one, two]) = two_files();
-        storage.injected_enter_errors.extend([
-            libc::EAGAIN,
-            libc::EBUSY,
-            libc::EINTR,
-            libc::EAGAIN,
-        ]);
+        let refusals = [libc::EAGAIN, libc::EBUSY, libc::EINTR, libc::EAGAIN];
+        storage
+            .injected_enters
+            .extend(refusals.map(InjectedEnter::Refuse));
         let mut results = Vec::new();
         storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
         assert!(
             matches!(results.as_slice(), [Ok(()), Ok(())]),
             "{results:?}"
         );
-        assert!(storage.injected_enter_errors.is_empty());
+        assert!(storage.injected_enters.is_empty());
         assert!(storage.broken.is_none());
         assert_eq!(std::fs::read(dir.path().join("one")).expect("read"), b"abc");
         assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
@@ -1174,11 +1250,11 @@ mod tests {
     #[test]
     fn a_flush_the_ring_refuses_breaks_the_ring_and_its_entries_never_run() {
         for refusals in [
-            vec![libc::EINVAL],
-            vec![libc::EAGAIN; RING_BUSY_RETRIES_MAX as usize + 1],
+            vec![InjectedEnter::Refuse(libc::EINVAL)],
+            vec![InjectedEnter::Refuse(libc::EAGAIN); RING_BUSY_RETRIES_MAX as usize + 1],
         ] {
             let (dir, mut storage, [one, two]) = two_files();
-            storage.injected_enter_errors.extend(refusals);
+            storage.injected_enters.extend(refusals);
             let mut results = Vec::new();
             storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
             assert!(
@@ -1215,7 +1291,10 @@ mod tests {
     /// A flush of "abc" to `one` and "de" to `two` whose first enter submits without
     /// waiting and whose wait after it is refused: both fail.
     fn flush_whose_wait_is_refused(storage: &mut UringStorage, [one, two]: [FileId; 2]) {
-        storage.injected_enter_errors.extend([0, libc::EINVAL]);
+        storage.injected_enters.extend([
+            InjectedEnter::SubmitOnly,
+            InjectedEnter::Refuse(libc::EINVAL),
+        ]);
         let mut results = Vec::new();
         storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
         assert!(
@@ -1249,7 +1328,9 @@ mod tests {
                 sync: false,
             })
             .collect();
-        storage.injected_enter_errors.push_back(libc::EINVAL);
+        storage
+            .injected_enters
+            .push_back(InjectedEnter::Refuse(libc::EINVAL));
         let mut results = Vec::new();
         storage.write_durable(&ops, &mut results);
         assert_eq!(results.len(), ops.len());
@@ -1267,7 +1348,9 @@ mod tests {
         let (dir, mut storage, [one, two]) = two_files();
         // A synced write whose sync the ring refuses: the sync stays queued, ahead of the
         // flush's entries, and runs with them.
-        storage.injected_enter_errors.push_back(libc::EINVAL);
+        storage
+            .injected_enters
+            .push_back(InjectedEnter::Refuse(libc::EINVAL));
         storage
             .start_synced_write(&op(one, 8, b"journal"))
             .expect_err("its sync was refused");
@@ -1276,5 +1359,28 @@ mod tests {
         // comes, and panic at the drain's deadline.
         flush_whose_wait_is_refused(&mut storage, [one, two]);
         assert_eq!(std::fs::read(dir.path().join("two")).expect("read"), b"de");
+    }
+
+    #[test]
+    fn a_write_submitted_apart_from_its_linked_sync_is_not_called_durable() {
+        let (dir, mut storage, [one, two]) = two_files();
+        // The kernel takes the first op's write and stops before its linked sync: the sync
+        // goes out alone in the next call, free to run before the write has landed.
+        storage
+            .injected_enters
+            .push_back(InjectedEnter::SubmitFirst(1));
+        let mut results = Vec::new();
+        storage.write_durable(&[op(one, 0, b"abc"), op(two, 0, b"de")], &mut results);
+        match results.as_slice() {
+            [Err(error), Ok(())] => assert!(error.to_string().contains("apart"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        // Both still ran; the ring is fine for the next flush.
+        assert_eq!(std::fs::read(dir.path().join("one")).expect("read"), b"abc");
+        storage.write_durable(&[op(one, 3, b"x"), op(two, 2, b"y")], &mut results);
+        assert!(
+            matches!(results.as_slice(), [Ok(()), Ok(())]),
+            "{results:?}"
+        );
     }
 }
