@@ -516,6 +516,39 @@ impl Report {
     /// The report as plain text: one table of operations, then aligned label/value rows.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        self.ops_table(&mut out);
+        let mut rows = Rows(&mut out);
+        for (name, op) in &self.ops {
+            if !op.errors_outside_window.is_empty() {
+                rows.row(
+                    &format!("{name} errors (warmup)"),
+                    errors(&op.errors_outside_window),
+                );
+            }
+            if !op.expected_errors.is_empty() {
+                rows.row(
+                    &format!("{name} expected (protocol)"),
+                    errors(&op.expected_errors),
+                );
+            }
+            for (code, example) in &op.error_examples {
+                rows.row(&format!("{name} code {code} e.g."), example.clone());
+            }
+        }
+        if let Some(groups) = &self.groups {
+            groups.rows(&mut rows);
+        }
+        self.fleet.rows(&mut rows);
+        self.storage.rows(&mut rows);
+        self.cpu.rows(&mut rows, self.groups.is_some());
+        self.verify.rows(&mut rows);
+        self.env.rows(&mut rows);
+        self.config.rows(&mut rows);
+        out
+    }
+
+    /// The header line, and one line per operation type.
+    fn ops_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "loadgen report: {} ({} loop, latency from the {} time)",
@@ -550,161 +583,176 @@ impl Report {
                 errors(&op.errors)
             );
         }
-        let mut row = |label: &str, value: String| {
-            let _ = writeln!(out, "  {label:<34} {value}");
-        };
-        for (name, op) in &self.ops {
-            if !op.errors_outside_window.is_empty() {
-                row(
-                    &format!("{name} errors (warmup)"),
-                    errors(&op.errors_outside_window),
-                );
-            }
-            if !op.expected_errors.is_empty() {
-                row(
-                    &format!("{name} expected (protocol)"),
-                    errors(&op.expected_errors),
-                );
-            }
-            for (code, example) in &op.error_examples {
-                row(&format!("{name} code {code} e.g."), example.clone());
-            }
-        }
-        if let Some(g) = &self.groups {
-            row(
-                "group protocol",
-                format!(
-                    "heartbeat {} ms ({:.0}/s offered), session {} ms, rebalance timeout {} ms, churn {}/s, rejoin after {} ms",
-                    g.heartbeat_interval_ms,
-                    g.heartbeat_target_per_sec,
-                    g.session_timeout_ms,
-                    g.rebalance_timeout_ms,
-                    g.churn_per_sec,
-                    g.rejoin_delay_ms
-                ),
-            );
-            row(
-                "setup",
-                format!(
-                    "{} consumers stable in {:.2}s{}",
-                    g.setup_stable_members,
-                    g.setup_secs,
-                    if g.setup_complete {
-                        ""
-                    } else {
-                        " (INCOMPLETE)"
-                    }
-                ),
-            );
-            row(
-                "leaves / expiries / rebalances",
-                format!("{} / {} / {}", g.leaves, g.expiries, g.rebalances),
-            );
-            row(
-                "heartbeats delayed / late",
-                format!(
-                    "{} (previous one unanswered) / {} (sent >1 ms after due)",
-                    g.heartbeats_delayed, g.heartbeats_late
-                ),
-            );
-            row(
-                "stable at stop, calls abandoned",
-                format!(
-                    "{} / {} (assignment mismatches {})",
-                    g.stable_at_stop, g.calls_abandoned_at_stop, g.assignment_mismatches
-                ),
-            );
-        }
-        let f = &self.fleet;
-        row(
+    }
+}
+
+/// The report's labelled lines.
+struct Rows<'a>(&'a mut String);
+
+impl Rows<'_> {
+    fn row(&mut self, label: &str, value: String) {
+        let _ = writeln!(self.0, "  {label:<34} {value}");
+    }
+}
+
+impl GroupsReport {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        rows.row(
+            "group protocol",
+            format!(
+                "heartbeat {} ms ({:.0}/s offered), session {} ms, rebalance timeout {} ms, churn {}/s, rejoin after {} ms",
+                self.heartbeat_interval_ms,
+                self.heartbeat_target_per_sec,
+                self.session_timeout_ms,
+                self.rebalance_timeout_ms,
+                self.churn_per_sec,
+                self.rejoin_delay_ms
+            ),
+        );
+        rows.row(
+            "setup",
+            format!(
+                "{} consumers stable in {:.2}s{}",
+                self.setup_stable_members,
+                self.setup_secs,
+                if self.setup_complete {
+                    ""
+                } else {
+                    " (INCOMPLETE)"
+                }
+            ),
+        );
+        rows.row(
+            "leaves / expiries / rebalances",
+            format!("{} / {} / {}", self.leaves, self.expiries, self.rebalances),
+        );
+        rows.row(
+            "heartbeats delayed / late",
+            format!(
+                "{} (previous one unanswered) / {} (sent >1 ms after due)",
+                self.heartbeats_delayed, self.heartbeats_late
+            ),
+        );
+        rows.row(
+            "stable at stop, calls abandoned",
+            format!(
+                "{} / {} (assignment mismatches {})",
+                self.stable_at_stop, self.calls_abandoned_at_stop, self.assignment_mismatches
+            ),
+        );
+    }
+}
+
+impl FleetReport {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        rows.row(
             "fleet",
             format!(
                 "{} groups, {} members, {} keys, policy {}, {} in flight max, {} generator threads",
-                f.groups, f.members, f.keys, f.policy, f.in_flight, f.generator_threads
+                self.groups,
+                self.members,
+                self.keys,
+                self.policy,
+                self.in_flight,
+                self.generator_threads
             ),
         );
-        if let Some(rate) = f.rate_target_per_sec {
-            row(
+        if let Some(rate) = self.rate_target_per_sec {
+            rows.row(
                 "open-loop target",
                 format!(
                     "{rate:.0} requests/s, {} sent >1 ms late, {} never sent (window full at the stop)",
-                    f.late_sends, f.unsent_at_stop
+                    self.late_sends, self.unsent_at_stop
                 ),
             );
         }
-        row(
+        rows.row(
             "coalesced / redundant in flight",
-            format!("{} / {}", f.coalesced, f.redundant_in_flight),
+            format!("{} / {}", self.coalesced, self.redundant_in_flight),
         );
         if let (Some(p), Some(share)) = (
-            f.busiest_offsets_partition,
-            f.busiest_offsets_partition_share,
+            self.busiest_offsets_partition,
+            self.busiest_offsets_partition_share,
         ) {
-            row(
+            rows.row(
                 "busiest offsets partition",
                 format!("{p} ({:.1}% of commits)", share * 100.0),
             );
         }
-        let s = &self.storage;
-        row(
+    }
+}
+
+impl Storage {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        rows.row(
             "bytes written per commit",
             format!(
                 "{:.1} ({:.1} per partition offset; {})",
-                s.bytes_written_per_commit,
-                s.bytes_written_per_partition_offset,
-                s.bytes_written_source
+                self.bytes_written_per_commit,
+                self.bytes_written_per_partition_offset,
+                self.bytes_written_source
             ),
         );
-        if let (Some(syncs), Some(flushes), Some(per_sync)) =
-            (s.syncs_per_sec, s.flushes_per_sec, s.commits_per_sync)
-        {
-            row(
+        if let (Some(syncs), Some(flushes), Some(per_sync)) = (
+            self.syncs_per_sec,
+            self.flushes_per_sec,
+            self.commits_per_sync,
+        ) {
+            rows.row(
                 "syncs/s, flushes/s",
                 format!("{syncs:.0}, {flushes:.0} ({per_sync:.1} commits per sync)"),
             );
         }
-        row(
+        rows.row(
             "log bytes, live bytes",
-            format!("{}, {} ({} keys)", s.log_bytes, s.live_bytes, s.live_keys),
+            format!(
+                "{}, {} ({} keys)",
+                self.log_bytes, self.live_bytes, self.live_keys
+            ),
         );
-        row(
+        rows.row(
             "space amplification",
-            format!("{:.1}", s.space_amplification),
+            format!("{:.1}", self.space_amplification),
         );
-        let before_close = s
+        let before_close = self
             .disk_bytes_before_close
             .map_or("-".to_string(), |b| b.to_string());
-        row(
+        rows.row(
             "on disk before / after close",
             format!(
                 "{before_close} / {} ({:.1} × live)",
-                s.disk_bytes_after_close, s.disk_amplification
+                self.disk_bytes_after_close, self.disk_amplification
             ),
         );
-        let close = s
+        let close = self
             .close_secs
             .map_or("killed".to_string(), |c| format!("{c:.3}"));
-        row(
+        rows.row(
             "close / reopen s",
-            format!("{close} / {:.3}", s.reopen_secs),
+            format!("{close} / {:.3}", self.reopen_secs),
         );
-        let c = &self.cpu;
-        row(
+    }
+}
+
+impl Cpu {
+    /// `group_ops`: the run had group operations besides commits.
+    fn rows(&self, rows: &mut Rows<'_>, group_ops: bool) {
+        rows.row(
             "CPU per commit",
             format!(
                 "{:.2} us ({:.2} s, {})",
-                c.cpu_us_per_commit, c.process_cpu_secs, c.scope
+                self.cpu_us_per_commit, self.process_cpu_secs, self.scope
             ),
         );
-        if self.groups.is_some() {
-            row("CPU per operation", format!("{:.2} us", c.cpu_us_per_op));
+        if group_ops {
+            rows.row("CPU per operation", format!("{:.2} us", self.cpu_us_per_op));
         }
         if let (Some(g), Some(per_op), Some(share)) = (
-            c.generator_cpu_secs,
-            c.generator_cpu_us_per_op,
-            c.generator_share,
+            self.generator_cpu_secs,
+            self.generator_cpu_us_per_op,
+            self.generator_share,
         ) {
-            row(
+            rows.row(
                 "generator CPU per op",
                 format!(
                     "{per_op:.2} us ({g:.2} s, {:.0}% of the process)",
@@ -713,28 +761,32 @@ impl Report {
             );
         }
         if let (Some(s), Some(per_commit), Some(other)) = (
-            c.shards_cpu_secs,
-            c.shards_cpu_us_per_commit,
-            c.other_cpu_secs,
+            self.shards_cpu_secs,
+            self.shards_cpu_us_per_commit,
+            self.other_cpu_secs,
         ) {
-            row(
+            rows.row(
                 "shard threads CPU per commit",
                 format!(
                     "{per_commit:.2} us ({s:.2} s; io_uring workers and the rest {other:.2} s)"
                 ),
             );
         }
-        row(
+        rows.row(
             "peak RSS",
-            format!("{:.1} MiB", c.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
+            format!("{:.1} MiB", self.peak_rss_bytes as f64 / (1024.0 * 1024.0)),
         );
-        let v = &self.verify;
-        row(
+    }
+}
+
+impl Verify {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        rows.row(
             "verify keys / violations",
-            format!("{} / {}", v.keys, v.violations),
+            format!("{} / {}", self.keys, self.violations),
         );
-        if let Some(crash) = &v.crash {
-            row(
+        if let Some(crash) = &self.crash {
+            rows.row(
                 "crash",
                 format!(
                     "{} after {:.1}s, {} acknowledged requests reported, {} keys checked after recovery",
@@ -745,44 +797,55 @@ impl Report {
                 ),
             );
         }
-        let e = &self.env;
-        row(
+    }
+}
+
+impl Env {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        rows.row(
             "machine",
-            format!("{} cores, {}, kernel {}", e.cores, e.cpu_model, e.kernel),
+            format!(
+                "{} cores, {}, kernel {}",
+                self.cores, self.cpu_model, self.kernel
+            ),
         );
-        row(
+        rows.row(
             "data dir",
             format!(
                 "{} on {} ({}, {}, rotational {}) mounted at {} with {}",
-                e.data_dir,
-                e.data_dir_device,
-                e.data_dir_fs,
-                e.data_dir_device_id,
-                if e.data_dir_rotational.is_empty() {
+                self.data_dir,
+                self.data_dir_device,
+                self.data_dir_fs,
+                self.data_dir_device_id,
+                if self.data_dir_rotational.is_empty() {
                     "?"
                 } else {
-                    &e.data_dir_rotational
+                    &self.data_dir_rotational
                 },
-                e.data_dir_mount_point,
-                e.data_dir_mount_options
+                self.data_dir_mount_point,
+                self.data_dir_mount_options
             ),
         );
-        let k = &self.config;
-        let g = &k.engine;
-        row(
+    }
+}
+
+impl RunConfig {
+    fn rows(&self, rows: &mut Rows<'_>) {
+        let g = &self.engine;
+        rows.row(
             "run",
             format!(
                 "{}s (+{}s warmup), seed {}, {} B metadata, records/poll {}, records/s {}, auto-commit {} ms",
-                k.duration_secs,
-                k.warmup_secs,
-                k.seed,
-                k.metadata_bytes,
-                k.records_per_poll,
-                k.records_per_sec,
-                k.auto_commit_interval_ms
+                self.duration_secs,
+                self.warmup_secs,
+                self.seed,
+                self.metadata_bytes,
+                self.records_per_poll,
+                self.records_per_sec,
+                self.auto_commit_interval_ms
             ),
         );
-        row(
+        rows.row(
             "engine",
             format!(
                 "shards {}, offsets partitions {}, segment {} B, preallocate {}, group commit max {} B, linger {} us, queue {}, commit timeout {} ms, fsync scope {}",
@@ -797,7 +860,6 @@ impl Report {
                 g.fsync_scope
             ),
         );
-        out
     }
 }
 
