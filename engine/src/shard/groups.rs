@@ -402,26 +402,9 @@ impl Shard {
                     }
                 }
             }
-            GroupRequest::Heartbeat(mut call) => {
-                let result = if refused(self, call.offsets_partition) {
-                    Err(GroupError::NotCoordinator)
-                } else {
-                    self.groups.coordinator.heartbeat(
-                        &call.group_id,
-                        &call.member_id,
-                        call.group_instance_id.as_deref(),
-                        call.generation_id,
-                        now_ms,
-                    )
-                };
-                // Back in the pool before the answer wakes the caller (see
-                // `CommitPool::answer`); the wakeup itself waits for the end of the run of
-                // requests the shard is taking (`DeferredWakes`).
-                let reply = call.reply.take();
-                call.recycle(&self.pools.heartbeats);
-                if let Some(reply) = reply {
-                    reply.complete_deferred(result, &mut self.wakes);
-                }
+            GroupRequest::Heartbeat(call) => {
+                let refused = refused(self, call.offsets_partition);
+                self.handle_heartbeat(call, refused, now_ms);
             }
             GroupRequest::Leave {
                 offsets_partition,
@@ -443,26 +426,13 @@ impl Shard {
                 reply,
             } => {
                 if refused(self, offsets_partition) {
-                    let error = crate::error::Error::NotCoordinator {
+                    let error = Error::NotCoordinator {
                         partition: offsets_partition,
                     };
                     return reply.complete(Err(error));
                 }
                 let target = (offsets_partition, group_id.as_str());
-                match tombstones {
-                    None => match self.groups.coordinator.delete_group(&group_id) {
-                        Ok(()) => self.tombstone_group(target, deadline, reply),
-                        Err(error) => reply.complete(Err(Error::Group(error))),
-                    },
-                    // Kafka refuses OffsetDelete per partition of a topic the group's
-                    // members subscribe to; their subscriptions are opaque here, so any
-                    // member refuses it.
-                    Some(_) if self.groups.coordinator.has_members(&group_id) => {
-                        let error = Error::Group(GroupError::GroupSubscribedToTopic);
-                        reply.complete(Err(error));
-                    }
-                    Some(tombstones) => self.batch_tombstones(target, tombstones, deadline, reply),
-                }
+                self.handle_delete(target, tombstones, deadline, reply);
             }
             GroupRequest::Describe { group_ids, reply } => {
                 let coordinator = &self.groups.coordinator;
@@ -476,6 +446,55 @@ impl Shard {
             }
         }
         self.groups.drain_output();
+    }
+
+    /// Answers a heartbeat the session board passed on (`refused`: its partition is not
+    /// served here).
+    fn handle_heartbeat(&mut self, mut call: HeartbeatCall, refused: bool, now_ms: u64) {
+        let result = if refused {
+            Err(GroupError::NotCoordinator)
+        } else {
+            self.groups.coordinator.heartbeat(
+                &call.group_id,
+                &call.member_id,
+                call.group_instance_id.as_deref(),
+                call.generation_id,
+                now_ms,
+            )
+        };
+        // Back in the pool before the answer wakes the caller (see `CommitPool::answer`);
+        // the wakeup itself waits for the end of the run of requests the shard is taking
+        // (`DeferredWakes`).
+        let reply = call.reply.take();
+        call.recycle(&self.pools.heartbeats);
+        if let Some(reply) = reply {
+            reply.complete_deferred(result, &mut self.wakes);
+        }
+    }
+
+    /// Deletes a group (`tombstones` `None`) or some of its offsets, at `target` (offsets
+    /// partition, group id) served here.
+    fn handle_delete(
+        &mut self,
+        target: (u32, &str),
+        tombstones: Option<Vec<PendingOffset>>,
+        deadline: std::time::Instant,
+        reply: Completer,
+    ) {
+        let group_id = target.1;
+        match tombstones {
+            None => match self.groups.coordinator.delete_group(group_id) {
+                Ok(()) => self.tombstone_group(target, deadline, reply),
+                Err(error) => reply.complete(Err(Error::Group(error))),
+            },
+            // Kafka refuses OffsetDelete per partition of a topic the group's members
+            // subscribe to; their subscriptions are opaque here, so any member refuses it.
+            Some(_) if self.groups.coordinator.has_members(group_id) => {
+                let error = Error::Group(GroupError::GroupSubscribedToTopic);
+                reply.complete(Err(error));
+            }
+            Some(tombstones) => self.batch_tombstones(target, tombstones, deadline, reply),
+        }
     }
 
     /// Batches tombstones for every committed offset of a deleted group.
