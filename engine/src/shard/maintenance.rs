@@ -483,6 +483,25 @@ impl Shard {
         if !self.batch.is_empty() {
             self.flush();
         }
+        let (expired, more) = self.collect_expired(now_ms);
+        // More than a check may take: check again as soon as the inbox is empty.
+        self.maintenance.next_retention_check = if more {
+            Instant::now()
+        } else {
+            Instant::now() + self.maintenance.retention_check_interval
+        };
+        self.maintenance.maybe_dirty = true;
+        if expired.is_empty() {
+            return 0;
+        }
+        let count = self.write_expiries(&expired);
+        self.metrics.offsets_expired += count;
+        count
+    }
+
+    /// The offsets of the partitions served here that have expired at `now_ms`, by group;
+    /// and whether there were more than one check takes.
+    fn collect_expired(&self, now_ms: i64) -> (Vec<ExpiredOffset>, bool) {
         let retention_ms = self.maintenance.offsets_retention_ms;
         let mut expired: Vec<ExpiredOffset> = Vec::new();
         let mut more = false;
@@ -514,16 +533,12 @@ impl Shard {
                 &mut expired,
             );
         }
-        // More than a check may take: check again as soon as the inbox is empty.
-        self.maintenance.next_retention_check = if more {
-            Instant::now()
-        } else {
-            Instant::now() + self.maintenance.retention_check_interval
-        };
-        self.maintenance.maybe_dirty = true;
-        if expired.is_empty() {
-            return 0;
-        }
+        (expired, more)
+    }
+
+    /// Writes tombstones for `expired` through the group commit and waits for them; reports
+    /// each one made durable as an event and returns how many were.
+    fn write_expiries(&mut self, expired: &[ExpiredOffset]) -> u64 {
         if !self.batch.is_empty() {
             self.flush();
         }
@@ -555,7 +570,6 @@ impl Shard {
                 });
             }
         }
-        self.metrics.offsets_expired += count;
         count
     }
 
