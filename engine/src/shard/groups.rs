@@ -326,6 +326,11 @@ impl ShardGroups {
     }
 }
 
+/// A group record encoded into a flush, with its log position.
+type WrittenRecord = (PersistRecord, u64);
+/// A group record that could not be written, with why.
+type RefusedRecord = (PersistRecord, GroupError);
+
 impl Shard {
     /// How long the shard may wait for a request before the groups need service: one tick
     /// while group deadlines are armed or records wait to be written; `None` otherwise.
@@ -625,8 +630,23 @@ impl Shard {
         let mut records: Vec<PersistRecord> = self.groups.records.drain(..).collect();
         records.sort_by_key(|r| r.offsets_partition);
         self.flush_partitions.clear();
-        let mut written: Vec<(PersistRecord, u64)> = Vec::with_capacity(records.len());
-        let mut failed: Vec<(PersistRecord, GroupError)> = Vec::new();
+        let (written, failed) = self.encode_group_records(&records, timestamp_ms);
+        if !self.flush_partitions.is_empty() {
+            self.write_partitions(None);
+        }
+        self.answer_group_records(written, failed, now_ms);
+    }
+
+    /// Encodes `records` (sorted by offsets partition) into one batch per partition served
+    /// here, as many as fit, adding the partitions to the flush; returns the records encoded
+    /// with their log positions, and those refused with why.
+    fn encode_group_records(
+        &mut self,
+        records: &[PersistRecord],
+        timestamp_ms: i64,
+    ) -> (Vec<WrittenRecord>, Vec<RefusedRecord>) {
+        let mut written: Vec<WrittenRecord> = Vec::with_capacity(records.len());
+        let mut failed: Vec<RefusedRecord> = Vec::new();
         let mut start = 0;
         while start < records.len() {
             let partition = records[start].offsets_partition;
@@ -672,9 +692,17 @@ impl Shard {
                     .map(|(i, r)| (r, (base_offset + i as i64) as u64)),
             );
         }
-        if !self.flush_partitions.is_empty() {
-            self.write_partitions(None);
-        }
+        (written, failed)
+    }
+
+    /// Tells the coordinator each group record's outcome: `written` at its log position
+    /// (durable if its flush was), `failed` with why.
+    fn answer_group_records(
+        &mut self,
+        written: Vec<WrittenRecord>,
+        failed: Vec<RefusedRecord>,
+        now_ms: u64,
+    ) {
         let coordinator = &mut self.groups.coordinator;
         let flush_parity = self.flush_parity;
         for (record, position) in written {
