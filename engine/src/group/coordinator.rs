@@ -1791,50 +1791,7 @@ impl GroupCoordinator {
             if self.member_count >= self.config.members_max {
                 break;
             }
-            let session_timeout_ms = stored.session_timeout.max(0) as u32;
-            let rebalance_timeout_ms = if stored.rebalance_timeout < 0 {
-                session_timeout_ms
-            } else {
-                stored.rebalance_timeout as u32
-            };
-            let member = Member {
-                group: g,
-                member_id: stored.member_id.into(),
-                instance_id: stored.group_instance_id.map(Into::into),
-                client_id: stored.client_id,
-                client_host: stored.client_host,
-                session_timeout_ms,
-                rebalance_timeout_ms,
-                protocols: vec![JoinProtocol {
-                    name: protocol.clone(),
-                    metadata: stored.subscription,
-                }],
-                assignment: stored.assignment,
-                proposed: None,
-                join_ticket: None,
-                sync_ticket: None,
-                awaiting_sync: false,
-                pending: false,
-                is_new: false,
-            };
-            let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
-            let tag = self.fingerprint(group_id, &member.member_id);
-            let hashed = self.hashed_handle(tag);
-            let candidates = [
-                handle_in_member_id(&member.member_id),
-                hashed,
-                hashed.map(|h| h ^ 1),
-            ];
-            let m = self.new_member_at(member, candidates);
-            self.sessions.schedule_in(m, now_ms, session_timeout_ms);
-            self.set_session_payload(m, now_ms);
-            let group = self.group_mut(g);
-            group.members.insert(member_id, m);
-            group.order.push(m);
-            if let Some(instance_id) = instance_id {
-                group.static_members.insert(instance_id, m);
-            }
-            self.count_protocols(g, m, true);
+            self.restore_member((g, group_id), stored, &protocol, now_ms);
         }
         let leader = value
             .leader
@@ -1854,6 +1811,61 @@ impl GroupCoordinator {
         }
         self.publish_group(g);
         Ok(())
+    }
+
+    /// Restores a member of group `g` (`group_id`) from its stored metadata, with the
+    /// group's `protocol`, its session starting at `now_ms` (it must heartbeat or rejoin).
+    fn restore_member(
+        &mut self,
+        (g, group_id): (u32, &str),
+        stored: MemberMetadata,
+        protocol: &str,
+        now_ms: u64,
+    ) {
+        let session_timeout_ms = stored.session_timeout.max(0) as u32;
+        let rebalance_timeout_ms = if stored.rebalance_timeout < 0 {
+            session_timeout_ms
+        } else {
+            stored.rebalance_timeout as u32
+        };
+        let member = Member {
+            group: g,
+            member_id: stored.member_id.into(),
+            instance_id: stored.group_instance_id.map(Into::into),
+            client_id: stored.client_id,
+            client_host: stored.client_host,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            protocols: vec![JoinProtocol {
+                name: protocol.to_string(),
+                metadata: stored.subscription,
+            }],
+            assignment: stored.assignment,
+            proposed: None,
+            join_ticket: None,
+            sync_ticket: None,
+            awaiting_sync: false,
+            pending: false,
+            is_new: false,
+        };
+        let (member_id, instance_id) = (member.member_id.clone(), member.instance_id.clone());
+        let tag = self.fingerprint(group_id, &member.member_id);
+        let hashed = self.hashed_handle(tag);
+        let candidates = [
+            handle_in_member_id(&member.member_id),
+            hashed,
+            hashed.map(|h| h ^ 1),
+        ];
+        let m = self.new_member_at(member, candidates);
+        self.sessions.schedule_in(m, now_ms, session_timeout_ms);
+        self.set_session_payload(m, now_ms);
+        let group = self.group_mut(g);
+        group.members.insert(member_id, m);
+        group.order.push(m);
+        if let Some(instance_id) = instance_id {
+            group.static_members.insert(instance_id, m);
+        }
+        self.count_protocols(g, m, true);
     }
 
     /// DeleteGroups for one group: refused with `NON_EMPTY_GROUP` while it has members
