@@ -1026,6 +1026,20 @@ fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
 }
 
 fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()> {
+    print_header(args, dir, cores);
+    let engine = run_engine(args, &dir.join("engine"), cores)?;
+    let floors = run_floors(args, dir, cores, &engine)?;
+    let ratios = Ratios::of(&engine, &floors.closed);
+    print_engine(&engine);
+    print_floors(args, &engine, &floors, ratios);
+    if let Some(path) = &args.json {
+        write_json(path, args, &engine, &floors, ratios)?;
+    }
+    Ok(())
+}
+
+/// What the run is, on one line.
+fn print_header(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) {
     println!(
         "commit_bench: {} committer(s) on core {:?}, {} shard(s) on cores {}, {} in flight ({}), {} partitions/request, {} groups × {} topic partitions, {} offsets partitions, linger {} µs, {} heartbeats/s over {} members, {} s + {} s warmup, dir {}",
         args.committers,
@@ -1051,15 +1065,24 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         args.warmup,
         dir.display()
     );
-    let engine = run_engine(args, &dir.join("engine"), cores)?;
-    let c = engine.counters;
-    let records_per_flush = if c.flushes > 0 {
-        c.records as f64 / c.flushes as f64
-    } else {
-        0.0
-    };
-    let floor_records = (records_per_flush.round() as usize).max(1);
+}
 
+/// The physical floors measured after the engine's run, on the shard's core with the engine
+/// closed: the closed loop's at the engine's records per flush, and with `--rate` the open
+/// loop's.
+struct Floors {
+    closed: FloorOut,
+    open_loop: Option<OpenLoopFloorOut>,
+}
+
+fn run_floors(
+    args: &Args,
+    dir: &Path,
+    cores: &[core_affinity::CoreId],
+    engine: &EngineOut,
+) -> BoxResult<Floors> {
+    let c = engine.counters;
+    let floor_records = (records_per_flush(engine).round() as usize).max(1);
     // The floor runs on the shard's core, with the engine closed.
     let floor_core = shard_core(args, cores);
     let floor = std::thread::scope(|scope| {
@@ -1080,7 +1103,7 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
     } else {
         0
     };
-    let floor_open_loop = match args.rate {
+    let open_loop = match args.rate {
         Some(rate) if bytes_per_request > 0 => Some(std::thread::scope(|scope| {
             let handle = scope.spawn(|| {
                 if let Some(core) = floor_core {
@@ -1095,14 +1118,44 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         _ => None,
     };
 
-    let secs = engine.seconds;
-    let throughput_ratio = if floor.records_per_s > 0.0 {
-        engine.partition_offsets_per_s / floor.records_per_s
+    Ok(Floors {
+        closed: floor,
+        open_loop,
+    })
+}
+
+/// The engine's records per flush.
+fn records_per_flush(engine: &EngineOut) -> f64 {
+    let c = engine.counters;
+    if c.flushes > 0 {
+        c.records as f64 / c.flushes as f64
     } else {
         0.0
-    };
-    let p99_ratio = engine.ack_us.p99 as f64 / floor.batch_us.p99.max(1) as f64;
+    }
+}
 
+/// The engine against the closed-loop floor.
+#[derive(Clone, Copy)]
+struct Ratios {
+    throughput: f64,
+    p99: f64,
+}
+
+impl Ratios {
+    fn of(engine: &EngineOut, floor: &FloorOut) -> Ratios {
+        let throughput = if floor.records_per_s > 0.0 {
+            engine.partition_offsets_per_s / floor.records_per_s
+        } else {
+            0.0
+        };
+        let p99 = engine.ack_us.p99 as f64 / floor.batch_us.p99.max(1) as f64;
+        Ratios { throughput, p99 }
+    }
+}
+
+fn print_engine(engine: &EngineOut) {
+    let (c, secs) = (engine.counters, engine.seconds);
+    let records_per_flush = records_per_flush(engine);
     println!();
     println!("engine: {} requests acked in {secs} s", engine.acks);
     println!(
@@ -1162,6 +1215,10 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         s.p99,
         s.max
     );
+}
+
+fn print_floors(args: &Args, engine: &EngineOut, floors: &Floors, ratios: Ratios) {
+    let floor = &floors.closed;
     println!(
         "floor: {} records ({} bytes) per pwrite + fdatasync, {} batches",
         floor.records_per_batch, floor.bytes_per_batch, floor.batches
@@ -1175,8 +1232,11 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
         "  batch latency µs p50/p99/p99.9/max   {} / {} / {} / {}",
         b.p50, b.p99, b.p999, b.max
     );
-    println!("ratio engine ÷ floor: throughput {throughput_ratio:.3}, p99 {p99_ratio:.2}");
-    if let (Some(open), Some(rate)) = (&floor_open_loop, args.rate) {
+    println!(
+        "ratio engine ÷ floor: throughput {:.3}, p99 {:.2}",
+        ratios.throughput, ratios.p99
+    );
+    if let (Some(open), Some(rate)) = (&floors.open_loop, args.rate) {
         let o = open.ack_us;
         println!(
             "open-loop floor at {rate:.0} requests/s ({} bytes each, {} batches): ack latency µs p50/p99/p99.9/max {} / {} / {} / {}",
@@ -1187,48 +1247,58 @@ fn run(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<()
             engine.ack_us.p99 as f64 / o.p99.max(1) as f64
         );
     }
+}
 
-    if let Some(path) = &args.json {
-        let json = format!(
-            "{{\n  \"heartbeats_per_sec\": {},\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"floor_open_loop\": {},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
-            args.heartbeats_per_sec,
-            args.in_flight,
-            args.rate
-                .map_or("null".to_string(), |rate| format!("{rate:.1}")),
-            args.committers,
-            args.shards,
-            args.partitions_per_request,
-            args.groups,
-            secs,
-            engine.acks,
-            engine.partition_offsets_per_s,
-            engine.ack_us.json(),
-            engine.engine_commit_us.json(),
-            engine.flush_us.json(),
-            c.flushes,
-            c.records,
-            c.batches,
-            c.syncs,
-            c.bytes,
-            records_per_flush,
-            c.syncs as f64 / secs,
-            floor.records_per_batch,
-            floor.bytes_per_batch,
-            floor.batches,
-            floor.records_per_s,
-            floor.batch_us.json(),
-            floor_open_loop
-                .as_ref()
-                .map_or("null".to_string(), |open| format!(
-                    "{{\"bytes_per_request\": {}, \"batches\": {}, \"ack_us\": {}}}",
-                    open.bytes_per_request,
-                    open.batches,
-                    open.ack_us.json()
-                )),
-            throughput_ratio,
-            p99_ratio,
-        );
-        std::fs::write(path, json)?;
-    }
+/// The run's figures as JSON, to `path`.
+fn write_json(
+    path: &Path,
+    args: &Args,
+    engine: &EngineOut,
+    floors: &Floors,
+    ratios: Ratios,
+) -> BoxResult<()> {
+    let (c, secs, floor) = (engine.counters, engine.seconds, &floors.closed);
+    let records_per_flush = records_per_flush(engine);
+    let json = format!(
+        "{{\n  \"heartbeats_per_sec\": {},\n  \"in_flight\": {},\n  \"rate_per_s\": {},\n  \"committers\": {},\n  \"shards\": {},\n  \"partitions_per_request\": {},\n  \"groups\": {},\n  \"duration_s\": {},\n  \"engine\": {{\"acks\": {}, \"partition_offsets_per_s\": {:.1}, \"ack_us\": {}, \"engine_commit_us\": {}, \"flush_us\": {}, \"flushes\": {}, \"records\": {}, \"batches\": {}, \"syncs\": {}, \"bytes\": {}, \"records_per_flush\": {:.2}, \"syncs_per_s\": {:.1}}},\n  \"floor\": {{\"records_per_batch\": {}, \"bytes_per_batch\": {}, \"batches\": {}, \"records_per_s\": {:.1}, \"batch_us\": {}}},\n  \"floor_open_loop\": {},\n  \"ratio\": {{\"throughput\": {:.4}, \"p99\": {:.4}}}\n}}\n",
+        args.heartbeats_per_sec,
+        args.in_flight,
+        args.rate
+            .map_or("null".to_string(), |rate| format!("{rate:.1}")),
+        args.committers,
+        args.shards,
+        args.partitions_per_request,
+        args.groups,
+        secs,
+        engine.acks,
+        engine.partition_offsets_per_s,
+        engine.ack_us.json(),
+        engine.engine_commit_us.json(),
+        engine.flush_us.json(),
+        c.flushes,
+        c.records,
+        c.batches,
+        c.syncs,
+        c.bytes,
+        records_per_flush,
+        c.syncs as f64 / secs,
+        floor.records_per_batch,
+        floor.bytes_per_batch,
+        floor.batches,
+        floor.records_per_s,
+        floor.batch_us.json(),
+        floors
+            .open_loop
+            .as_ref()
+            .map_or("null".to_string(), |open| format!(
+                "{{\"bytes_per_request\": {}, \"batches\": {}, \"ack_us\": {}}}",
+                open.bytes_per_request,
+                open.batches,
+                open.ack_us.json()
+            )),
+        ratios.throughput,
+        ratios.p99,
+    );
+    std::fs::write(path, json)?;
     Ok(())
 }
