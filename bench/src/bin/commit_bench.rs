@@ -328,6 +328,7 @@ struct Counters {
     bytes: u64,
     syncs: u64,
     dirty_rolls: u64,
+    journal_checkpoints: u64,
     compaction_steps: u64,
 }
 
@@ -345,6 +346,7 @@ impl Counters {
             c.bytes += m.bytes;
             c.syncs += m.syncs;
             c.dirty_rolls += m.dirty_rolls;
+            c.journal_checkpoints += m.journal_checkpoints;
             c.compaction_steps += m.compaction.steps;
         }
         c
@@ -363,6 +365,7 @@ impl Counters {
             bytes: self.bytes - before.bytes,
             syncs: self.syncs - before.syncs,
             dirty_rolls: self.dirty_rolls - before.dirty_rolls,
+            journal_checkpoints: self.journal_checkpoints - before.journal_checkpoints,
             compaction_steps: self.compaction_steps - before.compaction_steps,
         }
     }
@@ -393,6 +396,8 @@ struct EngineOut {
     flush_us: Percentiles,
     /// Durations of the dirty rolls in the measured window (their count is in `counters`).
     dirty_roll_us: Percentiles,
+    /// Durations of the switches to a new journal file in the measured window.
+    journal_rotation_us: Percentiles,
     /// Durations of the compaction steps in the measured window (count in `counters`).
     compaction_step_us: Percentiles,
     engine_commit_us: Percentiles,
@@ -554,6 +559,9 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         counters: Counters::of(&after).minus(&Counters::of(&before)),
         flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
         dirty_roll_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.dirty_roll_us)),
+        journal_rotation_us: Percentiles::of(&window_histogram(&before, &after, |m| {
+            &m.journal_rotation_us
+        })),
         compaction_step_us: Percentiles::of(&window_histogram(&before, &after, |m| {
             &m.compaction_step_us
         })),
@@ -1189,14 +1197,12 @@ fn print_engine(engine: &EngineOut) {
         "  flush latency µs p50/p99/p99.9/max   {} / {} / {} / {}",
         f.p50, f.p99, f.p999, f.max
     );
-    let r = engine.dirty_roll_us;
-    println!(
-        "  dirty rolls {} ({:.1}/s), µs p50/p99/max   {} / {} / {}",
-        c.dirty_rolls,
-        c.dirty_rolls as f64 / secs,
-        r.p50,
-        r.p99,
-        r.max
+    let per_sec = |count: u64| (count, count as f64 / secs);
+    print_timed("dirty rolls", per_sec(c.dirty_rolls), engine.dirty_roll_us);
+    print_timed(
+        "journal checkpoints",
+        per_sec(c.journal_checkpoints),
+        engine.journal_rotation_us,
     );
     let offsets = c.partition_offsets.max(1) as f64;
     println!(
@@ -1206,14 +1212,19 @@ fn print_engine(engine: &EngineOut) {
         engine.io_worker_cpu.as_secs_f64() / secs * 100.0,
         engine.io_worker_cpu.as_nanos() as f64 / offsets
     );
-    let s = engine.compaction_step_us;
+    print_timed(
+        "compaction steps",
+        per_sec(c.compaction_steps),
+        engine.compaction_step_us,
+    );
+}
+
+/// One line for events of the shard that hold it: how many (and per second), and how long
+/// each took (for journal checkpoints: each switch to a new file).
+fn print_timed(what: &str, (count, per_sec): (u64, f64), took: Percentiles) {
     println!(
-        "  compaction steps {} ({:.1}/s), µs p50/p99/max   {} / {} / {}",
-        c.compaction_steps,
-        c.compaction_steps as f64 / secs,
-        s.p50,
-        s.p99,
-        s.max
+        "  {what} {count} ({per_sec:.1}/s), µs p50/p99/max   {} / {} / {}",
+        took.p50, took.p99, took.max
     );
 }
 

@@ -2,8 +2,8 @@
 //! each flush, the checkpoint that syncs the segments in the background after a rotation,
 //! and what a failed journal write or segment sync means for the partitions.
 
-use super::Shard;
 use super::maintenance::COMPACTION_SYNC_TOKEN_BIT;
+use super::{Shard, ShardMetrics};
 use crate::compact::job::COMPACTION_SYNCS_MAX;
 use crate::storage::BACKGROUND_SYNCS_MAX;
 
@@ -44,7 +44,10 @@ impl Shard {
                 .is_some_and(|journal| journal.fits(entries, payload_bytes))
         };
         if self.journal_unavailable.is_none() && !fits(self) {
+            let started = std::time::Instant::now();
             self.rotate_journal();
+            let rotation_us = started.elapsed().as_micros() as u64;
+            ShardMetrics::record_latency(&mut self.metrics.journal_rotation_us, rotation_us);
         }
         let reason = match &self.journal_unavailable {
             Some(reason) => reason.clone(),

@@ -42,6 +42,10 @@ pub struct ShardMetrics {
     pub syncs: u64,
     /// Journal checkpoints: segments synced and a new journal file started.
     pub journal_checkpoints: u64,
+    /// Duration of each switch to a new journal file, in µs: finishing the previous
+    /// checkpoint (waiting for its segments' background syncs) and starting the next. The
+    /// shard runs no flush meanwhile.
+    pub journal_rotation_us: Histogram<u64>,
     /// Active segments rolled early because they were dirty enough for the compactor
     /// (after a flush's acks; rolls of a full segment are not counted).
     pub dirty_rolls: u64,
@@ -100,6 +104,7 @@ impl ShardMetrics {
             bytes: 0,
             syncs: 0,
             journal_checkpoints: 0,
+            journal_rotation_us: histogram(),
             dirty_rolls: 0,
             dirty_roll_us: histogram(),
             queue_depth: 0,
