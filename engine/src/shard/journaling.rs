@@ -44,10 +44,17 @@ impl Shard {
                 .is_some_and(|journal| journal.fits(entries, payload_bytes))
         };
         if self.journal_unavailable.is_none() && !fits(self) {
+            // Timed only where a file was full: the first file's start is no checkpoint.
+            let switch = self
+                .journal
+                .as_ref()
+                .is_some_and(|journal| journal.has_file());
             let started = std::time::Instant::now();
             self.rotate_journal();
-            let rotation_us = started.elapsed().as_micros() as u64;
-            ShardMetrics::record_latency(&mut self.metrics.journal_rotation_us, rotation_us);
+            if switch {
+                let switch_us = started.elapsed().as_micros() as u64;
+                ShardMetrics::record_latency(&mut self.metrics.journal_rotation_us, switch_us);
+            }
         }
         let reason = match &self.journal_unavailable {
             Some(reason) => reason.clone(),

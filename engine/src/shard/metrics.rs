@@ -42,9 +42,10 @@ pub struct ShardMetrics {
     pub syncs: u64,
     /// Journal checkpoints: segments synced and a new journal file started.
     pub journal_checkpoints: u64,
-    /// Duration of each switch to a new journal file, in µs: finishing the previous
-    /// checkpoint (waiting for its segments' background syncs) and starting the next. The
-    /// shard runs no flush meanwhile.
+    /// Duration of each switch from a full journal file to a new one, in µs: finishing the
+    /// previous checkpoint (waiting for its segments' background syncs) and starting the
+    /// next (a switch that fails is timed too; the first file's start is not). The shard
+    /// runs no flush meanwhile.
     pub journal_rotation_us: Histogram<u64>,
     /// Active segments rolled early because they were dirty enough for the compactor
     /// (after a flush's acks; rolls of a full segment are not counted).
