@@ -420,7 +420,8 @@ fn shard_core(args: &Args, cores: &[core_affinity::CoreId]) -> Option<core_affin
     }
 }
 
-fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<EngineOut> {
+/// The engine's configuration for the run.
+fn engine_config(args: &Args, dir: &Path) -> BoxResult<Config> {
     let mut config = Config::new(dir);
     config.shards = args.shards;
     config.pin_shards = true;
@@ -431,7 +432,11 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
     config.journal_file_bytes = args.journal_file_mib << 20;
     config.log_preallocate = args.log_preallocate;
     config.groups.group_initial_rebalance_delay_ms = 0;
-    let engine = Engine::open(config)?;
+    Ok(config)
+}
+
+fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxResult<EngineOut> {
+    let engine = Engine::open(engine_config(args, dir)?)?;
     let members = if args.heartbeats_per_sec > 0 {
         heartbeat::join_members(&engine, args.heartbeat_members)?
     } else {
@@ -534,43 +539,55 @@ fn run_engine(args: &Args, dir: &Path, cores: &[core_affinity::CoreId]) -> BoxRe
         Ok((before, after, outs))
     })?;
     engine.close()?;
+    EngineOut::of(args, &outs, (&before, &after), cpu)
+}
 
-    let mut latency = histogram();
-    let mut acks = 0;
-    let (mut heartbeats, mut heartbeat_errors) = (0, 0);
-    for out in &outs {
-        latency.add(&out.latency_us)?;
-        acks += out.acks;
-        heartbeats += out.heartbeats_answered;
-        heartbeat_errors += out.heartbeat_errors;
+impl EngineOut {
+    /// The engine's figures from its committers' results, its metrics at the start and the
+    /// end of the measured window, and its threads' CPU time in the window.
+    fn of(
+        args: &Args,
+        outs: &[CommitterOut],
+        (before, after): (&[ShardMetrics], &[ShardMetrics]),
+        cpu: [Duration; ENGINE_THREADS.len()],
+    ) -> BoxResult<EngineOut> {
+        let mut latency = histogram();
+        let mut acks = 0;
+        let (mut heartbeats, mut heartbeat_errors) = (0, 0);
+        for out in outs {
+            latency.add(&out.latency_us)?;
+            acks += out.acks;
+            heartbeats += out.heartbeats_answered;
+            heartbeat_errors += out.heartbeat_errors;
+        }
+        if matches!(args.heartbeat_core, HeartbeatCore::Inline) && args.heartbeats_per_sec > 0 {
+            println!(
+                "heartbeats: {heartbeats} answered in the measured window ({:.0}/s), {heartbeat_errors} errors, sent inline by the committers",
+                heartbeats as f64 / args.duration
+            );
+        }
+        let seconds = args.duration;
+        Ok(EngineOut {
+            seconds,
+            acks,
+            partition_offsets_per_s: (acks * args.partitions_per_request as u64) as f64 / seconds,
+            ack_us: Percentiles::of(&latency),
+            counters: Counters::of(after).minus(&Counters::of(before)),
+            flush_us: Percentiles::of(&window_histogram(before, after, |m| &m.flush_latency_us)),
+            dirty_roll_us: Percentiles::of(&window_histogram(before, after, |m| &m.dirty_roll_us)),
+            journal_rotation_us: Percentiles::of(&window_histogram(before, after, |m| {
+                &m.journal_rotation_us
+            })),
+            compaction_step_us: Percentiles::of(&window_histogram(before, after, |m| {
+                &m.compaction_step_us
+            })),
+            engine_commit_us: Percentiles::of(&window_histogram(before, after, |m| {
+                &m.commit_latency_us
+            })),
+            shard_cpu: cpu[0],
+            io_worker_cpu: cpu[1],
+        })
     }
-    if matches!(args.heartbeat_core, HeartbeatCore::Inline) && args.heartbeats_per_sec > 0 {
-        println!(
-            "heartbeats: {heartbeats} answered in the measured window ({:.0}/s), {heartbeat_errors} errors, sent inline by the committers",
-            heartbeats as f64 / args.duration
-        );
-    }
-    let seconds = args.duration;
-    Ok(EngineOut {
-        seconds,
-        acks,
-        partition_offsets_per_s: (acks * args.partitions_per_request as u64) as f64 / seconds,
-        ack_us: Percentiles::of(&latency),
-        counters: Counters::of(&after).minus(&Counters::of(&before)),
-        flush_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.flush_latency_us)),
-        dirty_roll_us: Percentiles::of(&window_histogram(&before, &after, |m| &m.dirty_roll_us)),
-        journal_rotation_us: Percentiles::of(&window_histogram(&before, &after, |m| {
-            &m.journal_rotation_us
-        })),
-        compaction_step_us: Percentiles::of(&window_histogram(&before, &after, |m| {
-            &m.compaction_step_us
-        })),
-        engine_commit_us: Percentiles::of(&window_histogram(&before, &after, |m| {
-            &m.commit_latency_us
-        })),
-        shard_cpu: cpu[0],
-        io_worker_cpu: cpu[1],
-    })
 }
 
 /// Encodes `records` records of the key stream the way a flush lays them out: one
