@@ -18,7 +18,7 @@ pub mod varint;
 
 pub use batch::{
     BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES, BatchHeader, BatchParams, BatchView, BatchWriter,
-    RecordIter, RecordView, parse_batch, set_base_offset,
+    OFFSET_MAX, RecordIter, RecordView, parse_batch, set_base_offset,
 };
 pub use control::{ControlRecordType, EndTransactionMarker};
 pub use schema::{

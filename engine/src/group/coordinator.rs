@@ -892,7 +892,7 @@ impl GroupCoordinator {
         }
         if self.group(g).members.is_empty() {
             let group = self.group_mut(g);
-            group.generation_id += 1;
+            group.generation_id = next_generation(group.generation_id);
             group.protocol_name = None;
             group.leader = None;
             group.transition(GroupState::Empty, now_ms);
@@ -905,7 +905,7 @@ impl GroupCoordinator {
         if group.leader.is_none() {
             group.leader = group.order.first();
         }
-        group.generation_id += 1;
+        group.generation_id = next_generation(group.generation_id);
         group.protocol_name = Some(protocol);
         group.transition(GroupState::CompletingRebalance, now_ms);
         self.publish_group(g);
@@ -1815,6 +1815,7 @@ impl GroupCoordinator {
 
     /// Restores a member of group `g` (`group_id`) from its stored metadata, with the
     /// group's `protocol`, its session starting at `now_ms` (it must heartbeat or rejoin).
+    /// A member id or instance id the group already has is skipped.
     fn restore_member(
         &mut self,
         (g, group_id): (u32, &str),
@@ -1822,6 +1823,15 @@ impl GroupCoordinator {
         protocol: &str,
         now_ms: u64,
     ) {
+        // A record naming a member (or static instance) twice is damaged: keep the first.
+        let group = self.group(g);
+        let instance_taken = stored
+            .group_instance_id
+            .as_deref()
+            .is_some_and(|id| group.static_members.contains_key(id));
+        if group.members.contains_key(stored.member_id.as_str()) || instance_taken {
+            return;
+        }
         let session_timeout_ms = stored.session_timeout.max(0) as u32;
         let rebalance_timeout_ms = if stored.rebalance_timeout < 0 {
             session_timeout_ms
@@ -1978,4 +1988,10 @@ fn member_from(g: u32, member_id: Box<str>, request: JoinGroupRequest) -> Member
         pending: false,
         is_new: false,
     }
+}
+
+/// The generation after `generation`: Kafka's `generationId += 1` on a Java int, which wraps
+/// past `i32::MAX` rather than failing (a stored group can carry any generation).
+fn next_generation(generation: i32) -> i32 {
+    generation.wrapping_add(1)
 }

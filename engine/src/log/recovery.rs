@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{BatchView, FormatError};
+use crate::format::{BatchView, FormatError, OFFSET_MAX};
 use crate::log::liveness::SegmentTable;
 use crate::log::partition::{LogSettings, PartitionRecovery, ReplayVisitor, Truncation};
 use crate::log::reader::{ScanOutcome, ScanStop, SegmentReader};
@@ -92,6 +92,15 @@ impl Replay<'_, '_> {
     /// Opens the segment file whose name carries `base_offset`.
     fn open_segment(&mut self, base_offset: i64) -> Result<(PathBuf, FileId)> {
         let path = self.dir.join(segment_file_name(base_offset));
+        if !(0..=OFFSET_MAX).contains(&base_offset) {
+            return Err(Error::Corrupt {
+                file: path,
+                position: 0,
+                reason: format!(
+                    "segment base offset {base_offset} beyond the largest offset a log holds"
+                ),
+            });
+        }
         match self.storage.open(&path, OpenMode::Existing) {
             Ok(file) => Ok((path, file)),
             Err(e) => Err(io(self.dir, "opening segment in", e)),

@@ -129,6 +129,25 @@ pub fn recover(storage: &mut dyn Storage, dir: &Path) -> io::Result<(u32, u32)> 
             cleaned += 1;
         }
     }
+    // A compaction never covers the active segment, so a swap with no segment at or past
+    // its end is not one of ours: refuse it before anything is removed.
+    let newest_segment = names
+        .iter()
+        .filter_map(|n| parse_segment_file_name(n))
+        .max();
+    for name in &names {
+        if let Some((_, end)) = parse_file_name(name, SWAP_SUFFIX)
+            && newest_segment.is_none_or(|newest| newest < end)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "swap file {name} reaches past every segment (a compaction never covers \
+                     the active one); left as it is, nothing removed"
+                ),
+            ));
+        }
+    }
     for name in &names {
         let Some((base, end)) = parse_file_name(name, SWAP_SUFFIX) else {
             continue;
