@@ -60,6 +60,9 @@ pub(crate) fn append_entry(buf: &mut Vec<u8>, header: &EntryHeader, payload: &[u
     buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The largest segment any configuration allows (`offsets.topic.segment.bytes` ≤ i32::MAX).
+const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
 /// Reads the entry at the start of `bytes`: its header, payload and total length.
 pub(crate) fn parse_entry(bytes: &[u8]) -> Result<(EntryHeader, &[u8], usize), EntryEnd> {
     let Some(header) = bytes.get(..ENTRY_HEADER_BYTES) else {
@@ -100,8 +103,15 @@ pub(crate) fn parse_entry(bytes: &[u8]) -> Result<(EntryHeader, &[u8], usize), E
         segment_base_offset: u64_at(24) as i64,
         position: u64_at(32),
     };
-    if header.sequence == 0 || header.segment_base_offset < 0 {
+    if header.sequence == 0
+        || !(0..=crate::format::OFFSET_MAX).contains(&header.segment_base_offset)
+    {
         return Err(EntryEnd::Invalid("sequence or segment out of range"));
+    }
+    // No segment is larger than `offsets.topic.segment.bytes` allows (at most i32::MAX): a
+    // position past that would have redo write (or reserve) far beyond any segment.
+    if header.position.saturating_add(length as u64) > SEGMENT_BYTES_MAX {
+        return Err(EntryEnd::Invalid("position past the largest segment"));
     }
     Ok((header, &entry[ENTRY_HEADER_BYTES..], total))
 }
@@ -143,6 +153,32 @@ mod tests {
         }
         for cut in 1..buf.len() {
             assert!(parse_entry(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_entry_past_the_largest_segment_or_offset_is_invalid_despite_its_crc() {
+        let far = |position: u64, segment_base_offset: i64| {
+            let mut buf = Vec::new();
+            let header = EntryHeader {
+                position,
+                segment_base_offset,
+                ..header()
+            };
+            append_entry(&mut buf, &header, b"payload");
+            parse_entry(&buf).map(|(header, _, _)| header)
+        };
+        assert!(far(SEGMENT_BYTES_MAX - 7, 0).is_ok());
+        for (position, base) in [
+            (SEGMENT_BYTES_MAX - 6, 0),
+            (1 << 40, 0),
+            (u64::MAX, 0),
+            (0, crate::format::OFFSET_MAX + 1),
+        ] {
+            assert!(
+                matches!(far(position, base), Err(EntryEnd::Invalid(_))),
+                "{position} {base}"
+            );
         }
     }
 }
